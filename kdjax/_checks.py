@@ -1,0 +1,53 @@
+"""Argument checks shared across kdjax: clear errors at trace time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+  """True when `x` has a value now (not a tracer inside jit/grad/vmap)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_floating(name: str, x: Any) -> None:
+  dtype = jnp.result_type(x)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+        f'{name} must have a floating dtype, got {dtype} with shape '
+        f'{jnp.shape(x)}; cast it with .astype(jnp.float32).'
+    )
+
+
+def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
+  if jnp.shape(a) != jnp.shape(b):
+    raise ValueError(
+        f'{name_a} and {name_b} must have the same shape, got '
+        f'{name_a}.shape={jnp.shape(a)} and {name_b}.shape={jnp.shape(b)}.'
+    )
+
+
+def check_broadcastable(name: str, mask: Any, target_name: str, target_shape) -> None:
+  """`mask` must broadcast to `target_shape` without changing it."""
+  shape = tuple(jnp.shape(mask))
+  try:
+    out = np.broadcast_shapes(shape, tuple(target_shape))
+  except ValueError:
+    out = None
+  if out != tuple(target_shape):
+    raise ValueError(
+        f'{name} with shape {shape} does not broadcast to {target_name} with '
+        f'shape {tuple(target_shape)}.'
+    )
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises for a non-positive value when it is known at trace time."""
+  if is_concrete(value):
+    arr = np.asarray(value)
+    if arr.size and not np.all(arr > 0):
+      raise ValueError(f'{name} must be > 0, got {value}.')
