@@ -1,0 +1,74 @@
+"""Metrics as `(sum, count)` pairs: exact means across steps, devices and hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (sum, count); both scalars (arrays or floats).
+Metrics = Mapping[str, tuple[jax.Array, jax.Array]]
+
+
+def metric(values: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Reduces per-example `values` to a `(sum, count)` pair.
+
+  Args:
+    values: per-example values, any shape (e.g. ``[batch]``, ``[batch, time]``).
+    mask: optional weights (1 = counts, 0 = padding) with the leading shape
+      of `values` (``[batch]`` for ``[batch, time]`` values masks whole rows)
+      or broadcastable to it.
+
+  Returns:
+    ``(sum(values * mask), sum(mask))`` as float32 scalars.
+  """
+  values = jnp.asarray(values, jnp.float32)
+  if mask is None:
+    return jnp.sum(values), jnp.asarray(values.size, jnp.float32)
+  mask = jnp.broadcast_to(leading_mask(mask, values.ndim), values.shape)
+  # where, not multiply: a padded NaN/inf must not leak into the sum.
+  return jnp.sum(jnp.where(mask > 0, values * mask, 0.0)), jnp.sum(mask)
+
+
+def leading_mask(mask: jax.Array, ndim: int) -> jax.Array:
+  """Float mask with trailing unit axes added so it aligns with leading dims."""
+  mask = jnp.asarray(mask, jnp.float32)
+  return mask.reshape(mask.shape + (1,) * max(ndim - mask.ndim, 0))
+
+
+def scalar(value: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A single value reported as a metric (its mean over steps is the mean)."""
+  return jnp.asarray(value, jnp.float32), jnp.asarray(1.0, jnp.float32)
+
+
+def accuracy(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """Top-1 accuracy of ``logits [..., classes]`` against ``labels [...]``."""
+  return metric(jnp.argmax(logits, axis=-1) == labels, mask)
+
+
+def merge(a: Metrics | None, b: Metrics) -> dict:
+  """Adds two metric dicts name by name (sums and counts add)."""
+  if a is None:
+    return dict(b)
+  names = set(a) | set(b)
+  out = {}
+  for name in names:
+    if name in a and name in b:
+      out[name] = (a[name][0] + b[name][0], a[name][1] + b[name][1])
+    else:
+      out[name] = a[name] if name in a else b[name]
+  return out
+
+
+def compute(metrics: Metrics) -> dict[str, float]:
+  """Turns `(sum, count)` pairs into means (host-side floats)."""
+  metrics = jax.device_get(metrics)
+  out = {}
+  for name, (total, count) in sorted(metrics.items()):
+    count = float(np.asarray(count))
+    out[name] = float(np.asarray(total)) / count if count > 0 else 0.0
+  return out

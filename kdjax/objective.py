@@ -1,0 +1,265 @@
+"""Objectives: named loss terms, weights and schedules, masked reduction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+import dataclasses
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax import _checks
+from kdjax import metrics as metrics_lib
+from kdjax._outputs import Outputs
+
+# A hyper-parameter: a constant, or a function of the (traced) step such as
+# an optax schedule. Schedules are evaluated inside the jitted step, so a
+# changing value never recompiles.
+Schedule = float | Callable[[jax.Array], jax.Array]
+Batch = Mapping[str, Any]
+
+
+class Term(Protocol):
+  """A loss term: per-example values and their mask.
+
+  ``term(student, teacher, batch, step) -> (values, mask)`` where `values`
+  has the batch's leading shape (``[batch]`` or ``[batch, time]``) and `mask`
+  is ``None`` or broadcastable to `values` (1 = counts, 0 = padding).
+  """
+
+  def __call__(
+      self, student: Outputs, teacher: Outputs | None, batch: Batch, step: jax.Array
+  ) -> tuple[jax.Array, jax.Array | None]:
+    ...
+
+
+def evaluate(value: Schedule, step: jax.Array) -> jax.Array:
+  """Evaluates a constant or a schedule at `step`, as a float32 scalar."""
+  if callable(value):
+    return jnp.asarray(value(step), jnp.float32)
+  return jnp.asarray(value, jnp.float32)
+
+
+def _check_schedule(name: str, value: Schedule, *, positive: bool) -> None:
+  """Checks a constant now, a schedule at step 0 (both at build time)."""
+  first = value(0) if callable(value) else value
+  if np.ndim(first) != 0:
+    raise ValueError(f'{name} must be a scalar, got shape {np.shape(first)}.')
+  if positive:
+    _checks.check_positive(name, first)
+  elif _checks.is_concrete(first) and float(first) < 0:
+    raise ValueError(f'{name} must be >= 0, got {first}.')
+
+
+def _require_teacher(name: str, teacher: Outputs | None) -> Outputs:
+  if teacher is None:
+    raise ValueError(
+        f'term {name!r} needs teacher outputs, but the step has no teacher '
+        '(teacher_apply=None).'
+    )
+  return teacher
+
+
+def _batch_entry(batch: Batch, key: str, role: str) -> Any:
+  try:
+    return batch[key]
+  except KeyError:
+    raise KeyError(
+        f'{role} {key!r} is not in the batch; the batch has {sorted(batch)}'
+    ) from None
+
+
+def distill(
+    loss_fn: Callable[..., jax.Array],
+    *,
+    temperature: Schedule = 1.0,
+    label_key: str | None = None,
+    where_key: str | None = None,
+    **loss_kwargs: Any,
+) -> Term:
+  """A logit-distillation term: ``loss_fn(student.logits, teacher.logits)``.
+
+  Args:
+    loss_fn: a divergence from :mod:`kdjax.losses` (or any function with the
+      same contract) returning per-example values.
+    temperature: a constant or a schedule of the step; passed to `loss_fn`.
+    label_key: if set, ``batch[label_key]`` is passed as the third positional
+      argument (for label-aware losses such as :func:`kdjax.losses.decoupled_kd`).
+    where_key: if set, ``batch[where_key]`` is the class mask (``where=``).
+    **loss_kwargs: further keyword arguments for `loss_fn` (e.g. ``beta``).
+
+  Returns:
+    A :class:`Term`.
+  """
+  _check_schedule('temperature', temperature, positive=True)
+
+  def term(student, teacher, batch, step):
+    teacher = _require_teacher(getattr(loss_fn, '__name__', 'distill'), teacher)
+    args = [student.logits, teacher.logits]
+    if label_key is not None:
+      args.append(_batch_entry(batch, label_key, 'label_key'))
+    kwargs = dict(loss_kwargs)
+    if where_key is not None:
+      kwargs['where'] = _batch_entry(batch, where_key, 'where_key')
+    return loss_fn(*args, temperature=evaluate(temperature, step), **kwargs), None
+
+  return term
+
+
+def supervised(
+    loss_fn: Callable[..., jax.Array] | None = None,
+    *,
+    label_key: str = 'label',
+    **loss_kwargs: Any,
+) -> Term:
+  """A hard-label term: ``loss_fn(student.logits, batch[label_key])``.
+
+  Args:
+    loss_fn: defaults to :func:`kdjax.losses.cross_entropy`.
+    label_key: the batch entry holding integer labels ``[batch]`` or
+      ``[batch, time]``.
+    **loss_kwargs: further keyword arguments for `loss_fn`.
+
+  Returns:
+    A :class:`Term`.
+  """
+  if loss_fn is None:
+    from kdjax.losses import cross_entropy as loss_fn  # pylint: disable=g-import-not-at-top
+
+  def term(student, teacher, batch, step):
+    del teacher, step
+    labels = _batch_entry(batch, label_key, 'label_key')
+    return loss_fn(student.logits, labels, **loss_kwargs), None
+
+  return term
+
+
+def feature(
+    loss_fn: Callable[..., jax.Array],
+    student_feature: str,
+    teacher_feature: str | None = None,
+    **loss_kwargs: Any,
+) -> Term:
+  """A feature term: ``loss_fn(student.features[a], teacher.features[b])``.
+
+  Args:
+    loss_fn: per-example feature loss.
+    student_feature: name of the student's intermediate.
+    teacher_feature: name of the teacher's (defaults to `student_feature`).
+    **loss_kwargs: further keyword arguments for `loss_fn`.
+
+  Returns:
+    A :class:`Term`.
+  """
+  teacher_feature = teacher_feature or student_feature
+
+  def term(student, teacher, batch, step):
+    del batch, step
+    teacher = _require_teacher(student_feature, teacher)
+    return loss_fn(
+        student.feature(student_feature),
+        teacher.feature(teacher_feature),
+        **loss_kwargs,
+    ), None
+
+  return term
+
+
+def accuracy(label_key: str = 'label') -> Callable[..., tuple[jax.Array, jax.Array]]:
+  """A metric: top-1 accuracy of ``student.logits`` against ``batch[label_key]``."""
+
+  def fn(student, teacher, batch, mask):
+    del teacher
+    labels = _batch_entry(batch, label_key, 'label_key')
+    return metrics_lib.accuracy(student.logits, labels, mask)
+
+  return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A weighted sum of named terms, each reduced as masked ``sum / count``.
+
+  ``objective(student, teacher, batch, step=step) -> (loss, metrics)``. Each
+  term gives per-example values; they are reduced to their mean over the
+  unmasked elements (a token-weighted mean for ``[batch, time]``), multiplied
+  by the term's weight at `step` and summed. Metrics hold ``loss/<name>``
+  as ``(sum, count)`` pairs, ``loss/total``, ``weight/<name>``, and any extra
+  metrics given.
+
+  Attributes:
+    terms: name -> :class:`Term`.
+    weights: name -> constant or schedule; a missing name has weight 1.
+    mask_key: if the batch holds this entry (``[batch]`` or ``[batch, time]``,
+      1 = real, 0 = padding), every term and metric is masked by it.
+    metrics: name -> ``fn(student, teacher, batch, mask) -> (sum, count)``,
+      e.g. ``{'acc/student': accuracy()}``.
+  """
+
+  terms: Mapping[str, Term]
+  weights: Mapping[str, Schedule] = dataclasses.field(default_factory=dict)
+  mask_key: str | None = 'mask'
+  metrics: Mapping[str, Callable[..., tuple[jax.Array, jax.Array]]] = (
+      dataclasses.field(default_factory=dict)
+  )
+
+  def __post_init__(self):
+    if not self.terms:
+      raise ValueError('an Objective needs at least one term.')
+    unknown = sorted(set(self.weights) - set(self.terms))
+    if unknown:
+      raise KeyError(
+          f'weights given for unknown terms {unknown}; the terms are '
+          f'{sorted(self.terms)}.'
+      )
+    for name, weight in self.weights.items():
+      _check_schedule(f'weights[{name!r}]', weight, positive=False)
+
+  def weight(self, name: str, step: jax.Array) -> jax.Array:
+    return evaluate(self.weights.get(name, 1.0), step)
+
+  def __call__(
+      self,
+      student: Outputs,
+      teacher: Outputs | None,
+      batch: Batch,
+      *,
+      step: jax.Array | int = 0,
+  ) -> tuple[jax.Array, dict]:
+    step = jnp.asarray(step)
+    batch_mask = None
+    if self.mask_key is not None and self.mask_key in batch:
+      batch_mask = jnp.asarray(batch[self.mask_key], jnp.float32)
+    total = jnp.zeros((), jnp.float32)
+    metrics = {}
+    for name, term in self.terms.items():
+      values, mask = term(student, teacher, batch, step)
+      mask = _combine_masks(name, values, mask, batch_mask)
+      term_sum, count = metrics_lib.metric(values, mask)
+      weight = self.weight(name, step)
+      total = total + weight * term_sum / jnp.maximum(count, 1.0)
+      metrics[f'loss/{name}'] = (term_sum, count)
+      metrics[f'weight/{name}'] = metrics_lib.scalar(weight)
+    metrics['loss/total'] = metrics_lib.scalar(total)
+    for name, fn in self.metrics.items():
+      metrics[name] = fn(student, teacher, batch, batch_mask)
+    return total, metrics
+
+
+def _combine_masks(name, values, mask, batch_mask):
+  """Checks shapes and multiplies the term's mask by the batch mask."""
+  values_shape = jnp.shape(values)
+  if batch_mask is not None:
+    batch_mask = metrics_lib.leading_mask(batch_mask, len(values_shape))
+  for label, m in (('mask', mask), ('batch mask', batch_mask)):
+    if m is not None:
+      _checks.check_broadcastable(
+          f'term {name!r} {label}', m, f'term {name!r} values', values_shape
+      )
+  if mask is None:
+    return batch_mask
+  if batch_mask is None:
+    return mask
+  return jnp.asarray(mask, jnp.float32) * batch_mask
