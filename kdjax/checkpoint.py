@@ -1,0 +1,156 @@
+"""Checkpoints with orbax: the student's state and data position, the teacher apart.
+
+A student checkpoint holds the :class:`~kdjax.step.TrainState` (parameters,
+other collections, optimizer state, step, PRNG key) and a small JSON item
+with the data iterator's position and whatever metadata the caller adds. The
+teacher is never part of it: it is read from its own checkpoint with
+:func:`load_teacher` and passed to the step as an argument.
+
+Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a run killed mid-save keeps its previous checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from kdjax.step import TrainState
+
+_STATE = 'state'
+_META = 'meta'
+_TEACHER = 'teacher'
+
+
+def make_manager(
+    directory: str | os.PathLike[str],
+    *,
+    max_to_keep: int | None = 3,
+    save_interval_steps: int = 1,
+    enable_async: bool = False,
+) -> ocp.CheckpointManager:
+  """An orbax ``CheckpointManager`` for student checkpoints in `directory`.
+
+  Args:
+    directory: where checkpoints go (created if missing; absolute paths are
+      safest with orbax).
+    max_to_keep: how many recent checkpoints to keep (``None``: all).
+    save_interval_steps: :func:`save` without ``force`` only saves on
+      multiples of this.
+    enable_async: save in a background thread (call ``manager.wait_until_finished()``
+      before reading or exiting).
+
+  Returns:
+    The manager; close it with ``manager.close()`` when done.
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      save_interval_steps=save_interval_steps,
+      create=True,
+      enable_async_checkpointing=enable_async,
+  )
+  return ocp.CheckpointManager(
+      os.path.abspath(os.fspath(directory)),
+      options=options,
+      item_names=(_STATE, _META),
+  )
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    state: TrainState,
+    *,
+    data_state: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> bool:
+  """Saves the student state at ``state.step``.
+
+  Args:
+    manager: from :func:`make_manager`.
+    state: the student's :class:`~kdjax.step.TrainState`.
+    data_state: the data iterator's position (JSON-serialisable, e.g. a grain
+      iterator's ``get_state()``), restored with the state.
+    metadata: any other JSON-serialisable values (config, seeds).
+    force: save even if the step is not on the save interval.
+
+  Returns:
+    Whether a checkpoint was written.
+  """
+  if not isinstance(state, TrainState):
+    raise TypeError(
+        f'save expects the student TrainState, got {type(state).__name__}; '
+        'the teacher is saved apart with save_teacher.'
+    )
+  step = int(jax.device_get(state.step))
+  meta = {'data_state': data_state, 'metadata': dict(metadata or {})}
+  return manager.save(
+      step,
+      args=ocp.args.Composite(
+          **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
+      ),
+      force=force,
+  )
+
+
+def restore(
+    manager: ocp.CheckpointManager,
+    target: TrainState,
+    *,
+    step: int | None = None,
+) -> tuple[TrainState, Any, dict] | None:
+  """Restores the latest (or a given) student checkpoint.
+
+  Args:
+    manager: from :func:`make_manager`.
+    target: a state with the right structure (e.g. a freshly initialised
+      one); its shapes, dtypes and shardings are used, its values ignored.
+    step: the step to restore; ``None`` for the latest.
+
+  Returns:
+    ``(state, data_state, metadata)``, or ``None`` if there is no checkpoint.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+          **{_STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}
+      ),
+  )
+  meta = restored[_META]
+  return restored[_STATE], meta.get('data_state'), meta.get('metadata', {})
+
+
+def save_teacher(directory: str | os.PathLike[str], variables: Any) -> None:
+  """Writes a teacher's variables to their own checkpoint at `directory`."""
+  path = os.path.abspath(os.fspath(directory))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(path, _TEACHER), variables)
+
+
+def load_teacher(directory: str | os.PathLike[str], target: Any | None = None) -> Any:
+  """Reads a teacher's variables written by :func:`save_teacher`.
+
+  Args:
+    directory: the directory given to :func:`save_teacher`.
+    target: optional variables (or ``jax.ShapeDtypeStruct`` tree) giving
+      structure, dtypes and shardings (e.g. to place a large teacher sharded).
+
+  Returns:
+    The variables.
+  """
+  path = os.path.join(os.path.abspath(os.fspath(directory)), _TEACHER)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'no teacher checkpoint at {path}')
+  abstract = None
+  if target is not None:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path, abstract)
