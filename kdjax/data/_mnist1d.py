@@ -1,0 +1,128 @@
+"""TFDS builder for MNIST-1D, generated offline with the `mnist1d` package."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+_DESCRIPTION = """\
+MNIST-1D (Greydanus, 2020): a procedurally generated, 1-D analogue of MNIST.
+Each example is a length-40 float32 signal made by padding, scaling,
+translating, shearing and adding correlated and iid noise to one of ten
+digit-like templates; the label is the template's digit (10 classes).
+
+It is generated here, offline, with
+`mnist1d.data.make_dataset(mnist1d.data.get_dataset_args())` (the package's
+default arguments: 5,000 examples, 80/20 train/test split, seed 42), which
+reseeds Python's `random` and NumPy's global generator with `args.seed`
+(42); the builder restores both global generators afterwards. The result is
+deterministic: 4,000 train and 1,000 test examples, stored in make_dataset's
+order (example i of a split is row i of its arrays).
+The package's download path (`get_dataset(download=True)`) is never used.
+"""
+
+_CITATION = """\
+@article{greydanus2020scaling,
+  title={Scaling Down Deep Learning},
+  author={Greydanus, Sam},
+  journal={arXiv preprint arXiv:2011.14439},
+  year={2020}
+}
+"""
+
+_HOMEPAGE = 'https://github.com/greydanus/mnist1d'
+
+NUM_FEATURES = 40
+NUM_CLASSES = 10
+
+
+def make_mnist1d_arrays() -> dict[str, np.ndarray]:
+  """Generates MNIST-1D offline with mnist1d's default arguments (seed 42).
+
+  Python's `random` and NumPy's global generator states are saved and
+  restored around the call, so generating the data does not disturb the
+  caller's global random state.
+
+  Returns:
+    A dict with 'x' float32 [4000, 40], 'y' int64 [4000], 'x_test' float32
+    [1000, 40] and 'y_test' int64 [1000], in make_dataset's order.
+  """
+  import random  # pylint: disable=g-import-not-at-top
+
+  try:
+    import mnist1d.data  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'Building mnist1d needs the `mnist1d` package: '
+        '`pip install kdjax[data]` (or `pip install mnist1d`).'
+    ) from e
+
+  py_state = random.getstate()
+  np_state = np.random.get_state()
+  try:
+    data = mnist1d.data.make_dataset(mnist1d.data.get_dataset_args())
+  finally:
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+  return {
+      'x': np.asarray(data['x'], np.float32),
+      'y': np.asarray(data['y'], np.int64),
+      'x_test': np.asarray(data['x_test'], np.float32),
+      'y_test': np.asarray(data['y_test'], np.int64),
+  }
+
+
+class Mnist1d(tfds.core.GeneratorBasedBuilder):
+  """MNIST-1D: 4,000 train / 1,000 test signals of length 40, 10 classes.
+
+  Registered in the TFDS catalogue as 'mnist1d' when `kdjax.data` is
+  imported. Writes `array_record` files by default, so it is readable
+  without TensorFlow through `tfds.data_source('mnist1d', data_dir=...)`.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release, generated offline.'}
+
+  def __init__(self, *, file_format: Any = None, **kwargs: Any):
+    super().__init__(file_format=file_format or 'array_record', **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=_DESCRIPTION,
+        features=tfds.features.FeaturesDict({
+            'x': tfds.features.Tensor(
+                shape=(NUM_FEATURES,), dtype=np.float32
+            ),
+            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+        }),
+        supervised_keys=('x', 'label'),
+        # Keep make_dataset's (already shuffled) order: example i of a split
+        # is row i of make_dataset's arrays.
+        disable_shuffling=True,
+        homepage=_HOMEPAGE,
+        citation=_CITATION,
+        license='Apache-2.0',
+    )
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+    del dl_manager  # Generated offline; nothing to download.
+    data = make_mnist1d_arrays()
+    return {
+        'train': self._generate_examples(data['x'], data['y']),
+        'test': self._generate_examples(data['x_test'], data['y_test']),
+    }
+
+  def _generate_examples(
+      self, xs: np.ndarray, ys: np.ndarray
+  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields (key, example) with key the example's index in its split.
+
+    Args:
+      xs: float32 [N, 40] signals.
+      ys: int [N] labels in [0, 10).
+    """
+    for i, (x, y) in enumerate(zip(xs, ys)):
+      yield i, {'x': x, 'label': int(y)}
