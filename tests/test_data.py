@@ -225,10 +225,8 @@ def test_iterator_state_resumes_exactly(train):
   it = loader()
   _take(it, 7)
   state = it.get_state()
-  text = json.dumps(state)  # JSON serialisable as it is.
-  assert kdata.iterator_state_from_json(
-      kdata.iterator_state_to_json(state)
-  ) == state
+  text = json.dumps(state)  # A small JSON-serialisable dict.
+  assert json.loads(text) == state and len(text) < 100
   a = _take(it, 5)
   it2 = loader()
   it2.set_state(json.loads(text))
@@ -241,7 +239,9 @@ def test_transform_applied(train):
     return {**ex, 'x': ex['x'] * 2}
 
   plain = next(kdata.make_loader(train, batch_size=4, seed=0))
-  doubled = next(kdata.make_loader(train, batch_size=4, seed=0, transform=double))
+  doubled = next(
+      kdata.make_loader(train, batch_size=4, seed=0, transform=double)
+  )
   np.testing.assert_array_equal(doubled['x'], plain['x'] * 2)
 
 

@@ -1,11 +1,9 @@
-"""Datasets and grain input pipelines (TFDS sources, read without TensorFlow)."""
+"""Datasets and grain input pipelines over TFDS sources, without TensorFlow."""
 
 from kdjax.data._mnist1d import Mnist1d
 from kdjax.data._mnist1d import make_mnist1d_arrays
 from kdjax.data._pipeline import dataset_info
 from kdjax.data._pipeline import iterate_once
-from kdjax.data._pipeline import iterator_state_from_json
-from kdjax.data._pipeline import iterator_state_to_json
 from kdjax.data._pipeline import load_source
 from kdjax.data._pipeline import make_loader
 from kdjax.data._pipeline import MASK_KEY
@@ -16,8 +14,6 @@ __all__ = [
     'Mnist1d',
     'dataset_info',
     'iterate_once',
-    'iterator_state_from_json',
-    'iterator_state_to_json',
     'load_source',
     'make_loader',
     'make_mnist1d_arrays',

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-import json
 import os
 from typing import Any
 
@@ -253,9 +252,10 @@ def make_loader(
   .repeat(num_epochs).map(prepare).to_iter_dataset(read_options)
   .batch(batch_size)`: examples are read and prepared by grain's prefetch
   threads, then batched. Each epoch is a fresh permutation (the shuffle seed
-  is folded with the epoch number), and the whole stream is a deterministic function of `seed`. Batches run across
-  epoch boundaries: with `num_epochs=E` and N examples there are
-  `E * N // batch_size` batches (`ceil` when `drop_remainder=False`).
+  is folded with the epoch number), and the whole stream is a deterministic
+  function of `seed`. Batches run across epoch boundaries: with
+  `num_epochs=E` and N examples there are `E * N // batch_size` batches
+  (`ceil` when `drop_remainder=False`).
 
   Per example, `prepare` selects and renames keys (`features`), turns uint8
   `tfds.features.Image`s into float32 in [0, 1], checks that every
@@ -265,10 +265,9 @@ def make_loader(
 
   The iterator's position is `it.get_state()`, a small JSON-serialisable
   dict such as `{'next_index': 224}` (the number of examples consumed, here
-  7 batches of 32; grain 0.2.18); a fresh
-  iterator from the same arguments resumes exactly there after
-  `it.set_state(state)`. Save it next to the model checkpoint (e.g. as an
-  orbax `JsonSave`).
+  7 batches of 32; grain 0.2.18). A fresh iterator from the same arguments
+  and source resumes exactly there after `it.set_state(state)`. Save it next
+  to the model checkpoint (e.g. with orbax's `JsonSave`).
 
   Args:
     source: random-access examples: a TFDS data source from `load_source`
@@ -392,28 +391,4 @@ def iterate_once(
   ds = ds.batch(batch_size, drop_remainder=False)
   ds = ds.map(lambda b: _pad_batch(b, batch_size))
   return iter(ds)
-
-
-def iterator_state_to_json(state: Mapping[str, Any]) -> str:
-  """Serialises a grain iterator state (`it.get_state()`) to a JSON string.
-
-  Args:
-    state: the iterator state, e.g. {'next_index': 7}.
-
-  Returns:
-    The state as JSON text.
-  """
-  return json.dumps(state, sort_keys=True)
-
-
-def iterator_state_from_json(text: str) -> dict[str, Any]:
-  """Inverse of `iterator_state_to_json`: a state for `it.set_state`.
-
-  Args:
-    text: JSON text from `iterator_state_to_json`.
-
-  Returns:
-    The iterator state dict.
-  """
-  return json.loads(text)
 
