@@ -51,3 +51,42 @@ def check_positive(name: str, value: Any) -> None:
     arr = np.asarray(value)
     if arr.size and not np.all(arr > 0):
       raise ValueError(f'{name} must be > 0, got {value}.')
+
+
+def check_in_unit_interval(name: str, value: Any) -> None:
+  """Raises for a value outside [0, 1] when it is known at trace time."""
+  if is_concrete(value):
+    arr = np.asarray(value)
+    if arr.size and not np.all((arr >= 0) & (arr <= 1)):
+      raise ValueError(f'{name} must be in [0, 1], got {value}.')
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+  """Raises for a negative value when it is known at trace time."""
+  if is_concrete(value):
+    arr = np.asarray(value)
+    if arr.size and not np.all(arr >= 0):
+      raise ValueError(f'{name} must be >= 0, got {value}.')
+
+
+def check_integer(name: str, x: Any) -> None:
+  dtype = jnp.result_type(x)
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(
+        f'{name} must have an integer dtype, got {dtype} with shape '
+        f'{jnp.shape(x)}.'
+    )
+
+
+def check_index_range(name: str, x: Any, size: int, size_name: str) -> None:
+  """Raises if a concrete integer array has entries outside [0, size)."""
+  if not is_concrete(x):
+    return
+  arr = np.asarray(x)
+  bad = (arr < 0) | (arr >= size)
+  if np.any(bad):
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f'{name} must be in [0, {size}) ({size_name}={size}), got '
+        f'{arr[index]} at index {index} of {name} with shape {arr.shape}.'
+    )

@@ -1,0 +1,816 @@
+"""Per-example divergences between student and teacher logits."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from kdjax import _checks
+
+Array = jax.Array
+ArrayLike = Any
+
+# Conventions shared by every loss in this module:
+#
+# * Argument order is always ``(student_logits, teacher_logits, ...)``.
+# * The class axis (`axis`) is reduced; all other axes are kept, nothing is
+#   reduced over the batch.
+# * Work is done in float32 (float64 inputs stay float64), in log-space.
+# * A class takes part when ``where`` is True there and its logit is not -inf;
+#   excluded classes are dropped from the softmax normalisation and from the
+#   sum, exactly as if they had been sliced away. A row with no class left
+#   gives 0 with zero gradients.
+# * ``temperature`` divides both logit sets and the divergence is multiplied by
+#   ``temperature**2`` (Hinton et al., 2015), so gradient magnitudes do not
+#   shrink as 1/T² and different divergences stay comparable.
+# * The teacher is a fixed target: its logits pass through `stop_gradient`.
+
+
+# ----------------------------------------------------------------------------
+# Shared helpers.
+
+
+def _compute_dtype(*arrays: Array) -> jnp.dtype:
+  return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+
+
+def _class_axis(name: str, shape: tuple[int, ...], axis: int) -> int:
+  ndim = len(shape)
+  if ndim == 0:
+    raise ValueError(
+        f'{name} must have at least one axis (the class axis), got shape {shape}.'
+    )
+  if not -ndim <= axis < ndim:
+    raise ValueError(
+        f'axis={axis} is out of range for {name} with shape {shape}.'
+    )
+  return axis % ndim
+
+
+def _class_mask(where: ArrayLike | None, name: str, shape, axis: int):
+  """Broadcasts `where` to `shape` and moves the class axis last."""
+  if where is None:
+    return None
+  _checks.check_broadcastable('where', where, name, shape)
+  mask = jnp.broadcast_to(jnp.asarray(where).astype(bool), shape)
+  return jnp.moveaxis(mask, axis, -1)
+
+
+def _check_temperature(temperature: ArrayLike) -> None:
+  if jnp.ndim(temperature) != 0:
+    raise ValueError(
+        f'temperature must be a scalar, got shape {jnp.shape(temperature)}.'
+    )
+  _checks.check_positive('temperature', temperature)
+
+
+def _prepare_pair(student_logits, teacher_logits, temperature, where, axis):
+  """Checks arguments; returns tempered logits [..., classes] and the mask."""
+  _checks.check_floating('student_logits', student_logits)
+  _checks.check_floating('teacher_logits', teacher_logits)
+  _checks.check_same_shape(
+      'student_logits', student_logits, 'teacher_logits', teacher_logits
+  )
+  shape = jnp.shape(student_logits)
+  axis = _class_axis('student_logits', shape, axis)
+  mask = _class_mask(where, 'student_logits', shape, axis)
+  _check_temperature(temperature)
+  student_logits = jnp.asarray(student_logits)
+  teacher_logits = lax.stop_gradient(jnp.asarray(teacher_logits))
+  dtype = _compute_dtype(student_logits, teacher_logits)
+  temperature = jnp.asarray(temperature, dtype)
+  student = jnp.moveaxis(student_logits.astype(dtype), axis, -1) / temperature
+  teacher = jnp.moveaxis(teacher_logits.astype(dtype), axis, -1) / temperature
+  return student, teacher, mask
+
+
+def _scale_by_temperature(divergence: Array, temperature: ArrayLike) -> Array:
+  return divergence * jnp.square(jnp.asarray(temperature, divergence.dtype))
+
+
+def _masked_logsumexp(x: Array, valid: Array) -> Array:
+  """``log(sum(exp(x)))`` over valid entries of the last axis, keepdims.
+
+  Gives -inf where a row has no valid entry, with zero gradients there.
+  """
+  row_max = jnp.max(jnp.where(valid, x, -jnp.inf), axis=-1, keepdims=True)
+  row_max = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  # -inf (not x) on invalid entries: exp(-inf) = 0 has a zero derivative.
+  shifted = jnp.where(valid, x - row_max, -jnp.inf)
+  sum_exp = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
+  has_mass = sum_exp > 0
+  log_sum = jnp.log(jnp.where(has_mass, sum_exp, 1.0))
+  return jnp.where(has_mass, row_max + log_sum, -jnp.inf)
+
+
+def _masked_log_softmax(
+    logits: Array, mask: Array | None
+) -> tuple[Array, Array]:
+  """Log-softmax over the last axis restricted to the valid classes.
+
+  Args:
+    logits: ``[..., classes]``.
+    mask: boolean ``[..., classes]`` or None (all classes).
+
+  Returns:
+    ``(log_probs, valid)``: `log_probs` is -inf on classes that take no part
+    (masked out or with a -inf logit); `valid` marks the others.
+  """
+  # `!=` rather than `>`: a NaN logit stays valid and shows up in the result.
+  valid = logits != -jnp.inf
+  if mask is not None:
+    valid = valid & mask
+  log_norm = _masked_logsumexp(logits, valid)
+  return jnp.where(valid, logits - log_norm, -jnp.inf), valid
+
+
+def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
+  """``sum_c p_c (log p_c - log q_c)`` over classes where p > 0.
+
+  Entries outside `valid_p` are replaced before any arithmetic, so that no
+  0 * inf reaches the value or the gradient. Where q = 0 but p > 0 the result
+  is +inf, as the divergence is.
+  """
+  log_p = jnp.where(valid_p, log_p, 0.0)
+  log_q = jnp.where(valid_p, log_q, 0.0)
+  p = jnp.where(valid_p, jnp.exp(log_p), 0.0)
+  return jnp.sum(jnp.where(valid_p, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def _log_mixture(
+    log_a: Array, valid_a: Array, log_b: Array, valid_b: Array, weight_a
+) -> Array:
+  """``log(weight_a * a + (1 - weight_a) * b)``, stable, -inf where both are 0."""
+  weight_a = jnp.asarray(weight_a, log_a.dtype)
+  term_a = jnp.where(valid_a, jnp.log(weight_a) + log_a, -jnp.inf)
+  term_b = jnp.where(valid_b, jnp.log1p(-weight_a) + log_b, -jnp.inf)
+  # logaddexp(-inf, -inf) has NaN derivatives: feed it zeros there instead.
+  empty = (term_a == -jnp.inf) & (term_b == -jnp.inf)
+  mixed = jnp.logaddexp(
+      jnp.where(empty, 0.0, term_a), jnp.where(empty, 0.0, term_b)
+  )
+  return jnp.where(empty, -jnp.inf, mixed)
+
+
+def _log_probs_pair(student_logits, teacher_logits, temperature, where, axis):
+  student, teacher, mask = _prepare_pair(
+      student_logits, teacher_logits, temperature, where, axis
+  )
+  return _masked_log_softmax(student, mask), _masked_log_softmax(teacher, mask)
+
+
+def _jit_after_checks(*checks: Callable[[dict[str, Any]], None]):
+  """Decorator: checks the caller's values, then runs `fn` under `jax.jit`.
+
+  Inside jit, hyper-parameters and labels are tracers whose values cannot be
+  checked, so `checks` (each taking the bound arguments) run first, on the
+  values as given. Shape and dtype checks run in `fn` at trace time. The
+  body compiles once per shape and dtype (`axis` is static) instead of
+  dispatching op by op when called eagerly; inside a caller's jit it is
+  inlined.
+  """
+
+  def decorator(fn):
+    signature = inspect.signature(fn)
+    jitted = jax.jit(fn, static_argnames=('axis',))
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      bound = signature.bind(*args, **kwargs)
+      bound.apply_defaults()
+      for check in checks:
+        check(bound.arguments)
+      return jitted(*args, **kwargs)
+
+    return wrapper
+
+  return decorator
+
+
+def _temperature_value(arguments: dict[str, Any]) -> None:
+  _checks.check_positive('temperature', arguments['temperature'])
+
+
+def _unit_interval_value(name: str) -> Callable[[dict[str, Any]], None]:
+  return lambda arguments: _checks.check_in_unit_interval(name, arguments[name])
+
+
+def _nonnegative_value(name: str) -> Callable[[dict[str, Any]], None]:
+  return lambda arguments: _checks.check_nonnegative(name, arguments[name])
+
+
+def _label_values(logits_name: str) -> Callable[[dict[str, Any]], None]:
+  def check(arguments):
+    logits_shape = jnp.shape(arguments[logits_name])
+    axis = _class_axis(logits_name, logits_shape, arguments['axis'])
+    _check_labels(arguments['labels'], logits_name, logits_shape, axis)
+
+  return check
+
+
+
+# ----------------------------------------------------------------------------
+# Divergences.
+
+
+@_jit_after_checks(_temperature_value)
+def kl_divergence(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+) -> Array:
+  r"""Forward KL divergence ``T² KL(p_teacher || p_student)`` (classic KD).
+
+  With :math:`p = \mathrm{softmax}(t / T)` and :math:`q = \mathrm{softmax}(s
+  / T)`, returns :math:`T^2 \sum_c p_c (\log p_c - \log q_c)`. Its gradient
+  with respect to the student logits is :math:`T (q - p)`. The teacher logits
+  pass through ``stop_gradient``: the teacher is a fixed target.
+
+  Args:
+    student_logits: ``[..., classes]`` floating logits of the student.
+    teacher_logits: ``[..., classes]`` floating logits of the teacher, same
+      shape as `student_logits`.
+    temperature: positive scalar (Python float or traced) dividing both logit
+      sets; the divergence is multiplied by ``temperature**2``.
+    where: optional boolean mask broadcastable to ``[..., classes]``; classes
+      where it is False take no part (as if sliced away). Classes whose logit
+      is -inf in both inputs are likewise left out.
+    axis: the class axis.
+
+  Returns:
+    ``[...]`` per-example divergences (float32, or float64 for float64
+    inputs); 0 for a row with no class left.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.array([[1.0, 2.0, 3.0]])
+    >>> teacher = jnp.array([[3.0, 2.0, 1.0]])
+    >>> loss = losses.kl_divergence(student, teacher)
+    >>> print(loss.shape, f'{loss[0]:.4f}')
+    (1,) 1.1504
+    >>> loss = losses.kl_divergence(student, teacher, temperature=4.0)
+    >>> print(f'{loss[0]:.4f}')
+    1.3196
+
+  References:
+    Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network",
+    2015, https://arxiv.org/abs/1503.02531.
+  """
+  (log_q, _), (log_p, valid_p) = _log_probs_pair(
+      student_logits, teacher_logits, temperature, where, axis
+  )
+  return _scale_by_temperature(_kl(log_p, valid_p, log_q), temperature)
+
+
+@_jit_after_checks(_temperature_value)
+def reverse_kl_divergence(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+) -> Array:
+  r"""Reverse KL divergence ``T² KL(p_student || p_teacher)`` (mode seeking).
+
+  Returns :math:`T^2 \sum_c q_c (\log q_c - \log p_c)` with :math:`q` the
+  student's and :math:`p` the teacher's tempered softmax. The teacher logits
+  pass through ``stop_gradient``.
+
+  Args:
+    student_logits: ``[..., classes]`` floating logits of the student.
+    teacher_logits: ``[..., classes]`` floating logits of the teacher.
+    temperature: positive scalar dividing both logit sets; the divergence is
+      multiplied by ``temperature**2``.
+    where: optional boolean mask broadcastable to ``[..., classes]``
+      selecting the classes that take part.
+    axis: the class axis.
+
+  Returns:
+    ``[...]`` per-example divergences; 0 for a row with no class left.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.array([[1.0, 2.0, 3.0]])
+    >>> teacher = jnp.array([[2.0, 2.0, 2.0]])
+    >>> loss = losses.reverse_kl_divergence(student, teacher)
+    >>> print(f'{loss[0]:.4f}')
+    0.2662
+
+  References:
+    Gu, Dong, Wei and Huang, "MiniLLM: Knowledge Distillation of Large
+    Language Models", ICLR 2024, https://arxiv.org/abs/2306.08543.
+  """
+  (log_q, valid_q), (log_p, _) = _log_probs_pair(
+      student_logits, teacher_logits, temperature, where, axis
+  )
+  return _scale_by_temperature(_kl(log_q, valid_q, log_p), temperature)
+
+
+@_jit_after_checks(_temperature_value, _unit_interval_value('beta'))
+def generalized_jsd(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    beta: ArrayLike = 0.5,
+) -> Array:
+  r"""Generalized Jensen-Shannon divergence of GKD, times ``T²``.
+
+  With teacher :math:`p`, student :math:`q` and the mixture
+  :math:`m = \beta p + (1 - \beta) q`, for :math:`0 < \beta < 1`:
+
+  .. math::
+    \mathrm{JSD}_\beta = \beta\, KL(p \| m) + (1 - \beta)\, KL(q \| m),
+
+  Eq. (1) of Agarwal et al. with their ``P`` the teacher, as in TRL's
+  ``GKDTrainer.generalized_jsd_loss``. ``beta=0.5`` is the usual JSD.
+
+  The formula itself vanishes at both ends (:math:`m` becomes one of the two
+  distributions and its weight goes to zero), but scaled by :math:`1/\beta`
+  it tends to the forward KL as :math:`\beta \to 0`, and scaled by
+  :math:`1/(1-\beta)` to the reverse KL as :math:`\beta \to 1`. Following
+  the paper, whose experiments use ``beta=0`` for forward KL and ``beta=1``
+  for reverse KL, and TRL, the end points are defined as those limits:
+  ``beta=0`` gives exactly :func:`kl_divergence` and ``beta=1`` exactly
+  :func:`reverse_kl_divergence`. (So the value jumps at the end points; it
+  is continuous on the open interval.) The teacher logits pass through
+  ``stop_gradient``.
+
+  Args:
+    student_logits: ``[..., classes]`` floating logits of the student.
+    teacher_logits: ``[..., classes]`` floating logits of the teacher.
+    temperature: positive scalar dividing both logit sets; the divergence is
+      multiplied by ``temperature**2``.
+    where: optional boolean mask broadcastable to ``[..., classes]``
+      selecting the classes that take part.
+    axis: the class axis.
+    beta: mixture weight of the teacher in ``[0, 1]`` (may be traced).
+
+  Returns:
+    ``[...]`` per-example divergences; 0 for a row with no class left.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.array([[1.0, 2.0, 3.0]])
+    >>> teacher = jnp.array([[3.0, 2.0, 1.0]])
+    >>> loss = losses.generalized_jsd(student, teacher, beta=0.5)
+    >>> print(f'{loss[0]:.4f}')
+    0.2476
+    >>> forward_kl = losses.generalized_jsd(student, teacher, beta=0.0)
+    >>> print(f'{forward_kl[0]:.4f}')
+    1.1504
+
+  References:
+    Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist and Bachem, "On-Policy
+    Distillation of Language Models: Learning from Self-Generated Mistakes",
+    ICLR 2024, https://arxiv.org/abs/2306.13649.
+  """
+  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
+      student_logits, teacher_logits, temperature, where, axis
+  )
+  beta = jnp.asarray(beta, log_p.dtype)
+  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, beta)
+  # At beta = 0 (1) the other term is KL(q || q) = 0 (KL(p || p) = 0), so
+  # weight 1 on the surviving term gives exactly the forward (reverse) KL.
+  teacher_weight = jnp.where(beta == 0, 1.0, beta)
+  student_weight = jnp.where(beta == 1, 1.0, 1.0 - beta)
+  divergence = teacher_weight * _kl(log_p, valid_p, log_m)
+  divergence += student_weight * _kl(log_q, valid_q, log_m)
+  return _scale_by_temperature(divergence, temperature)
+
+
+@_jit_after_checks(_temperature_value, _unit_interval_value('alpha'))
+def skew_kl_divergence(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    alpha: ArrayLike = 0.1,
+) -> Array:
+  r"""Skew KL ``T² KL(p || alpha p + (1 - alpha) q)`` of DistiLLM.
+
+  Teacher :math:`p`, student :math:`q`, as defined by Ko et al. and in the
+  official code's ``skewed_forward_kl`` (mixture ``alpha * teacher +
+  (1 - alpha) * student``). ``alpha=0`` is the forward KL, ``alpha=1``
+  gives 0. That code returns the cross-entropy :math:`-\sum_c p_c \log
+  m_c`, which differs from this value by the teacher's entropy, a constant
+  for the student; here the teacher entropy is subtracted so that the
+  divergence is 0 when student == teacher. The teacher logits pass through
+  ``stop_gradient``.
+
+  Args:
+    student_logits: ``[..., classes]`` floating logits of the student.
+    teacher_logits: ``[..., classes]`` floating logits of the teacher.
+    temperature: positive scalar dividing both logit sets; the divergence is
+      multiplied by ``temperature**2``.
+    where: optional boolean mask broadcastable to ``[..., classes]``
+      selecting the classes that take part.
+    axis: the class axis.
+    alpha: skew, the teacher's weight in the mixture, in ``[0, 1]``.
+
+  Returns:
+    ``[...]`` per-example divergences; 0 for a row with no class left.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.array([[1.0, 2.0, 3.0]])
+    >>> teacher = jnp.array([[3.0, 2.0, 1.0]])
+    >>> loss = losses.skew_kl_divergence(student, teacher, alpha=0.1)
+    >>> print(f'{loss[0]:.4f}')
+    0.8299
+
+  References:
+    Ko, Kim, Chen and Yun, "DistiLLM: Towards Streamlined Distillation for
+    Large Language Models", ICML 2024, https://arxiv.org/abs/2402.03898.
+  """
+  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
+      student_logits, teacher_logits, temperature, where, axis
+  )
+  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, alpha)
+  return _scale_by_temperature(_kl(log_p, valid_p, log_m), temperature)
+
+
+@_jit_after_checks(_temperature_value, _unit_interval_value('alpha'))
+def skew_reverse_kl_divergence(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    alpha: ArrayLike = 0.1,
+) -> Array:
+  r"""Skew reverse KL ``T² KL(q || (1 - alpha) p + alpha q)`` of DistiLLM.
+
+  Teacher :math:`p`, student :math:`q`, as defined by Ko et al. and in the
+  official code's ``skewed_reverse_kl`` (mixture ``(1 - alpha) * teacher +
+  alpha * student``; the student entropy is included, so this is the exact
+  divergence). ``alpha=0`` is the reverse KL, ``alpha=1`` gives 0. The
+  teacher logits pass through ``stop_gradient``.
+
+  Args:
+    student_logits: ``[..., classes]`` floating logits of the student.
+    teacher_logits: ``[..., classes]`` floating logits of the teacher.
+    temperature: positive scalar dividing both logit sets; the divergence is
+      multiplied by ``temperature**2``.
+    where: optional boolean mask broadcastable to ``[..., classes]``
+      selecting the classes that take part.
+    axis: the class axis.
+    alpha: skew, the student's weight in the mixture, in ``[0, 1]``.
+
+  Returns:
+    ``[...]`` per-example divergences; 0 for a row with no class left.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.array([[1.0, 2.0, 3.0]])
+    >>> teacher = jnp.array([[3.0, 2.0, 1.0]])
+    >>> loss = losses.skew_reverse_kl_divergence(student, teacher, alpha=0.1)
+    >>> print(f'{loss[0]:.4f}')
+    0.8299
+
+  References:
+    Ko, Kim, Chen and Yun, "DistiLLM: Towards Streamlined Distillation for
+    Large Language Models", ICML 2024, https://arxiv.org/abs/2402.03898.
+  """
+  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
+      student_logits, teacher_logits, temperature, where, axis
+  )
+  log_m = _log_mixture(log_q, valid_q, log_p, valid_p, alpha)
+  return _scale_by_temperature(_kl(log_q, valid_q, log_m), temperature)
+
+
+@_jit_after_checks(_temperature_value)
+def total_variation_distance(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+) -> Array:
+  r"""Total variation distance ``T² * 0.5 * sum_c |p_c - q_c|``.
+
+  Teacher :math:`p`, student :math:`q`. At the default ``temperature=1`` this
+  is the plain distance in ``[0, 1]`` (as in DistiLLM's ``tv_distance``). For
+  other temperatures it is multiplied by ``T²`` like every divergence here,
+  so that swapping divergences in a config keeps the loss scale and
+  gradient conventions. The distance is not differentiable where
+  :math:`p_c = q_c`. The teacher logits pass through ``stop_gradient``.
+
+  Args:
+    student_logits: ``[..., classes]`` floating logits of the student.
+    teacher_logits: ``[..., classes]`` floating logits of the teacher.
+    temperature: positive scalar dividing both logit sets; the distance is
+      multiplied by ``temperature**2``.
+    where: optional boolean mask broadcastable to ``[..., classes]``
+      selecting the classes that take part.
+    axis: the class axis.
+
+  Returns:
+    ``[...]`` per-example distances; 0 for a row with no class left.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.array([[0.0, 0.0]])
+    >>> teacher = jnp.array([[0.0, -jnp.inf]])
+    >>> loss = losses.total_variation_distance(student, teacher)
+    >>> print(f'{loss[0]:.4f}')
+    0.5000
+
+  References:
+    Ko, Kim, Chen and Yun, "DistiLLM: Towards Streamlined Distillation for
+    Large Language Models", ICML 2024, https://arxiv.org/abs/2402.03898
+    (compared objective, the code's ``tv_distance``); Wen, Li, Du and
+    Mou, "f-Divergence Minimization for Sequence-Level Knowledge
+    Distillation", ACL 2023, https://arxiv.org/abs/2307.15190.
+  """
+  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
+      student_logits, teacher_logits, temperature, where, axis
+  )
+  p = jnp.where(valid_p, jnp.exp(jnp.where(valid_p, log_p, 0.0)), 0.0)
+  q = jnp.where(valid_q, jnp.exp(jnp.where(valid_q, log_q, 0.0)), 0.0)
+  distance = 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
+  return _scale_by_temperature(distance, temperature)
+
+
+# ----------------------------------------------------------------------------
+# Label-aware losses.
+
+
+def _check_labels(labels, logits_name, logits_shape, axis) -> Array:
+  """Integer dtype, shape = logits shape without the class axis, range."""
+  _checks.check_integer('labels', labels)
+  expected = tuple(d for i, d in enumerate(logits_shape) if i != axis)
+  if tuple(jnp.shape(labels)) != expected:
+    raise ValueError(
+        f'labels must have the shape of {logits_name} without the class axis '
+        f'{axis}, {expected}; got labels.shape={tuple(jnp.shape(labels))} and '
+        f'{logits_name}.shape={tuple(logits_shape)}.'
+    )
+  _checks.check_index_range(
+      'labels', labels, logits_shape[axis], 'num_classes'
+  )
+  return jnp.asarray(labels)
+
+
+def _label_one_hot(labels: Array, shape) -> tuple[Array, Array]:
+  """Boolean one-hot ``[..., classes]`` and whether each label is in range."""
+  classes = lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1)
+  one_hot = classes == labels[..., None]
+  return one_hot, jnp.any(one_hot, axis=-1)
+
+
+def _nan_where_out_of_range(values: Array, in_range: Array) -> Array:
+  return jnp.where(in_range, values, jnp.nan)
+
+
+@_jit_after_checks(_temperature_value, _label_values('student_logits'))
+def dkd_terms(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+) -> tuple[Array, Array, Array]:
+  r"""The parts of decoupled KD: ``(tckd, nckd, teacher_target_prob)``.
+
+  With the tempered softmax of teacher :math:`p` and student :math:`q` and
+  the target class :math:`y`:
+
+  * TCKD is the KL between the binary distributions
+    :math:`(p_y, 1 - p_y)` and :math:`(q_y, 1 - q_y)`;
+  * NCKD is the KL between :math:`\hat p` and :math:`\hat q`, the
+    distributions renormalised over the non-target classes.
+
+  Both are multiplied by ``T²``, as in the official mdistiller ``dkd_loss``.
+  They satisfy the reformulation of Zhao et al. (Sec. 3.1) at any
+  temperature:
+  ``kl_divergence == tckd + (1 - teacher_target_prob) * nckd``. The
+  non-target classes are masked exactly (the official code subtracts 1000
+  from the target logit instead) and :math:`\log(1 - p_y)` is computed as a
+  log-sum-exp over the other classes, so it is stable when :math:`p_y \to 1`.
+  The teacher logits pass through ``stop_gradient``.
+
+  Labels are checked when concrete. Under ``jit`` they are tracers and cannot
+  be checked; an out-of-range label then gives NaN for that example (as a
+  gather out of bounds would), which a masked reduction can drop.
+
+  Args:
+    student_logits: ``[..., classes]`` floating logits of the student.
+    teacher_logits: ``[..., classes]`` floating logits of the teacher.
+    labels: ``[...]`` integer target classes in ``[0, classes)``.
+    temperature: positive scalar dividing both logit sets.
+    where: optional boolean mask broadcastable to ``[..., classes]``
+      selecting the classes that take part.
+    axis: the class axis.
+
+  Returns:
+    ``(tckd, nckd, teacher_target_prob)``, each ``[...]``: the two
+    divergences times ``T²`` and the teacher's tempered probability of the
+    target class :math:`p_y` (no gradient).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.array([[1.0, 2.0, 3.0]])
+    >>> teacher = jnp.array([[3.0, 2.0, 1.0]])
+    >>> tckd, nckd, p_y = losses.dkd_terms(student, teacher, jnp.array([0]))
+    >>> print(f'{tckd[0]:.4f} {nckd[0]:.4f} {p_y[0]:.4f}')
+    0.9957 0.4621 0.6652
+
+  References:
+    Zhao, Cui, Song, Qiu and Liang, "Decoupled Knowledge Distillation",
+    CVPR 2022, https://arxiv.org/abs/2203.08679.
+  """
+  student, teacher, mask = _prepare_pair(
+      student_logits, teacher_logits, temperature, where, axis
+  )
+  axis = _class_axis('student_logits', jnp.shape(student_logits), axis)
+  labels = _check_labels(
+      labels, 'student_logits', jnp.shape(student_logits), axis
+  )
+  is_target, in_range = _label_one_hot(labels, student.shape)
+
+  def binary_log_probs(logits):
+    log_probs, valid = _masked_log_softmax(logits, mask)
+    log_target = _masked_logsumexp(log_probs, valid & is_target)
+    log_other = _masked_logsumexp(log_probs, valid & ~is_target)
+    return jnp.concatenate([log_target, log_other], axis=-1)
+
+  binary_student = binary_log_probs(student)
+  binary_teacher = binary_log_probs(teacher)
+  tckd = _kl(binary_teacher, binary_teacher != -jnp.inf, binary_student)
+
+  non_target = ~is_target if mask is None else mask & ~is_target
+  log_q, _ = _masked_log_softmax(student, non_target)
+  log_p, valid_p = _masked_log_softmax(teacher, non_target)
+  nckd = _kl(log_p, valid_p, log_q)
+
+  teacher_target_prob = jnp.exp(binary_teacher[..., 0])
+  return tuple(
+      _nan_where_out_of_range(value, in_range)
+      for value in (
+          _scale_by_temperature(tckd, temperature),
+          _scale_by_temperature(nckd, temperature),
+          teacher_target_prob,
+      )
+  )
+
+
+@_jit_after_checks(
+    _temperature_value,
+    _nonnegative_value('alpha'),
+    _nonnegative_value('beta'),
+    _label_values('student_logits'),
+)
+def decoupled_kd(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: ArrayLike = 1.0,
+    beta: ArrayLike = 8.0,
+    temperature: ArrayLike = 4.0,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+) -> Array:
+  r"""Decoupled KD loss ``alpha * TCKD + beta * NCKD`` (both times ``T²``).
+
+  See :func:`dkd_terms` for the two parts, the label checks and the
+  ``T²`` convention. The defaults are the paper's CIFAR-100 setting
+  (``alpha=1, beta=8, T=4``); the official code also warms the loss up over
+  the first epochs, which belongs to the objective's weight schedule. The
+  teacher logits pass through ``stop_gradient``.
+
+  Args:
+    student_logits: ``[..., classes]`` floating logits of the student.
+    teacher_logits: ``[..., classes]`` floating logits of the teacher.
+    labels: ``[...]`` integer target classes in ``[0, classes)``.
+    alpha: weight of TCKD, >= 0.
+    beta: weight of NCKD, >= 0.
+    temperature: positive scalar dividing both logit sets.
+    where: optional boolean mask broadcastable to ``[..., classes]``
+      selecting the classes that take part.
+    axis: the class axis.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.array([[1.0, 2.0, 3.0]])
+    >>> teacher = jnp.array([[3.0, 2.0, 1.0]])
+    >>> loss = losses.decoupled_kd(
+    ...     student, teacher, jnp.array([0]), temperature=1.0)
+    >>> print(f'{loss[0]:.4f}')
+    4.6927
+
+  References:
+    Zhao, Cui, Song, Qiu and Liang, "Decoupled Knowledge Distillation",
+    CVPR 2022, https://arxiv.org/abs/2203.08679.
+  """
+  tckd, nckd, _ = dkd_terms(
+      student_logits,
+      teacher_logits,
+      labels,
+      temperature=temperature,
+      where=where,
+      axis=axis,
+  )
+  return alpha * tckd + beta * nckd
+
+
+@_jit_after_checks(
+    _unit_interval_value('label_smoothing'), _label_values('logits')
+)
+def cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    axis: int = -1,
+    label_smoothing: ArrayLike = 0.0,
+) -> Array:
+  r"""Hard-label cross entropy ``-log softmax(logits)[label]``.
+
+  With label smoothing :math:`\epsilon` the target is
+  :math:`(1 - \epsilon)\,\mathrm{onehot}(y) + \epsilon / K` where :math:`K`
+  counts the classes that take part in the row (``where`` True and logit not
+  -inf), as in ``optax.smooth_labels`` over the unmasked classes.
+
+  Labels are checked when concrete: an integer dtype (TypeError), the shape
+  of `logits` without the class axis and values in ``[0, classes)``
+  (ValueError). Under ``jit`` the labels are tracers and the range cannot be
+  checked; an out-of-range label then gives NaN for that example (like an
+  out-of-bounds gather in ``optax``), which a masked reduction can drop. A
+  label on a class that is masked out or has a -inf logit has probability 0:
+  its loss is +inf. A row with no class left gives 0.
+
+  Args:
+    logits: ``[..., classes]`` floating logits.
+    labels: ``[...]`` integer classes in ``[0, classes)``.
+    where: optional boolean mask broadcastable to ``[..., classes]``
+      selecting the classes that take part.
+    axis: the class axis.
+    label_smoothing: :math:`\epsilon` in ``[0, 1]``.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> logits = jnp.array([[1.0, 2.0, 3.0]])
+    >>> loss = losses.cross_entropy(logits, jnp.array([2]))
+    >>> print(f'{loss[0]:.4f}')
+    0.4076
+    >>> loss = losses.cross_entropy(logits, jnp.array([2]), label_smoothing=0.1)
+    >>> print(f'{loss[0]:.4f}')
+    0.5076
+
+  References:
+    Szegedy et al., "Rethinking the Inception Architecture for Computer
+    Vision" (label smoothing), CVPR 2016, https://arxiv.org/abs/1512.00567.
+  """
+  _checks.check_floating('logits', logits)
+  shape = jnp.shape(logits)
+  axis = _class_axis('logits', shape, axis)
+  mask = _class_mask(where, 'logits', shape, axis)
+  labels = _check_labels(labels, 'logits', shape, axis)
+  logits = jnp.asarray(logits)
+  logits = jnp.moveaxis(logits.astype(_compute_dtype(logits)), axis, -1)
+
+  log_probs, valid = _masked_log_softmax(logits, mask)
+  is_target, in_range = _label_one_hot(labels, logits.shape)
+  # Not masked by `valid`: a label on an excluded class gives +inf.
+  target_nll = -jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
+  num_valid = jnp.sum(valid, axis=-1)
+  safe_log_probs = jnp.where(valid, log_probs, 0.0)
+  uniform_nll = -jnp.sum(safe_log_probs, axis=-1) / jnp.maximum(num_valid, 1)
+  smoothing = jnp.asarray(label_smoothing, log_probs.dtype)
+  loss = (1.0 - smoothing) * target_nll + smoothing * uniform_nll
+  loss = jnp.where(num_valid > 0, loss, 0.0)
+  return _nan_where_out_of_range(loss, in_range)
