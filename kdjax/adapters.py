@@ -167,7 +167,8 @@ def from_nnx(
 
   def apply(variables, batch, *, train, rngs=None):
     del rngs
-    module = nnx.merge(graphdef, variables['params'], variables['state'])
+    # copy=True: the traced state must not be mutated in place (grad/jit).
+    module = nnx.merge(graphdef, variables['params'], variables['state'], copy=True)
     if train:
       module.train()
     else:

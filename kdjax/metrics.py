@@ -50,10 +50,56 @@ def accuracy(
   return metric(jnp.argmax(logits, axis=-1) == labels, mask)
 
 
-def merge(a: Metrics | None, b: Metrics) -> dict:
+@jax.tree_util.register_pytree_node_class
+class Packed(Mapping):
+  """Metrics packed into one ``[n, 2]`` array of (sum, count) rows.
+
+  Reads like the dict it came from (``packed['loss/kd'] -> (sum, count)``),
+  but a jitted step returns one buffer instead of one per scalar, which
+  saves a few microseconds per metric and step. The names are static.
+  """
+
+  def __init__(self, names: tuple[str, ...], values: jax.Array):
+    self.names = tuple(names)
+    self.values = values
+
+  @classmethod
+  def from_dict(cls, metrics: Metrics) -> Packed:
+    names = tuple(sorted(metrics))
+    rows = [jnp.stack([jnp.asarray(metrics[n][0], jnp.float32),
+                       jnp.asarray(metrics[n][1], jnp.float32)]) for n in names]
+    return cls(names, jnp.stack(rows))
+
+  def __getitem__(self, name: str) -> tuple[jax.Array, jax.Array]:
+    try:
+      row = self.names.index(name)
+    except ValueError:
+      raise KeyError(f'no metric {name!r}; the metrics are {list(self.names)}') from None
+    return self.values[..., row, 0], self.values[..., row, 1]
+
+  def __iter__(self):
+    return iter(self.names)
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def __repr__(self) -> str:
+    return f'Packed({list(self.names)})'
+
+  def tree_flatten(self):
+    return (self.values,), self.names
+
+  @classmethod
+  def tree_unflatten(cls, names, children):
+    return cls(names, children[0])
+
+
+def merge(a: Metrics | None, b: Metrics) -> Metrics:
   """Adds two metric dicts name by name (sums and counts add)."""
   if a is None:
-    return dict(b)
+    return b if isinstance(b, Packed) else dict(b)
+  if isinstance(a, Packed) and isinstance(b, Packed) and a.names == b.names:
+    return Packed(a.names, a.values + b.values)
   names = set(a) | set(b)
   out = {}
   for name in names:

@@ -101,6 +101,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     rng_streams: Sequence[str] = ('dropout',),
+    grad_norm: bool = False,
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, dict]]:
   """Returns a pure train step ``step(state, teacher_variables, batch)``.
 
@@ -121,10 +122,13 @@ def make_train_step(
     objective: the :class:`~kdjax.objective.Objective`.
     optimizer: an optax gradient transformation.
     rng_streams: names of the student's RNG streams.
+    grad_norm: also report the global gradient norm as ``optim/grad_norm``
+      (it costs a pass over the gradients).
 
   Returns:
     ``step(state, teacher_variables, batch) -> (new_state, metrics)`` with
-    metrics as ``(sum, count)`` pairs (see :mod:`kdjax.metrics`).
+    metrics as ``(sum, count)`` pairs packed in one array
+    (:class:`kdjax.metrics.Packed`, which reads like a dict).
   """
 
   def step(state: TrainState, teacher_variables: Any, batch: Batch):
@@ -146,8 +150,9 @@ def make_train_step(
         opt_state=opt_state,
     )
     metrics = dict(metrics)
-    metrics['optim/grad_norm'] = metrics_lib.scalar(optax.tree.norm(grads))
-    return new_state, metrics
+    if grad_norm:
+      metrics['optim/grad_norm'] = metrics_lib.scalar(optax.tree.norm(grads))
+    return new_state, metrics_lib.Packed.from_dict(metrics)
 
   return step
 

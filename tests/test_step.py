@@ -280,3 +280,33 @@ def test_linen_captures_submodule_outputs():
       outputs.features['pre'], _batch()['x'] @ params['kernel'] + params['bias'][None, :], rtol=1e-5
   )
   np.testing.assert_allclose(outputs.features['hidden'], jax.nn.relu(outputs.features['pre']))
+
+
+class NnxBnDropout(nnx.Module):
+
+  def __init__(self, rngs):
+    self.fc1 = nnx.Linear(IN, HIDDEN, rngs=rngs)
+    self.bn = nnx.BatchNorm(HIDDEN, momentum=0.5, rngs=rngs)
+    self.dropout = nnx.Dropout(0.5, rngs=rngs)
+    self.fc2 = nnx.Linear(HIDDEN, CLASSES, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc2(self.dropout(nnx.relu(self.bn(self.fc1(x)))))
+
+
+def test_nnx_student_with_batchnorm_and_dropout():
+  teacher_apply, teacher_vars = _linen_teacher()
+  apply, variables = adapters.from_nnx(NnxBnDropout(nnx.Rngs(0, dropout=1)))
+  optimizer = optax.sgd(0.0)
+  objective = objective_lib.Objective({'kd': objective_lib.distill(losses.kl_divergence)})
+  step = jax.jit(step_lib.make_train_step(apply, teacher_apply, objective, optimizer))
+  state = step_lib.init_train_state(variables, optimizer)
+  state1, m1 = step(state, teacher_vars, _batch())
+  state2, m2 = step(state1, teacher_vars, _batch())
+  before = variables['state']['bn']['mean'][...]
+  assert not np.allclose(before, state1.model_state['state']['bn']['mean'][...])
+  # The dropout stream advances: same params and batch, different loss.
+  assert float(m1['loss/kd'][0]) != float(m2['loss/kd'][0])
+  eval_step = jax.jit(step_lib.make_eval_step(apply, teacher_apply, objective))
+  e1, e2 = eval_step(state2, teacher_vars, _batch()), eval_step(state2, teacher_vars, _batch())
+  np.testing.assert_array_equal(e1['loss/kd'][0], e2['loss/kd'][0])
