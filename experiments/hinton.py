@@ -1,0 +1,380 @@
+"""Hinton et al. (2015) reproduced: teacher, student, distilled student, omitted class.
+
+Run ``python -m experiments.hinton --config=experiments/configs/hinton.py:cpu
+--workdir=runs/hinton_cpu``; see the config file for what each scale does and
+costs. Writes, under the workdir: ``<phase>/seed<k>/metrics.jsonl`` and
+TensorBoard files, the teachers' own checkpoints, ``results.json``,
+``learning_curves.png``; then prints the results table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kdjax import adapters
+from kdjax import checkpoint
+from kdjax import config as config_lib
+from kdjax import data as data_lib
+from kdjax import losses
+from kdjax import loop
+from kdjax import objective as objective_lib
+from kdjax import step as step_lib
+from kdjax import writers
+from kdjax import zoo
+
+PHASES = ('teacher', 'baseline', 'distilled', 'omitted')
+
+
+def load_arrays(config: ml_collections.ConfigDict) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+  """Reads the train/val/test splits through TFDS + grain into arrays."""
+  data_dir = config.data.data_dir or None
+  arrays = {}
+  for split_name in ('train', 'val', 'test'):
+    source = data_lib.load_source(
+        config.data.name, config.data[f'{split_name}_split'], data_dir=data_dir
+    )
+    batches = list(data_lib.iterate_once(source, batch_size=512))
+    merged = {k: np.concatenate([b[k] for b in batches]) for k in ('x', 'label', 'mask')}
+    keep = merged.pop('mask')
+    arrays[split_name] = {k: v[keep] for k, v in merged.items()}
+  return arrays, data_lib.num_classes(source)
+
+
+def make_jitter(shift: int, scale: float, noise: float):
+  """Input jitter: circular shift along the signal/image axes, scaling, noise."""
+
+  def jitter(batch, key):
+    x = batch['x']
+    shift_key, scale_key, noise_key = jax.random.split(key, 3)
+    if shift:
+      spatial_axes = range(1, x.ndim - 1) if x.ndim > 2 else (1,)
+      for axis, axis_key in zip(spatial_axes, jax.random.split(shift_key, x.ndim)):
+        offsets = jax.random.randint(axis_key, (x.shape[0],), -shift, shift + 1)
+        x = jax.vmap(lambda row, k, a=axis: jnp.roll(row, k, axis=a - 1))(x, offsets)
+    if scale:
+      factor = 1.0 + scale * jax.random.uniform(scale_key, (x.shape[0],), minval=-1.0, maxval=1.0)
+      x = x * factor.reshape((-1,) + (1,) * (x.ndim - 1))
+    if noise:
+      x = x + noise * jax.random.normal(noise_key, x.shape)
+    return {**batch, 'x': x}
+
+  return jitter
+
+
+def make_model(model_config: ml_collections.ConfigDict, num_classes: int) -> zoo.MLP:
+  return zoo.MLP(
+      hidden_sizes=tuple(model_config.hidden_sizes),
+      num_classes=num_classes,
+      dropout_rate=model_config.dropout,
+      input_dropout_rate=model_config.input_dropout,
+  )
+
+
+def make_optimizer(model_config: ml_collections.ConfigDict, steps: int):
+  schedule = optax.cosine_decay_schedule(model_config.learning_rate, steps)
+  return optax.adamw(schedule, weight_decay=model_config.weight_decay)
+
+
+def kd_objective(kd_config: ml_collections.ConfigDict) -> objective_lib.Objective:
+  """The paper's weighted average of soft (x T^2) and hard cross entropies."""
+  return objective_lib.Objective(
+      {
+          'kd': objective_lib.distill(losses.kl_divergence, temperature=kd_config.temperature),
+          'ce': objective_lib.supervised(),
+      },
+      weights={'kd': kd_config.soft_weight, 'ce': 1.0 - kd_config.soft_weight},
+      metrics={'acc/student': objective_lib.accuracy()},
+  )
+
+
+def label_objective() -> objective_lib.Objective:
+  return objective_lib.Objective(
+      {'ce': objective_lib.supervised()},
+      metrics={'acc/student': objective_lib.accuracy()},
+  )
+
+
+class Trainer:
+  """One training recipe (model, objective, optimizer), compiled once for all seeds."""
+
+  def __init__(self, model_config, model, objective, *, num_train, jitter, teacher_apply, evals,
+               progress, shared=None):
+    self.config, self.model, self.evals, self.progress = model_config, model, evals, progress
+    steps_per_epoch = num_train // model_config.batch_size
+    self.optimizer = make_optimizer(model_config, steps_per_epoch * model_config.epochs)
+    if shared is not None:  # same model: reuse its compiled eval functions
+      self.apply, self.eval_step, self.logits = shared.apply, shared.eval_step, shared.logits
+    else:
+      self.apply = adapters.from_linen(model)
+      self.eval_step = jax.jit(step_lib.make_eval_step(self.apply))
+      self.logits = jax.jit(
+          lambda variables, x: self.apply(variables, {'x': x}, train=False)[0].logits)
+    train_step = step_lib.make_train_step(self.apply, teacher_apply, objective, self.optimizer)
+    self.epoch_fn = jax.jit(
+        loop.make_epoch_fn(train_step, batch_size=model_config.batch_size,
+                           augment=jitter if model_config.jitter else None),
+        donate_argnums=0,
+    )
+
+    def init(key, example):
+      variables = model.init(key, example, train=False)
+      return step_lib.init_train_state(variables, self.optimizer, rng=jax.random.fold_in(key, 1))
+
+    self.init = jax.jit(init)
+
+  def evaluate(self, state) -> dict[str, float]:
+    out = {}
+    for name, arrays in self.evals.items():
+      for metric, value in loop.evaluate(self.eval_step, state, None, arrays).items():
+        out[f'{name}/{metric}'] = value
+    return out
+
+  def train(self, train, *, seed, teacher_variables, workdir, desc):
+    """Trains from a fresh init (or resumes `workdir`'s checkpoint)."""
+    state = self.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + train['x'].shape[1:]))
+    epochs = self.config.epochs
+    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=1)
+    with writers.MetricWriter(workdir) as writer:
+      state = loop.fit(
+          self.epoch_fn, state, teacher_variables, jax.device_put(train),
+          num_epochs=epochs, seed=seed, evaluate_fn=self.evaluate,
+          eval_every=max(epochs // 10, 1), writer=writer, manager=manager,
+          save_every=max(epochs // 4, 1), desc=desc, progress=self.progress,
+      )
+    manager.close()
+    return state, self.evaluate(state)
+
+
+def class_accuracy(logits, labels, label, bias_delta=0.0):
+  """Accuracy overall and on `label`'s examples, with `label`'s bias shifted."""
+  logits = np.array(logits, np.float64)
+  logits[:, label] += bias_delta
+  predictions = logits.argmax(-1)
+  is_label = labels == label
+  return {
+      'acc': float(np.mean(predictions == labels)),
+      'acc_on_label': float(np.mean(predictions[is_label] == label)),
+      'errors': int(np.sum(predictions != labels)),
+  }
+
+
+def run_seed(config, arrays, trainers, seed, workdir):
+  """Teacher, baseline, distilled and omitted-class runs for one seed."""
+  result = {}
+
+  def phase_dir(phase):
+    return os.path.join(workdir, phase, f'seed{seed}')
+
+  teacher_state, result['teacher'] = trainers['teacher'].train(
+      arrays['train'], seed=seed, teacher_variables=None,
+      workdir=phase_dir('teacher'), desc=f'teacher s{seed}')
+  # The teacher gets its own checkpoint; the students read it from there.
+  checkpoint.save_teacher(os.path.join(phase_dir('teacher'), 'final'), teacher_state.variables)
+  teacher_variables = checkpoint.load_teacher(
+      os.path.join(phase_dir('teacher'), 'final'), teacher_state.variables)
+
+  student_seed = seed + 1000  # baseline and distilled students start alike
+  _, result['baseline'] = trainers['baseline'].train(
+      arrays['train'], seed=student_seed, teacher_variables=None,
+      workdir=phase_dir('baseline'), desc=f'baseline s{seed}')
+  _, result['distilled'] = trainers['distilled'].train(
+      arrays['train'], seed=student_seed, teacher_variables=teacher_variables,
+      workdir=phase_dir('distilled'), desc=f'distilled s{seed}')
+
+  if config.omitted.enabled:
+    label = config.omitted.label
+    trainer = trainers['omitted']
+    state, _ = trainer.train(
+        arrays['transfer'], seed=student_seed, teacher_variables=teacher_variables,
+        workdir=phase_dir('omitted'), desc=f'omitted s{seed}')
+    val_logits = trainer.logits(state.variables, arrays['val']['x'])
+    test_logits = trainer.logits(state.variables, arrays['test']['x'])
+    test_labels = arrays['test']['label']
+    val_scores = [
+        class_accuracy(val_logits, arrays['val']['label'], label, delta)['acc']
+        for delta in config.omitted.bias_grid
+    ]
+    best_delta = float(config.omitted.bias_grid[int(np.argmax(val_scores))])
+    teacher_logits = trainers['teacher'].logits(teacher_variables, arrays['test']['x'])
+    result['omitted'] = {
+        'bias_delta': best_delta,
+        'before': class_accuracy(test_logits, test_labels, label, 0.0),
+        'after': class_accuracy(test_logits, test_labels, label, best_delta),
+        'teacher': class_accuracy(teacher_logits, test_labels, label, 0.0),
+        'test_examples_of_label': int(np.sum(arrays['test']['label'] == label)),
+    }
+  return result
+
+
+def make_trainers(config, arrays, num_classes):
+  """The four recipes; each compiles once and serves every seed."""
+  jitter = make_jitter(**config.data.jitter)
+  evals = {'val': arrays['val'], 'test': arrays['test']}
+  teacher = make_model(config.teacher, num_classes)
+  student = make_model(config.student, num_classes)
+  common = dict(jitter=jitter, evals=evals, progress=config.progress)
+  num_train = len(arrays['train']['label'])
+  trainers = {
+      'teacher': Trainer(config.teacher, teacher, label_objective(), num_train=num_train,
+                         teacher_apply=None, **common),
+      'baseline': Trainer(config.student, student, label_objective(), num_train=num_train,
+                          teacher_apply=None, **common),
+  }
+  teacher_apply = trainers['teacher'].apply
+  common['shared'] = trainers['baseline']
+  trainers['distilled'] = Trainer(config.student, student, kd_objective(config.kd),
+                                  num_train=num_train, teacher_apply=teacher_apply, **common)
+  if config.omitted.enabled:
+    trainers['omitted'] = Trainer(config.student, student, kd_objective(config.kd),
+                                  num_train=len(arrays['transfer']['label']),
+                                  teacher_apply=teacher_apply, **common)
+  return trainers
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+  values = np.asarray(values, np.float64)
+  return {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+          'values': [float(v) for v in values]}
+
+
+def summarize(per_seed: list[dict], config) -> dict:
+  """Means and standard deviations over seeds, and the gap recovered."""
+  summary = {}
+  for phase in ('teacher', 'baseline', 'distilled'):
+    summary[phase] = {
+        'test_acc': _mean_std([r[phase]['test/acc/student'] for r in per_seed]),
+        'val_acc': _mean_std([r[phase]['val/acc/student'] for r in per_seed]),
+    }
+  gaps = [
+      (r['distilled']['test/acc/student'] - r['baseline']['test/acc/student'])
+      / (r['teacher']['test/acc/student'] - r['baseline']['test/acc/student'])
+      for r in per_seed
+  ]
+  summary['gap_recovered'] = _mean_std(gaps)
+  if config.omitted.enabled:
+    omitted = {}
+    for when in ('before', 'after', 'teacher'):
+      omitted[when] = {
+          'acc': _mean_std([r['omitted'][when]['acc'] for r in per_seed]),
+          'acc_on_label': _mean_std([r['omitted'][when]['acc_on_label'] for r in per_seed]),
+      }
+    omitted['bias_delta'] = _mean_std([r['omitted']['bias_delta'] for r in per_seed])
+    omitted['label'] = config.omitted.label
+    omitted['test_examples_of_label'] = per_seed[0]['omitted']['test_examples_of_label']
+    summary['omitted'] = omitted
+  return summary
+
+
+def format_table(summary: dict, num_test: int) -> str:
+  """Markdown table of test accuracy and errors, mean +- std over seeds."""
+
+  def pct(stats):
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+
+  def errors(stats):
+    return f"{num_test * (1 - stats['mean']):.0f} ± {num_test * stats['std']:.0f}"
+
+  lines = [
+      '| model | test accuracy (%) | test errors (of {}) |'.format(num_test),
+      '|---|---|---|',
+  ]
+  names = {'teacher': 'teacher (large, dropout + jitter)', 'baseline': 'student, labels only',
+           'distilled': 'student, distilled'}
+  for phase, name in names.items():
+    stats = summary[phase]['test_acc']
+    lines.append(f'| {name} | {pct(stats)} | {errors(stats)} |')
+  lines.append('')
+  lines.append(f"Gap recovered by distillation, (distilled − baseline) / (teacher − baseline): "
+               f"{pct(summary['gap_recovered'])} %")
+  if 'omitted' in summary:
+    o = summary['omitted']
+    lines += [
+        '',
+        f"Omitted class: every {o['label']} removed from the transfer set "
+        f"({o['test_examples_of_label']} test examples of it).",
+        '',
+        f"| distilled student | accuracy on class {o['label']} (%) | overall test accuracy (%) |",
+        '|---|---|---|',
+        f"| before bias correction | {pct(o['before']['acc_on_label'])} | {pct(o['before']['acc'])} |",
+        f"| after raising the bias by {o['bias_delta']['mean']:.2f} ± {o['bias_delta']['std']:.2f} (chosen on validation) "
+        f"| {pct(o['after']['acc_on_label'])} | {pct(o['after']['acc'])} |",
+        f"| teacher, for reference | {pct(o['teacher']['acc_on_label'])} | {pct(o['teacher']['acc'])} |",
+    ]
+  return '\n'.join(lines)
+
+
+def plot_learning_curves(workdir: str, phases: Sequence[str], seeds: Sequence[int], path: str) -> None:
+  """Validation and test accuracy against steps, one line per phase and seed."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  colors = dict(zip(PHASES, ('tab:blue', 'tab:gray', 'tab:red', 'tab:green')))
+  for ax, split in zip(axes, ('val', 'test')):
+    for phase in phases:
+      for i, seed in enumerate(seeds):
+        records = writers.read_jsonl(os.path.join(workdir, phase, f'seed{seed}'))
+        points = [(r['step'], r[f'{split}/acc/student']) for r in records if r['split'] == 'eval']
+        if points:
+          steps, accs = zip(*points)
+          ax.plot(steps, accs, color=colors[phase], alpha=0.8, label=phase if i == 0 else None)
+    ax.set_title(f'{split} accuracy')
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('accuracy')
+  axes[0].legend()
+  fig.suptitle('Hinton et al. (2015) on MNIST-1D: learning curves (3 seeds)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every seed and writes results.json and the plot; returns the results."""
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  arrays, num_classes = load_arrays(config)
+  if config.omitted.enabled:
+    keep = arrays['train']['label'] != config.omitted.label
+    arrays['transfer'] = {k: v[keep] for k, v in arrays['train'].items()}
+  trainers = make_trainers(config, arrays, num_classes)
+  per_seed = [run_seed(config, arrays, trainers, seed, workdir) for seed in config.seeds]
+  summary = summarize(per_seed, config)
+  results = {
+      'paper': 'Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network',
+      'config': config.to_dict(),
+      'num_test': int(len(arrays['test']['label'])),
+      'per_seed': per_seed,
+      'summary': summary,
+      'wall_seconds': time.time() - start,
+      'jax_version': jax.__version__,
+  }
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1, default=list)
+  phases = [p for p in PHASES if p != 'omitted' or config.omitted.enabled]
+  plot_learning_curves(workdir, phases, config.seeds, os.path.join(workdir, 'learning_curves.png'))
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  config, workdir = config_lib.parse_args(argv, description=__doc__)
+  results = run(config, workdir)
+  print(format_table(results['summary'], results['num_test']))
+  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
+        f"results in {workdir}/results.json, plot in {workdir}/learning_curves.png")
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
