@@ -12,7 +12,7 @@ objective -- 0.9 * T² KL(teacher || student) at a scheduled temperature plus
   the formulas inline, ``jax.value_and_grad`` and the optax update, jitted
   with donation.
 * hand+gn: the same, also returning ``optax.tree.norm(grads)``, the metric
-  kdjax's step reports (so the comparison can be made with or without it).
+  kdjax's step reports with ``grad_norm=True`` (off by default).
 
 The script first checks that kdjax and hand give the same losses and the same
 parameters for a few steps (so the timing compares like with like), then
@@ -202,7 +202,7 @@ class Runner:
       for _ in range(k):
         state, metrics = fn(state, teacher, batch)
       self.state, self.out = state, metrics
-      return metrics['loss/total'][0] if isinstance(metrics, dict) else metrics[-1, 0]
+      return metrics['loss/total'][0]
     (params, opt_state, step), teacher, batch, fn = self.state, self.teacher, self.batch, self.fn
     for _ in range(k):
       out = fn(params, opt_state, step, teacher, batch)
@@ -447,7 +447,8 @@ hand-written single `jax.jit` function doing the same forward passes, loss
 (0.9 x T² KL at a scheduled temperature + 0.1 x cross-entropy) and
 `optax.{args.optimizer}` update on the same linen MLPs (teacher with dropout,
 in eval mode). *hand+gn* is the hand-written step also computing
-`optax.tree.norm(grads)`, the gradient-norm metric kdjax's step reports.
+`optax.tree.norm(grads)`, the metric kdjax's step reports with
+`make_train_step(..., grad_norm=True)` (off by default).
 Both sides were first checked to give the same losses and parameters. Each
 of {args.repeats} repeats times a block of K steps of every side in turn
 (rotating the order), each block ending in `jax.block_until_ready`, after
