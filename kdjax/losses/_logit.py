@@ -43,7 +43,8 @@ def _class_axis(name: str, shape: tuple[int, ...], axis: int) -> int:
   ndim = len(shape)
   if ndim == 0:
     raise ValueError(
-        f'{name} must have at least one axis (the class axis), got shape {shape}.'
+        f'{name} must have at least one axis (the class axis), got shape '
+        f'{shape}.'
     )
   if not -ndim <= axis < ndim:
     raise ValueError(
@@ -145,7 +146,7 @@ def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
 def _log_mixture(
     log_a: Array, valid_a: Array, log_b: Array, valid_b: Array, weight_a
 ) -> Array:
-  """``log(weight_a * a + (1 - weight_a) * b)``, stable, -inf where both are 0."""
+  """Stable ``log(weight_a * a + (1 - weight_a) * b)``, -inf where both 0."""
   weight_a = jnp.asarray(weight_a, log_a.dtype)
   term_a = jnp.where(valid_a, jnp.log(weight_a) + log_a, -jnp.inf)
   term_b = jnp.where(valid_b, jnp.log1p(-weight_a) + log_b, -jnp.inf)
@@ -605,13 +606,14 @@ def dkd_terms(
     distributions renormalised over the non-target classes.
 
   Both are multiplied by ``T²``, as in the official mdistiller ``dkd_loss``.
-  They satisfy the reformulation of Zhao et al. (Sec. 3.1) at any
-  temperature:
+  They satisfy the reformulation of Zhao et al. at any temperature:
   ``kl_divergence == tckd + (1 - teacher_target_prob) * nckd``. The
   non-target classes are masked exactly (the official code subtracts 1000
   from the target logit instead) and :math:`\log(1 - p_y)` is computed as a
   log-sum-exp over the other classes, so it is stable when :math:`p_y \to 1`.
-  The teacher logits pass through ``stop_gradient``.
+  The teacher logits pass through ``stop_gradient``. A label on a class
+  that takes no part (``where`` False) has :math:`p_y = q_y = 0`: TCKD is 0
+  and NCKD is the KL over the remaining classes.
 
   Labels are checked when concrete. Under ``jit`` they are tracers and cannot
   be checked; an out-of-range label then gives NaN for that example (as a
