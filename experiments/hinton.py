@@ -71,18 +71,25 @@ def make_jitter(shift: int, scale: float, noise: float):
   return jitter
 
 
-def make_model(model_config: ml_collections.ConfigDict, num_classes: int) -> zoo.MLP:
-  return zoo.MLP(
-      hidden_sizes=tuple(model_config.hidden_sizes),
-      num_classes=num_classes,
-      dropout_rate=model_config.dropout,
-      input_dropout_rate=model_config.input_dropout,
-  )
+def make_model(model_config: ml_collections.ConfigDict, num_classes: int):
+  if model_config.kind == 'cnn1d':
+    return zoo.ConvNet1D(
+        channels=tuple(model_config.hidden_sizes), num_classes=num_classes,
+        dropout_rate=model_config.dropout,
+    )
+  if model_config.kind == 'mlp':
+    return zoo.MLP(
+        hidden_sizes=tuple(model_config.hidden_sizes),
+        num_classes=num_classes,
+        dropout_rate=model_config.dropout,
+        input_dropout_rate=model_config.input_dropout,
+    )
+  raise ValueError(f"kind must be 'cnn1d' or 'mlp', got {model_config.kind!r}")
 
 
-def make_optimizer(model_config: ml_collections.ConfigDict, steps: int):
-  schedule = optax.cosine_decay_schedule(model_config.learning_rate, steps)
-  return optax.adamw(schedule, weight_decay=model_config.weight_decay)
+def make_optimizer(optim_config: ml_collections.ConfigDict, steps: int):
+  schedule = optax.cosine_decay_schedule(optim_config.learning_rate, steps)
+  return optax.adamw(schedule, weight_decay=optim_config.weight_decay)
 
 
 def kd_objective(kd_config: ml_collections.ConfigDict) -> objective_lib.Objective:
@@ -107,11 +114,11 @@ def label_objective() -> objective_lib.Objective:
 class Trainer:
   """One training recipe (model, objective, optimizer), compiled once for all seeds."""
 
-  def __init__(self, model_config, model, objective, *, num_train, jitter, teacher_apply, evals,
-               progress, shared=None):
+  def __init__(self, model_config, optim_config, model, objective, *, num_train, jitter,
+               teacher_apply, evals, progress, shared=None):
     self.config, self.model, self.evals, self.progress = model_config, model, evals, progress
     steps_per_epoch = num_train // model_config.batch_size
-    self.optimizer = make_optimizer(model_config, steps_per_epoch * model_config.epochs)
+    self.optimizer = make_optimizer(optim_config, steps_per_epoch * model_config.epochs)
     if shared is not None:  # same model: reuse its compiled eval functions
       self.apply, self.eval_step, self.logits = shared.apply, shared.eval_step, shared.logits
     else:
@@ -168,6 +175,27 @@ def class_accuracy(logits, labels, label, bias_delta=0.0):
   }
 
 
+def choose_bias(logits, labels, label, grid, *, rule, prior):
+  """The bias increment for an omitted class, chosen on validation data.
+
+  ``'prior'``: the increment whose predicted share of `label` is closest to
+  its share `prior` of the training labels (uses the inputs only).
+  ``'val_acc'``: the increment with the best validation accuracy.
+  """
+  logits = np.asarray(logits, np.float64)
+  if rule == 'prior':
+    shares = []
+    for delta in grid:
+      shifted = logits.copy()
+      shifted[:, label] += delta
+      shares.append(np.mean(shifted.argmax(-1) == label))
+    return float(grid[int(np.argmin(np.abs(np.asarray(shares) - prior)))])
+  if rule == 'val_acc':
+    scores = [class_accuracy(logits, labels, label, delta)['acc'] for delta in grid]
+    return float(grid[int(np.argmax(scores))])
+  raise ValueError(f"omitted.rule must be 'prior' or 'val_acc', got {rule!r}")
+
+
 def run_seed(config, arrays, trainers, seed, workdir):
   """Teacher, baseline, distilled and omitted-class runs for one seed."""
   result = {}
@@ -179,7 +207,9 @@ def run_seed(config, arrays, trainers, seed, workdir):
       arrays['train'], seed=seed, teacher_variables=None,
       workdir=phase_dir('teacher'), desc=f'teacher s{seed}')
   # The teacher gets its own checkpoint; the students read it from there.
-  checkpoint.save_teacher(os.path.join(phase_dir('teacher'), 'final'), teacher_state.variables)
+  # (A rerun restores the same teacher from its training checkpoint.)
+  checkpoint.save_teacher(os.path.join(phase_dir('teacher'), 'final'), teacher_state.variables,
+                          overwrite=True)
   teacher_variables = checkpoint.load_teacher(
       os.path.join(phase_dir('teacher'), 'final'), teacher_state.variables)
 
@@ -200,16 +230,17 @@ def run_seed(config, arrays, trainers, seed, workdir):
     val_logits = trainer.logits(state.variables, arrays['val']['x'])
     test_logits = trainer.logits(state.variables, arrays['test']['x'])
     test_labels = arrays['test']['label']
-    val_scores = [
-        class_accuracy(val_logits, arrays['val']['label'], label, delta)['acc']
-        for delta in config.omitted.bias_grid
-    ]
-    best_delta = float(config.omitted.bias_grid[int(np.argmax(val_scores))])
+    deltas = {
+        rule: choose_bias(val_logits, arrays['val']['label'], label, config.omitted.bias_grid,
+                          rule=rule, prior=float(np.mean(arrays['train']['label'] == label)))
+        for rule in ('prior', 'val_acc')
+    }
     teacher_logits = trainers['teacher'].logits(teacher_variables, arrays['test']['x'])
     result['omitted'] = {
-        'bias_delta': best_delta,
+        'bias_deltas': deltas,
         'before': class_accuracy(test_logits, test_labels, label, 0.0),
-        'after': class_accuracy(test_logits, test_labels, label, best_delta),
+        'after_by_rule': {rule: class_accuracy(test_logits, test_labels, label, delta)
+                          for rule, delta in deltas.items()},
         'teacher': class_accuracy(teacher_logits, test_labels, label, 0.0),
         'test_examples_of_label': int(np.sum(arrays['test']['label'] == label)),
     }
@@ -225,17 +256,17 @@ def make_trainers(config, arrays, num_classes):
   common = dict(jitter=jitter, evals=evals, progress=config.progress)
   num_train = len(arrays['train']['label'])
   trainers = {
-      'teacher': Trainer(config.teacher, teacher, label_objective(), num_train=num_train,
-                         teacher_apply=None, **common),
-      'baseline': Trainer(config.student, student, label_objective(), num_train=num_train,
-                          teacher_apply=None, **common),
+      'teacher': Trainer(config.teacher, config.teacher, teacher, label_objective(),
+                         num_train=num_train, teacher_apply=None, **common),
+      'baseline': Trainer(config.student, config.baseline, student, label_objective(),
+                          num_train=num_train, teacher_apply=None, **common),
   }
   teacher_apply = trainers['teacher'].apply
   common['shared'] = trainers['baseline']
-  trainers['distilled'] = Trainer(config.student, student, kd_objective(config.kd),
+  trainers['distilled'] = Trainer(config.student, config.kd, student, kd_objective(config.kd),
                                   num_train=num_train, teacher_apply=teacher_apply, **common)
   if config.omitted.enabled:
-    trainers['omitted'] = Trainer(config.student, student, kd_objective(config.kd),
+    trainers['omitted'] = Trainer(config.student, config.kd, student, kd_objective(config.kd),
                                   num_train=len(arrays['transfer']['label']),
                                   teacher_apply=teacher_apply, **common)
   return trainers
@@ -263,12 +294,20 @@ def summarize(per_seed: list[dict], config) -> dict:
   summary['gap_recovered'] = _mean_std(gaps)
   if config.omitted.enabled:
     omitted = {}
-    for when in ('before', 'after', 'teacher'):
+    for when in ('before', 'teacher'):
       omitted[when] = {
           'acc': _mean_std([r['omitted'][when]['acc'] for r in per_seed]),
           'acc_on_label': _mean_std([r['omitted'][when]['acc_on_label'] for r in per_seed]),
       }
-    omitted['bias_delta'] = _mean_std([r['omitted']['bias_delta'] for r in per_seed])
+    omitted['by_rule'] = {
+        rule: {
+            'bias_delta': _mean_std([r['omitted']['bias_deltas'][rule] for r in per_seed]),
+            'acc': _mean_std([r['omitted']['after_by_rule'][rule]['acc'] for r in per_seed]),
+            'acc_on_label': _mean_std(
+                [r['omitted']['after_by_rule'][rule]['acc_on_label'] for r in per_seed]),
+        }
+        for rule in ('prior', 'val_acc')
+    }
     omitted['label'] = config.omitted.label
     omitted['test_examples_of_label'] = per_seed[0]['omitted']['test_examples_of_label']
     summary['omitted'] = omitted
@@ -288,7 +327,7 @@ def format_table(summary: dict, num_test: int) -> str:
       '| model | test accuracy (%) | test errors (of {}) |'.format(num_test),
       '|---|---|---|',
   ]
-  names = {'teacher': 'teacher (large, dropout + jitter)', 'baseline': 'student, labels only',
+  names = {'teacher': 'teacher (dropout + jitter)', 'baseline': 'student, labels only',
            'distilled': 'student, distilled'}
   for phase, name in names.items():
     stats = summary[phase]['test_acc']
@@ -306,10 +345,16 @@ def format_table(summary: dict, num_test: int) -> str:
         f"| distilled student | accuracy on class {o['label']} (%) | overall test accuracy (%) |",
         '|---|---|---|',
         f"| before bias correction | {pct(o['before']['acc_on_label'])} | {pct(o['before']['acc'])} |",
-        f"| after raising the bias by {o['bias_delta']['mean']:.2f} ± {o['bias_delta']['std']:.2f} (chosen on validation) "
-        f"| {pct(o['after']['acc_on_label'])} | {pct(o['after']['acc'])} |",
-        f"| teacher, for reference | {pct(o['teacher']['acc_on_label'])} | {pct(o['teacher']['acc'])} |",
     ]
+    rules = {'prior': "predicted share of validation inputs = training prior",
+             'val_acc': 'best validation accuracy'}
+    for rule, text in rules.items():
+      r = o['by_rule'][rule]
+      lines.append(
+          f"| bias raised by {r['bias_delta']['mean']:.2f} ± {r['bias_delta']['std']:.2f} ({text}) "
+          f"| {pct(r['acc_on_label'])} | {pct(r['acc'])} |")
+    lines.append(
+        f"| teacher, for reference | {pct(o['teacher']['acc_on_label'])} | {pct(o['teacher']['acc'])} |")
   return '\n'.join(lines)
 
 
@@ -329,7 +374,8 @@ def plot_learning_curves(workdir: str, phases: Sequence[str], seeds: Sequence[in
         points = [(r['step'], r[f'{split}/acc/student']) for r in records if r['split'] == 'eval']
         if points:
           steps, accs = zip(*points)
-          ax.plot(steps, accs, color=colors[phase], alpha=0.8, label=phase if i == 0 else None)
+          label = {'omitted': 'omitted class (before bias fix)'}.get(phase, phase)
+          ax.plot(steps, accs, color=colors[phase], alpha=0.8, label=label if i == 0 else None)
     ax.set_title(f'{split} accuracy')
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
@@ -359,7 +405,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'per_seed': per_seed,
       'summary': summary,
       'wall_seconds': time.time() - start,
-      'jax_version': jax.__version__,
+      'finished': time.time(),
+      **writers.environment(),
   }
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1, default=list)

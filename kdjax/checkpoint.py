@@ -128,11 +128,24 @@ def restore(
   return restored[_STATE], meta.get('data_state'), meta.get('metadata', {})
 
 
-def save_teacher(directory: str | os.PathLike[str], variables: Any) -> None:
-  """Writes a teacher's variables to their own checkpoint at `directory`."""
-  path = os.path.abspath(os.fspath(directory))
+def save_teacher(
+    directory: str | os.PathLike[str], variables: Any, *, overwrite: bool = False
+) -> None:
+  """Writes a teacher's variables to their own checkpoint at `directory`.
+
+  Args:
+    directory: where the teacher goes (not a student's checkpoint directory).
+    variables: the teacher's variables.
+    overwrite: replace an existing teacher checkpoint; otherwise that is an
+      error, so a saved teacher is never lost by accident.
+  """
+  path = os.path.join(os.path.abspath(os.fspath(directory)), _TEACHER)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(
+        f'a teacher checkpoint already exists at {path}; pass overwrite=True to replace it'
+    )
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(path, _TEACHER), variables)
+    checkpointer.save(path, variables, force=overwrite)
 
 
 def load_teacher(directory: str | os.PathLike[str], target: Any | None = None) -> Any:

@@ -66,3 +66,26 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = os.path.join(path, 'metrics.jsonl')
   with open(path, encoding='utf-8') as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def environment() -> dict[str, str]:
+  """Versions and machine, for recording next to results."""
+  import platform  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    if names:
+      cpu = names[0]
+  except OSError:
+    pass
+  devices = jax.devices()
+  return {
+      'jax_version': jax.__version__,
+      'backend': jax.default_backend(),
+      'devices': f'{len(devices)} x {devices[0].device_kind}',
+      'machine': f'{os.cpu_count()} CPUs ({cpu})',
+  }

@@ -115,6 +115,12 @@ def test_teacher_is_saved_apart_and_never_with_the_student(tmp_path):
   checkpoint.save_teacher(tmp_path / 'teacher', teacher_vars)
   loaded = checkpoint.load_teacher(tmp_path / 'teacher', teacher_vars)
   jax.tree.map(np.testing.assert_array_equal, loaded, teacher_vars)
+  with pytest.raises(FileExistsError, match='overwrite=True'):
+    checkpoint.save_teacher(tmp_path / 'teacher', teacher_vars)
+  doubled = jax.tree.map(lambda x: 2 * x, teacher_vars)
+  checkpoint.save_teacher(tmp_path / 'teacher', doubled, overwrite=True)
+  jax.tree.map(np.testing.assert_array_equal,
+               checkpoint.load_teacher(tmp_path / 'teacher', teacher_vars), doubled)
 
   state, _ = _run(step, state, loaded, _loader(), 1)
   manager = checkpoint.make_manager(tmp_path / 'student')

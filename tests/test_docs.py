@@ -66,12 +66,14 @@ def test_python_blocks_parser():
   assert namespace['b'] == 1 and namespace['c'] == 2
 
 
-PAGES = sorted(p for p in DOCS.glob('*.md') if python_blocks(p.read_text()))
+PAGES = sorted(
+    p for p in [*DOCS.glob('*.md'), DOCS.parent / 'README.md'] if python_blocks(p.read_text())
+)
 
 
 def test_pages_have_examples():
   names = {p.name for p in PAGES}
-  assert {'index.md', 'objective.md', 'models.md'} <= names, names
+  assert {'index.md', 'objective.md', 'models.md', 'README.md'} <= names, names
 
 
 @pytest.mark.parametrize('page', PAGES, ids=lambda p: p.name)

@@ -1,0 +1,92 @@
+"""Experiments: a one-epoch smoke run of each, and the slow full runs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import hinton
+from experiments import make_results
+from kdjax import writers
+
+
+def _tiny_hinton_args(workdir, data_dir):
+  return [
+      '--config=experiments/configs/hinton.py:cpu', f'--workdir={workdir}',
+      f'--config.data.data_dir={data_dir}', '--config.seeds=(0,)', '--config.progress=false',
+      '--config.teacher.epochs=1', '--config.student.epochs=1',
+      '--config.teacher.hidden_sizes=(4, 4, 4)', '--config.student.hidden_sizes=(8,)',
+  ]
+
+
+@pytest.fixture(scope='module')
+def tiny_hinton_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp('hinton')
+  workdir = root / 'hinton_cpu'
+  hinton.main(_tiny_hinton_args(workdir, root / 'tfds'))
+  return workdir
+
+
+def test_hinton_smoke_run_writes_everything(tiny_hinton_run):
+  workdir = tiny_hinton_run
+  with open(workdir / 'results.json') as f:
+    results = json.load(f)
+  summary = results['summary']
+  for phase in ('teacher', 'baseline', 'distilled'):
+    assert 0.0 <= summary[phase]['test_acc']['mean'] <= 1.0
+    records = writers.read_jsonl(workdir / phase / 'seed0')
+    assert {r['split'] for r in records} == {'train', 'eval'}
+    assert list((workdir / phase / 'seed0' / 'tensorboard').glob('events.out.tfevents.*'))
+  assert (workdir / 'teacher' / 'seed0' / 'final' / 'teacher').is_dir()
+  assert (workdir / 'learning_curves.png').stat().st_size > 10_000
+  omitted = results['per_seed'][0]['omitted']
+  assert set(omitted['bias_deltas']) == {'prior', 'val_acc'}
+  assert omitted['test_examples_of_label'] == 106  # MNIST-1D's test 3s
+
+
+def test_hinton_rerun_resumes_instead_of_retraining(tiny_hinton_run):
+  before = writers.read_jsonl(tiny_hinton_run / 'baseline' / 'seed0')
+  hinton.main(_tiny_hinton_args(tiny_hinton_run, tiny_hinton_run.parent / 'tfds'))
+  after = writers.read_jsonl(tiny_hinton_run / 'baseline' / 'seed0')
+  assert len(after) == len(before)  # nothing retrained: restored from checkpoints
+
+
+def test_make_results_generates_the_section(tiny_hinton_run, tmp_path):
+  out = tmp_path / 'results.md'
+  make_results.main(['--runs', str(tiny_hinton_run.parent), '--out', str(out)])
+  text = out.read_text()
+  assert 'Hinton, Vinyals & Dean (2015)' in text
+  assert 'student, distilled' in text and 'Gap recovered' in text
+
+
+def test_choose_bias_rules():
+  # Raising class 2 by more than 0.5 fixes rows 3-4; by more than 1.5 it
+  # also takes rows 1-2.
+  logits = np.array([[3.0, 0.0, 1.5], [0.0, 3.0, 1.5], [3.0, 0.0, 2.5], [0.0, 3.0, 2.5]])
+  labels = np.array([0, 1, 2, 2])
+  grid = tuple(0.5 * i for i in range(8))
+  assert hinton.choose_bias(logits, labels, 2, grid, rule='prior', prior=0.5) == 1.0
+  assert hinton.choose_bias(logits, labels, 2, grid, rule='val_acc', prior=0.5) == 1.0
+  assert hinton.choose_bias(logits, labels, 2, grid, rule='prior', prior=1.0) == 2.0
+  with pytest.raises(ValueError, match="omitted.rule must be 'prior' or 'val_acc'"):
+    hinton.choose_bias(logits, labels, 2, grid, rule='median', prior=0.5)
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+  with pytest.raises(KeyError, match=r"unknown config key 'kd.temprature'.*'temperature'"):
+    hinton.main(['--config=experiments/configs/hinton.py:cpu', f'--workdir={tmp_path}',
+                 '--config.kd.temprature=4'])
+
+
+@pytest.mark.slow
+def test_hinton_cpu_reproduces_the_claim(tmp_path):
+  """The full cpu config: distillation recovers most of the student-teacher gap."""
+  hinton.main(['--config=experiments/configs/hinton.py:cpu', f'--workdir={tmp_path}',
+               '--config.progress=false'])
+  with open(os.path.join(tmp_path, 'results.json')) as f:
+    summary = json.load(f)['summary']
+  assert summary['distilled']['test_acc']['mean'] > summary['baseline']['test_acc']['mean']
+  assert summary['gap_recovered']['mean'] > 0.5
+  omitted = summary['omitted']
+  assert omitted['by_rule']['prior']['acc_on_label']['mean'] > omitted['before']['acc_on_label']['mean']
