@@ -14,6 +14,7 @@ import os
 import re
 
 from experiments import hinton
+from experiments import hinton_sweep
 
 # (section title, workdir under --runs, the command that produced it, formatter)
 EXPERIMENTS = (
@@ -22,6 +23,12 @@ EXPERIMENTS = (
         'hinton_cpu',
         'make demo  # python -m experiments.hinton --config=experiments/configs/hinton.py:cpu --workdir=runs/hinton_cpu',
         lambda r: hinton.format_table(r['summary'], r['num_test']),
+    ),
+    (
+        'Hinton et al. (2015): hyper-parameter selection on the validation split',
+        'hinton_sweep',
+        'python -m experiments.hinton_sweep --config=experiments/configs/hinton.py:cpu --workdir=runs/hinton_sweep',
+        hinton_sweep.format_table,
     ),
 )
 

@@ -1,0 +1,144 @@
+"""The Hinton hyper-parameter sweep: a one-epoch smoke run, selection logic, full run."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import hinton_sweep
+from experiments import make_results
+from kdjax import writers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny_sweep_args(workdir, data_dir):
+  return [
+      '--config=experiments/configs/hinton.py:cpu', f'--workdir={workdir}',
+      f'--config.data.data_dir={data_dir}', '--config.progress=false',
+      '--config.teacher.epochs=1', '--config.student.epochs=1',
+      '--config.teacher.hidden_sizes=(4, 4, 4)', '--config.student.hidden_sizes=(8,)',
+      '--config.student.jitter=false',
+  ]
+
+
+def _run_sweep(args):
+  # A subprocess, so that XLA can compile without optimisation: the sweep
+  # compiles one training epoch per run (15 of them), which would otherwise
+  # dominate a one-epoch smoke run.
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  done = subprocess.run([sys.executable, '-m', 'experiments.hinton_sweep', *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stdout
+
+
+@pytest.fixture(scope='module')
+def tiny_sweep(tmp_path_factory):
+  root = tmp_path_factory.mktemp('sweep')
+  workdir = root / 'hinton_sweep'
+  stdout = _run_sweep(_tiny_sweep_args(workdir, root / 'tfds'))
+  with open(workdir / 'results.json') as f:
+    return workdir, json.load(f), stdout
+
+
+def _keys(tree, path=()):
+  """Every (path, key) of the nested dicts in `tree`."""
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      yield path, key
+      yield from _keys(value, path + (key,))
+  elif isinstance(tree, list):
+    for value in tree:
+      yield from _keys(value, path)
+
+
+def test_sweep_runs_every_grid_point(tiny_sweep):
+  _, results, _ = tiny_sweep
+  grids = results['grids']
+  assert [r['hparams'] for r in grids['baseline']['runs']] == [
+      {'learning_rate': lr, 'weight_decay': wd}
+      for lr in (1e-3, 3e-3, 1e-2) for wd in (0.0, 1e-3)]
+  assert [r['hparams'] for r in grids['distilled']['runs']] == [
+      {'temperature': t, 'soft_weight': w, 'learning_rate': 1e-2, 'weight_decay': 0.0}
+      for t in (1.0, 2.0, 4.0, 8.0) for w in (0.5, 0.9)]
+  best_kd = {key: grids['distilled']['best_hparams'][key] for key in ('temperature', 'soft_weight')}
+  assert [r['hparams'] for r in grids['distilled_lr']['runs']] == [
+      {**best_kd, 'learning_rate': lr, 'weight_decay': 0.0} for lr in (3e-3, 1e-2)]
+  assert results['seed'] == 0 and results['config']['seeds'] == [0]
+  assert results['num_val'] == 500
+
+
+def test_sweep_records_validation_metrics_only(tiny_sweep):
+  workdir, results, stdout = tiny_sweep
+  for path, key in _keys(results):
+    if path == ('config', 'data') and key == 'test_split':
+      continue  # the config's split name, not a measurement
+    assert 'test' not in key, (path, key)
+  runs = [r for grid in results['grids'].values() for r in grid['runs']]
+  for run in runs:
+    assert set(run['val']) == {'val/acc/student'}
+    assert 0.0 <= run['val']['val/acc/student'] <= 1.0
+  assert set(results['teacher']['val']) == {'val/acc/student'}
+  # Nor do the runs' metric logs hold a test number.
+  logs = list(workdir.glob('**/metrics.jsonl'))
+  assert len(logs) == 1 + 6 + 8 + 1  # teacher, baseline grid, (T, w) grid, extra lr
+  for log in logs:
+    for record in writers.read_jsonl(log.parent):
+      assert not any(key.startswith('test') for key in record), (log, record)
+  assert 'test acc' not in stdout.lower()
+
+
+def test_sweep_marks_the_best_of_each_grid(tiny_sweep):
+  _, results, stdout = tiny_sweep
+  for grid in results['grids'].values():
+    accs = [r['val']['val/acc/student'] for r in grid['runs']]
+    best = grid['runs'][accs.index(max(accs))]
+    assert grid['best'] == best['name'] and grid['best_hparams'] == best['hparams']
+    assert grid['best_val_acc'] == max(accs)
+    assert isinstance(grid['config_is_best'], bool)
+  assert stdout.count('**') >= 2 * 3 * 2  # one bold row (2 cells) per table
+  assert "config's choice" in stdout
+
+
+def test_make_results_generates_the_sweep_section(tiny_sweep, tmp_path):
+  workdir, _, _ = tiny_sweep
+  out = tmp_path / 'results.md'
+  make_results.main(['--runs', str(workdir.parent), '--out', str(out)])
+  text = out.read_text()
+  assert '## Hinton et al. (2015): hyper-parameter selection on the validation split' in text
+  assert 'val accuracy (%)' in text and 'Seeds: 0.' in text
+  assert 'the test split was not evaluated' in text
+
+
+def _run(name, acc, **hparams):
+  return {'name': name, 'hparams': hparams, 'val': {'val/acc/student': acc}}
+
+
+def test_selection_reports_the_config_honestly():
+  runs = [_run('a', 0.8, lr=1.0), _run('b', 0.9, lr=2.0), _run('c', 0.9, lr=3.0)]
+  best = hinton_sweep._selection('lr', runs, {'lr': 2.0}, {})
+  assert best['best'] == 'b' and best['config_is_best'] and best['config_ties_best']
+  tie = hinton_sweep._selection('lr', runs, {'lr': 3.0}, {})
+  assert tie['best'] == 'b' and not tie['config_is_best'] and tie['config_ties_best']
+  assert 'ties the best' in hinton_sweep._verdict(tie, ('lr',))
+  worse = hinton_sweep._selection('lr', runs, {'lr': 1.0}, {})
+  assert not worse['config_ties_best']
+  assert 'is NOT the best: 80.0 %' in hinton_sweep._verdict(worse, ('lr',))
+  absent = hinton_sweep._selection('lr', runs, {'lr': 4.0}, {})
+  assert absent['config_val_acc'] is None and not absent['config_is_best']
+
+
+@pytest.mark.slow
+def test_hinton_sweep_cpu_full(tmp_path):
+  """The full cpu sweep: every run learns, and distillation beats labels alone."""
+  hinton_sweep.main(['--config=experiments/configs/hinton.py:cpu', f'--workdir={tmp_path}',
+                     '--config.progress=false'])
+  with open(tmp_path / 'results.json') as f:
+    grids = json.load(f)['grids']
+  for grid in grids.values():
+    assert all(r['val']['val/acc/student'] > 0.5 for r in grid['runs'])
+  assert grids['distilled']['best_val_acc'] > grids['baseline']['best_val_acc']
