@@ -117,9 +117,10 @@ class Trainer:
   def __init__(self, model_config, optim_config, model, objective, *, num_train, jitter,
                teacher_apply, evals, progress, shared=None):
     self.config, self.model, self.evals, self.progress = model_config, model, evals, progress
+    self.input_shape = next(iter(evals.values()))['x'].shape[1:]
     steps_per_epoch = num_train // model_config.batch_size
     self.optimizer = make_optimizer(optim_config, steps_per_epoch * model_config.epochs)
-    if shared is not None:  # same model: reuse its compiled eval functions
+    if shared is not None:  # same model: reuse its compiled functions
       self.apply, self.eval_step, self.logits = shared.apply, shared.eval_step, shared.logits
     else:
       self.apply = adapters.from_linen(model)
@@ -138,6 +139,13 @@ class Trainer:
       return step_lib.init_train_state(variables, self.optimizer, rng=jax.random.fold_in(key, 1))
 
     self.init = jax.jit(init)
+    if shared is not None:
+      # The initial state (the model's init, zeroed optimizer moments) does
+      # not depend on learning rate, weight decay or objective: reuse the
+      # compiled init when the state's shapes agree (checked, not assumed).
+      example = (jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(shared.input_shape)))
+      if jax.eval_shape(self.init, *example) == jax.eval_shape(shared.init, *example):
+        self.init = shared.init
 
   def evaluate(self, state) -> dict[str, float]:
     out = {}

@@ -134,14 +134,6 @@ class _Sweep:
                              num_train=self.num_train, jitter=self.jitter,
                              teacher_apply=teacher_apply, evals={'val': self.val},
                              progress=self.config.progress, shared=shared)
-    if shared is not None:
-      # Every student's initial state is the same: the model's init and
-      # Adam's zeroed moments, whatever the learning rate, weight decay or
-      # objective. Reusing the first student's compiled init saves a compile
-      # per run (about 2 s on 2 cores); the shapes are checked, not assumed.
-      example = (jax.random.PRNGKey(0), jnp.zeros((1,) + self.train['x'].shape[1:]))
-      if jax.eval_shape(trainer.init, *example) == jax.eval_shape(shared.init, *example):
-        trainer.init = shared.init
     return trainer
 
   def train_teacher(self) -> dict[str, float]:

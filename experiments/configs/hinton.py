@@ -74,15 +74,17 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.student.epochs = 185  # 5,000 steps
   c.student.batch_size = 128
 
-  c.baseline = ml_collections.ConfigDict({'learning_rate': 3e-3, 'weight_decay': 1e-3})
+  c.baseline = ml_collections.ConfigDict({'learning_rate': 1e-2, 'weight_decay': 0.0})
 
   c.kd = ml_collections.ConfigDict()
   c.kd.learning_rate = 1e-2
   c.kd.weight_decay = 0.0
-  c.kd.temperature = 2.0
+  c.kd.temperature = 4.0
   # The paper's weighted average: soft term (times T^2) with `soft_weight`,
-  # hard labels at T = 1 with 1 - soft_weight (a lower weight worked best).
-  c.kd.soft_weight = 0.9
+  # hard labels at T = 1 with 1 - soft_weight. The paper found a lower
+  # weight on the hard term best; on MNIST-1D's validation split 0.5 was at
+  # least as good as 0.9 at every temperature tried.
+  c.kd.soft_weight = 0.5
 
   c.omitted = ml_collections.ConfigDict()
   c.omitted.enabled = True
@@ -109,6 +111,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
     c.baseline.learning_rate = 1e-3
     c.kd.learning_rate = 1e-3
     c.kd.temperature = 20.0
+    c.kd.soft_weight = 0.9
   elif scale != 'cpu':
     raise ValueError(f"unknown scale {scale!r}; use 'cpu' or 'full'")
   return c
