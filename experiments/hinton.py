@@ -322,6 +322,22 @@ def summarize(per_seed: list[dict], config) -> dict:
   return summary
 
 
+def describe(config: dict) -> str:
+  """One paragraph saying what was trained, from a run's recorded config."""
+  t, st, kd, jitter = config['teacher'], config['student'], config['kd'], config['data']['jitter']
+  widths = '-'.join(str(w) for w in st['hidden_sizes'])
+  teacher = (f"a 1-D CNN ({'/'.join(str(c) for c in t['hidden_sizes'])} channels)"
+             if t['kind'] == 'cnn1d' else f"an MLP ({'-'.join(str(w) for w in t['hidden_sizes'])})")
+  return (
+      f"Data: {config['data']['name']}, trained on `{config['data']['train_split']}`, "
+      f"choices made on `{config['data']['val_split']}`, reported on `{config['data']['test_split']}`. "
+      f"Teacher: {teacher} with dropout {t['dropout']}, trained on jittered inputs (circular shift "
+      f"up to {jitter['shift']}, scale ±{jitter['scale']}, noise {jitter['noise']}). Student: an MLP "
+      f"with hidden layers {widths}, trained {'on the same freshly jittered inputs' if st['jitter'] else 'on clean inputs'} "
+      f"either on labels alone or distilled with soft targets at T = {kd['temperature']:g} "
+      f"(weight {kd['soft_weight']:g}, times T²) plus hard labels (weight {1 - kd['soft_weight']:g}).")
+
+
 def format_table(summary: dict, num_test: int) -> str:
   """Markdown table of test accuracy and errors, mean +- std over seeds."""
 
@@ -340,9 +356,14 @@ def format_table(summary: dict, num_test: int) -> str:
   for phase, name in names.items():
     stats = summary[phase]['test_acc']
     lines.append(f'| {name} | {pct(stats)} | {errors(stats)} |')
+  means = {phase: summary[phase]['test_acc']['mean'] for phase in names}
+  of_means = (means['distilled'] - means['baseline']) / (means['teacher'] - means['baseline'])
+  per_seed = ', '.join(f'{100 * v:.0f} %' for v in summary['gap_recovered']['values'])
   lines.append('')
-  lines.append(f"Gap recovered by distillation, (distilled − baseline) / (teacher − baseline): "
-               f"{pct(summary['gap_recovered'])} %")
+  lines.append(
+      f"Gap recovered by distillation, (distilled − baseline) / (teacher − baseline): "
+      f"{100 * of_means:.0f} % from the means; per seed {per_seed} (a seed whose teacher is "
+      "weak can give more than 100 %: the distilled student then beats its teacher).")
   if 'omitted' in summary:
     o = summary['omitted']
     lines += [

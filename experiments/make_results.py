@@ -22,7 +22,7 @@ EXPERIMENTS = (
         'Hinton, Vinyals & Dean (2015): distillation on MNIST-1D (cpu scale)',
         'hinton_cpu',
         'make demo  # python -m experiments.hinton --config=experiments/configs/hinton.py:cpu --workdir=runs/hinton_cpu',
-        lambda r: hinton.format_table(r['summary'], r['num_test']),
+        lambda r: hinton.describe(r['config']) + '\n\n' + hinton.format_table(r['summary'], r['num_test']),
     ),
     (
         'Hinton et al. (2015): hyper-parameter selection on the validation split',
