@@ -90,3 +90,13 @@ def check_index_range(name: str, x: Any, size: int, size_name: str) -> None:
         f'{name} must be in [0, {size}) ({size_name}={size}), got '
         f'{arr[index]} at index {index} of {name} with shape {arr.shape}.'
     )
+
+
+def batch_entry(batch: Any, key: str, role: str) -> Any:
+  """``batch[key]``, or a KeyError naming the role and listing the batch's keys."""
+  try:
+    return batch[key]
+  except KeyError:
+    raise KeyError(
+        f'{role} {key!r} is not in the batch; the batch has {sorted(batch)}'
+    ) from None

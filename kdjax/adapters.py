@@ -19,6 +19,7 @@ from typing import Any
 
 from flax import linen as nn
 from flax import nnx
+from kdjax import _checks
 from kdjax._outputs import Outputs
 
 Apply = Callable[..., tuple[Outputs, dict]]
@@ -28,12 +29,7 @@ Inputs = str | Callable[[Mapping[str, Any]], Any]
 def _get_inputs(inputs: Inputs, batch: Mapping[str, Any]) -> Any:
   if callable(inputs):
     return inputs(batch)
-  try:
-    return batch[inputs]
-  except KeyError:
-    raise KeyError(
-        f'inputs {inputs!r} is not in the batch; the batch has {sorted(batch)}'
-    ) from None
+  return _checks.batch_entry(batch, inputs, 'inputs')
 
 
 def _feature_map(features: Sequence[str] | Mapping[str, str]) -> dict[str, str]:

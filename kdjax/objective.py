@@ -62,15 +62,6 @@ def _require_teacher(name: str, teacher: Outputs | None) -> Outputs:
   return teacher
 
 
-def _batch_entry(batch: Batch, key: str, role: str) -> Any:
-  try:
-    return batch[key]
-  except KeyError:
-    raise KeyError(
-        f'{role} {key!r} is not in the batch; the batch has {sorted(batch)}'
-    ) from None
-
-
 def distill(
     loss_fn: Callable[..., jax.Array],
     *,
@@ -99,10 +90,10 @@ def distill(
     teacher = _require_teacher(getattr(loss_fn, '__name__', 'distill'), teacher)
     args = [student.logits, teacher.logits]
     if label_key is not None:
-      args.append(_batch_entry(batch, label_key, 'label_key'))
+      args.append(_checks.batch_entry(batch, label_key, 'label_key'))
     kwargs = dict(loss_kwargs)
     if where_key is not None:
-      kwargs['where'] = _batch_entry(batch, where_key, 'where_key')
+      kwargs['where'] = _checks.batch_entry(batch, where_key, 'where_key')
     return loss_fn(*args, temperature=evaluate(temperature, step), **kwargs), None
 
   return term
@@ -130,7 +121,7 @@ def supervised(
 
   def term(student, teacher, batch, step):
     del teacher, step
-    labels = _batch_entry(batch, label_key, 'label_key')
+    labels = _checks.batch_entry(batch, label_key, 'label_key')
     return loss_fn(student.logits, labels, **loss_kwargs), None
 
   return term
@@ -172,7 +163,7 @@ def accuracy(label_key: str = 'label') -> Callable[..., tuple[jax.Array, jax.Arr
 
   def fn(student, teacher, batch, mask):
     del teacher
-    labels = _batch_entry(batch, label_key, 'label_key')
+    labels = _checks.batch_entry(batch, label_key, 'label_key')
     return metrics_lib.accuracy(student.logits, labels, mask)
 
   return fn
