@@ -142,7 +142,8 @@ class Trainer:
     if shared is not None:
       # The initial state (the model's init, zeroed optimizer moments) does
       # not depend on learning rate, weight decay or objective: reuse the
-      # compiled init when the state's shapes agree (checked, not assumed).
+      # compiled init when the state's shapes agree. (An optimizer whose state
+      # held hyper-parameter values would break this; adamw's does not.)
       example = (jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(shared.input_shape)))
       if jax.eval_shape(self.init, *example) == jax.eval_shape(shared.init, *example):
         self.init = shared.init
@@ -176,6 +177,8 @@ def class_accuracy(logits, labels, label, bias_delta=0.0):
   logits[:, label] += bias_delta
   predictions = logits.argmax(-1)
   is_label = labels == label
+  if not is_label.any():
+    raise ValueError(f'no example of class {label} to measure accuracy on')
   return {
       'acc': float(np.mean(predictions == labels)),
       'acc_on_label': float(np.mean(predictions[is_label] == label)),
@@ -325,15 +328,23 @@ def summarize(per_seed: list[dict], config) -> dict:
 def describe(config: dict) -> str:
   """One paragraph saying what was trained, from a run's recorded config."""
   t, st, kd, jitter = config['teacher'], config['student'], config['kd'], config['data']['jitter']
-  widths = '-'.join(str(w) for w in st['hidden_sizes'])
-  teacher = (f"a 1-D CNN ({'/'.join(str(c) for c in t['hidden_sizes'])} channels)"
-             if t['kind'] == 'cnn1d' else f"an MLP ({'-'.join(str(w) for w in t['hidden_sizes'])})")
+
+  def model(c):
+    if c['kind'] == 'cnn1d':
+      return f"a 1-D CNN ({'/'.join(str(w) for w in c['hidden_sizes'])} channels)"
+    return f"an MLP (hidden layers {'-'.join(str(w) for w in c['hidden_sizes'])})"
+
+  def inputs(c):
+    if not c['jitter']:
+      return 'clean inputs'
+    return (f"jittered inputs (circular shift up to {jitter['shift']}, scale ±{jitter['scale']}, "
+            f"noise {jitter['noise']})")
+
   return (
       f"Data: {config['data']['name']}, trained on `{config['data']['train_split']}`, "
       f"choices made on `{config['data']['val_split']}`, reported on `{config['data']['test_split']}`. "
-      f"Teacher: {teacher} with dropout {t['dropout']}, trained on jittered inputs (circular shift "
-      f"up to {jitter['shift']}, scale ±{jitter['scale']}, noise {jitter['noise']}). Student: an MLP "
-      f"with hidden layers {widths}, trained {'on the same freshly jittered inputs' if st['jitter'] else 'on clean inputs'} "
+      f"Teacher: {model(t)} with dropout {t['dropout']}, trained on {inputs(t)}. "
+      f"Student: {model(st)}, trained on {inputs(st)} "
       f"either on labels alone or distilled with soft targets at T = {kd['temperature']:g} "
       f"(weight {kd['soft_weight']:g}, times T²) plus hard labels (weight {1 - kd['soft_weight']:g}).")
 
@@ -351,7 +362,7 @@ def format_table(summary: dict, num_test: int) -> str:
       '| model | test accuracy (%) | test errors (of {}) |'.format(num_test),
       '|---|---|---|',
   ]
-  names = {'teacher': 'teacher (dropout + jitter)', 'baseline': 'student, labels only',
+  names = {'teacher': 'teacher', 'baseline': 'student, labels only',
            'distilled': 'student, distilled'}
   for phase, name in names.items():
     stats = summary[phase]['test_acc']
@@ -387,7 +398,9 @@ def format_table(summary: dict, num_test: int) -> str:
   return '\n'.join(lines)
 
 
-def plot_learning_curves(workdir: str, phases: Sequence[str], seeds: Sequence[int], path: str) -> None:
+def plot_learning_curves(
+    workdir: str, phases: Sequence[str], seeds: Sequence[int], path: str, title: str
+) -> None:
   """Validation and test accuracy against steps, one line per phase and seed."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
@@ -410,7 +423,7 @@ def plot_learning_curves(workdir: str, phases: Sequence[str], seeds: Sequence[in
     ax.grid(alpha=0.3)
   axes[0].set_ylabel('accuracy')
   axes[0].legend()
-  fig.suptitle('Hinton et al. (2015) on MNIST-1D: learning curves (3 seeds)')
+  fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -440,7 +453,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1, default=list)
   phases = [p for p in PHASES if p != 'omitted' or config.omitted.enabled]
-  plot_learning_curves(workdir, phases, config.seeds, os.path.join(workdir, 'learning_curves.png'))
+  title = (f'Hinton et al. (2015) on {config.data.name}: learning curves '
+           f'({len(config.seeds)} seed{"s" if len(config.seeds) > 1 else ""})')
+  plot_learning_curves(workdir, phases, config.seeds, os.path.join(workdir, 'learning_curves.png'),
+                       title)
   return results
 
 

@@ -38,8 +38,6 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

@@ -92,11 +92,13 @@ def evaluate(
     data: Arrays,
     *,
     batch_size: int = 1024,
+    mask_key: str = metrics_lib.MASK_KEY,
 ) -> dict[str, float]:
   """Means of `eval_step`'s metrics over all of `data`, padding not counted.
 
   The data is cut into batches of `batch_size`; the last one is padded and
-  masked with a ``'mask'`` entry, so every example counts exactly once.
+  masked with a `mask_key` entry, so every example counts exactly once
+  (the eval step must read the same key).
   """
   num_examples = _num_examples(data)
   total = None
@@ -106,7 +108,7 @@ def evaluate(
     pad = batch_size - real if num_examples > batch_size else 0
     batch = {name: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v
              for name, v in batch.items()}
-    batch['mask'] = np.arange(real + pad) < real
+    batch[mask_key] = np.arange(real + pad) < real
     total = metrics_lib.merge(total, eval_step(state, teacher_variables, batch))
   return metrics_lib.compute(total)
 
@@ -160,6 +162,11 @@ def fit(
     restored = checkpoint_lib.restore(manager, state)
     if restored is not None:
       state, data_state, _ = restored
+      if not data_state or 'epoch' not in data_state:
+        raise ValueError(
+            f"the latest checkpoint in {manager.directory} has no epoch in its data "
+            f"position ({data_state!r}); it was not written by fit()"
+        )
       start = int(data_state['epoch'])
   bar = tqdm.trange(start, num_epochs, desc=desc, disable=not progress, leave=False)
   for epoch in bar:

@@ -11,6 +11,10 @@ import numpy as np
 # name -> (sum, count); both scalars (arrays or floats).
 Metrics = Mapping[str, tuple[jax.Array, jax.Array]]
 
+# The batch entry marking real examples (1) and padding (0), wherever kdjax
+# pads: eval loops, data iterators, objectives and eval steps.
+MASK_KEY = 'mask'
+
 
 def metric(values: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Reduces per-example `values` to a `(sum, count)` pair.

@@ -26,7 +26,9 @@ class Term(Protocol):
 
   ``term(student, teacher, batch, step) -> (values, mask)`` where `values`
   has the batch's leading shape (``[batch]`` or ``[batch, time]``) and `mask`
-  is ``None`` or broadcastable to `values` (1 = counts, 0 = padding).
+  is ``None`` or aligned with the leading axes of `values` (1 = counts,
+  0 = padding): ``[batch]`` masks whole rows of ``[batch, time]`` values,
+  ``[1, time]`` masks time steps.
   """
 
   def __call__(
@@ -49,16 +51,17 @@ def _check_schedule(name: str, value: Schedule, *, positive: bool) -> None:
     raise ValueError(f'{name} must be a scalar, got shape {np.shape(first)}.')
   if positive:
     _checks.check_positive(name, first)
-  elif _checks.is_concrete(first) and float(first) < 0:
-    raise ValueError(f'{name} must be >= 0, got {first}.')
+  else:
+    _checks.check_nonnegative(name, first)
 
 
-def _require_teacher(name: str, teacher: Outputs | None) -> Outputs:
+class _NoTeacherError(ValueError):
+  """A term needs teacher outputs and there are none."""
+
+
+def _require_teacher(teacher: Outputs | None) -> Outputs:
   if teacher is None:
-    raise ValueError(
-        f'term {name!r} needs teacher outputs, but the step has no teacher '
-        '(teacher_apply=None).'
-    )
+    raise _NoTeacherError('needs teacher outputs, but there are none')
   return teacher
 
 
@@ -87,7 +90,7 @@ def distill(
   _check_schedule('temperature', temperature, positive=True)
 
   def term(student, teacher, batch, step):
-    teacher = _require_teacher(getattr(loss_fn, '__name__', 'distill'), teacher)
+    teacher = _require_teacher(teacher)
     args = [student.logits, teacher.logits]
     if label_key is not None:
       args.append(_checks.batch_entry(batch, label_key, 'label_key'))
@@ -148,7 +151,7 @@ def feature(
 
   def term(student, teacher, batch, step):
     del batch, step
-    teacher = _require_teacher(student_feature, teacher)
+    teacher = _require_teacher(teacher)
     return loss_fn(
         student.feature(student_feature),
         teacher.feature(teacher_feature),
@@ -191,7 +194,7 @@ class Objective:
 
   terms: Mapping[str, Term]
   weights: Mapping[str, Schedule] = dataclasses.field(default_factory=dict)
-  mask_key: str | None = 'mask'
+  mask_key: str | None = metrics_lib.MASK_KEY
   metrics: Mapping[str, Callable[..., tuple[jax.Array, jax.Array]]] = (
       dataclasses.field(default_factory=dict)
   )
@@ -226,7 +229,13 @@ class Objective:
     total = jnp.zeros((), jnp.float32)
     metrics = {}
     for name, term in self.terms.items():
-      values, mask = term(student, teacher, batch, step)
+      try:
+        values, mask = term(student, teacher, batch, step)
+      except _NoTeacherError:
+        raise ValueError(
+            f'term {name!r} needs teacher outputs, but the step has no teacher '
+            '(teacher_apply=None).'
+        ) from None
       mask = _combine_masks(name, values, mask, batch_mask)
       term_sum, count = metrics_lib.metric(values, mask)
       weight = self.weight(name, step)
@@ -240,17 +249,31 @@ class Objective:
 
 
 def _combine_masks(name, values, mask, batch_mask):
-  """Checks shapes and multiplies the term's mask by the batch mask."""
+  """Checks shapes and multiplies the term's mask by the batch mask.
+
+  Both masks align with the values' leading axes: ``[batch]`` masks whole
+  rows of ``[batch, time]`` values; a per-time mask is given as ``[1, time]``.
+  """
   values_shape = jnp.shape(values)
-  if batch_mask is not None:
-    batch_mask = metrics_lib.leading_mask(batch_mask, len(values_shape))
+  aligned = []
   for label, m in (('mask', mask), ('batch mask', batch_mask)):
-    if m is not None:
-      _checks.check_broadcastable(
-          f'term {name!r} {label}', m, f'term {name!r} values', values_shape
+    if m is None:
+      aligned.append(None)
+      continue
+    padded = metrics_lib.leading_mask(m, len(values_shape))
+    try:
+      ok = np.broadcast_shapes(padded.shape, values_shape) == tuple(values_shape)
+    except ValueError:
+      ok = False
+    if not ok:
+      raise ValueError(
+          f'term {name!r} {label} with shape {tuple(jnp.shape(m))} does not align with the '
+          f'leading axes of term {name!r} values with shape {tuple(values_shape)}.'
       )
+    aligned.append(padded)
+  mask, batch_mask = aligned
   if mask is None:
     return batch_mask
   if batch_mask is None:
     return mask
-  return jnp.asarray(mask, jnp.float32) * batch_mask
+  return mask * batch_mask

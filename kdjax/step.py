@@ -163,7 +163,7 @@ def make_eval_step(
     objective: Objective | None = None,
     *,
     label_key: str | None = 'label',
-    mask_key: str = 'mask',
+    mask_key: str = metrics_lib.MASK_KEY,
 ) -> Callable[[TrainState, Any, Batch], dict]:
   """Returns ``eval_step(state, teacher_variables, batch) -> metrics``.
 

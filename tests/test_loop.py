@@ -142,3 +142,25 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   scalars = sorted(_read_events(tmp_path / 'tensorboard'))
   assert scalars == [(1, 'train/acc/student', 0.25), (1, 'train/loss/kd', 0.5),
                      (2, 'eval/acc/student', 0.75)]
+
+
+def test_evaluate_with_another_mask_key():
+  train_step, state, teacher_vars, data, _ = _setup()
+  del train_step
+  student_apply = adapters.from_linen(_Net(4))
+  eval_step = jax.jit(step_lib.make_eval_step(student_apply, mask_key='valid'))
+  whole = loop.evaluate(eval_step, state, teacher_vars, data, batch_size=64, mask_key='valid')
+  chunked = loop.evaluate(eval_step, state, teacher_vars, data, batch_size=10, mask_key='valid')
+  assert chunked['acc/student'] == pytest.approx(whole['acc/student'])
+
+
+def test_fit_refuses_a_checkpoint_without_epoch(tmp_path):
+  train_step, state, teacher_vars, data, _ = _setup()
+  manager = checkpoint.make_manager(tmp_path / 'ckpt')
+  checkpoint.save(manager, state)
+  manager.wait_until_finished()
+  epoch = jax.jit(loop.make_epoch_fn(train_step, batch_size=8))
+  with pytest.raises(ValueError, match='has no epoch in its data position'):
+    loop.fit(epoch, state, teacher_vars, data, num_epochs=1, seed=0, manager=manager,
+             progress=False)
+  manager.close()

@@ -651,3 +651,16 @@ def test_doctests():
   result = doctest.testmod(_logit, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0
   assert result.failed == 0
+
+
+@pytest.mark.parametrize('dtype', [jnp.uint8, jnp.int8, jnp.int16])
+def test_narrow_integer_labels_with_many_classes(dtype):
+  # A label iota in the labels' dtype would wrap around past 255 classes.
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 300))
+  labels = jnp.array([4, 100], dtype)
+  wide = losses.cross_entropy(logits, labels.astype(jnp.int32))
+  np.testing.assert_allclose(losses.cross_entropy(logits, labels), wide, rtol=1e-6)
+  teacher = jax.random.normal(jax.random.PRNGKey(1), (2, 300))
+  np.testing.assert_allclose(
+      losses.decoupled_kd(logits, teacher, labels),
+      losses.decoupled_kd(logits, teacher, labels.astype(jnp.int32)), rtol=1e-6)

@@ -159,7 +159,7 @@ def test_errors_name_the_problem():
     objective(student, teacher, {'y': jnp.zeros(6, jnp.int32)})
   with pytest.raises(ValueError, match=r'batch mask with shape \(4,\).*values with shape \(6,\)'):
     objective(student, teacher, {'label': jnp.zeros(6, jnp.int32), 'mask': jnp.ones(4)})
-  with pytest.raises(ValueError, match='needs teacher outputs'):
+  with pytest.raises(ValueError, match="term 'kd' needs teacher outputs"):
     objective(student, None, {'label': jnp.zeros(6, jnp.int32)})
   hint = objective_lib.Objective({'hint': objective_lib.feature(lambda a, b: a, 'conv3')})
   with pytest.raises(KeyError, match=r"feature 'conv3'.*exposes \['h'\]"):
@@ -179,3 +179,23 @@ def test_jit_equals_no_jit():
     eager = objective(student, teacher, batch, step=step)
     jitted = jax.jit(lambda s, t, b, k: objective(s, t, b, step=k))(student, teacher, batch, step)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), eager, jitted)
+
+
+def test_term_masks_align_with_leading_axes():
+  values = jnp.arange(9.0).reshape(3, 3)
+
+  def term_with(mask):
+    return lambda student, teacher, batch, step: (values, mask)
+
+  rows, _ = objective_lib.Objective({'t': term_with(jnp.array([1.0, 1.0, 0.0]))})(None, None, {})
+  np.testing.assert_allclose(rows, np.asarray(values)[:2].mean())
+  columns, _ = objective_lib.Objective({'t': term_with(jnp.array([[1.0, 1.0, 0.0]]))})(None, None, {})
+  np.testing.assert_allclose(columns, np.asarray(values)[:, :2].mean())
+  with pytest.raises(ValueError, match=r"term 't' mask with shape \(2,\).*shape \(3, 3\)"):
+    objective_lib.Objective({'t': term_with(jnp.ones(2))})(None, None, {})
+
+
+def test_missing_teacher_error_names_the_term():
+  objective = objective_lib.Objective({'soft': objective_lib.distill(losses.kl_divergence)})
+  with pytest.raises(ValueError, match=r"term 'soft' needs teacher outputs"):
+    objective(_outputs(0), None, {})

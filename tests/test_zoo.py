@@ -43,3 +43,9 @@ def test_convnet_and_mlp_shapes_and_features():
   assert outputs.logits.shape == (4, 3) and outputs.features['hidden_1'].shape == (4, 8)
   counts = jax.tree.map(np.size, variables['params'])
   assert sum(jax.tree.leaves(counts)) == 40 * 16 + 16 + 16 * 8 + 8 + 8 * 3 + 3
+
+
+def test_convnet_layer_lists_must_agree():
+  net = zoo.ConvNet1D(channels=(8, 8, 8, 8))
+  with pytest.raises(ValueError, match=r"one entry per layer.*'channels': 4, 'kernel_sizes': 3"):
+    net.init(jax.random.PRNGKey(0), jnp.ones((2, 40)))

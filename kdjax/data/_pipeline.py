@@ -13,11 +13,12 @@ import tensorflow_datasets as tfds
 # Imported for its side effect: registers the 'mnist1d' builder with TFDS.
 from kdjax.data import _mnist1d  # noqa: F401
 
+from kdjax.metrics import MASK_KEY
+
 Example = dict[str, Any]
 Batch = dict[str, np.ndarray]
 Features = Sequence[str] | Mapping[str, str] | None
 
-MASK_KEY = 'mask'
 
 
 def load_source(

@@ -576,8 +576,9 @@ def _check_labels(labels, logits_name, logits_shape, axis) -> Array:
 
 def _label_one_hot(labels: Array, shape) -> tuple[Array, Array]:
   """Boolean one-hot ``[..., classes]`` and whether each label is in range."""
-  classes = lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1)
-  one_hot = classes == labels[..., None]
+  # int32, not labels.dtype: a uint8 iota would wrap around past 255 classes.
+  classes = lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
+  one_hot = classes == labels.astype(jnp.int32)[..., None]
   return one_hot, jnp.any(one_hot, axis=-1)
 
 

@@ -86,6 +86,10 @@ class ConvNet1D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps ``[batch, length]`` or ``[batch, length, 1]`` to ``[batch, num_classes]``."""
+    lengths = {'channels': len(self.channels), 'kernel_sizes': len(self.kernel_sizes),
+               'strides': len(self.strides)}
+    if len(set(lengths.values())) != 1:
+      raise ValueError(f'ConvNet1D needs one entry per layer in each of {lengths}')
     if x.ndim == 2:
       x = x[:, :, None]
     for i, (width, size, stride) in enumerate(zip(self.channels, self.kernel_sizes, self.strides)):
