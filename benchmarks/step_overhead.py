@@ -40,7 +40,6 @@ import dataclasses
 import datetime
 import os
 import pathlib
-import platform
 import re
 import sys
 import time
@@ -55,6 +54,7 @@ import optax
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from kdjax import writers  # pylint: disable=wrong-import-position
 from kdjax import adapters  # pylint: disable=g-import-not-at-top,wrong-import-position
 from kdjax import losses  # pylint: disable=wrong-import-position
 from kdjax import objective as objective_lib  # pylint: disable=wrong-import-position
@@ -347,16 +347,8 @@ def print_profile(result) -> None:
 
 
 def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        cpu = line.split(':', 1)[1].strip()
-        break
-  except OSError:
-    pass
   load = ', '.join(f'{x:.2f}' for x in os.getloadavg())
-  return f'{os.cpu_count()} CPUs ({cpu}), load average {load}'
+  return f"{writers.environment()['machine']}, load average {load}"
 
 
 def describe(config: Config, args) -> str:

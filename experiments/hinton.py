@@ -207,6 +207,21 @@ def choose_bias(logits, labels, label, grid, *, rule, prior):
   raise ValueError(f"omitted.rule must be 'prior' or 'val_acc', got {rule!r}")
 
 
+def train_teacher(trainer, train, *, seed, workdir):
+  """Trains (or resumes) a teacher, writes its own checkpoint and reads it back.
+
+  Students get the variables read from the teacher's checkpoint, so what
+  they learn from is exactly what was saved. Returns the variables and the
+  teacher's final metrics.
+  """
+  state, metrics = trainer.train(train, seed=seed, teacher_variables=None, workdir=workdir,
+                                 desc=f'teacher s{seed}')
+  final = os.path.join(workdir, 'final')
+  # (A rerun restores the same teacher from its training checkpoint.)
+  checkpoint.save_teacher(final, state.variables, overwrite=True)
+  return checkpoint.load_teacher(final, state.variables), metrics
+
+
 def run_seed(config, arrays, trainers, seed, workdir):
   """Teacher, baseline, distilled and omitted-class runs for one seed."""
   result = {}
@@ -214,15 +229,9 @@ def run_seed(config, arrays, trainers, seed, workdir):
   def phase_dir(phase):
     return os.path.join(workdir, phase, f'seed{seed}')
 
-  teacher_state, result['teacher'] = trainers['teacher'].train(
-      arrays['train'], seed=seed, teacher_variables=None,
-      workdir=phase_dir('teacher'), desc=f'teacher s{seed}')
   # The teacher gets its own checkpoint; the students read it from there.
-  # (A rerun restores the same teacher from its training checkpoint.)
-  checkpoint.save_teacher(os.path.join(phase_dir('teacher'), 'final'), teacher_state.variables,
-                          overwrite=True)
-  teacher_variables = checkpoint.load_teacher(
-      os.path.join(phase_dir('teacher'), 'final'), teacher_state.variables)
+  teacher_variables, result['teacher'] = train_teacher(
+      trainers['teacher'], arrays['train'], seed=seed, workdir=phase_dir('teacher'))
 
   student_seed = seed + 1000  # baseline and distilled students start alike
   _, result['baseline'] = trainers['baseline'].train(

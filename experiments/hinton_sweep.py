@@ -42,7 +42,6 @@ import ml_collections
 import numpy as np
 
 from experiments import hinton
-from kdjax import checkpoint
 from kdjax import config as config_lib
 from kdjax import writers
 
@@ -140,11 +139,8 @@ class _Sweep:
     trainer = self._trainer(config.teacher, config.teacher, self.teacher_model,
                             hinton.label_objective(), None, None)
     workdir = os.path.join(self.workdir, 'teacher', f'seed{self.seed}')
-    state, metrics = trainer.train(self.train, seed=self.seed, teacher_variables=None,
-                                   workdir=workdir, desc=f'teacher s{self.seed}')
-    final = os.path.join(workdir, 'final')
-    checkpoint.save_teacher(final, state.variables, overwrite=True)
-    self.teacher_variables = checkpoint.load_teacher(final, state.variables)
+    self.teacher_variables, metrics = hinton.train_teacher(
+        trainer, self.train, seed=self.seed, workdir=workdir)
     self.teacher_trainer = trainer
     return metrics
 
