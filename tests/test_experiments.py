@@ -91,3 +91,20 @@ def test_hinton_cpu_reproduces_the_claim(tmp_path):
   assert (means['distilled'] - means['baseline']) / (means['teacher'] - means['baseline']) > 0.5
   omitted = summary['omitted']
   assert omitted['by_rule']['prior']['acc_on_label']['mean'] > omitted['before']['acc_on_label']['mean']
+
+
+def test_hinton_full_config_runs_on_mocked_mnist(tmp_path):
+  """The paper-scale config's data path (TFDS mnist: images, 2-D jitter)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  with tfds.testing.mock_data(num_examples=200):
+    hinton.main([
+        '--config=experiments/configs/hinton.py:full', f'--workdir={tmp_path}',
+        '--config.seeds=(0,)', '--config.progress=false',
+        '--config.teacher.epochs=1', '--config.student.epochs=1',
+        '--config.teacher.hidden_sizes=(16,)', '--config.student.hidden_sizes=(8,)',
+    ])
+  with open(tmp_path / 'results.json') as f:
+    results = json.load(f)
+  assert results['config']['data']['name'] == 'mnist'
+  assert 0.0 <= results['summary']['distilled']['test_acc']['mean'] <= 1.0
