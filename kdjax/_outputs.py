@@ -15,12 +15,15 @@ class Outputs:
 
   Attributes:
     logits: ``[..., classes]`` (``[batch, classes]`` for a classifier,
-      ``[batch, time, vocab]`` for a language model).
+      ``[batch, time, vocab]`` for a language model), or ``None`` for a
+      model that hands over what makes the logits instead (e.g. a language
+      model's final hidden state and unembedding matrix as features, for
+      chunked large-vocabulary losses that never materialise the logits).
     features: named intermediates (hidden states, attention maps, conv maps),
       each an array with the batch as its leading dimension.
   """
 
-  logits: jax.Array
+  logits: jax.Array | None
   features: Mapping[str, Any] = flax.struct.field(default_factory=dict)
 
   def feature(self, name: str) -> Any:
