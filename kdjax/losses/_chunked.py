@@ -1,0 +1,487 @@
+"""Chunked large-vocabulary divergences: ``hidden @ unembedding`` and the loss chunk by chunk."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+from kdjax import _checks
+from kdjax.losses import _logit
+from kdjax.losses import _sequence
+
+Array = jax.Array
+ArrayLike = Any
+
+# How the computation is laid out. Tokens are flattened to [n] and split in
+# chunks of `token_chunk` (the last one padded); `lax.map` / `lax.scan` run
+# over the chunks, so at most a [token_chunk, vocab] block of logits of each
+# model is live at once. A `jax.custom_vjp` makes the backward pass
+# recompute each chunk's logits instead of saving them: autodiff through the
+# loop would stack every chunk's residuals, i.e. the full [n, vocab] logits.
+#
+# With `vocab_chunk` the vocabulary is split too, and a [token_chunk,
+# vocab_chunk] block is the largest. The log-normalisers then come from a
+# first pass (an online logsumexp); a second pass sums the divergence, whose
+# every term is elementwise in the normalised log-probabilities, and also
+# the sum over the vocabulary of d(divergence)/d(log q). The backward pass
+# uses the log-softmax chain rule  d/ds_u = (g_u - q_u * sum_v g_v) / T
+# with g = d(divergence)/d(log q), one more pass.
+
+
+def _partial_sum(divergence: str, log_q, log_p, valid, hyper) -> Array:
+  """``sum_v f(log p_v, log q_v)`` over a block of the vocabulary, ``[C]``.
+
+  `log_q` (student) and `log_p` (teacher) are normalised tempered
+  log-probabilities ``[C, Vc]``; `valid` marks the real vocabulary entries.
+  The formulas are those of :mod:`kdjax.losses` (same helpers), without the
+  ``T²`` factor.
+  """
+  if divergence == 'forward_kl':
+    return _logit._kl(log_p, valid, log_q)  # pylint: disable=protected-access
+  if divergence == 'reverse_kl':
+    return _logit._kl(log_q, valid, log_p)  # pylint: disable=protected-access
+  if divergence == 'jsd':
+    log_m = _logit._log_mixture(log_p, valid, log_q, valid, hyper)  # pylint: disable=protected-access
+    teacher_weight = jnp.where(hyper == 0, 1.0, hyper)
+    student_weight = jnp.where(hyper == 1, 1.0, 1.0 - hyper)
+    return teacher_weight * _logit._kl(  # pylint: disable=protected-access
+        log_p, valid, log_m
+    ) + student_weight * _logit._kl(log_q, valid, log_m)  # pylint: disable=protected-access
+  if divergence == 'skew_kl':
+    log_m = _logit._log_mixture(log_p, valid, log_q, valid, hyper)  # pylint: disable=protected-access
+    return _logit._kl(log_p, valid, log_m)  # pylint: disable=protected-access
+  if divergence == 'skew_reverse_kl':
+    log_m = _logit._log_mixture(log_q, valid, log_p, valid, hyper)  # pylint: disable=protected-access
+    return _logit._kl(log_q, valid, log_m)  # pylint: disable=protected-access
+  if divergence == 'tvd':
+    p = jnp.exp(jnp.where(valid, log_p, 0.0))
+    q = jnp.exp(jnp.where(valid, log_q, 0.0))
+    return 0.5 * jnp.sum(jnp.where(valid, jnp.abs(p - q), 0.0), axis=-1)
+  raise ValueError(f'unknown divergence {divergence!r}')
+
+
+def _tempered_logits(hidden, unembedding, temperature):
+  logits = jnp.dot(hidden, unembedding, preferred_element_type=jnp.float32)
+  return logits / temperature
+
+
+# ----------------------------------------------------------------------------
+# Whole vocabulary per token chunk.
+
+
+def _chunk_values(divergence, hidden, unembedding, teacher_hidden,
+                  teacher_unembedding, temperature, hyper):
+  """Per-token divergence ``[C]`` of one token chunk, whole vocabulary."""
+  log_q = jax.nn.log_softmax(_tempered_logits(hidden, unembedding, temperature))
+  log_p = jax.nn.log_softmax(
+      _tempered_logits(teacher_hidden, teacher_unembedding, temperature)
+  )
+  valid = jnp.ones((1, log_q.shape[-1]), bool)
+  values = _partial_sum(divergence, log_q, log_p, valid, hyper)
+  return values * jnp.square(temperature)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _by_tokens(divergence, hidden, unembedding, teacher_hidden,
+               teacher_unembedding, temperature, hyper):
+  """``[chunks, C]`` values from ``[chunks, C, D]`` hidden states."""
+  return _by_tokens_fwd(
+      divergence, hidden, unembedding, teacher_hidden, teacher_unembedding,
+      temperature, hyper,
+  )[0]
+
+
+def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
+                   teacher_unembedding, temperature, hyper):
+  def one_chunk(chunk):
+    h, th = chunk
+    return _chunk_values(divergence, h, unembedding, th, teacher_unembedding,
+                         temperature, hyper)
+
+  values = lax.map(one_chunk, (hidden, teacher_hidden))
+  residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding,
+               temperature, hyper)
+  return values, residuals
+
+
+def _by_tokens_bwd(divergence, residuals, cotangent):
+  hidden, unembedding, teacher_hidden, teacher_unembedding, temperature, hyper = (
+      residuals
+  )
+  unembedding32 = unembedding.astype(jnp.float32)
+
+  def one_chunk(d_unembedding, chunk):
+    h, th, ct = chunk
+
+    def values_of(h32, w32):
+      return _chunk_values(divergence, h32, w32, th, teacher_unembedding,
+                           temperature, hyper)
+
+    _, vjp = jax.vjp(values_of, h.astype(jnp.float32), unembedding32)
+    d_h, d_w = vjp(ct)
+    return d_unembedding + d_w, d_h.astype(hidden.dtype)
+
+  d_unembedding, d_hidden = lax.scan(
+      one_chunk, jnp.zeros_like(unembedding32), (hidden, teacher_hidden, cotangent)
+  )
+  return (
+      d_hidden,
+      d_unembedding.astype(unembedding.dtype),
+      jnp.zeros_like(teacher_hidden),
+      jnp.zeros_like(teacher_unembedding),
+      jnp.zeros_like(temperature),
+      jnp.zeros_like(hyper),
+  )
+
+
+_by_tokens.defvjp(_by_tokens_fwd, _by_tokens_bwd)
+
+
+# ----------------------------------------------------------------------------
+# Vocabulary in chunks too: online logsumexp.
+
+
+def _log_normalizer(hidden, unembedding_chunks, valid_chunks, temperature):
+  """``logsumexp(hidden @ unembedding / T)`` over vocabulary chunks, ``[C]``."""
+
+  def step(carry, chunk):
+    running_max, running_sum = carry
+    w, valid = chunk
+    logits = jnp.where(valid, _tempered_logits(hidden, w, temperature), -jnp.inf)
+    new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
+    running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
+        jnp.exp(logits - new_max[:, None]), axis=-1
+    )
+    return (new_max, running_sum), None
+
+  start = (
+      jnp.full(hidden.shape[:1], -jnp.inf, jnp.float32),
+      jnp.zeros(hidden.shape[:1], jnp.float32),
+  )
+  (running_max, running_sum), _ = lax.scan(
+      step, start, (unembedding_chunks, valid_chunks)
+  )
+  return running_max + jnp.log(running_sum)
+
+
+def _block_log_probs(h, w, th, tw, valid, temperature, log_norm_q, log_norm_p):
+  log_q = _tempered_logits(h, w, temperature) - log_norm_q[:, None]
+  log_p = _tempered_logits(th, tw, temperature) - log_norm_p[:, None]
+  return log_q, log_p
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _by_tokens_and_vocab(divergence, hidden, unembedding, teacher_hidden,
+                         teacher_unembedding, valid, temperature, hyper):
+  """Values ``[chunks, C]``; unembeddings as ``[vocab_chunks, D, Vc]``."""
+  return _by_tokens_and_vocab_fwd(
+      divergence, hidden, unembedding, teacher_hidden, teacher_unembedding,
+      valid, temperature, hyper,
+  )[0]
+
+
+def _by_tokens_and_vocab_fwd(divergence, hidden, unembedding, teacher_hidden,
+                             teacher_unembedding, valid, temperature, hyper):
+  def one_chunk(chunk):
+    h, th = chunk
+    log_norm_q = _log_normalizer(h, unembedding, valid, temperature)
+    log_norm_p = _log_normalizer(th, teacher_unembedding, valid, temperature)
+
+    def vocab_step(carry, block):
+      value, grad_sum = carry
+      w, tw, v = block
+      log_q, log_p = _block_log_probs(h, w, th, tw, v, temperature, log_norm_q,
+                                      log_norm_p)
+      partial, vjp = jax.vjp(
+          lambda lq: _partial_sum(divergence, lq, log_p, v, hyper), log_q
+      )
+      (g,) = vjp(jnp.ones_like(partial))
+      return (value + partial, grad_sum + jnp.sum(g, axis=-1)), None
+
+    zeros = jnp.zeros(h.shape[:1], jnp.float32)
+    (value, grad_sum), _ = lax.scan(
+        vocab_step, (zeros, zeros), (unembedding, teacher_unembedding, valid)
+    )
+    return value * jnp.square(temperature), log_norm_q, log_norm_p, grad_sum
+
+  values, log_norm_q, log_norm_p, grad_sum = lax.map(
+      one_chunk, (hidden, teacher_hidden)
+  )
+  residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding, valid,
+               temperature, hyper, log_norm_q, log_norm_p, grad_sum)
+  return values, residuals
+
+
+def _by_tokens_and_vocab_bwd(divergence, residuals, cotangent):
+  (hidden, unembedding, teacher_hidden, teacher_unembedding, valid, temperature,
+   hyper, log_norm_q, log_norm_p, grad_sum) = residuals
+  unembedding32 = unembedding.astype(jnp.float32)
+  scale = jnp.square(temperature)
+
+  def one_chunk(d_unembedding, chunk):
+    h, th, ct, lnq, lnp, g_sum = chunk
+    h32 = h.astype(jnp.float32)
+    # d(T² ct f)/d(log q) summed over the vocabulary, per token.
+    weight = ct * scale
+    total = weight * g_sum
+
+    def vocab_step(d_h, block):
+      w, tw, v = block
+      log_q, log_p = _block_log_probs(h32, w, th, tw, v, temperature, lnq, lnp)
+      _, vjp = jax.vjp(
+          lambda lq: _partial_sum(divergence, lq, log_p, v, hyper), log_q
+      )
+      (g,) = vjp(weight)
+      q = jnp.where(v, jnp.exp(log_q), 0.0)
+      d_logits = (g - q * total[:, None]) / temperature
+      d_h = d_h + jnp.dot(d_logits, w.T, preferred_element_type=jnp.float32)
+      d_w = jnp.dot(h32.T, d_logits, preferred_element_type=jnp.float32)
+      return d_h, d_w
+
+    d_h, d_w = lax.scan(
+        vocab_step, jnp.zeros_like(h32), (unembedding32, teacher_unembedding, valid)
+    )
+    return d_unembedding + d_w, d_h.astype(hidden.dtype)
+
+  d_unembedding, d_hidden = lax.scan(
+      one_chunk,
+      jnp.zeros_like(unembedding32),
+      (hidden, teacher_hidden, cotangent, log_norm_q, log_norm_p, grad_sum),
+  )
+  return (
+      d_hidden,
+      d_unembedding.astype(unembedding.dtype),
+      jnp.zeros_like(teacher_hidden),
+      jnp.zeros_like(teacher_unembedding),
+      None,
+      jnp.zeros_like(temperature),
+      jnp.zeros_like(hyper),
+  )
+
+
+_by_tokens_and_vocab.defvjp(_by_tokens_and_vocab_fwd, _by_tokens_and_vocab_bwd)
+
+
+def _vocab_blocks(unembedding: Array, vocab: int, vocab_chunk: int) -> Array:
+  """``[D, V]`` -> ``[ceil(V / Vc), D, Vc]``, zero-padded at the end."""
+  blocks = -(-vocab // vocab_chunk)
+  padded = jnp.pad(unembedding, ((0, 0), (0, blocks * vocab_chunk - vocab)))
+  return padded.reshape(padded.shape[0], blocks, vocab_chunk).transpose(1, 0, 2)
+
+
+# ----------------------------------------------------------------------------
+# Public function.
+
+
+def _check_unembedding(hidden_name, hidden, unembedding_name, unembedding):
+  _checks.check_floating(hidden_name, hidden)
+  _checks.check_floating(unembedding_name, unembedding)
+  hidden_shape = tuple(jnp.shape(hidden))
+  unembedding_shape = tuple(jnp.shape(unembedding))
+  if len(hidden_shape) < 2:
+    raise ValueError(
+        f'{hidden_name} must be [batch, time, hidden] or [tokens, hidden], got '
+        f'shape {hidden_shape}.'
+    )
+  if len(unembedding_shape) != 2 or unembedding_shape[0] != hidden_shape[-1]:
+    raise ValueError(
+        f'{unembedding_name} must be [hidden, vocab] with hidden = the last '
+        f'dimension of {hidden_name}, got {hidden_name}.shape={hidden_shape} and '
+        f'{unembedding_name}.shape={unembedding_shape}.'
+    )
+
+
+def _check_chunk(name: str, value: Any, allow_none: bool) -> None:
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=('divergence', 'vocab', 'token_chunk', 'vocab_chunk'),
+)
+def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
+                  teacher_unembedding, mask, temperature, hyper, *, divergence,
+                  vocab, token_chunk, vocab_chunk):
+  token_shape = student_hidden.shape[:-1]
+  tokens = math.prod(token_shape)
+  hidden = student_hidden.reshape(tokens, student_hidden.shape[-1])
+  teacher = lax.stop_gradient(
+      teacher_hidden.reshape(tokens, teacher_hidden.shape[-1])
+  )
+  unembedding = student_unembedding[:, :vocab]
+  teacher_unembedding = lax.stop_gradient(teacher_unembedding[:, :vocab])
+  if mask is not None:
+    # Masked tokens see zero hidden states: finite, and no gradient.
+    flat_mask = mask.reshape(tokens, 1)
+    hidden = jnp.where(flat_mask, hidden, 0)
+    teacher = jnp.where(flat_mask, teacher, 0)
+
+  chunk = min(token_chunk, tokens)
+  chunks = -(-tokens // chunk)
+  padding = chunks * chunk - tokens
+  hidden = jnp.pad(hidden, ((0, padding), (0, 0)))
+  teacher = jnp.pad(teacher, ((0, padding), (0, 0)))
+  hidden = hidden.reshape(chunks, chunk, hidden.shape[-1])
+  teacher = teacher.reshape(chunks, chunk, teacher.shape[-1])
+
+  if vocab_chunk is None or vocab_chunk >= vocab:
+    values = _by_tokens(divergence, hidden, unembedding, teacher,
+                        teacher_unembedding, temperature, hyper)
+  else:
+    valid = jnp.arange(_vocab_blocks_size(vocab, vocab_chunk)) < vocab
+    valid = valid.reshape(-1, 1, vocab_chunk)
+    values = _by_tokens_and_vocab(
+        divergence, hidden, _vocab_blocks(unembedding, vocab, vocab_chunk),
+        teacher, _vocab_blocks(teacher_unembedding, vocab, vocab_chunk), valid,
+        temperature, hyper,
+    )
+  values = values.reshape(-1)[:tokens].reshape(token_shape)
+  if mask is not None:
+    values = jnp.where(mask, values, 0.0)
+  return values
+
+
+def _vocab_blocks_size(vocab: int, vocab_chunk: int) -> int:
+  return -(-vocab // vocab_chunk) * vocab_chunk
+
+
+def chunked_divergence(
+    student_hidden: ArrayLike,
+    student_unembedding: ArrayLike,
+    teacher_hidden: ArrayLike,
+    teacher_unembedding: ArrayLike,
+    *,
+    divergence: str = 'forward_kl',
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    beta: ArrayLike | None = None,
+    alpha: ArrayLike | None = None,
+    token_chunk: int = 128,
+    vocab_chunk: int | None = None,
+) -> Array:
+  r"""Per-token divergence of ``hidden @ unembedding`` logits, never materialised.
+
+  Equal to ``token_divergence(student_hidden @ student_unembedding,
+  teacher_hidden @ teacher_unembedding, ...)`` (see
+  :func:`token_divergence`), with the same divergences, temperature, token
+  mask and vocabulary padding, but computed `token_chunk` tokens at a time
+  (and, with `vocab_chunk`, a block of the vocabulary at a time with an
+  online logsumexp). A custom VJP recomputes each chunk's logits in the
+  backward pass, so neither the forward nor the backward pass ever holds the
+  ``[batch, time, vocab]`` logits of either model: the largest temporaries
+  are ``[token_chunk, vocab]`` (or ``[token_chunk, vocab_chunk]``) blocks.
+  The price is computing the logits twice (forward and backward), and with
+  `vocab_chunk` three times.
+
+  The logits are computed with float32 accumulation
+  (``preferred_element_type=float32``) whatever the input dtype, and the
+  divergence in float32. Gradients flow to `student_hidden` and
+  `student_unembedding` (returned in their dtypes); the teacher's inputs
+  pass through ``stop_gradient``, as does the temperature.
+
+  Args:
+    student_hidden: ``[batch, time, student_dim]`` (or ``[tokens,
+      student_dim]``) final hidden states of the student.
+    student_unembedding: ``[student_dim, student_vocab]`` output projection.
+    teacher_hidden: ``[batch, time, teacher_dim]``, the same leading shape.
+    teacher_unembedding: ``[teacher_dim, teacher_vocab]``.
+    divergence: ``'forward_kl'``, ``'reverse_kl'``, ``'jsd'``, ``'skew_kl'``,
+      ``'skew_reverse_kl'`` or ``'tvd'`` (see :func:`divergence_fn`).
+    temperature: positive scalar (may be traced) dividing both logit sets;
+      the divergence is multiplied by ``temperature**2``.
+    where: optional token mask ``[batch, time]`` (or ``[batch]``), True for
+      real tokens; masked tokens give 0 and no gradient.
+    vocab_size: the true vocabulary when the unembeddings carry padding
+      columns (e.g. 32,000 of 32,064); the columns past it take no part in
+      either softmax. None requires equal vocabularies.
+    beta: the JSD's teacher weight (``'jsd'`` only; default 0.5).
+    alpha: the skew (``'skew_kl'``/``'skew_reverse_kl'`` only; default 0.1).
+    token_chunk: tokens per chunk; the last chunk is padded.
+    vocab_chunk: if set and smaller than the vocabulary, the vocabulary is
+      processed in blocks of this many entries (the last one padded).
+
+  Returns:
+    ``[batch, time]`` per-token divergences (float32), 0 where masked.
+
+  Raises:
+    ValueError: for an unknown divergence, a hidden size that does not
+      match the unembedding, mismatching leading shapes, vocabularies that
+      differ other than by padding, or a token mask of the wrong shape (the
+      messages name the shapes).
+
+  Examples:
+    >>> import jax
+    >>> from kdjax import losses
+    >>> keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    >>> student_hidden = jax.random.normal(keys[0], (2, 6, 8))
+    >>> student_unembedding = jax.random.normal(keys[1], (8, 50))
+    >>> teacher_hidden = jax.random.normal(keys[2], (2, 6, 16))
+    >>> teacher_unembedding = jax.random.normal(keys[3], (16, 64))
+    >>> values = losses.chunked_divergence(
+    ...     student_hidden, student_unembedding, teacher_hidden,
+    ...     teacher_unembedding, vocab_size=50, token_chunk=4)
+    >>> print(values.shape)
+    (2, 6)
+
+  References:
+    The recompute-per-chunk scheme is that of fused linear cross-entropy
+    kernels, e.g. Wijmans et al., "Cut Your Losses in Large-Vocabulary
+    Language Models", ICLR 2025, https://arxiv.org/abs/2411.09009, and Hsu
+    et al., "Liger Kernel: Efficient Triton Kernels for LLM Training", 2024,
+    https://arxiv.org/abs/2410.10989. The divergences' papers are cited on
+    their :mod:`kdjax.losses` functions.
+  """
+  kwargs = _sequence.divergence_kwargs(divergence, beta, alpha)
+  takes = _sequence.divergence_hyperparameter(divergence)
+  hyper = kwargs.get(takes, {'beta': 0.5, 'alpha': 0.1}.get(takes, 0.0))
+  if takes is not None:
+    _checks.check_in_unit_interval(takes, hyper)
+  _check_unembedding('student_hidden', student_hidden, 'student_unembedding',
+                     student_unembedding)
+  _check_unembedding('teacher_hidden', teacher_hidden, 'teacher_unembedding',
+                     teacher_unembedding)
+  student_shape = tuple(jnp.shape(student_hidden))
+  teacher_shape = tuple(jnp.shape(teacher_hidden))
+  if student_shape[:-1] != teacher_shape[:-1]:
+    raise ValueError(
+        'student_hidden and teacher_hidden must have the same leading (token) '
+        f'shape, got student_hidden.shape={student_shape} and '
+        f'teacher_hidden.shape={teacher_shape}.'
+    )
+  vocab = _sequence.check_vocab(
+      'student_unembedding', tuple(jnp.shape(student_unembedding)),
+      'teacher_unembedding', tuple(jnp.shape(teacher_unembedding)), vocab_size,
+  )
+  mask = _sequence.token_mask(where, 'student_hidden', student_shape[:-1])
+  if jnp.ndim(temperature) != 0:
+    raise ValueError(
+        f'temperature must be a scalar, got shape {jnp.shape(temperature)}.'
+    )
+  _checks.check_positive('temperature', temperature)
+  if jnp.ndim(hyper) != 0:
+    raise ValueError(f'{takes} must be a scalar, got shape {jnp.shape(hyper)}.')
+  _check_chunk('token_chunk', token_chunk, allow_none=False)
+  _check_chunk('vocab_chunk', vocab_chunk, allow_none=True)
+  return _chunked_body(
+      jnp.asarray(student_hidden),
+      jnp.asarray(student_unembedding),
+      jnp.asarray(teacher_hidden),
+      jnp.asarray(teacher_unembedding),
+      mask,
+      jnp.asarray(temperature, jnp.float32),
+      jnp.asarray(hyper, jnp.float32),
+      divergence=divergence,
+      vocab=vocab,
+      token_chunk=int(token_chunk),
+      vocab_chunk=None if vocab_chunk is None else int(vocab_chunk),
+  )

@@ -1,0 +1,307 @@
+"""Token-level distillation of language models: divergences by name, token masks, vocabulary padding."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax import _checks
+from kdjax.losses import _logit
+
+Array = jax.Array
+ArrayLike = Any
+
+# name -> (per-example divergence on logits, the hyper-parameter it takes).
+_DIVERGENCES: dict[str, tuple[Callable[..., Array], str | None]] = {
+    'forward_kl': (_logit.kl_divergence, None),
+    'reverse_kl': (_logit.reverse_kl_divergence, None),
+    'jsd': (_logit.generalized_jsd, 'beta'),
+    'skew_kl': (_logit.skew_kl_divergence, 'alpha'),
+    'skew_reverse_kl': (_logit.skew_reverse_kl_divergence, 'alpha'),
+    'tvd': (_logit.total_variation_distance, None),
+}
+
+DIVERGENCE_NAMES = tuple(_DIVERGENCES)
+
+
+def divergence_hyperparameter(divergence: str) -> str | None:
+  """The hyper-parameter a named divergence takes (``'beta'``, ``'alpha'`` or None).
+
+  Raises:
+    ValueError: for an unknown name, listing the known ones.
+  """
+  if divergence not in _DIVERGENCES:
+    raise ValueError(
+        f'unknown divergence {divergence!r}; choose one of '
+        f'{list(DIVERGENCE_NAMES)}.'
+    )
+  return _DIVERGENCES[divergence][1]
+
+
+def divergence_kwargs(
+    divergence: str, beta: ArrayLike | None, alpha: ArrayLike | None
+) -> dict[str, ArrayLike]:
+  """Checks that only the named divergence's hyper-parameter is given."""
+  takes = divergence_hyperparameter(divergence)
+  given = {'beta': beta, 'alpha': alpha}
+  for name, value in given.items():
+    if value is not None and name != takes:
+      raise ValueError(
+          f'{name}={value} was given, but divergence {divergence!r} takes '
+          f'{"no hyper-parameter" if takes is None else takes!r}.'
+      )
+  if takes is not None and given[takes] is not None:
+    return {takes: given[takes]}
+  return {}
+
+
+def divergence_fn(divergence: str) -> Callable[..., Array]:
+  """The :mod:`kdjax.losses` function for a divergence name.
+
+  Args:
+    divergence: one of ``'forward_kl'`` (:func:`kl_divergence`),
+      ``'reverse_kl'`` (:func:`reverse_kl_divergence`), ``'jsd'``
+      (:func:`generalized_jsd`, takes ``beta``), ``'skew_kl'``
+      (:func:`skew_kl_divergence`, takes ``alpha``), ``'skew_reverse_kl'``
+      (:func:`skew_reverse_kl_divergence`, takes ``alpha``), ``'tvd'``
+      (:func:`total_variation_distance`).
+
+  Returns:
+    ``fn(student_logits, teacher_logits, *, temperature, where, axis, ...)``.
+
+  Raises:
+    ValueError: for an unknown name, listing the known ones.
+  """
+  divergence_hyperparameter(divergence)
+  return _DIVERGENCES[divergence][0]
+
+
+def check_vocab(
+    student_name: str,
+    student_shape: tuple[int, ...],
+    teacher_name: str,
+    teacher_shape: tuple[int, ...],
+    vocab_size: int | None,
+) -> int:
+  """The true vocabulary size shared by two ``[..., vocab]`` shapes.
+
+  With `vocab_size` None the last dimensions must be equal. Otherwise both
+  must be at least `vocab_size` (the rest is padding).
+  """
+  student_vocab, teacher_vocab = student_shape[-1], teacher_shape[-1]
+  if vocab_size is None:
+    if student_vocab != teacher_vocab:
+      raise ValueError(
+          f'{student_name} and {teacher_name} have different vocabularies: '
+          f'{student_name}.shape={tuple(student_shape)} and '
+          f'{teacher_name}.shape={tuple(teacher_shape)}. If they differ '
+          'only by padding (a vocabulary rounded up to a multiple of 64 or '
+          '128), pass vocab_size= the true vocabulary size.'
+      )
+    return student_vocab
+  if isinstance(vocab_size, bool) or not isinstance(
+      vocab_size, (int, np.integer)
+  ):
+    raise TypeError(f'vocab_size must be an int, got {vocab_size!r}.')
+  if vocab_size < 1 or vocab_size > min(student_vocab, teacher_vocab):
+    raise ValueError(
+        f'vocab_size={vocab_size} must be in [1, {min(student_vocab, teacher_vocab)}]: '
+        f'the true vocabulary cannot be larger than either model\'s, got '
+        f'{student_name}.shape={tuple(student_shape)} and '
+        f'{teacher_name}.shape={tuple(teacher_shape)}.'
+    )
+  return int(vocab_size)
+
+
+def align_vocab(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    vocab_size: int | None = None,
+) -> tuple[Array, Array]:
+  """Slices student and teacher logits to the true vocabulary.
+
+  Models often pad their vocabulary to a multiple of 64 or 128 for speed
+  (e.g. a 32,000-token tokenizer with 32,064 output logits). The padding
+  entries are no tokens: they must take no part in either softmax. Slicing
+  both logit sets to ``[..., :vocab_size]`` drops them, so the divergences
+  of :mod:`kdjax.losses` then normalise over the true vocabulary only.
+
+  Args:
+    student_logits: ``[..., student_vocab]`` logits of the student.
+    teacher_logits: ``[..., teacher_vocab]`` logits of the teacher; all axes
+      but the last must equal the student's.
+    vocab_size: the true vocabulary size, at most ``min(student_vocab,
+      teacher_vocab)``; None requires equal vocabularies (nothing sliced).
+
+  Returns:
+    ``(student_logits[..., :vocab_size], teacher_logits[..., :vocab_size])``.
+
+  Raises:
+    ValueError: if the non-vocabulary axes differ, or the vocabularies
+      differ other than by padding beyond `vocab_size`; the message names
+      both shapes.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from kdjax import losses
+    >>> student = jnp.zeros((2, 5, 100))
+    >>> teacher = jnp.zeros((2, 5, 128))
+    >>> s, t = losses.align_vocab(student, teacher, vocab_size=100)
+    >>> print(s.shape, t.shape)
+    (2, 5, 100) (2, 5, 100)
+  """
+  student_shape = tuple(jnp.shape(student_logits))
+  teacher_shape = tuple(jnp.shape(teacher_logits))
+  if (
+      not student_shape
+      or not teacher_shape
+      or student_shape[:-1] != teacher_shape[:-1]
+  ):
+    raise ValueError(
+        'student_logits and teacher_logits must agree on every axis but the '
+        f'last (vocabulary) axis, got student_logits.shape={student_shape} and '
+        f'teacher_logits.shape={teacher_shape}.'
+    )
+  vocab = check_vocab(
+      'student_logits', student_shape, 'teacher_logits', teacher_shape,
+      vocab_size,
+  )
+  return (
+      jnp.asarray(student_logits)[..., :vocab],
+      jnp.asarray(teacher_logits)[..., :vocab],
+  )
+
+
+def token_mask(
+    where: ArrayLike | None, name: str, token_shape: tuple[int, ...]
+) -> Array | None:
+  """A boolean token mask with `token_shape`, from one aligned with its leading axes.
+
+  ``[batch]`` masks whole rows of ``[batch, time]`` tokens; ``[batch, time]``
+  masks single tokens; anything else is an error naming both shapes.
+  """
+  if where is None:
+    return None
+  where_shape = tuple(jnp.shape(where))
+  ok = len(where_shape) <= len(token_shape)
+  if ok:
+    padded = where_shape + (1,) * (len(token_shape) - len(where_shape))
+    try:
+      ok = np.broadcast_shapes(padded, token_shape) == tuple(token_shape)
+    except ValueError:
+      ok = False
+  if not ok:
+    raise ValueError(
+        f'where (the token mask) with shape {where_shape} does not align with '
+        f'the leading axes of the tokens of {name}, {tuple(token_shape)}; give '
+        '[batch, time] (1 = real token, 0 = padding) or [batch].'
+    )
+  mask = jnp.asarray(where)
+  mask = mask.reshape(padded).astype(bool)
+  return jnp.broadcast_to(mask, token_shape)
+
+
+def token_divergence(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    divergence: str = 'forward_kl',
+    temperature: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    vocab_size: int | None = None,
+    beta: ArrayLike | None = None,
+    alpha: ArrayLike | None = None,
+) -> Array:
+  """Per-token divergence between a student's and a teacher's next-token logits.
+
+  Token-level (word-level) distillation of a language model: at every
+  position the student's next-token distribution is pulled towards the
+  teacher's with one of the divergences of :mod:`kdjax.losses`. Padding is
+  handled twice over:
+
+  * vocabulary padding: with `vocab_size`, logits past the true vocabulary
+    are sliced away from both models before the softmax
+    (:func:`align_vocab`), so a student with 32,000 logits and a teacher
+    with 32,064 compare over the same 32,000 tokens;
+  * sequence padding: `where` marks the real tokens. Masked tokens give 0
+    (and zero gradients, even if their logits are NaN). The values are *not*
+    averaged: reduce them with the same mask as ``sum / count`` (an
+    :class:`kdjax.objective.Objective` does, and so does
+    :func:`token_mean`) to get the token-weighted mean, exact however the
+    padding is spread over the batch or the devices.
+
+  Args:
+    student_logits: ``[batch, time, student_vocab]`` (any leading shape).
+    teacher_logits: ``[batch, time, teacher_vocab]``.
+    divergence: ``'forward_kl'``, ``'reverse_kl'``, ``'jsd'``, ``'skew_kl'``,
+      ``'skew_reverse_kl'`` or ``'tvd'`` (see :func:`divergence_fn`).
+    temperature: positive scalar dividing both logit sets; the divergence
+      is multiplied by ``temperature**2``.
+    where: optional token mask ``[batch, time]`` (or ``[batch]`` for whole
+      sequences), True for real tokens.
+    vocab_size: the true vocabulary size when the logits carry padding.
+    beta: the JSD's teacher weight (``'jsd'`` only; default 0.5).
+    alpha: the skew (``'skew_kl'`` / ``'skew_reverse_kl'`` only; default 0.1).
+
+  Returns:
+    ``[batch, time]`` per-token divergences (float32), 0 where masked.
+
+  Raises:
+    ValueError: for an unknown divergence, mismatching shapes (naming them)
+      or a hyper-parameter the divergence does not take.
+
+  Examples:
+    >>> import jax
+    >>> from kdjax import losses
+    >>> student = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 10))
+    >>> teacher = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 16))
+    >>> mask = jax.numpy.array([[1, 1, 1], [1, 0, 0]])
+    >>> values = losses.token_divergence(
+    ...     student, teacher, divergence='jsd', where=mask, vocab_size=10)
+    >>> print(values.shape, float(values[1, 2]))
+    (2, 3) 0.0
+
+  References:
+    Kim and Rush, "Sequence-Level Knowledge Distillation" (word-level KD),
+    EMNLP 2016, https://arxiv.org/abs/1606.07947; the divergences' own
+    papers are cited on each function.
+  """
+  fn = divergence_fn(divergence)
+  kwargs = divergence_kwargs(divergence, beta, alpha)
+  student_logits, teacher_logits = align_vocab(
+      student_logits, teacher_logits, vocab_size=vocab_size
+  )
+  mask = token_mask(where, 'student_logits', student_logits.shape[:-1])
+  if mask is not None:
+    # Masked tokens get zero logits: finite values, zero gradient, no NaN.
+    student_logits = jnp.where(mask[..., None], student_logits, 0)
+    teacher_logits = jnp.where(mask[..., None], teacher_logits, 0)
+  values = fn(student_logits, teacher_logits, temperature=temperature, **kwargs)
+  if mask is not None:
+    values = jnp.where(mask, values, 0.0)
+  return values
+
+
+def token_mean(values: ArrayLike, where: ArrayLike | None = None) -> Array:
+  """The token-weighted mean ``sum(values * mask) / max(sum(mask), 1)``.
+
+  Every real token counts once, however many real tokens each sequence has
+  (a mean of per-sequence means would weigh short sequences more).
+
+  Args:
+    values: ``[batch, time]`` per-token values.
+    where: optional mask aligned with the leading axes of `values`.
+
+  Returns:
+    A float32 scalar; 0 when no token is real.
+  """
+  values = jnp.asarray(values, jnp.float32)
+  mask = token_mask(where, 'values', values.shape)
+  if mask is None:
+    return jnp.mean(values)
+  total = jnp.sum(jnp.where(mask, values, 0.0))
+  return total / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
