@@ -277,3 +277,154 @@ def _combine_masks(name, values, mask, batch_mask):
   if batch_mask is None:
     return mask
   return mask * batch_mask
+
+
+def _token_mask_from_batch(batch: Batch, mask_key: str | None):
+  """``batch[mask_key]`` if the batch has it, else None."""
+  if mask_key is None or mask_key not in batch:
+    return None
+  return batch[mask_key]
+
+
+def _hyperparameters(step, beta, alpha) -> dict[str, jax.Array | None]:
+  return {
+      'beta': None if beta is None else evaluate(beta, step),
+      'alpha': None if alpha is None else evaluate(alpha, step),
+  }
+
+
+def _check_divergence(divergence: str, beta, alpha) -> None:
+  """Checks the name and hyper-parameters at build time."""
+  from kdjax.losses import _sequence  # pylint: disable=g-import-not-at-top
+
+  _sequence.divergence_kwargs(
+      divergence,
+      None if beta is None else (beta(0) if callable(beta) else beta),
+      None if alpha is None else (alpha(0) if callable(alpha) else alpha),
+  )
+  for name, value in (('beta', beta), ('alpha', alpha)):
+    if value is not None:
+      _check_schedule(name, value, positive=False)
+
+
+def token_distill(
+    divergence: str = 'forward_kl',
+    *,
+    temperature: Schedule = 1.0,
+    vocab_size: int | None = None,
+    mask_key: str | None = metrics_lib.MASK_KEY,
+    beta: Schedule | None = None,
+    alpha: Schedule | None = None,
+) -> Term:
+  """A token-level distillation term for language models.
+
+  ``losses.token_divergence(student.logits, teacher.logits, ...)`` on
+  ``[batch, time, vocab]`` logits: one value per token, masked by
+  ``batch[mask_key]`` (``[batch, time]``, 1 = real token) when the batch
+  has it, so the objective's ``sum / count`` is the exact token-weighted
+  mean (also across devices and hosts). With `vocab_size`, logits past the
+  true vocabulary (padding, e.g. 32,064 logits for 32,000 tokens) are
+  dropped from both softmaxes.
+
+  Args:
+    divergence: ``'forward_kl'``, ``'reverse_kl'``, ``'jsd'``, ``'skew_kl'``,
+      ``'skew_reverse_kl'`` or ``'tvd'`` (see
+      :func:`kdjax.losses.divergence_fn`).
+    temperature: a constant or a schedule of the step.
+    vocab_size: the true vocabulary size when the logits carry padding.
+    mask_key: the batch entry holding the token mask; ignored when absent.
+    beta: the JSD's teacher weight (``'jsd'`` only), constant or schedule.
+    alpha: the skew (``'skew_kl'``/``'skew_reverse_kl'`` only).
+
+  Returns:
+    A :class:`Term` giving ``[batch, time]`` values and the token mask.
+  """
+  _check_schedule('temperature', temperature, positive=True)
+  _check_divergence(divergence, beta, alpha)
+
+  def term(student, teacher, batch, step):
+    from kdjax.losses import token_divergence  # pylint: disable=g-import-not-at-top
+
+    teacher = _require_teacher(teacher)
+    mask = _token_mask_from_batch(batch, mask_key)
+    values = token_divergence(
+        student.logits,
+        teacher.logits,
+        divergence=divergence,
+        temperature=evaluate(temperature, step),
+        where=mask,
+        vocab_size=vocab_size,
+        **_hyperparameters(step, beta, alpha),
+    )
+    return values, mask
+
+  return term
+
+
+def chunked_distill(
+    divergence: str = 'forward_kl',
+    *,
+    temperature: Schedule = 1.0,
+    student_hidden: str = 'hidden',
+    student_unembedding: str = 'unembedding',
+    teacher_hidden: str = 'hidden',
+    teacher_unembedding: str = 'unembedding',
+    vocab_size: int | None = None,
+    mask_key: str | None = metrics_lib.MASK_KEY,
+    beta: Schedule | None = None,
+    alpha: Schedule | None = None,
+    token_chunk: int = 128,
+    vocab_chunk: int | None = None,
+) -> Term:
+  """A token-level distillation term that never materialises the logits.
+
+  :func:`kdjax.losses.chunked_divergence` on the models' final hidden states
+  and unembedding matrices, read from their :class:`~kdjax.Outputs`
+  features (a language model may then return ``logits=None``). Equal to
+  :func:`token_distill` on ``hidden @ unembedding`` logits, but computed
+  `token_chunk` tokens at a time with a recomputing custom VJP, so the
+  ``[batch, time, vocab]`` logits of neither model are ever held.
+
+  Args:
+    divergence: ``'forward_kl'``, ``'reverse_kl'``, ``'jsd'``, ``'skew_kl'``,
+      ``'skew_reverse_kl'`` or ``'tvd'``.
+    temperature: a constant or a schedule of the step.
+    student_hidden: the student's feature holding ``[batch, time, dim]``.
+    student_unembedding: the student's feature holding ``[dim, vocab]``.
+    teacher_hidden: the teacher's feature holding ``[batch, time, dim_t]``.
+    teacher_unembedding: the teacher's feature holding ``[dim_t, vocab_t]``.
+    vocab_size: the true vocabulary size when the unembeddings are padded.
+    mask_key: the batch entry holding the token mask; ignored when absent.
+    beta: the JSD's teacher weight (``'jsd'`` only), constant or schedule.
+    alpha: the skew (``'skew_kl'``/``'skew_reverse_kl'`` only).
+    token_chunk: tokens per chunk.
+    vocab_chunk: optional vocabulary block size (see
+      :func:`kdjax.losses.chunked_divergence`).
+
+  Returns:
+    A :class:`Term` giving ``[batch, time]`` values and the token mask.
+  """
+  _check_schedule('temperature', temperature, positive=True)
+  _check_divergence(divergence, beta, alpha)
+
+  def term(student, teacher, batch, step):
+    from kdjax.losses import chunked_divergence  # pylint: disable=g-import-not-at-top
+
+    teacher = _require_teacher(teacher)
+    mask = _token_mask_from_batch(batch, mask_key)
+    values = chunked_divergence(
+        student.feature(student_hidden),
+        student.feature(student_unembedding),
+        teacher.feature(teacher_hidden),
+        teacher.feature(teacher_unembedding),
+        divergence=divergence,
+        temperature=evaluate(temperature, step),
+        where=mask,
+        vocab_size=vocab_size,
+        token_chunk=token_chunk,
+        vocab_chunk=vocab_chunk,
+        **_hyperparameters(step, beta, alpha),
+    )
+    return values, mask
+
+  return term
