@@ -49,9 +49,10 @@ def divergence_kwargs(
   given = {'beta': beta, 'alpha': alpha}
   for name, value in given.items():
     if value is not None and name != takes:
+      takes_text = 'no hyper-parameter' if takes is None else repr(takes)
       raise ValueError(
           f'{name}={value} was given, but divergence {divergence!r} takes '
-          f'{"no hyper-parameter" if takes is None else takes!r}.'
+          f'{takes_text}.'
       )
   if takes is not None and given[takes] is not None:
     return {takes: given[takes]}

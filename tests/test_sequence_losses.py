@@ -1,0 +1,196 @@
+"""Token-level LM distillation: divergences by name, token masks, vocabulary padding."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from kdjax import losses
+from kdjax import metrics
+from kdjax import objective
+from kdjax._outputs import Outputs
+
+BATCH, TIME, VOCAB, PADDED_VOCAB = 8, 5, 11, 16
+
+
+def _np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _np_kl(log_a, log_b):
+  return np.sum(np.exp(log_a) * (log_a - log_b), -1)
+
+
+def np_divergence(name, student, teacher, temperature=1.0, beta=0.5, alpha=0.1):
+  """Independent float64 NumPy formulas of the papers, per token."""
+  log_q = _np_log_softmax(np.asarray(student, np.float64) / temperature)
+  log_p = _np_log_softmax(np.asarray(teacher, np.float64) / temperature)
+  p, q = np.exp(log_p), np.exp(log_q)
+  if name == 'forward_kl':
+    value = _np_kl(log_p, log_q)
+  elif name == 'reverse_kl':
+    value = _np_kl(log_q, log_p)
+  elif name == 'jsd':
+    log_m = np.log(beta * p + (1 - beta) * q)
+    value = beta * _np_kl(log_p, log_m) + (1 - beta) * _np_kl(log_q, log_m)
+  elif name == 'skew_kl':
+    value = _np_kl(log_p, np.log(alpha * p + (1 - alpha) * q))
+  elif name == 'skew_reverse_kl':
+    value = _np_kl(log_q, np.log(alpha * q + (1 - alpha) * p))
+  else:
+    value = 0.5 * np.abs(p - q).sum(-1)
+  return value * temperature**2
+
+
+def _logits(seed, vocab=VOCAB, shape=(BATCH, TIME)):
+  return jax.random.normal(jax.random.PRNGKey(seed), shape + (vocab,)) * 2.0
+
+
+def _uneven_mask():
+  """Real lengths 5, 0, 1, 5, 2, 5, 3, 0: padding spread unevenly."""
+  lengths = np.array([5, 0, 1, 5, 2, 5, 3, 0])
+  return (np.arange(TIME)[None, :] < lengths[:, None]).astype(np.int32)
+
+
+@pytest.mark.parametrize('name', losses.DIVERGENCE_NAMES)
+def test_token_divergence_matches_numpy_with_padding(name):
+  student = _logits(0)
+  teacher = _logits(1, PADDED_VOCAB)
+  # Huge padding logits: they would dominate the teacher's softmax if kept.
+  teacher = teacher.at[..., VOCAB:].set(50.0)
+  mask = _uneven_mask()
+  values = losses.token_divergence(
+      student, teacher, divergence=name, temperature=2.0, where=mask,
+      vocab_size=VOCAB,
+  )
+  expected = np_divergence(
+      name, student, np.asarray(teacher)[..., :VOCAB], temperature=2.0
+  )
+  assert values.shape == (BATCH, TIME)
+  np.testing.assert_allclose(values, np.where(mask, expected, 0.0), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_divergence_fn_names_and_hyperparameters():
+  student, teacher = _logits(0), _logits(1)
+  for name, beta, alpha in [('jsd', 0.3, None), ('skew_kl', None, 0.4),
+                            ('skew_reverse_kl', None, 0.4)]:
+    values = losses.token_divergence(student, teacher, divergence=name,
+                                     beta=beta, alpha=alpha)
+    expected = np_divergence(name, student, teacher, beta=beta or 0.5,
+                             alpha=alpha or 0.1)
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+  assert losses.divergence_fn('forward_kl') is losses.kl_divergence
+
+
+def test_masked_tokens_give_zero_and_no_nan_gradient():
+  mask = _uneven_mask()
+  student = jnp.where(mask[..., None] > 0, _logits(0), jnp.nan)
+  teacher = jnp.where(mask[..., None] > 0, _logits(1), jnp.inf)
+
+  def mean_loss(s):
+    values = losses.token_divergence(s, teacher, divergence='jsd', where=mask)
+    return losses.token_mean(values, mask)
+
+  loss, grad = jax.value_and_grad(mean_loss)(student)
+  assert np.isfinite(loss)
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_array_equal(np.asarray(grad)[mask == 0], 0.0)
+
+
+def test_token_mean_is_token_weighted_and_equals_slicing():
+  mask = _uneven_mask()
+  student, teacher = _logits(0), _logits(1)
+  values = losses.token_divergence(student, teacher, where=mask)
+  real = mask.astype(bool)
+  sliced = losses.kl_divergence(np.asarray(student)[real], np.asarray(teacher)[real])
+  np.testing.assert_allclose(losses.token_mean(values, mask), np.mean(sliced),
+                             rtol=1e-6)
+  # A [batch] mask drops whole sequences.
+  rows = np.array([1, 0, 1, 0, 0, 0, 0, 1])
+  np.testing.assert_allclose(
+      losses.token_mean(values, rows),
+      np.sum(np.asarray(values)[rows.astype(bool)]) / (3 * TIME), rtol=1e-6)
+  assert float(losses.token_mean(values, np.zeros((BATCH, TIME)))) == 0.0
+
+
+def test_align_vocab_slices_padding_only():
+  student, teacher = _logits(0, VOCAB), _logits(1, PADDED_VOCAB)
+  s, t = losses.align_vocab(student, teacher, vocab_size=VOCAB)
+  assert s.shape == t.shape == (BATCH, TIME, VOCAB)
+  np.testing.assert_array_equal(t, np.asarray(teacher)[..., :VOCAB])
+  np.testing.assert_array_equal(s, student)
+
+
+def test_token_distill_term_is_the_global_token_mean_under_sharding():
+  """Sharded over 8 devices == unsharded == NumPy sum over real tokens / count."""
+  mask = _uneven_mask()
+  student, teacher = _logits(0), _logits(1, PADDED_VOCAB)
+  batch = {'mask': mask}
+  kd = objective.Objective(
+      {'kd': objective.token_distill('reverse_kl', temperature=2.0,
+                                     vocab_size=VOCAB)})
+
+  def loss_and_grad(student_logits, teacher_logits, batch):
+    def loss_fn(s):
+      return kd(Outputs(s), Outputs(teacher_logits), batch)
+
+    (loss, stats), grad = jax.value_and_grad(loss_fn, has_aux=True)(student_logits)
+    return loss, stats['loss/kd'], grad
+
+  fn = jax.jit(loss_and_grad)
+  loss, (total, count), grad = fn(student, teacher, batch)
+
+  mesh = jax.make_mesh((8,), ('data',))
+  shard = NamedSharding(mesh, P('data'))
+  sharded = jax.device_put((student, teacher, batch), shard)
+  s_loss, (s_total, s_count), s_grad = fn(*sharded)
+  assert s_grad.sharding.is_equivalent_to(shard, 3)
+
+  expected = np_divergence('reverse_kl', student,
+                           np.asarray(teacher)[..., :VOCAB], temperature=2.0)
+  expected = expected[mask.astype(bool)].mean()
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(s_loss, loss, rtol=1e-6)
+  assert float(count) == float(s_count) == mask.sum()
+  np.testing.assert_allclose(s_total, total, rtol=1e-6)
+  np.testing.assert_allclose(s_grad, grad, rtol=1e-5, atol=1e-8)
+  assert metrics.compute({'kd': (s_total, s_count)})['kd'] == pytest.approx(
+      float(expected), rel=1e-5)
+
+
+def test_token_distill_schedules_and_row_mask():
+  student, teacher = _logits(0), _logits(1)
+  rows = np.array([1, 1, 0, 1, 0, 1, 1, 1])
+  kd = objective.Objective({'kd': objective.token_distill(
+      'jsd', temperature=lambda step: 1.0 + step, beta=lambda step: 0.25 * step)})
+  loss, _ = kd(Outputs(student), Outputs(teacher), {'mask': rows}, step=2)
+  expected = np_divergence('jsd', student, teacher, temperature=3.0, beta=0.5)
+  np.testing.assert_allclose(loss, expected[rows.astype(bool)].mean(), rtol=1e-5)
+
+
+def test_errors():
+  student, teacher = _logits(0, VOCAB), _logits(1, PADDED_VOCAB)
+  with pytest.raises(ValueError, match=r'different vocabularies.*\(8, 5, 11\).*\(8, 5, 16\).*pass vocab_size='):
+    losses.token_divergence(student, teacher)
+  with pytest.raises(ValueError, match=r'vocab_size=12 must be in \[1, 11\].*\(8, 5, 11\).*\(8, 5, 16\)'):
+    losses.align_vocab(student, teacher, vocab_size=12)
+  with pytest.raises(ValueError, match=r'every axis but the last.*\(8, 5, 11\).*\(8, 4, 16\)'):
+    losses.align_vocab(student, teacher[:, :4], vocab_size=VOCAB)
+  with pytest.raises(ValueError, match=r"unknown divergence 'kl'.*'forward_kl'"):
+    losses.token_divergence(student, student, divergence='kl')
+  with pytest.raises(ValueError, match=r"unknown divergence 'fkl'"):
+    objective.token_distill('fkl')
+  with pytest.raises(ValueError, match=r"beta=0.5 was given, but divergence 'skew_kl' takes 'alpha'"):
+    losses.token_divergence(student, student, divergence='skew_kl', beta=0.5)
+  with pytest.raises(ValueError, match=r"alpha=0.2 was given, but divergence 'tvd' takes no"):
+    objective.token_distill('tvd', alpha=0.2)
+  with pytest.raises(ValueError, match=r'where \(the token mask\) with shape \(8, 4\).*\(8, 5\)'):
+    losses.token_divergence(student, student, where=np.ones((8, 4)))
+  with pytest.raises(ValueError, match=r'beta must be in \[0, 1\]'):
+    losses.token_divergence(student, student, divergence='jsd', beta=1.5)
