@@ -1,5 +1,23 @@
 """Per-example distillation losses on logits: arrays in, no batch reduction."""
 
+from kdjax.losses._crd import CRDHead as CRDHead
+from kdjax.losses._crd import CRDMemory as CRDMemory
+from kdjax.losses._crd import crd as crd
+from kdjax.losses._crd import crd_memory_init as crd_memory_init
+from kdjax.losses._crd import crd_negatives as crd_negatives
+from kdjax.losses._feature import HintRegressor as HintRegressor
+from kdjax.losses._feature import VIDRegressor as VIDRegressor
+from kdjax.losses._feature import attention_map as attention_map
+from kdjax.losses._feature import attention_transfer as attention_transfer
+from kdjax.losses._feature import hint_loss as hint_loss
+from kdjax.losses._feature import nst as nst
+from kdjax.losses._feature import vid as vid
+from kdjax.losses._relational import correlation_congruence as correlation_congruence
+from kdjax.losses._relational import pkt as pkt
+from kdjax.losses._relational import rkd_angle as rkd_angle
+from kdjax.losses._relational import rkd_distance as rkd_distance
+from kdjax.losses._relational import similarity_preserving as similarity_preserving
+
 from kdjax.losses._chunked import chunked_divergence as chunked_divergence
 from kdjax.losses._logit import cross_entropy as cross_entropy
 from kdjax.losses._logit import decoupled_kd as decoupled_kd
@@ -17,6 +35,23 @@ from kdjax.losses._sequence import token_divergence as token_divergence
 from kdjax.losses._sequence import token_mean as token_mean
 
 __all__ = [
+    'CRDHead',
+    'CRDMemory',
+    'HintRegressor',
+    'VIDRegressor',
+    'attention_map',
+    'attention_transfer',
+    'correlation_congruence',
+    'crd',
+    'crd_memory_init',
+    'crd_negatives',
+    'hint_loss',
+    'nst',
+    'pkt',
+    'rkd_angle',
+    'rkd_distance',
+    'similarity_preserving',
+    'vid',
     'DIVERGENCE_NAMES',
     'align_vocab',
     'chunked_divergence',
