@@ -428,3 +428,178 @@ def chunked_distill(
     return values, mask
 
   return term
+
+
+# ----------------------------------------------------------------------------
+# Feature terms that see the padding mask; FitNets' two stages.
+
+
+def relational_feature(
+    loss_fn: Callable[..., jax.Array],
+    student_feature: str,
+    teacher_feature: str | None = None,
+    *,
+    mask_key: str | None = metrics_lib.MASK_KEY,
+    **loss_kwargs: Any,
+) -> Term:
+  """A feature term that hands the batch's padding mask to the loss as ``where=``.
+
+  Batch-relational losses (:func:`kdjax.losses.similarity_preserving`,
+  :func:`~kdjax.losses.pkt`, :func:`~kdjax.losses.rkd_distance`,
+  :func:`~kdjax.losses.rkd_angle`,
+  :func:`~kdjax.losses.correlation_congruence`) relate the examples of a
+  batch to each other. With :func:`feature`, padding examples would enter
+  the relations of the real ones (the :class:`Objective` only drops their own
+  rows from the mean); this term passes ``batch[mask_key] > 0`` (``[batch]``)
+  as ``where`` when the batch has it, so a padded batch gives the loss of the
+  batch without its padding.
+
+  Args:
+    loss_fn: a feature loss taking ``where=``.
+    student_feature: name of the student's intermediate.
+    teacher_feature: name of the teacher's (defaults to `student_feature`).
+    mask_key: the batch entry marking real examples; ``None`` to pass none.
+    **loss_kwargs: further keyword arguments for `loss_fn`.
+
+  Returns:
+    A :class:`Term`.
+  """
+  teacher_feature = teacher_feature or student_feature
+
+  def term(student, teacher, batch, step):
+    del step
+    teacher = _require_teacher(teacher)
+    kwargs = dict(loss_kwargs)
+    if mask_key is not None and mask_key in batch:
+      kwargs['where'] = jnp.asarray(batch[mask_key]) > 0
+    return loss_fn(
+        student.feature(student_feature),
+        teacher.feature(teacher_feature),
+        **kwargs,
+    ), None
+
+  return term
+
+
+def fitnets_stage1_objective(
+    student_feature: str,
+    teacher_feature: str | None = None,
+    *,
+    resize: str | None = None,
+    reduction: str = 'sum',
+) -> Objective:
+  """Stage 1 of FitNets: the hint loss alone (term ``'hint'``).
+
+  The student's `student_feature` must be the output of a
+  :class:`kdjax.losses.HintRegressor` placed after its guided layer (the
+  regressor is part of the student's parameters). Only the layers up to the
+  guided layer and the regressor receive gradient from this objective; train
+  it with an optimizer that leaves the other parameters alone (so weight
+  decay does not move them either): :func:`fitnets_stage1_optimizer`.
+
+  Args:
+    student_feature: the regressor's output among the student's features.
+    teacher_feature: the teacher's hint layer (defaults to `student_feature`).
+    resize: passed to :func:`kdjax.losses.hint_loss`.
+    reduction: passed to :func:`kdjax.losses.hint_loss` (``'sum'``: the
+      paper's ``1/2 ||t - s||²``; ``'mean'``: RepDistiller's MSE).
+
+  Returns:
+    An :class:`Objective`.
+
+  References:
+    Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015,
+    https://arxiv.org/abs/1412.6550.
+  """
+  from kdjax.losses import hint_loss  # pylint: disable=g-import-not-at-top
+
+  return Objective(terms={
+      'hint': feature(
+          hint_loss, student_feature, teacher_feature, resize=resize,
+          reduction=reduction,
+      )
+  })
+
+
+def fitnets_stage1_optimizer(optimizer, trainable: Callable[[str], bool]):
+  """Wraps `optimizer` so that only the parameters `trainable` selects move.
+
+  Args:
+    optimizer: an optax gradient transformation.
+    trainable: ``fn(path) -> bool`` on each parameter's ``/``-joined path
+      (e.g. ``'block_0/conv/kernel'``): True for the layers up to the guided
+      layer and the :class:`~kdjax.losses.HintRegressor`.
+
+  Returns:
+    An optax transformation: `optimizer` on the selected parameters, zero
+    updates (no decay, no state) on the others.
+  """
+  import optax  # pylint: disable=g-import-not-at-top
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: 'train' if trainable(
+            '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+        ) else 'freeze',
+        params,
+    )
+
+  return optax.multi_transform(
+      {'train': optimizer, 'freeze': optax.set_to_zero()}, labels
+  )
+
+
+def fitnets_stage2_objective(
+    *,
+    total_steps: int,
+    temperature: Schedule = 4.0,
+    lambda_start: float = 4.0,
+    lambda_end: float = 1.0,
+    label_key: str = 'label',
+    metrics: Mapping[str, Callable[..., tuple[jax.Array, jax.Array]]] | None = None,
+) -> Objective:
+  r"""Stage 2 of FitNets: knowledge distillation with an annealed weight.
+
+  The whole student is trained on :math:`H(y, P_s) + \lambda H(P_t^\tau,
+  P_s^\tau)` with :math:`\lambda` decaying linearly from `lambda_start` to
+  `lambda_end` over `total_steps` (4 to 1 in the paper). The KD term is
+  :func:`kdjax.losses.kl_divergence`, which equals the cross entropy up to
+  the teacher's entropy (no gradient) but is multiplied by :math:`\tau^2`;
+  its weight is therefore :math:`\lambda / \tau^2`, so that gradients are
+  the paper's. Terms ``'kd'`` and ``'ce'``.
+
+  Args:
+    total_steps: length of stage 2, over which :math:`\lambda` decays.
+    temperature: :math:`\tau`, a constant (the paper tunes it on validation).
+    lambda_start: :math:`\lambda` at step 0.
+    lambda_end: :math:`\lambda` from `total_steps` on.
+    label_key: the batch entry with integer labels.
+    metrics: optional extra metrics for the :class:`Objective`.
+
+  Returns:
+    An :class:`Objective`.
+
+  References:
+    Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015,
+    https://arxiv.org/abs/1412.6550.
+  """
+  from kdjax.losses import kl_divergence  # pylint: disable=g-import-not-at-top
+
+  if callable(temperature):
+    raise TypeError('temperature must be a constant for fitnets_stage2_objective.')
+  _checks.check_positive('temperature', temperature)
+  _checks.check_positive('total_steps', total_steps)
+
+  def kd_weight(step):
+    fraction = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
+    lam = lambda_start + (lambda_end - lambda_start) * fraction
+    return lam / temperature**2
+
+  return Objective(
+      terms={
+          'kd': distill(kl_divergence, temperature=temperature),
+          'ce': supervised(label_key=label_key),
+      },
+      weights={'kd': kd_weight},
+      metrics=dict(metrics or {}),
+  )
