@@ -84,19 +84,87 @@ def _step_rngs(state: TrainState, streams: Sequence[str]) -> dict[str, jax.Array
   return dict(zip(streams, keys))
 
 
+Teachers = Apply | Sequence[Apply] | None
+
+
 def teacher_outputs(
-    teacher_apply: Apply | None, teacher_variables: Any, batch: Batch
-) -> Outputs | None:
-  """The teacher's outputs in eval mode, cut from the gradient."""
+    teacher_apply: Teachers, teacher_variables: Any, batch: Batch
+) -> Outputs | tuple[Outputs, ...] | None:
+  """The teacher's outputs in eval mode, cut from the gradient.
+
+  Args:
+    teacher_apply: one ``apply``, a tuple/list of them (several teachers),
+      or ``None``.
+    teacher_variables: the teacher's variables; for several teachers a
+      tuple/list of the same length, in the same order.
+    batch: the batch.
+
+  Returns:
+    ``None``, one :class:`~kdjax.Outputs`, or for several teachers a tuple of
+    them in the order of `teacher_apply`.
+  """
   if teacher_apply is None:
     return None
+  if isinstance(teacher_apply, (tuple, list)):
+    _check_teacher_variables(teacher_apply, teacher_variables)
+    return tuple(
+        teacher_outputs(apply, variables, batch)
+        for apply, variables in zip(teacher_apply, teacher_variables)
+    )
   outputs, _ = teacher_apply(teacher_variables, batch, train=False)
   return jax.lax.stop_gradient(outputs)
 
 
+def _check_teacher_variables(teacher_applies: Sequence[Apply], teacher_variables: Any) -> None:
+  count = len(teacher_applies)
+  if not isinstance(teacher_variables, (tuple, list)):
+    raise TypeError(
+        f'with {count} teacher applies, teacher_variables must be a tuple or list of '
+        f'{count} variable pytrees (one per teacher, same order); got '
+        f'{type(teacher_variables).__name__}.'
+    )
+  if len(teacher_variables) != count:
+    raise ValueError(
+        f'teacher_variables has {len(teacher_variables)} entries but there are '
+        f'{count} teacher applies; give one variable pytree per teacher.'
+    )
+
+
+def _update(
+    apply: Apply,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    rngs: Mapping[str, jax.Array],
+    teacher: Outputs | tuple[Outputs, ...] | None,
+    batch: Batch,
+    grad_norm: bool,
+) -> tuple[TrainState, dict]:
+  """One optimizer update of `state` on `objective` against fixed `teacher`."""
+
+  def loss_fn(params):
+    variables = {'params': params, **state.model_state}
+    student, new_model_state = apply(variables, batch, train=True, rngs=rngs)
+    loss, metrics = objective(student, teacher, batch, step=state.step)
+    return loss, (metrics, new_model_state)
+
+  grads, (metrics, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      model_state={**state.model_state, **new_model_state},
+      opt_state=opt_state,
+  )
+  metrics = dict(metrics)
+  if grad_norm:
+    metrics['optim/grad_norm'] = metrics_lib.scalar(optax.tree.norm(grads))
+  return new_state, metrics
+
+
 def make_train_step(
     student_apply: Apply,
-    teacher_apply: Apply | None,
+    teacher_apply: Teachers,
     objective: Objective,
     optimizer: optax.GradientTransformation,
     *,
@@ -118,7 +186,12 @@ def make_train_step(
   Args:
     student_apply: the student's ``apply`` (see :mod:`kdjax.adapters`).
     teacher_apply: the teacher's ``apply``, or ``None`` to train on the
-      objective's label terms alone.
+      objective's label terms alone. Several teachers (multi-teacher KD) are
+      a tuple or list of applies: then ``teacher_variables`` is a tuple of
+      their variables in the same order, and the objective's terms receive
+      the teachers' outputs as a tuple of :class:`~kdjax.Outputs` (see
+      :func:`kdjax.objective.multi_teacher_distill` and
+      :func:`kdjax.objective.per_teacher_terms`).
     objective: the :class:`~kdjax.objective.Objective`.
     optimizer: an optax gradient transformation.
     rng_streams: names of the student's RNG streams.
@@ -134,24 +207,9 @@ def make_train_step(
   def step(state: TrainState, teacher_variables: Any, batch: Batch):
     teacher = teacher_outputs(teacher_apply, teacher_variables, batch)
     rngs = _step_rngs(state, rng_streams)
-
-    def loss_fn(params):
-      variables = {'params': params, **state.model_state}
-      student, new_model_state = student_apply(variables, batch, train=True, rngs=rngs)
-      loss, metrics = objective(student, teacher, batch, step=state.step)
-      return loss, (metrics, new_model_state)
-
-    grads, (metrics, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        model_state={**state.model_state, **new_model_state},
-        opt_state=opt_state,
+    new_state, metrics = _update(
+        student_apply, objective, optimizer, state, rngs, teacher, batch, grad_norm
     )
-    metrics = dict(metrics)
-    if grad_norm:
-      metrics['optim/grad_norm'] = metrics_lib.scalar(optax.tree.norm(grads))
     return new_state, metrics_lib.Packed.from_dict(metrics)
 
   return step
@@ -159,7 +217,7 @@ def make_train_step(
 
 def make_eval_step(
     student_apply: Apply,
-    teacher_apply: Apply | None = None,
+    teacher_apply: Teachers = None,
     objective: Objective | None = None,
     *,
     label_key: str | None = 'label',
@@ -168,13 +226,14 @@ def make_eval_step(
   """Returns ``eval_step(state, teacher_variables, batch) -> metrics``.
 
   The student runs in eval mode. Metrics are ``acc/student`` (and
-  ``acc/teacher`` when there is a teacher) against ``batch[label_key]``, plus
+  ``acc/teacher``, or ``acc/teacher_<i>`` for each of several teachers,
+  when there is one) against ``batch[label_key]``, plus
   the objective's terms when one is given. A ``batch[mask_key]`` entry marks
   padded examples, which no metric counts.
 
   Args:
     student_apply: the student's ``apply``.
-    teacher_apply: the teacher's ``apply``, optional.
+    teacher_apply: the teacher's ``apply`` (or a tuple of them), optional.
     objective: optional; its terms are reported as ``loss/<name>``.
     label_key: the batch entry with integer labels, or ``None``.
     mask_key: the batch entry with the padding mask.
@@ -193,9 +252,135 @@ def make_eval_step(
       metrics = {k: v for k, v in metrics.items() if k.startswith('loss/')}
     if label_key is not None and label_key in batch:
       labels = batch[label_key]
-      for name, outputs in (('student', student), ('teacher', teacher)):
+      named = [('student', student)]
+      if isinstance(teacher, tuple):
+        named += [(f'teacher_{i}', outputs) for i, outputs in enumerate(teacher)]
+      else:
+        named.append(('teacher', teacher))
+      for name, outputs in named:
         if outputs is not None:
           metrics[f'acc/{name}'] = metrics_lib.accuracy(outputs.logits, labels, mask)
     return metrics
 
   return eval_step
+
+
+def _per_student(name: str, value: Any, kind: type, count: int) -> tuple[Any, ...]:
+  """One `value` shared by all students, or a sequence of `count` of them."""
+  if isinstance(value, kind):
+    return (value,) * count
+  if not isinstance(value, (tuple, list)):
+    raise TypeError(
+        f'{name} must be one {kind.__name__} or a tuple/list of {count} (one per '
+        f'student); got {type(value).__name__}.'
+    )
+  if len(value) != count:
+    raise ValueError(
+        f'{name} has {len(value)} entries but there are {count} students; give one '
+        f'per student, or a single one shared by all.'
+    )
+  return tuple(value)
+
+
+def make_mutual_train_step(
+    student_applies: Sequence[Apply],
+    objectives: Objective | Sequence[Objective],
+    optimizers: optax.GradientTransformation | Sequence[optax.GradientTransformation],
+    *,
+    sequential: bool = True,
+    rng_streams: Sequence[str] = ('dropout',),
+    grad_norm: bool = False,
+) -> Callable[[tuple[TrainState, ...], Batch], tuple[tuple[TrainState, ...], Any]]:
+  """Returns a pure deep-mutual-learning step ``step(states, batch)``.
+
+  A cohort of K >= 2 students learns together, with no pretrained teacher:
+  each student minimises its own objective in which the *other* students
+  play the teachers. Student ``k``'s objective receives, as its teacher
+  outputs, the tuple of the other students' outputs (in cohort order, ``k``
+  left out) under ``stop_gradient``: no student receives gradient from
+  another's loss. Multi-teacher terms therefore serve for DML; the paper's
+  loss ``L_k = CE + 1/(K-1) sum_{l != k} KL(p_l || p_k)`` is::
+
+    Objective({
+        'ce': objective.supervised(),
+        'kl': objective.multi_teacher_distill(losses.kl_divergence, mode='mean_losses'),
+    })
+
+  Order of the updates:
+
+  * ``sequential=True`` (default) follows Algorithm 1 of the paper: the
+    students are updated one after the other within a step, and student
+    ``k`` sees students ``0..k-1`` *after* their update of this step (their
+    predictions are recomputed) and students ``k+1..K-1`` before theirs.
+  * ``sequential=False`` updates all students simultaneously: every student
+    sees the others' predictions from the parameters at the start of the
+    step (one forward pass per student; what most re-implementations do).
+
+  The peers' predictions come from the same train-mode forward as the
+  student's own update (same dropout keys ``fold_in(state.rng, state.step)``
+  of that student's state; BatchNorm on batch statistics); only a student's
+  own update forward changes its model state. Each student keeps its own
+  :class:`TrainState` (step, rng, optimizer state): initialise them with
+  different ``rng`` seeds if they use dropout.
+
+  Jit it at the call site, donating the states::
+
+    step = jax.jit(make_mutual_train_step(...), donate_argnums=0)
+
+  Args:
+    student_applies: the K students' ``apply`` functions (K >= 2).
+    objectives: one :class:`~kdjax.objective.Objective` shared by all
+      students, or a tuple of K.
+    optimizers: one optax gradient transformation shared by all students (each
+      student has its own optimizer state), or a tuple of K.
+    sequential: update in the paper's sequential order (see above), or
+      simultaneously.
+    rng_streams: names of the students' RNG streams.
+    grad_norm: also report each student's global gradient norm.
+
+  Returns:
+    ``step(states, batch) -> (new_states, metrics)``: `states` is a tuple of
+    K :class:`TrainState`; metrics are :class:`kdjax.metrics.Packed`
+    ``(sum, count)`` pairs namespaced per student: ``student_0/loss/ce``,
+    ``student_1/loss/kl``, ``student_0/loss/total``, ...
+
+  References:
+    Zhang, Xiang, Hospedales and Lu, "Deep Mutual Learning", CVPR 2018,
+    https://arxiv.org/abs/1706.00384.
+  """
+  applies = tuple(student_applies)
+  count = len(applies)
+  if count < 2:
+    raise ValueError(f'deep mutual learning needs at least 2 students, got {count}.')
+  objectives = _per_student('objectives', objectives, Objective, count)
+  optimizers = _per_student(
+      'optimizers', optimizers, optax.GradientTransformation, count
+  )
+
+  def forward(k, state, rngs, batch):
+    outputs, _ = applies[k](state.variables, batch, train=True, rngs=rngs)
+    return jax.lax.stop_gradient(outputs)
+
+  def step(states, batch):
+    if not isinstance(states, (tuple, list)) or len(states) != count:
+      got = len(states) if isinstance(states, (tuple, list)) else type(states).__name__
+      raise ValueError(
+          f'states must be a tuple of {count} TrainStates (one per student), got {got}.'
+      )
+    states = list(states)
+    rngs = [_step_rngs(state, rng_streams) for state in states]
+    # In sequential mode student 0's first forward is unused; XLA drops it.
+    outputs = [forward(k, states[k], rngs[k], batch) for k in range(count)]
+    metrics = {}
+    for k in range(count):
+      peers = tuple(outputs[j] for j in range(count) if j != k)
+      states[k], student_metrics = _update(
+          applies[k], objectives[k], optimizers[k], states[k], rngs[k], peers, batch,
+          grad_norm,
+      )
+      metrics.update({f'student_{k}/{name}': v for name, v in student_metrics.items()})
+      if sequential and k < count - 1:
+        outputs[k] = forward(k, states[k], rngs[k], batch)
+    return tuple(states), metrics_lib.Packed.from_dict(metrics)
+
+  return step
