@@ -1,5 +1,7 @@
 """Datasets and grain input pipelines over TFDS sources, without TensorFlow."""
 
+from kdjax.data._digits import Digits
+from kdjax.data._digits import make_digits_arrays
 from kdjax.data._mnist1d import Mnist1d
 from kdjax.data._mnist1d import make_mnist1d_arrays
 from kdjax.data._pipeline import dataset_info
@@ -11,10 +13,12 @@ from kdjax.data._pipeline import num_classes
 
 __all__ = [
     'MASK_KEY',
+    'Digits',
     'Mnist1d',
     'dataset_info',
     'iterate_once',
     'load_source',
+    'make_digits_arrays',
     'make_loader',
     'make_mnist1d_arrays',
     'num_classes',
