@@ -262,7 +262,7 @@ class DecoderLM(nn.Module):
   block ``i``'s output ``[batch, time, hidden]``, and ``'hidden'``, the final
   normed hidden state ``[batch, time, hidden]``.
 
-  Parameters carry logical axis names (:data:`TRANSFORMER_LOGICAL_AXES`)
+  Parameters carry logical axis names (``TRANSFORMER_LOGICAL_AXES``)
   through ``nn.with_logical_partitioning``, so ``model.init`` returns
   ``nn.LogicallyPartitioned`` boxes: ``nn.get_partition_spec(variables)``
   gives the logical specs and ``nn.meta.unbox(variables)`` the plain arrays
