@@ -41,11 +41,16 @@ TP_REGEX = [
     ('.*', P()),
 ]
 
+# Activation constraints (nn.with_logical_constraint inside DecoderLM).
+ACTIVATIONS = [('batch', 'fsdp'), ('length', None), ('embed', None), ('mlp', 'tensor'),
+               ('heads', 'tensor'), ('kv', None), ('vocab', 'tensor')]
+
+# mesh axes, student rules, teacher rules, activation rules
 LAYOUTS = {
-    'data_parallel': ({'data': 8}, REPLICATED, REPLICATED),
-    'student_fsdp': ({'data': 2, 'fsdp': 4}, FSDP, REPLICATED),
-    'teacher_tensor_parallel': ({'data': 4, 'tensor': 2}, REPLICATED, TP_REGEX),
-    'teacher_fsdp_tensor_parallel': ({'fsdp': 4, 'tensor': 2}, FSDP, FSDP_TP),
+    'data_parallel': ({'data': 8}, REPLICATED, REPLICATED, None),
+    'student_fsdp': ({'data': 2, 'fsdp': 4}, FSDP, REPLICATED, None),
+    'teacher_tensor_parallel': ({'data': 4, 'tensor': 2}, REPLICATED, TP_REGEX, None),
+    'teacher_fsdp_tensor_parallel': ({'fsdp': 4, 'tensor': 2}, FSDP, FSDP_TP, ACTIVATIONS),
 }
 
 
@@ -153,7 +158,7 @@ def _assert_sharded(tree, shardings):
 
 @pytest.mark.parametrize('layout', sorted(LAYOUTS))
 def test_layout_equals_one_device(layout, reference):
-  axes, student_rules, teacher_rules = LAYOUTS[layout]
+  axes, student_rules, teacher_rules, activations = LAYOUTS[layout]
   mesh = parallel.make_mesh(axes)
   student_init, teacher_init = _init_fns()
   state, state_shardings = parallel.init_sharded_train_state(
@@ -165,11 +170,14 @@ def test_layout_equals_one_device(layout, reference):
   step = parallel.jit_train_step(
       _pure_step(traces), mesh,
       state_shardings=state_shardings, teacher_shardings=teacher_shardings,
-      batch_sharding=parallel.batch_sharding(mesh),
+      batch_sharding=parallel.batch_sharding(mesh), logical_axis_rules=activations,
   )
+  batches = [parallel.shard_batch(batch, mesh) for batch in _batches()]
+  if activations is not None:
+    assert 'sharding_constraint' in step.lower(state, teacher, batches[0]).as_text()
   history = []
-  for batch in _batches():
-    state, metrics = step(state, teacher, parallel.shard_batch(batch, mesh))
+  for batch in batches:
+    state, metrics = step(state, teacher, batch)
     history.append(metrics_lib.compute(metrics))
   assert len(traces) == 1
   _assert_sharded(state, state_shardings)

@@ -171,9 +171,12 @@ def jit_train_step(
     batch_sharding: one sharding for every batch entry (default
       :func:`batch_sharding` of `mesh`), or a pytree of them.
     logical_axis_rules: if given, the step is traced under
-      ``nn.logical_axis_rules(...)`` and ``jax.set_mesh(mesh)``, so a model's
+      ``nn.logical_axis_rules(...)`` and `mesh` (as the abstract mesh;
+      ``jax.set_mesh`` is refused inside ``jit``), so a model's
       ``nn.with_logical_constraint`` on activations takes effect (e.g.
-      ``('batch', ('data', 'fsdp'))``, ``('mlp', 'tensor')``).
+      ``('batch', ('data', 'fsdp'))``, ``('mlp', 'tensor')``). Without them
+      those constraints are no-ops and XLA propagates the parameters' and
+      the batch's shardings on its own.
     donate_state: donate the input state's buffers (the old state is
       unusable after the call).
 
@@ -188,7 +191,7 @@ def jit_train_step(
 
     def fn(state, teacher_variables, batch):
       with contextlib.ExitStack() as stack:
-        stack.enter_context(jax.set_mesh(mesh))
+        stack.enter_context(jax.sharding.use_abstract_mesh(mesh.abstract_mesh))
         stack.enter_context(nn.logical_axis_rules(rules))
         return step(state, teacher_variables, batch)
 
