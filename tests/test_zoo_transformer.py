@@ -1,5 +1,6 @@
 """DecoderLM: causality, parameter counts, logical axes, errors, logit-free apply."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -127,11 +128,11 @@ def test_param_count_matches_the_model_and_an_independent_formula(tied):
                                  swiglu=True, layernorm=True),
   }
   for name, config in CONFIGS.items():
-    config = config.__class__(**{**config.__dict__, 'tied_embeddings': tied})
+    config = dataclasses.replace(config, tied_embeddings=tied)
     shapes = jax.eval_shape(zoo.DecoderLM(config).init, jax.random.PRNGKey(0), _tokens())
     actual = sum(np.prod(x.shape) for x in jax.tree.leaves(nn.meta.unbox(shapes)))
     assert actual == zoo.param_count(config) == expected[name]
-  untied = zoo.DecoderConfig(**{**ROPE.__dict__, 'tied_embeddings': False})
+  untied = dataclasses.replace(ROPE, tied_embeddings=False)
   assert zoo.param_count(untied) - zoo.param_count(ROPE) == 16 * VOCAB
 
 
@@ -181,15 +182,15 @@ def test_bad_tokens_raise_clear_errors():
 
 
 def test_bad_configs_raise_clear_errors():
-  base = ROPE.__dict__
   with pytest.raises(ValueError, match=r'hidden=16 is not divisible by num_heads=3'):
-    zoo.DecoderConfig(**{**base, 'num_heads': 3})
-  with pytest.raises(ValueError, match=r"positions must be one of \('rope', 'learned'\), got 'alibi'"):
-    zoo.DecoderConfig(**{**base, 'positions': 'alibi'})
+    dataclasses.replace(ROPE, num_heads=3)
+  with pytest.raises(
+      ValueError, match=r"positions must be one of \('rope', 'learned'\), got 'alibi'"):
+    dataclasses.replace(ROPE, positions='alibi')
   with pytest.raises(ValueError, match=r"'rope' needs an even head_dim, got head_dim=5"):
-    zoo.DecoderConfig(**{**base, 'head_dim': 5})
+    dataclasses.replace(ROPE, head_dim=5)
   with pytest.raises(ValueError, match=r'max_len must be a positive int, got 0'):
-    zoo.DecoderConfig(**{**base, 'max_len': 0})
+    dataclasses.replace(ROPE, max_len=0)
 
 
 def test_logit_free_apply_gives_hidden_and_unembedding_with_the_same_grads():
@@ -233,7 +234,7 @@ def test_logit_free_apply_gives_hidden_and_unembedding_with_the_same_grads():
 
 def test_bfloat16_compute_gives_float32_logits_close_to_float32():
   _, variables = _init(LEARNED)
-  bf16 = zoo.DecoderConfig(**{**LEARNED.__dict__, 'dtype': jnp.bfloat16})
+  bf16 = dataclasses.replace(LEARNED, dtype=jnp.bfloat16)
   logits, (hidden, _) = _forward(bf16)(variables, _batch())
   logits_f32, _ = _forward(LEARNED)(variables, _batch())
   assert logits.dtype == jnp.float32 and hidden.dtype == jnp.bfloat16
