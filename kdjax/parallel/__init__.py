@@ -2,6 +2,7 @@
 
 from kdjax.parallel._batch import batch_sharding
 from kdjax.parallel._batch import batch_spec
+from kdjax.parallel._batch import process_rows
 from kdjax.parallel._batch import shard_batch
 from kdjax.parallel._distributed import initialize_distributed
 from kdjax.parallel._mesh import DATA_AXES
@@ -36,6 +37,7 @@ __all__ = [
     'make_pmap_train_step',
     'param_shardings',
     'param_specs',
+    'process_rows',
     'per_device',
     'per_device_metric',
     'place_variables',

@@ -113,3 +113,44 @@ def shard_batch(
     )
 
   return jax.tree_util.tree_map_with_path(place, batch)
+
+
+def process_rows(
+    mesh: Mesh, global_batch: int, data_axes: str | Sequence[str] | None = None
+) -> slice:
+  """The rows of a global batch that this process feeds to :func:`shard_batch`.
+
+  A data loader in a multi-process run reads (or keeps) only these rows of
+  each global batch: the rows whose shards live on this process's devices.
+  On one process it is ``slice(0, global_batch)``.
+
+  Args:
+    mesh: the mesh.
+    global_batch: the global batch size.
+    data_axes: see :func:`batch_spec`.
+
+  Returns:
+    A ``slice`` of the global batch.
+
+  Raises:
+    ValueError: if `global_batch` is not divisible by the data axes, or this
+      process's rows are not one contiguous block (a mesh whose device order
+      interleaves the processes along the data axes).
+  """
+  axes = _mesh.resolve_data_axes(mesh, data_axes)
+  shards = _mesh.axes_size(mesh, axes)
+  if global_batch % shards:
+    raise ValueError(
+        f'global batch size {global_batch} is not divisible by the data axes '
+        f'{ {a: mesh.shape[a] for a in axes} } ({shards} shards).'
+    )
+  indices = batch_sharding(mesh, axes).addressable_devices_indices_map((global_batch,))
+  starts = sorted({(index[0].start or 0, index[0].stop or global_batch)
+                   for index in indices.values()})
+  for (_, stop), (start, _) in zip(starts, starts[1:]):
+    if stop != start:
+      raise ValueError(
+          f'process {jax.process_index()} holds rows {starts} of the global batch, '
+          'not one contiguous block; order the mesh devices by process.'
+      )
+  return slice(starts[0][0], starts[-1][1])
