@@ -1,5 +1,30 @@
 """Reference Flax models used by the experiments."""
 
+from kdjax.zoo._cifar import CIFAR_MODELS
+from kdjax.zoo._cifar import cifar_model
+from kdjax.zoo._conv import Conv
+from kdjax.zoo._conv import conv2d
+from kdjax.zoo._mobilenetv2 import MobileNetV2
+from kdjax.zoo._mobilenetv2 import mobile_half
+from kdjax.zoo._resnet_cifar import CifarResNet
+from kdjax.zoo._resnet_cifar import resnet110
+from kdjax.zoo._resnet_cifar import resnet20
+from kdjax.zoo._resnet_cifar import resnet32
+from kdjax.zoo._resnet_cifar import resnet32x4
+from kdjax.zoo._resnet_cifar import resnet56
+from kdjax.zoo._resnet_cifar import resnet8x4
+from kdjax.zoo._shufflenet import ShuffleNetV1
+from kdjax.zoo._shufflenet import ShuffleNetV2
+from kdjax.zoo._shufflenet import shuffle_v1
+from kdjax.zoo._shufflenet import shuffle_v2
+from kdjax.zoo._vgg import CifarVGG
+from kdjax.zoo._vgg import vgg13
+from kdjax.zoo._vgg import vgg8
+from kdjax.zoo._wrn import WideResNet
+from kdjax.zoo._wrn import wrn_16_1
+from kdjax.zoo._wrn import wrn_16_2
+from kdjax.zoo._wrn import wrn_40_1
+from kdjax.zoo._wrn import wrn_40_2
 from kdjax.zoo._cnn1d import Conv1D
 from kdjax.zoo._cnn1d import ConvNet1D
 from kdjax.zoo._mlp import MLP
@@ -12,3 +37,8 @@ from kdjax.zoo._transformer import param_count
 __all__ = ['Conv1D', 'ConvNet1D', 'MLP',
            'DecoderConfig', 'DecoderLM', 'TRANSFORMER_LOGICAL_AXES', 'lm_apply',
            'param_count']
+__all__ += ['CIFAR_MODELS', 'cifar_model', 'Conv', 'conv2d',
+            'CifarResNet', 'WideResNet', 'CifarVGG', 'MobileNetV2', 'ShuffleNetV1',
+            'ShuffleNetV2', 'resnet20', 'resnet32', 'resnet56', 'resnet110',
+            'resnet8x4', 'resnet32x4', 'wrn_16_1', 'wrn_16_2', 'wrn_40_1', 'wrn_40_2',
+            'vgg8', 'vgg13', 'mobile_half', 'shuffle_v1', 'shuffle_v2']
