@@ -39,7 +39,11 @@ OPTIMIZER = optax.sgd(0.5, momentum=0.9)
 
 
 def fixed_init(config: zoo.DecoderConfig, seed: float):
-  """``() -> boxed variables`` of ``DecoderLM(config)`` with fixed values."""
+  """``() -> boxed variables`` of ``DecoderLM(config)`` with fixed values.
+
+  ``model.init``'s random initializers take seconds of CPU to compile; the
+  equivalence tests only need some fixed values (a sine of the index).
+  """
   abstract = jax.eval_shape(
       zoo.DecoderLM(config).init, jax.random.PRNGKey(0), jnp.zeros((2, TIME), jnp.int32))
 
@@ -50,7 +54,8 @@ def fixed_init(config: zoo.DecoderConfig, seed: float):
     for i, box in enumerate(leaves):
       shape = box.unbox().shape
       index = jnp.arange(np.prod(shape), dtype=jnp.float32)
-      values.append(box.replace_boxed(0.5 * jnp.sin(index * (0.37 + 0.1 * i) + seed).reshape(shape)))
+      value = 0.5 * jnp.sin(index * (0.37 + 0.1 * i) + seed)
+      values.append(box.replace_boxed(value.reshape(shape)))
     return jax.tree.unflatten(treedef, values)
 
   return init

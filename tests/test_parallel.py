@@ -16,6 +16,7 @@ from kdjax import objective as objective_lib
 from kdjax import parallel
 from kdjax import step as step_lib
 from kdjax import zoo
+from multihost_worker import fixed_init
 
 VOCAB, TIME, BATCH, STEPS = 16, 4, 16, 2
 STUDENT = zoo.DecoderConfig(
@@ -82,29 +83,9 @@ def _batches():
   ]
 
 
-def _cheap_init(config, seed):
-  """``() -> variables`` of ``DecoderLM(config)``, boxed, with fixed values.
-
-  ``model.init``'s random initializers take seconds of CPU to compile; the
-  equivalence tests only need some fixed values (a sine of the index).
-  """
-  abstract = jax.eval_shape(
-      zoo.DecoderLM(config).init, jax.random.PRNGKey(0), jnp.zeros((2, TIME), jnp.int32))
-
-  def init():
-    leaves, treedef = jax.tree.flatten(abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    values = []
-    for i, box in enumerate(leaves):
-      shape = box.unbox().shape
-      index = jnp.arange(np.prod(shape), dtype=jnp.float32)
-      values.append(box.replace_boxed(0.5 * jnp.sin(index * (0.37 + 0.1 * i) + seed).reshape(shape)))
-    return jax.tree.unflatten(treedef, values)
-
-  return init
-
-
 def _init_fns():
-  return _cheap_init(STUDENT, 1.0), _cheap_init(TEACHER, 2.0)
+  """Fixed-value inits: model.init's random initializers take seconds to compile."""
+  return fixed_init(STUDENT, 1.0), fixed_init(TEACHER, 2.0)
 
 
 OPTIMIZER = optax.sgd(0.5, momentum=0.9)  # stateful: momentum sharded like params
