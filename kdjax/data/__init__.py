@@ -10,6 +10,13 @@ from kdjax.data._pipeline import load_source
 from kdjax.data._pipeline import make_loader
 from kdjax.data._pipeline import MASK_KEY
 from kdjax.data._pipeline import num_classes
+from kdjax.data._text import BYTE_VOCAB_SIZE
+from kdjax.data._text import list_text_files
+from kdjax.data._text import make_text_lm_arrays
+from kdjax.data._text import make_windows
+from kdjax.data._text import python_stdlib_dir
+from kdjax.data._text import read_byte_documents
+from kdjax.data._text import split_files
 
 __all__ = [
     'MASK_KEY',
@@ -22,4 +29,13 @@ __all__ = [
     'make_loader',
     'make_mnist1d_arrays',
     'num_classes',
+]
+__all__ += [
+    'BYTE_VOCAB_SIZE',
+    'list_text_files',
+    'make_text_lm_arrays',
+    'make_windows',
+    'python_stdlib_dir',
+    'read_byte_documents',
+    'split_files',
 ]
