@@ -1,0 +1,291 @@
+"""Chunked vs plain large-vocabulary forward KL: memory and time of loss + grad.
+
+Both variants compute the token-weighted mean forward KL between a student's
+and a teacher's next-token distributions at every position of a ``[batch,
+time]`` batch, from final hidden states ``[batch, time, hidden]`` and
+unembedding matrices ``[hidden, vocab]``, and its gradient with respect to
+the student's hidden states and unembedding, in one ``jax.jit``:
+
+* plain: ``logits = hidden @ unembedding`` for both models, then
+  ``kdjax.losses.token_divergence`` (the ``[batch, time, vocab]`` logits of
+  both models, their softmaxes and gradients are materialised);
+* chunked: ``kdjax.losses.chunked_divergence`` (``token_chunk`` tokens at a
+  time, the backward pass recomputing each chunk's logits).
+
+Each variant runs in its own subprocess, and so does a *baseline* that does
+everything but the loss (imports, the same inputs, a jitted function with
+outputs of the same shapes), so that whole-process peak RSS
+(``resource.getrusage(...).ru_maxrss``) minus the baseline's is the memory
+the loss costs. XLA's temporary allocation comes from the compiled
+function's ``memory_analysis().temp_size_in_bytes``, read before running: a
+variant whose arguments + temporaries exceed ``--max-gib`` is not run. The
+step time is the median over ``--repeats`` calls after one warm-up call. The
+parent checks that both variants give the same loss.
+
+Usage::
+
+  python benchmarks/chunked_vocab.py                      # vocab 32000 and 128000
+  python benchmarks/chunked_vocab.py --vocabs 32000 --repeats 3
+  python benchmarks/chunked_vocab.py --write-docs         # update docs/performance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import re
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+DOCS = ROOT / 'docs' / 'performance.md'
+SECTION = '## Chunked large-vocabulary divergences'
+MEMORY_GOAL = 10.0
+TIME_GOAL = 1.05
+GIB = 1024**3
+
+
+# ----------------------------------------------------------------------------
+# Worker: one variant in this process.
+
+
+def _inputs(args, vocab):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 5)
+  shape = (args.batch, args.time)
+  student_hidden = jax.random.normal(keys[0], shape + (args.hidden,))
+  teacher_hidden = jax.random.normal(keys[1], shape + (args.hidden,))
+  scale = args.hidden**-0.5
+  student_unembedding = jax.random.normal(keys[2], (args.hidden, vocab)) * scale
+  teacher_unembedding = jax.random.normal(keys[3], (args.hidden, vocab)) * scale
+  # About 10% padding, as in a batch of packed sequences of uneven length.
+  mask = jax.random.bernoulli(keys[4], 0.9, shape)
+  return (student_hidden, student_unembedding, teacher_hidden,
+          teacher_unembedding, mask)
+
+
+def _loss_fn(variant, args):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from kdjax import losses  # pylint: disable=g-import-not-at-top
+
+  def per_token(hidden, unembedding, teacher_hidden, teacher_unembedding, mask):
+    if variant == 'plain':
+      return losses.token_divergence(
+          jnp.dot(hidden, unembedding), jnp.dot(teacher_hidden, teacher_unembedding),
+          divergence='forward_kl', temperature=args.temperature, where=mask)
+    return losses.chunked_divergence(
+        hidden, unembedding, teacher_hidden, teacher_unembedding,
+        divergence='forward_kl', temperature=args.temperature, where=mask,
+        token_chunk=args.token_chunk)
+
+  def loss(hidden, unembedding, teacher_hidden, teacher_unembedding, mask):
+    values = per_token(hidden, unembedding, teacher_hidden, teacher_unembedding,
+                       mask)
+    return losses.token_mean(values, mask)
+
+  if variant == 'baseline':
+    def no_loss(hidden, unembedding, teacher_hidden, teacher_unembedding, mask):
+      del teacher_hidden, teacher_unembedding, mask
+      return jnp.zeros(()), (jnp.zeros_like(hidden), jnp.zeros_like(unembedding))
+    return no_loss
+  return jax.value_and_grad(loss, argnums=(0, 1))
+
+
+def worker(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  inputs = _inputs(args, args.vocab)
+  jax.block_until_ready(inputs)
+  start = time.perf_counter()
+  compiled = jax.jit(_loss_fn(args.worker, args)).lower(*inputs).compile()
+  compile_s = time.perf_counter() - start
+  analysis = compiled.memory_analysis()
+  temp = int(analysis.temp_size_in_bytes)
+  needed = temp + int(analysis.argument_size_in_bytes) + int(
+      analysis.output_size_in_bytes)
+  result = {'variant': args.worker, 'vocab': args.vocab, 'temp_bytes': temp,
+            'needed_bytes': needed, 'compile_s': compile_s}
+  if needed > args.max_gib * GIB:
+    result['skipped'] = True
+    return result
+  loss, _ = jax.block_until_ready(compiled(*inputs))
+  times = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*inputs))
+    times.append(time.perf_counter() - start)
+  result.update(
+      skipped=False,
+      loss=float(loss),
+      step_s=float(np.median(times)),
+      step_s_all=times,
+      # Linux reports kilobytes.
+      peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+  )
+  return result
+
+
+# ----------------------------------------------------------------------------
+# Parent: one subprocess per variant, table, docs.
+
+
+def run_variant(variant, vocab, args) -> dict:
+  command = [sys.executable, __file__, '--worker', variant, '--vocab',
+             str(vocab)] + [a for a in sys.argv[1:] if a != '--write-docs']
+  out = subprocess.run(command, check=True, capture_output=True, text=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _mib(x):
+  return f'{x / 2**20:,.0f}'
+
+
+def table(results, args) -> tuple[str, list[str]]:
+  lines = [
+      '| vocab | variant | XLA temp MiB | peak RSS - baseline MiB | step s '
+      '(median) | compile s | memory ratio plain/chunked (temp; RSS) | '
+      'time ratio chunked/plain |',
+      '|---:|---|---:|---:|---:|---:|---:|---:|',
+  ]
+  verdicts = []
+  for vocab in args.vocabs:
+    base = results[(vocab, 'baseline')]
+    plain, chunked = results[(vocab, 'plain')], results[(vocab, 'chunked')]
+    ratio_cells = ['', '']
+    if not plain['skipped'] and not chunked['skipped']:
+      plain_rss = plain['peak_rss_bytes'] - base['peak_rss_bytes']
+      chunked_rss = chunked['peak_rss_bytes'] - base['peak_rss_bytes']
+      temp_ratio = plain['temp_bytes'] / max(chunked['temp_bytes'], 1)
+      rss_ratio = plain_rss / max(chunked_rss, 1)
+      time_ratio = chunked['step_s'] / plain['step_s']
+      ratio_cells = [f'{temp_ratio:.1f}x; {rss_ratio:.1f}x', f'{time_ratio:.2f}']
+      memory_ok = min(temp_ratio, rss_ratio) >= MEMORY_GOAL
+      time_ok = time_ratio <= TIME_GOAL
+      verdicts.append(
+          f'vocab {vocab}: {min(temp_ratio, rss_ratio):.1f}x less memory '
+          f'({"meets" if memory_ok else "misses"} the {MEMORY_GOAL:.0f}x goal) at '
+          f'{time_ratio:.2f}x the time ({"meets" if time_ok else "misses"} the '
+          f'{TIME_GOAL} goal)')
+    else:
+      verdicts.append(f'vocab {vocab}: not compared (a variant did not fit '
+                      f'--max-gib {args.max_gib})')
+    for name, r in (('plain', plain), ('chunked', chunked)):
+      if r['skipped']:
+        cells = [_mib(r['temp_bytes']), f'not run (needs {_mib(r["needed_bytes"])})',
+                 '', f'{r["compile_s"]:.1f}']
+      else:
+        cells = [_mib(r['temp_bytes']),
+                 _mib(r['peak_rss_bytes'] - base['peak_rss_bytes']),
+                 f'{r["step_s"]:.2f}', f'{r["compile_s"]:.1f}']
+      extra = ratio_cells if name == 'chunked' else ['', '']
+      lines.append(f'| {vocab} | {name} | ' + ' | '.join(cells + extra) + ' |')
+  return '\n'.join(lines), verdicts
+
+
+def docs_section(body, verdicts, args) -> str:
+  from kdjax import writers  # pylint: disable=g-import-not-at-top
+
+  env = writers.environment()
+  date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+  load = ', '.join(f'{x:.2f}' for x in os.getloadavg())
+  command = ' '.join(['python benchmarks/chunked_vocab.py'] + sys.argv[1:])
+  return f"""{SECTION}
+
+Generated by `benchmarks/chunked_vocab.py`; do not edit by hand.
+
+Loss + gradient of the token-weighted mean forward KL (T = {args.temperature})
+between a student's and a teacher's next-token distributions, from final
+hidden states `[{args.batch}, {args.time}, {args.hidden}]` and unembeddings
+`[{args.hidden}, vocab]`, about 10% of the tokens masked, gradients with
+respect to the student's hidden states and unembedding, in one `jax.jit`.
+*plain* computes `hidden @ unembedding` for both models and
+`losses.token_divergence`; *chunked* is `losses.chunked_divergence` with
+`token_chunk={args.token_chunk}` (the backward pass recomputes each chunk's
+logits). Each variant ran in its own process. *XLA temp* is the compiled
+function's `memory_analysis().temp_size_in_bytes`; *peak RSS - baseline* is
+the process's peak resident memory (`ru_maxrss`) minus that of a process
+doing everything but the loss; the step time is the median of
+{args.repeats} calls after a warm-up call. Both variants were checked to
+give the same loss. Goal: at least {MEMORY_GOAL:.0f}x less memory at no more
+than {TIME_GOAL}x the time.
+
+* Command: `{command}`
+* Date: {date}
+* JAX {env['jax_version']}, backend {env['backend']}, {env['devices']}
+* Machine: {env['machine']}, load average {load} (other processes were
+  running: the timings are noisy; the memory figures are not)
+* Result: {'; '.join(verdicts)}
+
+{body}
+"""
+
+
+def write_docs(section: str, path: pathlib.Path = DOCS) -> None:
+  """Replaces (or appends) the section, keeping the rest of the page."""
+  text = path.read_text() if path.exists() else '# Performance\n'
+  pattern = re.compile(rf'^{re.escape(SECTION)}\n.*?(?=^## |\Z)', re.M | re.S)
+  if pattern.search(text):
+    text = pattern.sub(lambda _: section.rstrip('\n') + '\n\n', text, count=1)
+    text = text.rstrip('\n') + '\n'
+  else:
+    text = text.rstrip('\n') + '\n\n' + section
+  path.write_text(text)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--vocabs', default='32000,128000',
+                      type=lambda s: [int(v) for v in s.split(',')])
+  parser.add_argument('--batch', type=int, default=4)
+  parser.add_argument('--time', type=int, default=1024)
+  parser.add_argument('--hidden', type=int, default=512)
+  parser.add_argument('--temperature', type=float, default=2.0)
+  parser.add_argument('--token-chunk', type=int, default=128)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--max-gib', type=float, default=16.0,
+                      help='skip a variant needing more (arguments + temp)')
+  parser.add_argument('--write-docs', action='store_true')
+  parser.add_argument('--worker', choices=('baseline', 'plain', 'chunked'),
+                      help=argparse.SUPPRESS)
+  parser.add_argument('--vocab', type=int, help=argparse.SUPPRESS)
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.worker:
+    print(json.dumps(worker(args)))
+    return
+  results = {}
+  for vocab in args.vocabs:
+    for variant in ('baseline', 'plain', 'chunked'):
+      results[(vocab, variant)] = run_variant(variant, vocab, args)
+      print(f'vocab {vocab} {variant}: {results[(vocab, variant)]}',
+            file=sys.stderr, flush=True)
+    plain, chunked = results[(vocab, 'plain')], results[(vocab, 'chunked')]
+    if not plain['skipped'] and not chunked['skipped']:
+      if abs(plain['loss'] - chunked['loss']) > 1e-4 * max(abs(plain['loss']), 1):
+        raise SystemExit(f'losses differ at vocab {vocab}: plain '
+                         f'{plain["loss"]} vs chunked {chunked["loss"]}')
+  body, verdicts = table(results, args)
+  print(body)
+  print('\n'.join(verdicts))
+  if args.write_docs:
+    write_docs(docs_section(body, verdicts, args))
+    print(f'wrote {SECTION!r} in {DOCS}')
+
+
+if __name__ == '__main__':
+  main()
