@@ -1,0 +1,171 @@
+"""What the language-model benchmarks share: models, batch, objective, reporting.
+
+The teacher and student are two :class:`kdjax.zoo.DecoderLM` configs
+(RoPE, RMSNorm, GELU MLP of width 4 x hidden, tied embeddings, head width
+64), distilled with forward KL over the full vocabulary at temperature T
+(``objective.token_distill('forward_kl')``, or its chunked twin
+``objective.chunked_distill`` that never materialises the logits) and
+AdamW. Each script writes its own ``## ...`` section of
+``docs/performance.md`` with :func:`write_section`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import re
+import statistics
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from kdjax import objective as objective_lib  # pylint: disable=wrong-import-position
+from kdjax import writers  # pylint: disable=wrong-import-position
+from kdjax import zoo  # pylint: disable=wrong-import-position
+
+DOCS = ROOT / 'docs' / 'performance.md'
+HEAD_DIM = 64
+LEARNING_RATE = 1e-4
+WEIGHT_DECAY = 0.01
+
+
+def decoder_config(layers: int, hidden: int, vocab: int, seq: int) -> zoo.DecoderConfig:
+  """A DecoderLM config: GELU MLP 4 x hidden, heads of width 64 (at least 2 heads)."""
+  heads = max(2, hidden // HEAD_DIM)
+  return zoo.DecoderConfig(
+      vocab_size=vocab, num_layers=layers, hidden=hidden, num_heads=heads,
+      mlp_dim=4 * hidden, max_len=seq,
+  )
+
+
+def configs(args) -> tuple[zoo.DecoderConfig, zoo.DecoderConfig]:
+  """(teacher, student) configs from ``--teacher-layers`` etc."""
+  teacher = decoder_config(args.teacher_layers, args.teacher_hidden, args.vocab, args.seq)
+  student = decoder_config(args.student_layers, args.student_hidden, args.vocab, args.seq)
+  return teacher, student
+
+
+def add_model_flags(parser, *, teacher=(4, 512), student=(2, 512), vocab=8192, seq=256,
+                    batch=4) -> None:
+  parser.add_argument('--teacher-layers', type=int, default=teacher[0])
+  parser.add_argument('--teacher-hidden', type=int, default=teacher[1])
+  parser.add_argument('--student-layers', type=int, default=student[0])
+  parser.add_argument('--student-hidden', type=int, default=student[1])
+  parser.add_argument('--vocab', type=int, default=vocab)
+  parser.add_argument('--seq', type=int, default=seq)
+  parser.add_argument('--batch', type=int, default=batch)
+  parser.add_argument('--temperature', type=float, default=2.0)
+
+
+def describe(args) -> str:
+  return (
+      f'teacher {args.teacher_layers}x{args.teacher_hidden}, student '
+      f'{args.student_layers}x{args.student_hidden} (MLP 4x, heads of 64), '
+      f'vocab {args.vocab}, batch {args.batch} x seq {args.seq}'
+  )
+
+
+def token_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return {'tokens': rng.integers(0, vocab, (batch, seq), dtype=np.int32)}
+
+
+def optimizer() -> optax.GradientTransformation:
+  """AdamW, as ``torch.optim.AdamW(lr, weight_decay=0.01)`` (decay on every parameter)."""
+  return optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+
+
+def kd_objective(temperature: float, *, chunked: bool = False,
+                 token_chunk: int = 256) -> objective_lib.Objective:
+  """Forward KL(teacher || student) at `temperature` (x T²), mean over tokens."""
+  if chunked:
+    term = objective_lib.chunked_distill(
+        'forward_kl', temperature=temperature, token_chunk=token_chunk)
+  else:
+    term = objective_lib.token_distill('forward_kl', temperature=temperature)
+  return objective_lib.Objective(terms={'kd': term})
+
+
+def init_variables(config: zoo.DecoderConfig, seed: int, seq: int) -> Any:
+  """``() -> boxed variables`` of ``DecoderLM(config)`` (its own initializers)."""
+  model = zoo.DecoderLM(config)
+  tokens = jnp.zeros((1, seq), jnp.int32)
+  return lambda: model.init(jax.random.PRNGKey(seed), tokens)
+
+
+# ----------------------------------------------------------------------------
+# Statistics and reporting.
+
+
+def median(values) -> float:
+  return float(statistics.median(values))
+
+
+def iqr(values) -> tuple[float, float]:
+  return float(np.percentile(values, 25)), float(np.percentile(values, 75))
+
+
+def load_average() -> str:
+  return ', '.join(f'{x:.2f}' for x in os.getloadavg())
+
+
+def machine() -> str:
+  return f"{writers.environment()['machine']}, load average {load_average()}"
+
+
+def now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+
+
+def versions(extra: str = '') -> str:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+
+  def version(name):
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      return '?'
+
+  text = (f'JAX {jax.__version__}, Flax {version("flax")}, optax {optax.__version__}, '
+          f'backend {jax.default_backend()}')
+  return text + (f', {extra}' if extra else '')
+
+
+def command_line(script: str, argv) -> str:
+  return ' '.join([f'python benchmarks/{script}'] + list(argv))
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+  lines = ['| ' + ' | '.join(headers) + ' |',
+           '|' + '|'.join(['---'] + ['---:'] * (len(headers) - 1)) + '|']
+  lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+  table = [headers] + rows
+  widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+  return '\n'.join(
+      '  '.join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+      for row in table
+  )
+
+
+def write_section(title: str, section: str, path: pathlib.Path = DOCS) -> None:
+  """Replaces (or appends) the ``title`` section of `path`, keeping the rest."""
+  text = path.read_text() if path.exists() else '# Performance\n'
+  pattern = re.compile(rf'^{re.escape(title)}\n.*?(?=^## |\Z)', re.M | re.S)
+  if pattern.search(text):
+    text = pattern.sub(lambda _: section.rstrip('\n') + '\n\n', text, count=1)
+    text = text.rstrip('\n') + '\n'
+  else:
+    text = text.rstrip('\n') + '\n\n' + section.rstrip('\n') + '\n'
+  path.write_text(text)
