@@ -48,28 +48,36 @@ def _im2col_fwd(x, kernel, strides, padding, groups):
 
 
 def _kernel_grad(x, grads, kernel_shape, strides, padding, groups):
-  """d loss / d kernel as a sum over taps of (shifted input)^T @ output grads.
+  """d loss / d kernel, tap by tap: (shifted input)^T @ output grads.
 
   For tap ``(i, j)`` the input pixels that meet kernel entry ``(i, j)`` are a
   strided slice of the padded input; the kernel gradient at that tap is that
   slice, flattened to ``[pixels, in]``, transposed times the output gradient
-  ``[pixels, out]`` (per group). All taps go into one matrix product.
+  ``[pixels, out]`` (one product per group). A depthwise kernel (one input
+  and one output channel per group) needs no product: a multiply-and-sum.
+  One matrix product per tap measured faster on CPU than one product of the
+  concatenated patches (no patch matrix kh*kw times the input is built).
   """
   kh, kw, in_per_group, out = kernel_shape
   batch, out_h, out_w, _ = grads.shape
-  padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  if any(padding[0]) or any(padding[1]):
+    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
   sh, sw = strides
-  taps = [
-      padded[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
-      for i in range(kh) for j in range(kw)
-  ]
   pixels = batch * out_h * out_w
-  # [pixels, taps, groups, in_per_group] and [pixels, groups, out_per_group].
-  patches = jnp.stack(taps, axis=3).reshape(pixels, kh * kw, groups, in_per_group)
+  depthwise = in_per_group == 1 and out == groups
   grads = grads.reshape(pixels, groups, out // groups)
-  kernel_grad = jnp.einsum('ptgc,pgo->tcgo', patches, grads,
-                           preferred_element_type=jnp.float32)
-  return kernel_grad.reshape(kh, kw, in_per_group, out)
+  per_tap = []
+  for i in range(kh):
+    for j in range(kw):
+      tap = x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+      tap = tap.reshape(pixels, groups, in_per_group)
+      if depthwise:
+        per_tap.append(jnp.sum(tap * grads, axis=0, dtype=jnp.float32)[None])
+      else:
+        # [in_per_group, groups, out_per_group]
+        per_tap.append(jnp.einsum('pgc,pgo->cgo', tap, grads,
+                                  preferred_element_type=jnp.float32))
+  return jnp.stack(per_tap).reshape(kh, kw, in_per_group, out)
 
 
 def _im2col_bwd(strides, padding, groups, residuals, grads):
