@@ -117,8 +117,11 @@ def worker(args) -> dict:
       analysis.output_size_in_bytes)
   result = {'variant': args.worker, 'vocab': args.vocab, 'temp_bytes': temp,
             'needed_bytes': needed, 'compile_s': compile_s}
+  if args.no_run:
+    result.update(skipped=True, why='compiled only')
+    return result
   if needed > args.max_gib * GIB:
-    result['skipped'] = True
+    result.update(skipped=True, why=f'not run (needs {needed / GIB:.1f} GiB)')
     return result
   loss, _ = jax.block_until_ready(compiled(*inputs))
   times = []
@@ -144,6 +147,8 @@ def worker(args) -> dict:
 def run_variant(variant, vocab, args) -> dict:
   command = [sys.executable, __file__, '--worker', variant, '--vocab',
              str(vocab)] + [a for a in sys.argv[1:] if a != '--write-docs']
+  if vocab in args.compile_only_vocabs:
+    command.append('--no-run')
   out = subprocess.run(command, check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -179,12 +184,15 @@ def table(results, args) -> tuple[str, list[str]]:
           f'{time_ratio:.2f}x the time ({"meets" if time_ok else "misses"} the '
           f'{TIME_GOAL} goal)')
     else:
-      verdicts.append(f'vocab {vocab}: not compared (a variant did not fit '
-                      f'--max-gib {args.max_gib})')
+      temp_ratio = plain['temp_bytes'] / max(chunked['temp_bytes'], 1)
+      ratio_cells = [f'{temp_ratio:.1f}x; -', '']
+      verdicts.append(
+          f'vocab {vocab}: {temp_ratio:.1f}x less XLA temp memory (plain '
+          f'{plain["why"]}, chunked {chunked["why"]}: RSS and time not '
+          'measured)')
     for name, r in (('plain', plain), ('chunked', chunked)):
       if r['skipped']:
-        cells = [_mib(r['temp_bytes']), f'not run (needs {_mib(r["needed_bytes"])})',
-                 '', f'{r["compile_s"]:.1f}']
+        cells = [_mib(r['temp_bytes']), r['why'], '', f'{r["compile_s"]:.1f}']
       else:
         cells = [_mib(r['temp_bytes']),
                  _mib(r['peak_rss_bytes'] - base['peak_rss_bytes']),
@@ -218,7 +226,9 @@ function's `memory_analysis().temp_size_in_bytes`; *peak RSS - baseline* is
 the process's peak resident memory (`ru_maxrss`) minus that of a process
 doing everything but the loss; the step time is the median of
 {args.repeats} calls after a warm-up call. Both variants were checked to
-give the same loss. Goal: at least {MEMORY_GOAL:.0f}x less memory at no more
+give the same loss. Vocabularies given in `--compile-only-vocabs` were
+compiled but not run (too slow for the busy machine): only their XLA
+temporary memory is reported. Goal: at least {MEMORY_GOAL:.0f}x less memory at no more
 than {TIME_GOAL}x the time.
 
 * Command: `{command}`
@@ -256,10 +266,15 @@ def parse_args(argv=None):
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--max-gib', type=float, default=16.0,
                       help='skip a variant needing more (arguments + temp)')
+  parser.add_argument('--compile-only-vocabs', default='',
+                      type=lambda s: [int(v) for v in s.split(',') if v],
+                      help='vocabularies only compiled (XLA temp memory, no '
+                      'run): for a machine too slow or too busy to time them')
   parser.add_argument('--write-docs', action='store_true')
   parser.add_argument('--worker', choices=('baseline', 'plain', 'chunked'),
                       help=argparse.SUPPRESS)
   parser.add_argument('--vocab', type=int, help=argparse.SUPPRESS)
+  parser.add_argument('--no-run', action='store_true', help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
 
@@ -269,6 +284,8 @@ def main(argv=None):
     print(json.dumps(worker(args)))
     return
   results = {}
+  args.vocabs = args.vocabs + [
+      v for v in args.compile_only_vocabs if v not in args.vocabs]
   for vocab in args.vocabs:
     for variant in ('baseline', 'plain', 'chunked'):
       results[(vocab, variant)] = run_variant(variant, vocab, args)

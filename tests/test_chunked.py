@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 import numpy as np
+import optax
 import pytest
 
 from kdjax import adapters
@@ -133,30 +134,31 @@ def test_check_grads():
               atol=2e-2, rtol=2e-2)
 
 
-def test_fully_masked_and_flat_tokens():
+def test_masked_nan_tokens_and_flat_tokens():
   (hidden, unembedding, teacher_hidden, teacher_unembedding), _, _ = _inputs()
-  flat = losses.chunked_divergence(
-      hidden.reshape(-1, STUDENT_DIM), unembedding,
-      teacher_hidden.reshape(-1, TEACHER_DIM), teacher_unembedding,
-      vocab_size=VOCAB, token_chunk=5)
-  batched = losses.chunked_divergence(
-      hidden, unembedding, teacher_hidden, teacher_unembedding,
-      vocab_size=VOCAB, token_chunk=3)
-  np.testing.assert_allclose(flat.reshape(BATCH, TIME), batched, rtol=1e-5)
   # NaN hidden states on masked tokens leak into neither values nor gradients.
   mask = np.zeros((BATCH, TIME), bool)
   mask[0, :3] = True
+  mask[1, 5] = True
   hidden = jnp.where(jnp.asarray(mask)[..., None], hidden, jnp.nan)
-  grads = jax.grad(
-      lambda h, w: jnp.sum(losses.chunked_divergence(
+  (_, values), grads = jax.value_and_grad(
+      lambda h, w: (lambda v: (jnp.sum(v), v))(losses.chunked_divergence(
           h, w, teacher_hidden, teacher_unembedding, where=mask,
-          vocab_size=VOCAB, token_chunk=4)), argnums=(0, 1))(hidden, unembedding)
+          vocab_size=VOCAB, token_chunk=4)), argnums=(0, 1), has_aux=True)(
+              hidden, unembedding)
   assert all(np.all(np.isfinite(g)) for g in grads)
   np.testing.assert_array_equal(np.asarray(grads[0])[~mask], 0.0)
+  np.testing.assert_array_equal(np.asarray(values)[~mask], 0.0)
+  assert np.all(np.asarray(values)[mask] > 0)
+  # [tokens, dim] inputs (another chunking) give the same per-token values.
+  flat = losses.chunked_divergence(
+      hidden.reshape(-1, STUDENT_DIM), unembedding,
+      teacher_hidden.reshape(-1, TEACHER_DIM), teacher_unembedding,
+      where=mask.reshape(-1), vocab_size=VOCAB, token_chunk=5)
+  np.testing.assert_allclose(flat.reshape(BATCH, TIME), values, rtol=1e-5)
 
 
-@pytest.mark.parametrize('vocab_chunk', [None, 8])
-def test_sharded_over_data_and_vocabulary(vocab_chunk):
+def test_sharded_over_data_and_vocabulary():
   arrays, mask, cotangent = _inputs()
   hidden, unembedding, teacher_hidden, teacher_unembedding = arrays
   # Both vocabularies padded to 40 columns (10 per device); 37 are real.
@@ -168,23 +170,22 @@ def test_sharded_over_data_and_vocabulary(vocab_chunk):
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
   tokens = NamedSharding(mesh, P('data'))
   vocab = NamedSharding(mesh, P(None, 'tensor'))
-  kwargs = dict(divergence='jsd', temperature=2.0, where=mask,
-                vocab_size=VOCAB, token_chunk=4, vocab_chunk=vocab_chunk)
+  kwargs = dict(divergence='jsd', temperature=2.0, vocab_size=VOCAB,
+                token_chunk=4)
   values, grads = _values_and_grads(
-      losses.chunked_divergence, arrays, cotangent, **kwargs)
+      losses.chunked_divergence, arrays, cotangent, where=mask, **kwargs)
   sharded = (
       jax.device_put(hidden, tokens), jax.device_put(unembedding, vocab),
       jax.device_put(teacher_hidden, tokens),
       jax.device_put(teacher_unembedding, vocab),
   )
-  sharded_mask = jax.device_put(mask, tokens)
-  kwargs['where'] = sharded_mask
-  s_values, s_grads = _values_and_grads(
-      losses.chunked_divergence, sharded, jax.device_put(cotangent, tokens),
-      **kwargs)
-  np.testing.assert_allclose(s_values, values, rtol=1e-5, atol=1e-6)
-  for grad, s_grad in zip(grads[:2], s_grads[:2]):
-    np.testing.assert_allclose(s_grad, grad, rtol=1e-5, atol=1e-6)
+  for vocab_chunk in (None, 8):
+    s_values, s_grads = _values_and_grads(
+        losses.chunked_divergence, sharded, jax.device_put(cotangent, tokens),
+        where=jax.device_put(mask, tokens), vocab_chunk=vocab_chunk, **kwargs)
+    np.testing.assert_allclose(s_values, values, rtol=1e-5, atol=1e-6)
+    for grad, s_grad in zip(grads[:2], s_grads[:2]):
+      np.testing.assert_allclose(s_grad, grad, rtol=1e-5, atol=1e-6)
 
 
 def test_memory_far_below_the_logits():
@@ -242,8 +243,6 @@ def test_chunked_distill_term_in_a_train_step():
        objective.token_distill('skew_kl', temperature=2.0, alpha=0.3,
                                vocab_size=VOCAB)),
   ):
-    import optax  # pylint: disable=g-import-not-at-top
-
     train_step = jax.jit(step_lib.make_train_step(
         student_apply, teacher_apply, objective.Objective({'kd': term}),
         optax.sgd(0.1)))
