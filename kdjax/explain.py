@@ -239,7 +239,11 @@ def normalize_maps(maps: jax.Array) -> jax.Array:
   Returns:
     Maps of the same shape; a constant map becomes all zeros.
   """
-  maps = jnp.asarray(maps, jnp.float32)
+  return _normalize(jnp.asarray(maps, jnp.float32))
+
+
+@jax.jit
+def _normalize(maps):
   axes = tuple(range(1, maps.ndim))
   low = jnp.min(maps, axis=axes, keepdims=True)
   span = jnp.max(maps, axis=axes, keepdims=True) - low
@@ -315,7 +319,12 @@ def upsample(maps: jax.Array, size: Sequence[int], *, method: str = 'bilinear') 
         f'{jnp.shape(maps)} and size {tuple(size)}.'
     )
   maps = jnp.asarray(maps, jnp.float32)
-  return jax.image.resize(maps, (maps.shape[0], *size), method=method)
+  return _resize(maps, (maps.shape[0], *(int(n) for n in size)), method)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _resize(maps, shape, method):
+  return jax.image.resize(maps, shape, method=method)
 
 
 def saliency_agreement(

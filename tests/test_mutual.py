@@ -15,6 +15,17 @@ from kdjax import step as step_lib
 
 IN, CLASSES, BATCH, LR = 5, 4, 8, 0.5
 
+def _init(model, x, seed):
+  """Random variables of `model`'s shapes, drawn with NumPy: an eager linen
+  init compiles op by op, which costs seconds on CPU."""
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  shapes = jax.eval_shape(model.init, key, jax.ShapeDtypeStruct(x.shape, x.dtype))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape) / np.sqrt(s.shape[0]), s.dtype), shapes
+  )
+
+
 
 class MLP(nn.Module):
   hidden: int
@@ -25,10 +36,10 @@ class MLP(nn.Module):
 
 
 def _cohort(widths):
-  x = jax.random.normal(jax.random.PRNGKey(9), (BATCH, IN))
+  x = jnp.asarray(np.random.default_rng(9).normal(size=(BATCH, IN)), jnp.float32)
   batch = {'x': x, 'label': jnp.arange(BATCH) % CLASSES}
   models = [MLP(w) for w in widths]
-  variables = [m.init(jax.random.PRNGKey(i), x) for i, m in enumerate(models)]
+  variables = [_init(m, x, i) for i, m in enumerate(models)]
   applies = [adapters.from_linen(m, train_kwarg=None) for m in models]
   return models, variables, applies, batch
 
@@ -66,31 +77,30 @@ def _assert_trees_close(a, b):
   jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
 
 
-@pytest.mark.parametrize('sequential', [True, False])
-def test_two_students_equal_hand_written_step(sequential):
+def test_two_students_simultaneous_equal_hand_written_step():
   models, variables, applies, batch = _cohort((8, 12))
   step = jax.jit(step_lib.make_mutual_train_step(
-      applies, _dml_objective(), optax.sgd(LR), sequential=sequential
+      applies, _dml_objective(), optax.sgd(LR), sequential=False
   ))
   states = tuple(step_lib.init_train_state(v, optax.sgd(LR), rng=i) for i, v in enumerate(variables))
   new_states, metrics = step(states, batch)
   params = [v['params'] for v in variables]
-  expected = jax.jit(lambda p: _reference_step(models, p, batch, sequential=sequential))(params)
+  expected = jax.jit(lambda p: _reference_step(models, p, batch, sequential=False))(params)
   for state, want in zip(new_states, expected):
     _assert_trees_close(state.params, want)
     assert int(state.step) == 1
-  # The other order gives a different student 1: the choice matters and is tested.
-  other = jax.jit(lambda p: _reference_step(models, p, batch, sequential=not sequential))(params)
-  assert not np.allclose(
-      jax.tree.leaves(new_states[1].params)[0], jax.tree.leaves(other[1])[0], atol=1e-6
-  )
   assert sorted(metrics) == sorted(
       f'student_{k}/{name}' for k in range(2)
       for name in ('loss/ce', 'loss/kl', 'loss/total', 'weight/ce', 'weight/kl')
   )
 
 
-def test_three_students_one_compile_donated():
+def test_three_students_sequential_one_compile_donated():
+  """The paper's order: each student sees the ones before it already updated.
+
+  (Sequential and simultaneous updates differ from the second student on, so
+  equality with the sequential reference also tells the two orders apart.)
+  """
   models, variables, applies, batch = _cohort((6, 10, 8))
   optimizers = [optax.sgd(LR)] * 3
   step = step_lib.make_mutual_train_step(applies, [_dml_objective()] * 3, optimizers, grad_norm=True)
@@ -116,15 +126,12 @@ def test_no_student_receives_another_students_gradient():
   ce_only = objective_lib.Objective({'ce': objective_lib.supervised()})
   step = jax.jit(step_lib.make_mutual_train_step(applies, (_dml_objective(), ce_only), optax.sgd(LR)))
   states = tuple(step_lib.init_train_state(v, optax.sgd(LR)) for v in variables)
-  new_states, _ = step(states, batch)
+  new_states, metrics = step(states, batch)
   alone = jax.jit(step_lib.make_train_step(applies[1], None, ce_only, optax.sgd(LR)))
   alone_state, _ = alone(states[1], None, batch)
   _assert_trees_close(new_states[1].params, alone_state.params)
   # ... while student 0 does learn from student 1 (the test would be vacuous otherwise).
-  alone_0, _ = jax.jit(step_lib.make_train_step(applies[0], None, ce_only, optax.sgd(LR)))(states[0], None, batch)
-  assert not np.allclose(
-      jax.tree.leaves(new_states[0].params)[0], jax.tree.leaves(alone_0.params)[0], atol=1e-6
-  )
+  assert float(metrics['student_0/loss/kl'][0]) > 1e-4
 
 
 def test_errors_name_the_counts():
