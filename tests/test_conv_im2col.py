@@ -118,7 +118,8 @@ def test_bad_arguments_name_themselves():
     zoo.conv2d(x, w, feature_group_count=2)
   with pytest.raises(ValueError, match=r'got x.shape=\(7, 6, 4\)'):
     zoo.conv2d(x[0], w)
-  with pytest.raises(ValueError, match=r'divisible by feature_group_count=3, got x.shape=\(2, 7, 6, 4\)'):
+  with pytest.raises(ValueError,
+                     match=r'divisible by feature_group_count=3, got x.shape=\(2, 7, 6, 4\)'):
     zoo.Conv(6, feature_group_count=3).init(jax.random.PRNGKey(0), x)
 
 

@@ -106,8 +106,8 @@ SMALL_MODELS = {
     'resnet8x4': zoo.resnet8x4,
     'wrn_16_2': zoo.wrn_16_2,
     # The benchmark's ShuffleNets, narrowed (same code paths; fast to compile).
-    'shufflenet_v1': lambda **kw: zoo.ShuffleNetV1((48, 96, 192), (2, 2, 1), 3, **kw),
-    'shufflenet_v2': lambda **kw: zoo.ShuffleNetV2((16, 32, 64, 128), (1, 2, 1), **kw),
+    'shufflenet_v1': lambda **kw: zoo.ShuffleNetV1((48, 96, 192), (2, 1, 1), 3, **kw),
+    'shufflenet_v2': lambda **kw: zoo.ShuffleNetV2((16, 32, 64, 128), (1, 1, 1), **kw),
 }
 
 
@@ -194,7 +194,8 @@ def test_registry_and_bad_arguments():
   with pytest.raises(KeyError, match=r"no CIFAR model named 'resnet9'.*'resnet20'"):
     zoo.cifar_model('resnet9')
   images = jnp.zeros((1, 8, 8, 3))
-  with pytest.raises(ValueError, match=r"conv_impl must be one of \('lax', 'im2col'\), got 'cudnn'"):
+  with pytest.raises(ValueError,
+                     match=r"conv_impl must be one of \('lax', 'im2col'\), got 'cudnn'"):
     zoo.resnet20(conv_impl='cudnn').init(jax.random.PRNGKey(0), images)
   with pytest.raises(ValueError, match=r'depth must be 6n\+2.*got 21'):
     zoo.CifarResNet(21).init(jax.random.PRNGKey(0), images)

@@ -102,7 +102,7 @@ class CifarResNet(nn.Module):
 
 
 def resnet20(num_classes: int = 100, conv_impl: str = 'lax') -> CifarResNet:
-  """ResNet-20 (widths 16-16-32-64), 0.28M parameters; see :class:`CifarResNet`."""
+  """ResNet-20 (widths 16-16-32-64), 278,324 parameters; see :class:`CifarResNet`."""
   return CifarResNet(20, (16, 16, 32, 64), num_classes, conv_impl)
 
 
@@ -112,20 +112,26 @@ def resnet32(num_classes: int = 100, conv_impl: str = 'lax') -> CifarResNet:
 
 
 def resnet56(num_classes: int = 100, conv_impl: str = 'lax') -> CifarResNet:
-  """ResNet-56 (widths 16-16-32-64), 0.86M parameters; see :class:`CifarResNet`."""
+  """ResNet-56 (widths 16-16-32-64), 861,620 parameters; see :class:`CifarResNet`."""
   return CifarResNet(56, (16, 16, 32, 64), num_classes, conv_impl)
 
 
 def resnet110(num_classes: int = 100, conv_impl: str = 'lax') -> CifarResNet:
-  """ResNet-110 (widths 16-16-32-64), 1.74M parameters; see :class:`CifarResNet`."""
+  """ResNet-110 (widths 16-16-32-64), 1,736,564 parameters; see :class:`CifarResNet`."""
   return CifarResNet(110, (16, 16, 32, 64), num_classes, conv_impl)
 
 
 def resnet8x4(num_classes: int = 100, conv_impl: str = 'lax') -> CifarResNet:
-  """ResNet-8 four times as wide (32-64-128-256), 1.23M parameters; see :class:`CifarResNet`."""
+  """ResNet-8 four times as wide (32-64-128-256), 1,233,540 parameters.
+
+  See :class:`CifarResNet`.
+  """
   return CifarResNet(8, (32, 64, 128, 256), num_classes, conv_impl)
 
 
 def resnet32x4(num_classes: int = 100, conv_impl: str = 'lax') -> CifarResNet:
-  """ResNet-32 four times as wide (32-64-128-256), 7.43M parameters; see :class:`CifarResNet`."""
+  """ResNet-32 four times as wide (32-64-128-256), 7,433,860 parameters.
+
+  See :class:`CifarResNet`.
+  """
   return CifarResNet(32, (32, 64, 128, 256), num_classes, conv_impl)

@@ -233,10 +233,10 @@ class ShuffleNetV2(nn.Module):
 
 
 def shuffle_v1(num_classes: int = 100, conv_impl: str = 'lax') -> ShuffleNetV1:
-  """The benchmark's ``ShuffleV1`` (groups 3), 0.95M parameters; see :class:`ShuffleNetV1`."""
+  """The benchmark's ``ShuffleV1`` (groups 3), 949,258 parameters; see :class:`ShuffleNetV1`."""
   return ShuffleNetV1((240, 480, 960), (4, 8, 4), 3, num_classes, conv_impl)
 
 
 def shuffle_v2(num_classes: int = 100, conv_impl: str = 'lax') -> ShuffleNetV2:
-  """The benchmark's ``ShuffleV2`` (net size 1), 1.36M parameters; see :class:`ShuffleNetV2`."""
+  """The benchmark's ``ShuffleV2`` (net size 1), 1,355,528 parameters; see :class:`ShuffleNetV2`."""
   return ShuffleNetV2((116, 232, 464, 1024), (3, 7, 3), num_classes, conv_impl)

@@ -84,10 +84,10 @@ class CifarVGG(nn.Module):
 
 
 def vgg13(num_classes: int = 100, conv_impl: str = 'lax') -> CifarVGG:
-  """VGG-13 with BatchNorm, 9.46M parameters; see :class:`CifarVGG`."""
+  """VGG-13 with BatchNorm, 9,462,180 parameters; see :class:`CifarVGG`."""
   return CifarVGG(VGG_CONFIGS['vgg13'], num_classes, conv_impl)
 
 
 def vgg8(num_classes: int = 100, conv_impl: str = 'lax') -> CifarVGG:
-  """VGG-8 with BatchNorm, 3.96M parameters; see :class:`CifarVGG`."""
+  """VGG-8 with BatchNorm, 3,965,028 parameters; see :class:`CifarVGG`."""
   return CifarVGG(VGG_CONFIGS['vgg8'], num_classes, conv_impl)

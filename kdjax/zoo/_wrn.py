@@ -104,17 +104,17 @@ class WideResNet(nn.Module):
 
 
 def wrn_40_2(num_classes: int = 100, conv_impl: str = 'lax') -> WideResNet:
-  """WRN-40-2, 2.26M parameters; see :class:`WideResNet`."""
+  """WRN-40-2, 2,255,156 parameters; see :class:`WideResNet`."""
   return WideResNet(40, 2, num_classes, conv_impl)
 
 
 def wrn_40_1(num_classes: int = 100, conv_impl: str = 'lax') -> WideResNet:
-  """WRN-40-1, 0.57M parameters; see :class:`WideResNet`."""
+  """WRN-40-1, 569,780 parameters; see :class:`WideResNet`."""
   return WideResNet(40, 1, num_classes, conv_impl)
 
 
 def wrn_16_2(num_classes: int = 100, conv_impl: str = 'lax') -> WideResNet:
-  """WRN-16-2, 0.70M parameters; see :class:`WideResNet`."""
+  """WRN-16-2, 703,284 parameters; see :class:`WideResNet`."""
   return WideResNet(16, 2, num_classes, conv_impl)
 
 
