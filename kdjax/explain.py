@@ -88,7 +88,8 @@ def _check_class_index(class_index: Any, batch_size: int | None, classes: int | 
   index = np.asarray(class_index)
   if not np.issubdtype(index.dtype, np.integer):
     raise TypeError(f'class_index must be an int or integer array, got dtype {index.dtype}.')
-  if index.ndim > 1 or (index.ndim == 1 and batch_size is not None and index.shape[0] != batch_size):
+  wrong_length = index.ndim == 1 and batch_size is not None and index.shape[0] != batch_size
+  if index.ndim > 1 or wrong_length:
     raise ValueError(
         f'class_index must be an int or a [batch] array with batch={batch_size}, '
         f'got shape {index.shape}.'
@@ -360,7 +361,9 @@ def saliency_agreement(
     raise ValueError(f'metric must be one of {AGREEMENT_METRICS}, got {metric!r}.')
   _checks.check_same_shape('map_a', map_a, 'map_b', map_b)
   if jnp.ndim(map_a) < 2:
-    raise ValueError(f'maps must be [batch, ...] with at least 2 axes, got shape {jnp.shape(map_a)}.')
+    raise ValueError(
+        f'maps must be [batch, ...] with at least 2 axes, got shape {jnp.shape(map_a)}.'
+    )
   if not 0 < top_fraction <= 1:
     raise ValueError(f'top_fraction must be in (0, 1], got {top_fraction}.')
   pixels = math.prod(jnp.shape(map_a)[1:])
