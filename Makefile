@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Sessions of pytest workers: the suite is tuned for 2 cores.
 WORKERS ?= 2
 
-.PHONY: install demo test test-slow docs bench clean
+.PHONY: install demo lm-demo test test-slow docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ install: $(STAMP)
 # docs/results.md.
 demo: $(STAMP)
 	$(BIN)/python -m experiments.hinton --config=experiments/configs/hinton.py:cpu --workdir=runs/hinton_cpu
+	$(BIN)/python -m experiments.make_results
+
+# Token-level distillation of a byte-level Transformer LM on the Python
+# standard library's sources: teacher, 5 student variants, 3 seeds.
+lm-demo: $(STAMP)
+	$(BIN)/python -m experiments.lm_kd --config=experiments/configs/lm_kd.py:cpu --workdir=runs/lm_kd_cpu
 	$(BIN)/python -m experiments.make_results
 
 test: $(STAMP)

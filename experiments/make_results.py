@@ -15,6 +15,7 @@ import re
 
 from experiments import hinton
 from experiments import hinton_sweep
+from experiments import lm_kd
 
 # (section title, workdir under --runs, the command that produced it, formatter)
 EXPERIMENTS = (
@@ -29,6 +30,12 @@ EXPERIMENTS = (
         'hinton_sweep',
         'python -m experiments.hinton_sweep --config=experiments/configs/hinton.py:cpu --workdir=runs/hinton_sweep',
         hinton_sweep.format_table,
+    ),
+    (
+        'Token-level distillation of a byte-level language model (cpu scale)',
+        'lm_kd_cpu',
+        'make lm-demo  # python -m experiments.lm_kd --config=experiments/configs/lm_kd.py:cpu --workdir=runs/lm_kd_cpu',
+        lambda r: lm_kd.describe(r) + '\n\n' + lm_kd.format_table(r),
     ),
 )
 
