@@ -18,6 +18,7 @@ import zlib
 
 import numpy as np
 
+#: The vocabulary of byte tokens: ids 0-255, one per byte value.
 BYTE_VOCAB_SIZE = 256
 TEXT_SPLITS = ('train', 'val', 'test')
 # Directories of tests and installed third-party packages: not the library's
