@@ -62,6 +62,12 @@ class _NoTeacherError(ValueError):
 def _require_teacher(teacher: Outputs | None) -> Outputs:
   if teacher is None:
     raise _NoTeacherError('needs teacher outputs, but there are none')
+  if isinstance(teacher, (tuple, list)):
+    raise TypeError(
+        f'this term takes one teacher but the step passes {len(teacher)} (a '
+        'tuple of Outputs); use multi_teacher_distill, per_teacher_terms, or '
+        'pick_teacher(term, index) to choose one.'
+    )
   return teacher
 
 

@@ -291,3 +291,11 @@ def test_step_errors_on_mismatched_teacher_variables():
     step(state, teacher_vars[:1], batch)
   with pytest.raises(TypeError, match='must be a tuple or list of 2 variable pytrees.*got dict'):
     step(state, teacher_vars[0], batch)
+
+
+def test_single_teacher_term_given_several_teachers_names_the_fix():
+  logits = jnp.zeros((2, 3))
+  term = objective_lib.distill(losses.kl_divergence)
+  teachers = (Outputs(logits), Outputs(logits))
+  with pytest.raises(TypeError, match='takes one teacher but the step passes 2.*pick_teacher'):
+    term(Outputs(logits), teachers, {}, 0)
