@@ -258,7 +258,8 @@ def make_eval_step(
       else:
         named.append(('teacher', teacher))
       for name, outputs in named:
-        if outputs is not None:
+        # A logit-free apply (e.g. for chunked losses) has no accuracy to report.
+        if outputs is not None and outputs.logits is not None:
           metrics[f'acc/{name}'] = metrics_lib.accuracy(outputs.logits, labels, mask)
     return metrics
 

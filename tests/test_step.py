@@ -310,3 +310,22 @@ def test_nnx_student_with_batchnorm_and_dropout():
   eval_step = jax.jit(step_lib.make_eval_step(apply, teacher_apply, objective))
   e1, e2 = eval_step(state2, teacher_vars, _batch()), eval_step(state2, teacher_vars, _batch())
   np.testing.assert_array_equal(e1['loss/kd'][0], e2['loss/kd'][0])
+
+
+def test_eval_step_skips_accuracy_of_a_logit_free_apply():
+  from kdjax import Outputs  # pylint: disable=g-import-not-at-top
+
+  def student_apply(variables, batch, *, train, rngs=None):
+    del train, rngs
+    hidden = batch['x'] @ variables['params']['w']
+    return Outputs(None, {'hidden': hidden}), {}
+
+  def teacher_apply(variables, batch, *, train, rngs=None):
+    del variables, train, rngs
+    return Outputs(batch['x']), {}
+
+  state = step_lib.init_train_state({'params': {'w': jnp.eye(3)}}, optax.sgd(0.1))
+  batch = {'x': jnp.eye(3), 'label': jnp.arange(3)}
+  metrics = step_lib.make_eval_step(student_apply, teacher_apply)(state, {}, batch)
+  assert 'acc/student' not in metrics
+  np.testing.assert_allclose(metrics_lib.compute(metrics)['acc/teacher'], 1.0)
