@@ -19,6 +19,7 @@ import statistics
 import sys
 from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,11 +95,60 @@ def kd_objective(temperature: float, *, chunked: bool = False,
   return objective_lib.Objective(terms={'kd': term})
 
 
-def init_variables(config: zoo.DecoderConfig, seed: int, seq: int) -> Any:
-  """``() -> boxed variables`` of ``DecoderLM(config)`` (its own initializers)."""
+def abstract_variables(config: zoo.DecoderConfig, seq: int) -> Any:
+  """``jax.eval_shape`` of ``DecoderLM(config).init``: shapes with logical-axis boxes."""
   model = zoo.DecoderLM(config)
-  tokens = jnp.zeros((1, seq), jnp.int32)
-  return lambda: model.init(jax.random.PRNGKey(seed), tokens)
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, seq), jnp.int32))
+
+
+# DecoderLM's initializers by parameter name: 'normal' scales by a fixed
+# std, 'lecun' is flax's lecun_normal (a normal truncated at 2 std, std
+# sqrt(1 / fan_in) / 0.8796) with fan_in the product of the first
+# `fan_in_axes` dimensions.
+_INITS = {
+    'embedding': ('embedding', None),
+    'position_embedding': ('normal', 0.02),
+    'unembedding': ('lecun', 1),
+    'query': ('lecun', 1), 'key': ('lecun', 1), 'value': ('lecun', 1),
+    'out': ('lecun', 2),
+    'wi': ('lecun', 1), 'wi_gate': ('lecun', 1), 'wi_up': ('lecun', 1), 'wo': ('lecun', 1),
+    'scale': ('ones', None), 'bias': ('zeros', None),
+}
+
+
+def numpy_variables(config: zoo.DecoderConfig, seed: int, seq: int) -> dict[str, Any]:
+  """``DecoderLM(config)`` variables drawn in NumPy with the model's init scheme.
+
+  The same distributions as ``model.init`` (not the same numbers): jitting
+  ``model.init``'s random initializers costs seconds of compilation per
+  model and layout, which this avoids.
+  """
+  rng = np.random.default_rng(seed)
+  abstract = nn.meta.unbox(abstract_variables(config, seq))
+
+  def draw(path, leaf):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    if name not in _INITS:
+      raise KeyError(f'no init rule for DecoderLM parameter {name!r}')
+    kind, arg = _INITS[name]
+    shape = leaf.shape
+    if kind == 'ones':
+      return np.ones(shape, np.float32)
+    if kind == 'zeros':
+      return np.zeros(shape, np.float32)
+    if kind == 'embedding':
+      return (rng.standard_normal(shape) * config.hidden**-0.5).astype(np.float32)
+    if kind == 'normal':
+      return (rng.standard_normal(shape) * arg).astype(np.float32)
+    fan_in = int(np.prod(shape[:arg]))
+    values = rng.standard_normal(shape)
+    outside = np.abs(values) > 2
+    while outside.any():
+      values[outside] = rng.standard_normal(int(outside.sum()))
+      outside = np.abs(values) > 2
+    return (values * np.sqrt(1.0 / fan_in) / 0.87962566103423978).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 # ----------------------------------------------------------------------------

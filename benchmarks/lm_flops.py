@@ -37,7 +37,6 @@ from typing import Any, Callable
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _lm_common as common  # pylint: disable=wrong-import-position
-from flax import linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -108,8 +107,8 @@ def build(args, chunked: bool) -> dict[str, Any]:
   """The step and its pieces, compiled, on one device."""
   teacher_config, student_config = common.configs(args)
   teacher_model, student_model = zoo.DecoderLM(teacher_config), zoo.DecoderLM(student_config)
-  teacher_vars = jax.jit(lambda: nn.meta.unbox(common.init_variables(teacher_config, 2, args.seq)()))()
-  student_vars = jax.jit(lambda: nn.meta.unbox(common.init_variables(student_config, 1, args.seq)()))()
+  teacher_vars = jax.device_put(common.numpy_variables(teacher_config, 2, args.seq))
+  student_vars = jax.device_put(common.numpy_variables(student_config, 1, args.seq))
   optimizer = common.optimizer()
   batch = jax.device_put(common.token_batch(args.batch, args.seq, args.vocab))
   objective = common.kd_objective(args.temperature, chunked=chunked, token_chunk=args.token_chunk)
@@ -119,7 +118,7 @@ def build(args, chunked: bool) -> dict[str, Any]:
   state = jax.jit(lambda v: step_lib.init_train_state(v, optimizer))(student_vars)
   pieces = {'step': Timed('step', train_step, (state, teacher_vars, batch), donate=(0,),
                           state_out=lambda out: (out[0], teacher_vars, batch))}
-  if chunked:
+  if chunked or not args.pieces:
     return {'pieces': pieces, 'teacher': teacher_config, 'student': student_config}
 
   def teacher_forward(variables, batch):
@@ -295,6 +294,8 @@ def parse_args(argv=None):
   parser.add_argument('--variants', default='logits',
                       help="comma-separated: 'logits' (token_distill), 'chunked' (chunked_distill)")
   parser.add_argument('--token-chunk', type=int, default=256)
+  parser.add_argument('--no-pieces', dest='pieces', action='store_false',
+                      help='time the whole step only, not its pieces')
   parser.add_argument('--matmul-size', type=int, default=2048)
   parser.add_argument('--warmup', type=int, default=1)
   parser.add_argument('--repeats', type=int, default=7)

@@ -44,7 +44,6 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _lm_common as common  # pylint: disable=wrong-import-position
-from flax import linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 from jax.sharding import PartitionSpec as P  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -105,10 +104,20 @@ def run_layout(layout: str, args, devices=None) -> dict[str, Any]:
   mesh = parallel.make_mesh(axes, devices=devices[:int(np.prod(list(axes.values())))])
   teacher_config, student_config = common.configs(args)
   optimizer = common.optimizer()
-  state, state_shardings = parallel.init_sharded_train_state(
-      common.init_variables(student_config, 1, args.seq), optimizer, student_rules, mesh)
-  teacher, teacher_shardings = parallel.init_sharded_variables(
-      common.init_variables(teacher_config, 2, args.seq), teacher_rules, mesh)
+  # Initial values drawn on the host (the same in every process), placed by
+  # the layout's rules; the optimizer state is created sharded.
+  params_shardings = parallel.param_shardings(
+      common.abstract_variables(student_config, args.seq)['params'], student_rules, mesh)
+  params = parallel.place_variables(
+      common.numpy_variables(student_config, 1, args.seq)['params'], params_shardings)
+  init_state = lambda p: step_lib.init_train_state({'params': p}, optimizer)
+  state_shardings = parallel.train_state_shardings(
+      jax.eval_shape(init_state, params), params_shardings, mesh)
+  state = jax.jit(init_state, out_shardings=state_shardings)(params)
+  teacher_shardings = parallel.param_shardings(
+      common.abstract_variables(teacher_config, args.seq), teacher_rules, mesh)
+  teacher = parallel.place_variables(
+      common.numpy_variables(teacher_config, 2, args.seq), teacher_shardings)
   step = parallel.jit_train_step(
       step_lib.make_train_step(
           zoo.lm_apply(zoo.DecoderLM(student_config)),
@@ -222,8 +231,8 @@ The kdjax LM distillation step (`parallel.jit_train_step` of
 `optax.adamw`) on one CPU device and, for each layout of
 [Sharding](parallel.md), on {DEVICES} simulated CPU devices
 (`--xla_force_host_platform_device_count={DEVICES}`), each run in its own
-process with the same initial parameters (the models' own initializers,
-same seeds) and the same batches. Every run does {args.steps} steps from
+process with the same initial parameters (drawn on the host with the
+models' init scheme, same seeds, placed by each layout's rules) and the same batches. Every run does {args.steps} steps from
 the initial state, whose losses are compared with the 1-device run, then
 {args.warmup} warm-up steps and {args.repeats} timed steps (each ending in
 `jax.block_until_ready`). *Relative cost* is the median 8-device step time
