@@ -22,6 +22,10 @@ from kdjax._outputs import Outputs
 # 2 x 7 = 14 tokens: not a multiple of the token chunk (4); a vocabulary of
 # 37 (not a multiple of the vocabulary chunk, 8) padded to 40 by the teacher.
 BATCH, TIME, STUDENT_DIM, TEACHER_DIM, VOCAB, TEACHER_VOCAB = 2, 7, 8, 12, 37, 40
+# Compiling dominates these tests' time. LLVM's optimisation level changes
+# how fast the CPU code runs, not what it computes (XLA's own HLO passes,
+# fusion and memory assignment still run), and -O0 halves the compile time.
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
 HYPER = {'jsd': {'beta': 0.3}, 'skew_kl': {'alpha': 0.2},
          'skew_reverse_kl': {'alpha': 0.2}}
 
@@ -55,7 +59,7 @@ def _values_and_grads(fn, arrays, cotangent, **kwargs):
     return jnp.sum(values * cotangent), values
 
   grad_fn = jax.grad(weighted, argnums=(0, 1, 2, 3), has_aux=True)
-  grads, values = jax.jit(grad_fn)(*arrays)
+  grads, values = jax.jit(grad_fn, compiler_options=FAST_COMPILE)(*arrays)
   return values, grads
 
 
@@ -141,11 +145,11 @@ def test_masked_nan_tokens_and_flat_tokens():
   mask[0, :3] = True
   mask[1, 5] = True
   hidden = jnp.where(jnp.asarray(mask)[..., None], hidden, jnp.nan)
-  (_, values), grads = jax.value_and_grad(
+  (_, values), grads = jax.jit(jax.value_and_grad(
       lambda h, w: (lambda v: (jnp.sum(v), v))(losses.chunked_divergence(
           h, w, teacher_hidden, teacher_unembedding, where=mask,
-          vocab_size=VOCAB, token_chunk=4)), argnums=(0, 1), has_aux=True)(
-              hidden, unembedding)
+          vocab_size=VOCAB, token_chunk=4)), argnums=(0, 1), has_aux=True),
+      compiler_options=FAST_COMPILE)(hidden, unembedding)
   assert all(np.all(np.isfinite(g)) for g in grads)
   np.testing.assert_array_equal(np.asarray(grads[0])[~mask], 0.0)
   np.testing.assert_array_equal(np.asarray(values)[~mask], 0.0)
@@ -245,7 +249,7 @@ def test_chunked_distill_term_in_a_train_step():
   ):
     train_step = jax.jit(step_lib.make_train_step(
         student_apply, teacher_apply, objective.Objective({'kd': term}),
-        optax.sgd(0.1)))
+        optax.sgd(0.1)), compiler_options=FAST_COMPILE)
     state = step_lib.init_train_state({'params': params}, optax.sgd(0.1))
     state, stats = train_step(state, teacher_variables, batch)
     results.append((state.params, stats['loss/kd']))

@@ -143,7 +143,9 @@ def test_token_distill_term_is_the_global_token_mean_under_sharding():
     (loss, stats), grad = jax.value_and_grad(loss_fn, has_aux=True)(student_logits)
     return loss, stats['loss/kd'], grad
 
-  fn = jax.jit(loss_and_grad)
+  # -O0 LLVM: compiles twice as fast, computes the same.
+  fn = jax.jit(loss_and_grad,
+               compiler_options={'xla_backend_optimization_level': 0})
   loss, (total, count), grad = fn(student, teacher, batch)
 
   mesh = jax.make_mesh((8,), ('data',))
