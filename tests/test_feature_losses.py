@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import jax
@@ -16,6 +17,7 @@ from jax.test_util import check_grads
 from kdjax import losses
 from kdjax import objective
 from kdjax._outputs import Outputs
+from kdjax.losses import _feature
 
 RELATIONAL = {
     'similarity_preserving': losses.similarity_preserving,
@@ -178,10 +180,10 @@ def test_hint_loss_errors():
 def test_hint_regressor_shapes_and_fitnets_stage1():
   x = _normal(4, (2, 8, 8, 3))
   conv = losses.HintRegressor(channels=6, kernel_size=3, strides=2)
-  variables = conv.init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(conv.init)(jax.random.PRNGKey(0), x)
   assert conv.apply(variables, x).shape == (2, 4, 4, 6)
   dense = losses.HintRegressor(channels=6)
-  assert dense.apply(dense.init(jax.random.PRNGKey(0), x[:, 0, 0]), x[:, 0, 0]).shape == (2, 6)
+  assert jax.eval_shape(dense.init_with_output, jax.random.PRNGKey(0), x[:, 0, 0])[0].shape == (2, 6)
 
   # Stage 1 trains only the selected parameters, weight decay included.
   params = {'guided': jnp.ones((3,)), 'regressor': jnp.ones((3,)), 'head': jnp.ones((3,))}
@@ -268,7 +270,7 @@ def test_vid_formula_regressor_and_errors():
   )
   regressor = losses.VIDRegressor(channels=4, init_variance=5.0)
   x = _normal(15, (2, 3, 3, 6))
-  variables = regressor.init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(regressor.init)(jax.random.PRNGKey(0), x)
   pred_mean, pred_variance = regressor.apply(variables, x)
   assert pred_mean.shape == (2, 3, 3, 4)
   np.testing.assert_allclose(pred_variance, 5.0, rtol=1e-5)
@@ -422,3 +424,9 @@ def test_nst_is_per_example_under_a_mesh():
   local = jax.jit(jax.shard_map(losses.nst, mesh=mesh, in_specs=(P('data'), P('data')),
                                 out_specs=P('data')))(s, t)
   np.testing.assert_allclose(local, losses.nst(s, t), rtol=1e-5, atol=1e-7)
+
+
+def test_doctests():
+  result = doctest.testmod(_feature, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0
+  assert result.failed == 0
