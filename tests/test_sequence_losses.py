@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -196,3 +198,11 @@ def test_errors():
     losses.token_divergence(student, student, where=np.ones((8, 4)))
   with pytest.raises(ValueError, match=r'beta must be in \[0, 1\]'):
     losses.token_divergence(student, student, divergence='jsd', beta=1.5)
+
+
+def test_doctests():
+  from kdjax.losses import _chunked, _sequence  # pylint: disable=g-import-not-at-top
+
+  for module in (_sequence, _chunked):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted and not result.failed, module.__name__
