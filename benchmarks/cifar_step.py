@@ -281,6 +281,17 @@ class JaxRunner:
   def params(self):
     return self.state.params if self.side == 'kdjax' else self.state[0]
 
+  def flops(self) -> float:
+    """XLA's flop count of the lowered step (tracing only, no compile)."""
+    args = (self.state,) if self.side == 'kdjax' else tuple(self.state)
+    try:
+      cost = self.fn.lower(*args, self.teacher, self.batch).cost_analysis()
+    except Exception:  # pylint: disable=broad-except
+      return float('nan')
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else {}
+    return float((cost or {}).get('flops', float('nan')))
+
 
 # ----------------------------------------------------------------------------
 # PyTorch: RepDistiller's CIFAR ResNet and its KD step.
@@ -416,7 +427,8 @@ class TorchRunner:
     return self.F.kl_div(log_q, p, reduction='batchmean') * temp**2
 
   def run(self, k: int = 1) -> None:
-    setup, clock = self.setup, time.perf_counter
+    setup = self.setup
+    clock = lambda: np.array([time.perf_counter(), time.process_time()])
     for _ in range(k):
       start = clock()
       with self.torch.no_grad():
@@ -434,7 +446,8 @@ class TorchRunner:
       self.loss = float(loss.detach())
       for name, value in (('teacher_fwd', t_fwd - start), ('student_fwd', s_fwd - t_fwd),
                           ('student_bwd', s_bwd - s_fwd), ('update', end - s_bwd)):
-        self.phases[name].append(value)
+        self.phases[name].append(value[0])
+        self.phases[f'{name}_cpu'].append(value[1])
 
 
 # ----------------------------------------------------------------------------
@@ -497,6 +510,7 @@ def measure_steps(setup: Setup, data, args) -> dict[str, Any]:
   times = {name: np.asarray(v) for name, v in times.items()}  # [repeats, 2]
   result = {
       'compile_s': compile_s,
+      'flops': {name: runner.flops() for name, runner in runners.items()},
       'first_loss': first_loss,
       'median_s': {n: float(np.median(v[:, 0])) for n, v in times.items()},
       'median_cpu_s': {n: float(np.median(v[:, 1])) for n, v in times.items()},
@@ -521,7 +535,7 @@ def measure_phases(setup: Setup, data, args) -> dict[str, dict[str, float]]:
   batch, teacher_vars, student_vars = data['batch'], data['teacher'], data['student']
   params, stats = student_vars['params'], student_vars['batch_stats']
   calls = {}
-  for impl in args.impls:
+  for impl in args.phase_impls:
     fns = make_phases(setup, impl)
     t_logits = jax.block_until_ready(fns['teacher_fwd'](teacher_vars, batch['x']))
     calls[impl] = {
@@ -535,15 +549,17 @@ def measure_phases(setup: Setup, data, args) -> dict[str, dict[str, float]]:
   for _ in range(args.phase_repeats):
     for impl, fns in calls.items():
       for name, fn in fns.items():
-        times[impl, name].append(time_call(lambda f=fn: jax.block_until_ready(f()))[0])
+        times[impl, name].append(time_call(lambda f=fn: jax.block_until_ready(f())))
   result = {}
   for impl in calls:
-    med = {name: float(np.median(times[impl, name])) for name in calls[impl]}
-    result[impl] = {
-        'teacher_fwd': med['teacher_fwd'],
-        'student_fwd': med['student_fwd'],
-        'student_bwd': med['student_fwd_bwd'] - med['student_fwd'],
-    }
+    med = {name: np.median(times[impl, name], axis=0) for name in calls[impl]}
+    result[impl] = {}
+    for col, suffix in ((0, ''), (1, '_cpu')):
+      result[impl].update({
+          f'teacher_fwd{suffix}': float(med['teacher_fwd'][col]),
+          f'student_fwd{suffix}': float(med['student_fwd'][col]),
+          f'student_bwd{suffix}': float(med['student_fwd_bwd'][col] - med['student_fwd'][col]),
+      })
   return result
 
 
@@ -663,7 +679,7 @@ def measure_variant(flags: str, args) -> dict[str, Any]:
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / 'phases.json'
     cmd = [sys.executable, __file__, '--phases-only', '--json', str(out),
-           '--impls', ','.join(args.impls), '--phase-repeats', str(args.phase_repeats),
+           '--impls', ','.join(args.phase_impls), '--phase-repeats', str(args.phase_repeats),
            '--batch', str(args.batch)]
     env = {**os.environ, 'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -687,11 +703,13 @@ def _ms(seconds: float) -> str:
 
 def step_table(result, setup: Setup) -> str:
   med, cpu = result['median_s'], result['median_cpu_s']
-  lines = ['| side | ms/step | images/s | CPU s/step | first call s |',
-           '|---|---:|---:|---:|---:|']
+  lines = ['| side | ms/step | images/s | CPU s/step | first call s | XLA GFLOP/step |',
+           '|---|---:|---:|---:|---:|---:|']
   for name in med:
+    flops = result.get('flops', {}).get(name)
+    flops = '' if flops is None else f'{flops / 1e9:.1f}'
     lines.append(f"| {name} | {_ms(med[name])} | {setup.batch / med[name]:.1f} | "
-                 f"{cpu[name]:.2f} | {result['compile_s'][name]:.1f} |")
+                 f"{cpu[name]:.2f} | {result['compile_s'][name]:.1f} | {flops} |")
   return '\n'.join(lines)
 
 
@@ -703,8 +721,9 @@ def ratio_table(result) -> str:
 
 
 def phase_table(phases: dict[str, Any], torch_phases: dict[str, float] | None) -> str:
-  lines = ['| variant | teacher fwd ms | student fwd ms | student bwd ms | sum ms |',
-           '|---|---:|---:|---:|---:|']
+  lines = ['| variant | teacher fwd ms | student fwd ms | student bwd ms | sum ms | '
+           'CPU ms: teacher fwd / student fwd / student bwd |',
+           '|---|---:|---:|---:|---:|---:|']
   rows = dict(phases)
   if torch_phases:
     rows['torch (phases of its step)'] = torch_phases
@@ -713,7 +732,9 @@ def phase_table(phases: dict[str, Any], torch_phases: dict[str, float] | None) -
       lines.append(f"| {name} | failed: {p['error']} | | | |")
       continue
     total = sum(p[k] for k in PHASES)
-    lines.append(f'| {name} | ' + ' | '.join(_ms(p[k]) for k in PHASES) + f' | {_ms(total)} |')
+    cpu = ' / '.join(_ms(p[f'{k}_cpu']) for k in PHASES if f'{k}_cpu' in p)
+    lines.append(f'| {name} | ' + ' | '.join(_ms(p[k]) for k in PHASES)
+                 + f' | {_ms(total)} | {cpu} |')
   return '\n'.join(lines)
 
 
@@ -845,7 +866,9 @@ def write_docs(section: str, path: pathlib.Path = DOCS) -> None:
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--impls', default='lax,im2col',
-                      help="comma-separated conv_impl values of the JAX sides")
+                      help="comma-separated conv_impl values of the JAX steps")
+  parser.add_argument('--phase-impls', default=None,
+                      help='conv_impl values of the phase split (default: --impls)')
   parser.add_argument('--sides', default='kdjax,hand,torch',
                       help='comma-separated sides to time: kdjax, hand, torch')
   parser.add_argument('--batch', type=int, default=64)
@@ -869,6 +892,8 @@ def parse_args(argv=None):
                       help=f'update the "{SECTION}" section of {DOCS.relative_to(ROOT)}')
   args = parser.parse_args(argv)
   args.impls = [s for s in args.impls.split(',') if s]
+  args.phase_impls = ([s for s in args.phase_impls.split(',') if s]
+                      if args.phase_impls is not None else args.impls)
   args.sides = [s for s in args.sides.split(',') if s]
   unknown = sorted(set(args.sides) - {'kdjax', 'hand', 'torch'})
   if unknown:

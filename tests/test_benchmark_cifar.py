@@ -86,7 +86,8 @@ def test_torch_step_loss_equals_jax_loss(data, jax_logits):
   expected = bench.kd_loss_inline(TOY, jax_logits['student'], jax_logits['teacher'],
                                   data['batch']['label'])
   np.testing.assert_allclose(runner.loss, float(expected), rtol=1e-4)
-  assert set(runner.phases) == {*bench.PHASES, 'update'}
+  assert set(runner.phases) == {f'{name}{suffix}' for name in (*bench.PHASES, 'update')
+                                 for suffix in ('', '_cpu')}
 
 
 def test_write_docs_replaces_only_its_section(tmp_path):
@@ -113,7 +114,9 @@ def test_docs_section_and_verdicts():
   }
   results = {
       'steps': steps,
-      'phases': {'im2col': {'teacher_fwd': 0.01, 'student_fwd': 0.01, 'student_bwd': 0.02}},
+      'phases': {'im2col': {'teacher_fwd': 0.01, 'student_fwd': 0.01, 'student_bwd': 0.02,
+                            'teacher_fwd_cpu': 0.02, 'student_fwd_cpu': 0.02,
+                            'student_bwd_cpu': 0.04}},
       'variants': {'broken': {'error': 'bad flag'}},
       'conv': {'XLA NHWC (lax)': {'fwd': 0.1, 'input_grad': 0.1, 'kernel_grad': 1.0}},
   }
@@ -122,6 +125,7 @@ def test_docs_section_and_verdicts():
   assert 'meets the goal of 1.02' in text
   assert 'spans the goal of 1.0: not resolved' in text
   assert '| kdjax/im2col | 100 | 40.0 |' in text  # 4 images / 0.1 s
+  assert '| JAX im2col | 10 | 10 | 20 | 40 | 20 / 20 / 40 |' in text
   assert 'failed: bad flag' in text
 
 
