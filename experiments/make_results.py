@@ -13,6 +13,7 @@ import json
 import os
 import re
 
+from experiments import cifar_kd
 from experiments import hinton
 from experiments import hinton_sweep
 from experiments import lm_kd
@@ -36,6 +37,12 @@ EXPERIMENTS = (
         'lm_kd_cpu',
         'make lm-demo  # python -m experiments.lm_kd --config=experiments/configs/lm_kd.py:cpu --workdir=runs/lm_kd_cpu',
         lambda r: lm_kd.describe(r) + '\n\n' + lm_kd.format_table(r),
+    ),
+    (
+        'CIFAR KD benchmark methods on 8x8 digits (cpu scale)',
+        'cifar_kd_cpu',
+        'make cifar-demo  # python -m experiments.cifar_kd --config=experiments/configs/cifar_kd.py:cpu --workdir=runs/cifar_kd_cpu',
+        lambda r: cifar_kd.describe(r['config'], r['params']) + '\n\n' + cifar_kd.format_table(r),
     ),
 )
 

@@ -1,0 +1,980 @@
+"""The CIFAR-100 KD benchmark of RepDistiller/mdistiller: eight methods, one student.
+
+Run ``python -m experiments.cifar_kd --config=experiments/configs/cifar_kd.py:cpu
+--workdir=runs/cifar_kd_cpu``; see the config file for the scales, the
+methods and what they cost. For every seed the script trains the teacher(s)
+on labels, then the student with each method of ``config.methods``:
+
+* ``vanilla``: labels only.
+* ``kd``: Hinton et al. (2015), ``ce_weight * CE + kd_weight * KL(T)``.
+* ``fitnets``: Romero et al. (2015), a regressor on the student's guided
+  layer predicts the teacher's hint (one stage with CE, or the paper's two
+  stages: hint alone, then KD).
+* ``at``: attention transfer (Zagoruyko & Komodakis 2017) on stage outputs.
+* ``dkd``: decoupled KD (Zhao et al. 2022) with a linear warm-up.
+* ``crd``: contrastive representation distillation (Tian et al. 2020) with
+  memory banks carried in the student's state.
+* ``dml``: deep mutual learning (Zhang et al. 2018), two students, no teacher.
+* ``multi_teacher``: KD towards the mean of several teachers' probabilities.
+
+Writes, under the workdir: ``<phase>/seed<k>/metrics.jsonl`` and TensorBoard
+files, the teachers' checkpoints, ``results.json``, ``gradcam.png`` (when
+:mod:`kdjax.explain` is available); then prints the results table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kdjax import adapters
+from kdjax import checkpoint
+from kdjax import config as config_lib
+from kdjax import data as data_lib
+from kdjax import losses
+from kdjax import loop
+from kdjax import metrics as metrics_lib
+from kdjax import objective as objective_lib
+from kdjax import step as step_lib
+from kdjax import writers
+from kdjax import zoo
+
+PAPER = ('Tian, Krishnan & Isola (2020), RepDistiller, and Zhao et al. (2022), mdistiller: '
+         'the CIFAR-100 knowledge-distillation benchmark')
+METHOD_TITLES = {
+    'vanilla': 'student, labels only',
+    'kd': 'KD (Hinton et al. 2015)',
+    'fitnets': 'FitNets (Romero et al. 2015)',
+    'at': 'AT (Zagoruyko & Komodakis 2017)',
+    'dkd': 'DKD (Zhao et al. 2022)',
+    'crd': 'CRD (Tian et al. 2020)',
+    'dml': 'DML, two students, no teacher (Zhang et al. 2018)',
+    'multi_teacher': 'multi-teacher KD, mean of probabilities',
+}
+
+
+# ----------------------------------------------------------------------------
+# Data.
+
+
+def load_arrays(config: ml_collections.ConfigDict) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+  """Reads the train/val/test splits through TFDS + grain into arrays.
+
+  Images are float32 in [0, 1] (``[n, height, width, channels]``); the
+  training split also gets ``'index'``, each example's position in it
+  (CRD's memory banks are indexed by it).
+  """
+  data_dir = config.data.data_dir or None
+  arrays = {}
+  source = None
+  for split_name in ('train', 'val', 'test'):
+    source = data_lib.load_source(
+        config.data.name, config.data[f'{split_name}_split'], data_dir=data_dir
+    )
+    batches = list(data_lib.iterate_once(source, batch_size=1024))
+    merged = {k: np.concatenate([b[k] for b in batches]) for k in ('x', 'label', 'mask')}
+    keep = merged.pop('mask')
+    arrays[split_name] = {k: v[keep] for k, v in merged.items()}
+  arrays['train']['index'] = np.arange(len(arrays['train']['label']), dtype=np.int32)
+  return arrays, data_lib.num_classes(source)
+
+
+def make_normalize(train_x: np.ndarray) -> Callable[[jax.Array], jax.Array]:
+  """Per-channel standardisation with the training split's mean and std."""
+  axes = tuple(range(train_x.ndim - 1))
+  mean = np.asarray(train_x.mean(axis=axes), np.float32).reshape((1,) * len(axes) + (-1,))
+  std = np.asarray(train_x.std(axis=axes), np.float32).reshape((1,) * len(axes) + (-1,))
+  std = np.maximum(std, 1e-6)
+
+  def normalize(x):
+    return (x - mean) / std
+
+  return normalize
+
+
+def make_augment(crop_padding: int, flip: bool):
+  """Random crop after zero padding by `crop_padding` pixels; random horizontal flip.
+
+  Applied to the raw [0, 1] images (standardisation happens in the models'
+  input function), so the padding is black as in torchvision's RandomCrop.
+  """
+
+  def augment(batch, key):
+    x = batch['x']
+    n, height, width, channels = x.shape
+    crop_key, flip_key = jax.random.split(key)
+    if crop_padding:
+      p = crop_padding
+      padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+      offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * p + 1)
+      x = jax.vmap(
+          lambda image, o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (height, width, channels))
+      )(padded, offsets)
+    if flip:
+      flips = jax.random.bernoulli(flip_key, 0.5, (n,))
+      x = jnp.where(flips[:, None, None, None], x[:, :, ::-1], x)
+    return {**batch, 'x': x}
+
+  return augment
+
+
+# ----------------------------------------------------------------------------
+# Models.
+
+
+def make_backbone(spec: ml_collections.ConfigDict, num_classes: int, conv_impl: str) -> nn.Module:
+  """A zoo model: ``spec.name`` from ``kdjax.zoo.CIFAR_MODELS``, or 'CifarResNet'."""
+  if spec.name == 'CifarResNet':
+    return zoo.CifarResNet(spec.depth, tuple(spec.widths), num_classes, conv_impl)
+  return zoo.cifar_model(spec.name, num_classes, conv_impl)
+
+
+class Student(nn.Module):
+  """A zoo backbone plus the heads some methods train with it.
+
+  The heads are the student's parameters, next to the backbone's (under
+  ``'backbone'``): FitNets' :class:`~kdjax.losses.HintRegressor` on the
+  guided layer (sown as ``'hint'``), CRD's two :class:`~kdjax.losses.CRDHead`
+  s (the student-side embedding sown as ``'crd_student'``; the teacher-side
+  head embeds the teacher's features handed in with the input, sown as
+  ``'crd_teacher'``). The backbone's own features are ``'backbone/<name>'``.
+
+  Call it on images, or on ``(images, teacher_features)`` for CRD. Heads read
+  the backbone's sown intermediates, so init with ``mutable=True`` (linen's
+  ``init`` leaves ``'intermediates'`` out by default) and apply with
+  ``'intermediates'`` mutable (as :func:`kdjax.adapters.from_linen` does).
+  """
+
+  backbone: nn.Module
+  hint_feature: str = ''
+  hint_channels: int = 0
+  hint_kernel: int = 3
+  crd_feature: str = ''
+  crd_dim: int = 0
+
+  def _backbone_feature(self, name: str) -> jax.Array:
+    return self.variables['intermediates']['backbone'][name][0]
+
+  @nn.compact
+  def __call__(self, inputs, train: bool = False) -> jax.Array:
+    x, teacher_features = inputs if isinstance(inputs, tuple) else (inputs, None)
+    logits = self.backbone(x, train=train)
+    if self.hint_channels:
+      regressor = losses.HintRegressor(self.hint_channels, kernel_size=self.hint_kernel,
+                                       name='hint_regressor')
+      self.sow('intermediates', 'hint', regressor(self._backbone_feature(self.hint_feature)))
+    if self.crd_dim:
+      student_head = losses.CRDHead(self.crd_dim, name='crd_student_head')
+      self.sow('intermediates', 'crd_student',
+               student_head(self._backbone_feature(self.crd_feature)))
+      if teacher_features is not None:
+        teacher_head = losses.CRDHead(self.crd_dim, name='crd_teacher_head')
+        self.sow('intermediates', 'crd_teacher', teacher_head(teacher_features))
+    return logits
+
+
+def _module_key(module: Student) -> tuple[Any, ...]:
+  return (module.hint_feature, module.hint_channels, module.hint_kernel, module.crd_feature,
+          module.crd_dim)
+
+
+def param_count(variables: Mapping[str, Any]) -> int:
+  return int(sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables['params'])))
+
+
+# ----------------------------------------------------------------------------
+# Optimizer, objectives, steps.
+
+
+def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int,
+                   epochs: int | None = None) -> optax.GradientTransformation:
+  """SGD with momentum, L2 weight decay added to the gradient (as PyTorch), step decay."""
+  epochs = recipe.epochs if epochs is None else epochs
+  boundaries = {}
+  for fraction in recipe.decay_fractions:
+    step = int(round(fraction * epochs)) * steps_per_epoch
+    boundaries[step] = boundaries.get(step, 1.0) * recipe.decay_rate
+  schedule = optax.piecewise_constant_schedule(recipe.learning_rate, boundaries)
+  return optax.chain(
+      optax.add_decayed_weights(recipe.weight_decay),
+      optax.sgd(schedule, momentum=recipe.momentum),
+  )
+
+
+def _with_accuracy(terms, weights) -> objective_lib.Objective:
+  return objective_lib.Objective(terms, weights=weights,
+                                 metrics={'acc/student': objective_lib.accuracy()})
+
+
+def label_objective() -> objective_lib.Objective:
+  return _with_accuracy({'ce': objective_lib.supervised()}, {})
+
+
+def kd_objective(c: ml_collections.ConfigDict) -> objective_lib.Objective:
+  return _with_accuracy(
+      {'ce': objective_lib.supervised(),
+       'kd': objective_lib.distill(losses.kl_divergence, temperature=c.temperature)},
+      {'ce': c.ce_weight, 'kd': c.kd_weight})
+
+
+def dkd_objective(c: ml_collections.ConfigDict, steps_per_epoch: int) -> objective_lib.Objective:
+  """CE + min(step / warm-up, 1) * (alpha TCKD + beta NCKD), as mdistiller."""
+  warmup_steps = max(c.warmup_epochs * steps_per_epoch, 1)
+
+  def warmup(step):
+    return jnp.minimum(jnp.asarray(step, jnp.float32) / warmup_steps, 1.0)
+
+  return _with_accuracy(
+      {'ce': objective_lib.supervised(),
+       'dkd': objective_lib.distill(losses.decoupled_kd, temperature=c.temperature,
+                                    label_key='label', alpha=c.alpha, beta=c.beta)},
+      {'ce': c.ce_weight, 'dkd': warmup})
+
+
+def at_objective(c: ml_collections.ConfigDict) -> objective_lib.Objective:
+  """CE + beta * AT on each (student, teacher) stage pair."""
+  terms = {'ce': objective_lib.supervised()}
+  weights = {}
+  for name in c.features:
+    terms[f'at_{name}'] = objective_lib.feature(
+        losses.attention_transfer, name, name, p=c.p, resize=c.resize or None)
+    weights[f'at_{name}'] = c.weight
+  return _with_accuracy(terms, weights)
+
+
+def fitnets_joint_objective(c: ml_collections.ConfigDict) -> objective_lib.Objective:
+  """One stage, as mdistiller/RepDistiller: CE + hint_weight * hint."""
+  return _with_accuracy(
+      {'ce': objective_lib.supervised(),
+       'hint': objective_lib.feature(losses.hint_loss, 'hint', c.teacher_feature,
+                                     reduction=c.reduction)},
+      {'hint': c.hint_weight})
+
+
+def multi_teacher_objective(c: ml_collections.ConfigDict) -> objective_lib.Objective:
+  return _with_accuracy(
+      {'ce': objective_lib.supervised(),
+       'kd': objective_lib.multi_teacher_distill(
+           losses.kl_divergence, temperature=c.temperature, mode='mean_probs')},
+      {'ce': c.ce_weight, 'kd': c.kd_weight})
+
+
+def dml_objective(c: ml_collections.ConfigDict) -> objective_lib.Objective:
+  """CE + 1/(K-1) sum over peers of KL(peer || self), the paper's loss."""
+  return _with_accuracy(
+      {'ce': objective_lib.supervised(),
+       'kl': objective_lib.multi_teacher_distill(
+           losses.kl_divergence, temperature=c.temperature, mode='mean_losses')},
+      {'kl': c.kl_weight})
+
+
+def _memory_dict(memory: losses.CRDMemory) -> dict[str, jax.Array]:
+  return {'student': memory.student, 'teacher': memory.teacher,
+          'z_student': memory.z_student, 'z_teacher': memory.z_teacher}
+
+
+def make_crd_train_step(student_apply, teacher_apply, optimizer, c: ml_collections.ConfigDict,
+                        num_data: int):
+  """A train step for CE + weight * CRD that carries the memory banks.
+
+  The banks live in ``state.model_state['crd_memory']`` (state, not
+  parameters: checkpointed with the student, never differentiated). The
+  teacher's ``c.feature`` goes into the student's input for the
+  teacher-side head. Negatives are drawn uniformly from the other training
+  examples with ``fold_in(state.rng, state.step)``.
+  """
+  labels = objective_lib.Objective(
+      {'ce': objective_lib.supervised()}, weights={'ce': c.ce_weight},
+      metrics={'acc/student': objective_lib.accuracy()})
+
+  def step(state, teacher_variables, batch):
+    teacher = step_lib.teacher_outputs(teacher_apply, teacher_variables, batch)
+    memory = losses.CRDMemory(**state.model_state['crd_memory'])
+    model_state = {k: v for k, v in state.model_state.items() if k != 'crd_memory'}
+    key = jax.random.fold_in(state.rng, state.step)
+    negative_key, dropout_key = jax.random.split(key)
+    negatives = losses.crd_negatives(negative_key, batch['index'], num_data, c.num_negatives)
+    student_batch = {**batch, 'teacher_features': teacher.feature(c.feature)}
+
+    def loss_fn(params):
+      student, new_model_state = student_apply(
+          {'params': params, **model_state}, student_batch, train=True,
+          rngs={'dropout': dropout_key})
+      loss, metrics = labels(student, teacher, batch, step=state.step)
+      contrast, new_memory = losses.crd(
+          student.feature('crd_student'), student.feature('crd_teacher'), memory,
+          batch['index'], negatives, temperature=c.temperature, momentum=c.momentum)
+      contrast_sum, count = metrics_lib.metric(contrast)
+      loss = loss + c.weight * contrast_sum / jnp.maximum(count, 1.0)
+      metrics = {**metrics, 'loss/crd': (contrast_sum, count),
+                 'weight/crd': metrics_lib.scalar(jnp.asarray(c.weight, jnp.float32)),
+                 'loss/total': metrics_lib.scalar(loss)}
+      return loss, (metrics, new_model_state, new_memory)
+
+    grads, (metrics, new_model_state, new_memory) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        model_state={**model_state, **new_model_state, 'crd_memory': _memory_dict(new_memory)},
+        opt_state=opt_state,
+    )
+    return new_state, metrics_lib.Packed.from_dict(metrics)
+
+  return step
+
+
+def pack_cohort(states: Sequence[step_lib.TrainState]) -> step_lib.TrainState:
+  """K students' states as one TrainState (so loop.fit and checkpoints serve DML)."""
+  names = [f'student_{k}' for k in range(len(states))]
+  return step_lib.TrainState(
+      step=states[0].step,
+      params=dict(zip(names, (s.params for s in states))),
+      model_state={'students': dict(zip(names, (s.model_state for s in states))),
+                   'rngs': dict(zip(names, (s.rng for s in states)))},
+      opt_state=dict(zip(names, (s.opt_state for s in states))),
+      rng=states[0].rng,
+  )
+
+
+def unpack_cohort(state: step_lib.TrainState) -> tuple[step_lib.TrainState, ...]:
+  names = sorted(state.params, key=lambda n: int(n.split('_')[1]))
+  return tuple(
+      step_lib.TrainState(step=state.step, params=state.params[n],
+                          model_state=state.model_state['students'][n],
+                          opt_state=state.opt_state[n], rng=state.model_state['rngs'][n])
+      for n in names)
+
+
+def trainable_paths(loss_fn: Callable[[Any], jax.Array], params: Any) -> set[str]:
+  """'/'-joined paths of the parameters that get a nonzero gradient from `loss_fn`.
+
+  For FitNets' stage 1: the layers up to the guided layer and the regressor
+  (the layers after it are not on the hint's path and get exact zeros).
+  """
+  grads = jax.jit(jax.grad(loss_fn))(params)
+  paths = set()
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    if np.any(np.asarray(g) != 0):
+      paths.add('/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path))
+  return paths
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+
+class Trainer:
+  """One training recipe (step, init, evaluation), compiled once for all seeds."""
+
+  def __init__(self, train_step, init_fn, evaluate_fn, *, epochs: int, batch_size: int,
+               augment, progress: bool):
+    self.epochs, self.progress = epochs, progress
+    self.epoch_fn = jax.jit(
+        loop.make_epoch_fn(train_step, batch_size=batch_size, augment=augment),
+        donate_argnums=0)
+    self.init = jax.jit(init_fn)
+    self.evaluate = evaluate_fn
+
+  def train(self, train, *, seed, teacher_variables, workdir, desc, state=None):
+    """Trains from `state` (default: a fresh init) or resumes `workdir`'s checkpoint."""
+    if state is None:
+      state = self.init(jax.random.PRNGKey(seed))
+    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=1)
+    with writers.MetricWriter(workdir) as writer:
+      state = loop.fit(
+          self.epoch_fn, state, teacher_variables, train,
+          num_epochs=self.epochs, seed=seed, evaluate_fn=self.evaluate,
+          eval_every=max(self.epochs // 5, 1), writer=writer, manager=manager,
+          save_every=max(self.epochs // 2, 1), desc=desc, progress=self.progress,
+      )
+    manager.close()
+    return state, self.evaluate(state)
+
+
+class Experiment:
+  """Builds every method's Trainer from the config (each compiles once)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, arrays, num_classes: int):
+    self.config, self.arrays = config, arrays
+    self.num_train = len(arrays['train']['label'])
+    self.normalize = make_normalize(arrays['train']['x'])
+    self.augment = make_augment(config.data.crop_padding, config.data.flip)
+    self.example = jnp.zeros((1,) + arrays['train']['x'].shape[1:], jnp.float32)
+    self.evals = {'val': arrays['val'], 'test': arrays['test']}
+    self.teacher_model = make_backbone(config.teacher, num_classes, config.conv_impl)
+    self.student_backbone = make_backbone(config.student, num_classes, config.conv_impl)
+    self.teacher_apply = self._teacher_apply(())
+    # Shapes only: an eager init would compile every parameter's initialiser.
+    self.teacher_variables_shape = jax.eval_shape(self._init_teacher, jax.random.PRNGKey(0))
+    recipe = config.student.train
+    # One optimizer and one init / eval function per student module, shared
+    # by the methods (jax compiles a shared function once).
+    self.student_optimizer = make_optimizer(recipe, self.steps_per_epoch(recipe.batch_size))
+    self._evaluate_fns, self._init_fns = {}, {}
+
+  # Applies and inits.
+
+  def _inputs(self, batch):
+    return self.normalize(batch['x'])
+
+  def _teacher_apply(self, features: Sequence[str]):
+    return adapters.from_linen(self.teacher_model, inputs=self._inputs, features=tuple(features))
+
+  def _init_teacher(self, key):
+    variables = self.teacher_model.init(key, self.example, train=False)
+    return {k: v for k, v in variables.items() if k != 'intermediates'}
+
+  def _teacher_feature_shape(self, name: str) -> tuple[int, ...]:
+    outputs = jax.eval_shape(
+        lambda v: self._teacher_apply((name,))(v, {'x': self.example}, train=False)[0],
+        self.teacher_variables_shape)
+    return outputs.features[name].shape
+
+  def student(self, **heads) -> Student:
+    return Student(self.student_backbone, **heads)
+
+  def student_apply(self, module: Student, features: Sequence[str] = (), *,
+                    teacher_features: bool = False):
+    mapping = {}
+    for name in features:
+      mapping[name] = name if name in ('hint', 'crd_student', 'crd_teacher') else f'backbone/{name}'
+    if teacher_features:
+      inputs = lambda batch: (self._inputs(batch), batch['teacher_features'])
+    else:
+      inputs = self._inputs
+    return adapters.from_linen(module, inputs=inputs, features=mapping)
+
+  def student_init(self, module: Student, optimizer, *, init_inputs=None, extra_state=None):
+    """``init(key) -> TrainState``; shared between calls with the same module and optimizer."""
+    key = (_module_key(module), id(optimizer))
+    if init_inputs is None and extra_state is None and key in self._init_fns:
+      return self._init_fns[key]
+    example = self.example if init_inputs is None else init_inputs
+
+    def init(key):
+      variables = module.init(key, example, train=False, mutable=True)
+      variables = {k: v for k, v in variables.items() if k != 'intermediates'}
+      state = step_lib.init_train_state(variables, optimizer, rng=jax.random.fold_in(key, 1))
+      if extra_state is not None:
+        state = state.replace(model_state={**state.model_state, **extra_state(key)})
+      return state
+
+    if init_inputs is None and extra_state is None:
+      self._init_fns[key] = init
+    return init
+
+  def evaluate_fn(self, module: Student):
+    """Validation and test accuracy; one compiled eval step per student module."""
+    key = _module_key(module)
+    if key not in self._evaluate_fns:
+      self._evaluate_fns[key] = self._make_evaluate_fn(module)
+    return self._evaluate_fns[key]
+
+  def _make_evaluate_fn(self, module: Student):
+    eval_step = jax.jit(step_lib.make_eval_step(self.student_apply(module)))
+
+    def evaluate(state):
+      out = {}
+      for split, arrays in self.evals.items():
+        for metric, value in loop.evaluate(eval_step, state, None, arrays).items():
+          out[f'{split}/{metric}'] = value
+      return out
+
+    return evaluate
+
+  def steps_per_epoch(self, batch_size: int) -> int:
+    return self.num_train // batch_size
+
+  def _trainer(self, recipe, train_step, init_fn, evaluate_fn, *, epochs=None) -> Trainer:
+    return Trainer(train_step, init_fn, evaluate_fn,
+                   epochs=recipe.epochs if epochs is None else epochs,
+                   batch_size=recipe.batch_size, augment=self.augment,
+                   progress=self.config.progress)
+
+  # Recipes.
+
+  def teacher_trainer(self) -> Trainer:
+    recipe = self.config.teacher.train
+    optimizer = make_optimizer(recipe, self.steps_per_epoch(recipe.batch_size))
+    train_step = step_lib.make_train_step(self.teacher_apply, None, label_objective(), optimizer)
+    eval_step = jax.jit(step_lib.make_eval_step(self.teacher_apply))
+
+    def init(key):
+      return step_lib.init_train_state(self._init_teacher(key), optimizer,
+                                       rng=jax.random.fold_in(key, 1))
+
+    def evaluate(state):
+      return {f'{split}/{metric}': value
+              for split, arrays in self.evals.items()
+              for metric, value in loop.evaluate(eval_step, state, None, arrays).items()}
+
+    return self._trainer(recipe, train_step, init, evaluate)
+
+  def method_trainers(self, method: str) -> list[Trainer]:
+    """The Trainer(s) of one method (FitNets' two stages are two)."""
+    c, recipe = self.config, self.config.student.train
+    optimizer = self.student_optimizer
+    plain = self.student()
+    simple = {
+        'vanilla': (label_objective, None),
+        'kd': (lambda: kd_objective(c.kd), self.teacher_apply),
+        'dkd': (lambda: dkd_objective(c.dkd, self.steps_per_epoch(recipe.batch_size)),
+                self.teacher_apply),
+    }
+    if method in simple:
+      make_objective, teacher_apply = simple[method]
+      train_step = step_lib.make_train_step(self.student_apply(plain), teacher_apply,
+                                            make_objective(), optimizer)
+      return [self._trainer(recipe, train_step, self.student_init(plain, optimizer),
+                            self.evaluate_fn(plain))]
+    if method == 'at':
+      features = tuple(c.at.features)
+      train_step = step_lib.make_train_step(
+          self.student_apply(plain, features), self._teacher_apply(features),
+          at_objective(c.at), optimizer)
+      return [self._trainer(recipe, train_step, self.student_init(plain, optimizer),
+                            self.evaluate_fn(plain))]
+    if method == 'multi_teacher':
+      teachers = (self.teacher_apply,) * c.num_teachers
+      train_step = step_lib.make_train_step(self.student_apply(plain), teachers,
+                                            multi_teacher_objective(c.multi_teacher), optimizer)
+      return [self._trainer(recipe, train_step, self.student_init(plain, optimizer),
+                            self.evaluate_fn(plain))]
+    if method == 'fitnets':
+      return self._fitnets_trainers(optimizer)
+    if method == 'crd':
+      return [self._crd_trainer(optimizer)]
+    if method == 'dml':
+      return [self._dml_trainer(optimizer)]
+    raise ValueError(f'unknown method {method!r}; known: {sorted(METHOD_TITLES)}')
+
+  def _fitnets_trainers(self, optimizer) -> list[Trainer]:
+    c, recipe = self.config.fitnets, self.config.student.train
+    hint_shape = self._teacher_feature_shape(c.teacher_feature)
+    module = self.student(hint_feature=c.student_feature, hint_channels=hint_shape[-1],
+                          hint_kernel=c.regressor_kernel)
+    student_apply = self.student_apply(module, ('hint',))
+    teacher_apply = self._teacher_apply((c.teacher_feature,))
+    evaluate = self.evaluate_fn(module)
+    if not c.stage1_epochs:
+      train_step = step_lib.make_train_step(student_apply, teacher_apply,
+                                            fitnets_joint_objective(c), optimizer)
+      return [self._trainer(recipe, train_step, self.student_init(module, optimizer), evaluate)]
+    # Stage 1: the hint alone, moving only what lies on its path.
+    stage1 = objective_lib.fitnets_stage1_objective('hint', c.teacher_feature,
+                                                    reduction=c.reduction)
+    example_state = jax.jit(self.student_init(module, optimizer))(jax.random.PRNGKey(0))
+    example_batch = {k: v[:8] for k, v in self.arrays['train'].items()}
+    teacher_variables = jax.jit(self._init_teacher)(jax.random.PRNGKey(0))
+
+    def hint_loss(params):
+      teacher_out = step_lib.teacher_outputs(teacher_apply, teacher_variables, example_batch)
+      student, _ = student_apply({**example_state.variables, 'params': params}, example_batch,
+                                 train=True)
+      return stage1(student, teacher_out, example_batch)[0]
+
+    paths = trainable_paths(hint_loss, example_state.params)
+    stage1_recipe = ml_collections.ConfigDict({**recipe.to_dict(), 'epochs': c.stage1_epochs})
+    stage1_optimizer = objective_lib.fitnets_stage1_optimizer(
+        make_optimizer(stage1_recipe, self.steps_per_epoch(recipe.batch_size)),
+        lambda path: path in paths)
+    stage1_step = step_lib.make_train_step(student_apply, teacher_apply, stage1, stage1_optimizer)
+    # Stage 2: KD with the paper's annealed weight, the whole student.
+    total_steps = recipe.epochs * self.steps_per_epoch(recipe.batch_size)
+    stage2 = objective_lib.fitnets_stage2_objective(
+        total_steps=total_steps, temperature=c.temperature,
+        metrics={'acc/student': objective_lib.accuracy()})
+    stage2_step = step_lib.make_train_step(self.student_apply(module), self.teacher_apply, stage2,
+                                           optimizer)
+    return [
+        self._trainer(recipe, stage1_step, self.student_init(module, stage1_optimizer), evaluate,
+                      epochs=c.stage1_epochs),
+        self._trainer(recipe, stage2_step, self.student_init(module, optimizer), evaluate),
+    ]
+
+  def _crd_trainer(self, optimizer) -> Trainer:
+    c, recipe = self.config.crd, self.config.student.train
+    teacher_dim = self._teacher_feature_shape(c.feature)
+    module = self.student(crd_feature=c.feature, crd_dim=c.dim)
+    student_apply = self.student_apply(module, ('crd_student', 'crd_teacher'),
+                                       teacher_features=True)
+    teacher_apply = self._teacher_apply((c.feature,))
+    if c.num_negatives < 1:
+      raise ValueError(f'crd.num_negatives must be >= 1, got {c.num_negatives}')
+    train_step = make_crd_train_step(student_apply, teacher_apply, optimizer, c, self.num_train)
+
+    def memory(key):
+      return {'crd_memory': _memory_dict(
+          losses.crd_memory_init(jax.random.fold_in(key, 2), self.num_train, c.dim))}
+
+    init = self.student_init(module, optimizer,
+                             init_inputs=(self.example, jnp.zeros((1,) + teacher_dim[1:])),
+                             extra_state=memory)
+    return self._trainer(recipe, train_step, init, self.evaluate_fn(module))
+
+  def _dml_trainer(self, optimizer) -> Trainer:
+    c, recipe = self.config.dml, self.config.student.train
+    if c.num_students < 2:
+      raise ValueError(f'dml.num_students must be >= 2, got {c.num_students}')
+    plain = self.student()
+    apply = self.student_apply(plain)
+    mutual = step_lib.make_mutual_train_step((apply,) * c.num_students, dml_objective(c),
+                                             optimizer, sequential=c.sequential)
+    single_init = self.student_init(plain, optimizer)
+
+    def train_step(state, teacher_variables, batch):
+      del teacher_variables
+      states, metrics = mutual(unpack_cohort(state), batch)
+      return pack_cohort(states), metrics
+
+    def init(key):
+      return pack_cohort([single_init(jax.random.fold_in(key, 100 + k))
+                          for k in range(c.num_students)])
+
+    evaluate_one = self.evaluate_fn(plain)
+
+    def evaluate(state):
+      per_student = [evaluate_one(s) for s in unpack_cohort(state)]
+      out = {}
+      for k, metrics in enumerate(per_student):
+        out.update({name.replace('/acc/student', f'/acc/student_{k}'): value
+                    for name, value in metrics.items() if '/acc/student' in name})
+      for name in per_student[0]:  # the cohort's mean, reported as the method's
+        out[name] = float(np.mean([m[name] for m in per_student]))
+      return out
+
+    return self._trainer(recipe, train_step, init, evaluate)
+
+
+def train_teacher(trainer: Trainer, train, *, seed, workdir):
+  """Trains (or resumes) a teacher, writes its own checkpoint and reads it back."""
+  state, metrics = trainer.train(train, seed=seed, teacher_variables=None, workdir=workdir,
+                                 desc=f'teacher s{seed}')
+  final = os.path.join(workdir, 'final')
+  checkpoint.save_teacher(final, state.variables, overwrite=True)
+  return checkpoint.load_teacher(final, state.variables), metrics
+
+
+def run_seed(experiment: Experiment, trainers, seed: int, workdir: str):
+  """Teachers, then every method, for one seed; returns metrics and teacher variables."""
+  config = experiment.config
+  train = jax.device_put(experiment.arrays['train'])
+  result, teachers, timings = {}, [], {}
+
+  def phase_dir(phase):
+    return os.path.join(workdir, phase, f'seed{seed}')
+
+  needs = set(config.methods) - {'vanilla', 'dml'}
+  num_teachers = config.num_teachers if 'multi_teacher' in config.methods else 1
+  for k in range(num_teachers if needs else 0):
+    phase = 'teacher' if k == 0 else f'teacher_{k}'
+    started = time.time()
+    variables, result[phase] = train_teacher(
+        trainers['teacher'], train, seed=seed + 100 * k, workdir=phase_dir(phase))
+    teachers.append(variables)
+    timings[phase] = time.time() - started
+  student_seed = seed + 1000  # every method's student starts alike
+  states = {}
+  for method in config.methods:
+    teacher_variables = tuple(teachers) if method == 'multi_teacher' else (
+        teachers[0] if teachers else None)
+    state, started = None, time.time()
+    for i, trainer in enumerate(trainers[method]):
+      stage = method if len(trainers[method]) == 1 else f'{method}_stage{i + 1}'
+      start = None
+      if state is not None:  # a later stage starts from the previous stage's weights
+        start = trainer.init(jax.random.PRNGKey(student_seed)).replace(
+            params=state.params, model_state=state.model_state)
+      state, metrics = trainer.train(train, seed=student_seed, teacher_variables=teacher_variables,
+                                     workdir=phase_dir(stage), desc=f'{stage} s{seed}', state=start)
+    result[method] = metrics
+    states[method] = state
+    timings[method] = time.time() - started
+  return result, teachers, states, timings
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+  values = np.asarray(values, np.float64)
+  return {'mean': float(values.mean()),
+          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+          'values': [float(v) for v in values]}
+
+
+def summarize(per_seed: list[dict]) -> dict:
+  """Test and validation accuracy of every phase: mean and std over seeds."""
+  summary = {}
+  for phase in per_seed[0]:
+    summary[phase] = {
+        split: _mean_std([r[phase][f'{split}/acc/student'] for r in per_seed])
+        for split in ('test', 'val')
+    }
+  return summary
+
+
+# ----------------------------------------------------------------------------
+# Report.
+
+
+def describe(config: Mapping[str, Any], params: Mapping[str, int]) -> str:
+  """One paragraph saying what was trained, from a run's recorded config."""
+
+  def model(spec):
+    if spec['name'] == 'CifarResNet':
+      return (f"a CIFAR ResNet-{spec['depth']} (widths "
+              f"{'-'.join(str(w) for w in spec['widths'])})")
+    return spec['name']
+
+  data = config['data']
+  t, s = config['teacher'], config['student']
+  r = s['train']
+  aug = []
+  if data['crop_padding']:
+    aug.append(f"random crops with {data['crop_padding']}-pixel padding")
+  if data['flip']:
+    aug.append('horizontal flips')
+  return (
+      f"Data: {data['name']}, trained on `{data['train_split']}`, choices made on "
+      f"`{data['val_split']}`, reported on `{data['test_split']}`"
+      f"{' with ' + ' and '.join(aug) if aug else ''}. Teacher: {model(t)} "
+      f"({params['teacher']:,} parameters, {t['train']['epochs']} epochs); student: {model(s)} "
+      f"({params['student']:,} parameters), {r['epochs']} epochs of SGD (momentum "
+      f"{r['momentum']}, learning rate {r['learning_rate']} divided by "
+      f"{1 / r['decay_rate']:g} at {', '.join(f'{f:g}' for f in r['decay_fractions'])} of the "
+      f"epochs, weight decay {r['weight_decay']:g}, batch {r['batch_size']}) with each method at "
+      f"its published weights: KD T = {config['kd']['temperature']:g} "
+      f"({config['kd']['kd_weight']:g} KD + {config['kd']['ce_weight']:g} CE); FitNets hint "
+      f"on {config['fitnets']['student_feature']}"
+      + (f" ({config['fitnets']['stage1_epochs']} hint-only epochs first, then KD with the "
+         f"paper's annealed weight)" if config['fitnets']['stage1_epochs'] else
+         f" (weight {config['fitnets']['hint_weight']:g})")
+      + f"; AT β = {config['at']['weight']:g} on {', '.join(config['at']['features'])}; DKD "
+      f"α = {config['dkd']['alpha']:g}, β = {config['dkd']['beta']:g}, "
+      f"{config['dkd']['warmup_epochs']}-epoch warm-up; CRD weight {config['crd']['weight']:g}, "
+      f"{config['crd']['num_negatives']} negatives; DML {config['dml']['num_students']} students; "
+      f"multi-teacher KD from {config['num_teachers']} teachers (the same model, other seeds).")
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+  """Markdown table of test accuracy per method, and what beat KD."""
+  summary, num_test = results['summary'], results['num_test']
+
+  def pct(stats):
+    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+
+  lines = [f'| model | test accuracy (%) | validation accuracy (%) | test errors (of {num_test}) |',
+           '|---|---|---|---|']
+  teacher_rows = [p for p in summary if p.startswith('teacher')]
+  for phase in teacher_rows + [m for m in METHOD_TITLES if m in summary]:
+    title = {'teacher': 'teacher'}.get(phase, METHOD_TITLES.get(phase, phase.replace('_', ' ')))
+    test = summary[phase]['test']
+    lines.append(f"| {title} | {pct(test)} | {pct(summary[phase]['val'])} | "
+                 f"{num_test * (1 - test['mean']):.1f} ± {num_test * test['std']:.1f} |")
+  lines += ['', verdict(summary)]
+  return '\n'.join(lines)
+
+
+def verdict(summary: Mapping[str, Any]) -> str:
+  """A sentence computed from the numbers: which methods beat vanilla KD."""
+  if 'kd' not in summary:
+    return 'KD was not run, so no method is compared with it.'
+  kd = summary['kd']['test']
+  others = [m for m in METHOD_TITLES if m in summary and m not in ('kd', 'vanilla')]
+  better = [m for m in others if summary[m]['test']['mean'] > kd['mean']]
+  clear = [m for m in better
+           if summary[m]['test']['mean'] - summary[m]['test']['std'] > kd['mean'] + kd['std']]
+  name = lambda m: METHOD_TITLES[m].split(' (')[0]
+  parts = []
+  if better:
+    parts.append(f"Beat vanilla KD ({100 * kd['mean']:.2f} %) on mean test accuracy: "
+                 + ', '.join(f"{name(m)} ({100 * summary[m]['test']['mean']:.2f} %)"
+                             for m in better) + '.')
+    parts.append(
+        (f"Of these, by more than one standard deviation on both sides: "
+         f"{', '.join(name(m) for m in clear)}." if clear else
+         'None by more than one standard deviation on both sides: at this scale the '
+         'differences are within the seed-to-seed spread.'))
+  else:
+    parts.append(f"No method beat vanilla KD ({100 * kd['mean']:.2f} %) on mean test accuracy.")
+  if 'vanilla' in summary:
+    gain = summary['kd']['test']['mean'] - summary['vanilla']['test']['mean']
+    parts.append(f"KD itself is {100 * gain:+.2f} points over the student trained on labels alone.")
+  return ' '.join(parts)
+
+
+# ----------------------------------------------------------------------------
+# Grad-CAM figure.
+
+
+def gradcam_figure(experiment: Experiment, teacher_variables, states, path: str) -> str | None:
+  """Teacher / vanilla student / distilled student Grad-CAM maps side by side.
+
+  Maps of ``config.gradcam.feature`` for the first test images, explaining
+  the true class. :func:`kdjax.explain.grad_cam` needs the model to
+  ``perturb`` the map; a zoo model that does not (its gradients come back
+  zero) is explained in closed form instead, when the map is the last one
+  before a global average pool and a dense layer (the CIFAR ResNets'
+  ``feat_3``): then the gradient of logit :math:`c` with respect to
+  :math:`A_{ijk}` is :math:`W_{kc} / (HW)`, and Grad-CAM there is CAM. Both
+  facts (pooled == mean of the map, logits == dense(pooled)) are checked on
+  the batch before they are used.
+
+  Returns:
+    How the maps were computed ('grad_cam' or 'closed_form'), or None when
+    nothing was written (:mod:`kdjax.explain` or the runs are missing).
+  """
+  c = experiment.config.gradcam
+  if teacher_variables is None or 'vanilla' not in states or c.method not in states:
+    return None
+  try:
+    from kdjax import explain  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  test = experiment.arrays['test']
+  batch = {'x': test['x'][:c.examples], 'label': test['label'][:c.examples]}
+  labels = jnp.asarray(batch['label'], jnp.int32)
+  features = (c.feature, 'pooled')
+  teacher_apply = experiment._teacher_apply(features)  # pylint: disable=protected-access
+  student_apply = experiment.student_apply(experiment.student(), features)
+  rows = [('teacher', teacher_apply, teacher_variables, ()),
+          ('student, labels only', student_apply, _plain_variables(states['vanilla']),
+           ('backbone',)),
+          (f"student, {METHOD_TITLES[c.method].split(' (')[0]}", student_apply,
+           _plain_variables(states[c.method]), ('backbone',))]
+  maps, how = {}, set()
+  for name, apply, variables, prefix in rows:
+    feature_map, gradients, _ = explain.feature_gradients(
+        apply, variables, batch, feature=c.feature, class_index=labels)
+    if not np.any(np.asarray(gradients)):
+      gradients = _pooled_dense_gradients(apply, variables, batch, c.feature, prefix, labels)
+      if gradients is None:
+        return None
+      how.add('closed_form')
+    else:
+      how.add('grad_cam')
+    maps[name] = explain.cam_from_gradients(feature_map, gradients)
+  explain.plot_maps(batch['x'], maps, path)
+  return '+'.join(sorted(how))
+
+
+def _pooled_dense_gradients(apply, variables, batch, feature, prefix, labels):
+  """d logit[label] / d map = W[:, label] / (H W), if logits = dense(mean(map)); else None."""
+  outputs, _ = apply(variables, batch, train=False)
+  feature_map = np.asarray(outputs.feature(feature), np.float64)
+  pooled = np.asarray(outputs.feature('pooled'), np.float64)
+  params = variables['params']
+  for key in prefix:
+    params = params[key]
+  dense = params.get('fc') if hasattr(params, 'get') else None
+  if dense is None:
+    return None
+  kernel, bias = np.asarray(dense['kernel'], np.float64), np.asarray(dense['bias'], np.float64)
+  if not (np.allclose(feature_map.mean(axis=(1, 2)), pooled, atol=1e-4)
+          and np.allclose(pooled @ kernel + bias, np.asarray(outputs.logits), atol=1e-3)):
+    return None
+  _, height, width, _ = feature_map.shape
+  weights = kernel[:, np.asarray(labels)].T / (height * width)  # [batch, channels]
+  return jnp.asarray(np.broadcast_to(weights[:, None, None, :], feature_map.shape), jnp.float32)
+
+
+def _plain_variables(state: step_lib.TrainState) -> dict[str, Any]:
+  return {'params': state.params,
+          **{k: v for k, v in state.model_state.items() if k != 'crd_memory'}}
+
+
+# ----------------------------------------------------------------------------
+# Driver.
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every seed, writes results.json (and the Grad-CAM figure); returns the results."""
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  unknown = sorted(set(config.methods) - set(METHOD_TITLES))
+  if unknown:
+    raise ValueError(f'config.methods has unknown methods {unknown}; known: {sorted(METHOD_TITLES)}')
+  arrays, num_classes = load_arrays(config)
+  experiment = Experiment(config, arrays, num_classes)
+  trainers = {'teacher': experiment.teacher_trainer()}
+  for method in config.methods:
+    trainers[method] = experiment.method_trainers(method)
+  per_seed, seconds, phase_seconds = [], [], []
+  teachers, states = [], {}
+  params = {
+      'teacher': param_count(experiment.teacher_variables_shape),
+      'student': param_count(jax.eval_shape(
+          lambda: experiment.student().init(jax.random.PRNGKey(0), experiment.example,
+                                            mutable=True))),
+  }
+  results = {}
+  for seed in config.seeds:
+    seed_start = time.time()
+    result, teachers, states, timings = run_seed(experiment, trainers, seed, workdir)
+    per_seed.append(result)
+    phase_seconds.append(timings)
+    seconds.append(time.time() - seed_start)
+    # Written after every seed, so an interrupted run leaves its finished seeds.
+    results = _results(config, arrays, params, per_seed, seconds, phase_seconds, None, start)
+    _write(results, workdir)
+  figure = os.path.join(workdir, 'gradcam.png')
+  gradcam = gradcam_figure(experiment, teachers[0] if teachers else None, states, figure)
+  results = _results(config, arrays, params, per_seed, seconds, phase_seconds, gradcam, start)
+  _write(results, workdir)
+  return results
+
+
+def _results(config, arrays, params, per_seed, seconds, phase_seconds, gradcam, start):
+  done = list(config.seeds)[:len(per_seed)]
+  recorded = config.to_dict()
+  notes = None
+  if len(done) < len(config.seeds):
+    notes = (f'Partial run: {len(done)} of the {len(config.seeds)} seeds of the config '
+             f'({list(config.seeds)}) had finished when this was written.')
+  recorded['seeds'] = done
+  return {
+      'paper': PAPER,
+      'config': recorded,
+      'num_test': int(len(arrays['test']['label'])),
+      'params': params,
+      'per_seed': per_seed,
+      'seed_seconds': seconds,
+      'phase_seconds': phase_seconds,
+      'summary': summarize(per_seed),
+      'gradcam': {'file': 'gradcam.png', 'method': gradcam} if gradcam else None,
+      'notes': notes,
+      'wall_seconds': time.time() - start,
+      'finished': time.time(),
+      **writers.environment(),
+  }
+
+
+def _write(results, workdir):
+  path = os.path.join(workdir, 'results.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(results, f, indent=1, default=list)
+  os.replace(path + '.tmp', path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  config, workdir = config_lib.parse_args(argv, description=__doc__)
+  results = run(config, workdir)
+  print(describe(results['config'], results['params']))
+  print()
+  print(format_table(results))
+  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
+        f"results in {workdir}/results.json")
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
