@@ -54,8 +54,8 @@ def configs(args) -> tuple[zoo.DecoderConfig, zoo.DecoderConfig]:
   return teacher, student
 
 
-def add_model_flags(parser, *, teacher=(4, 512), student=(2, 512), vocab=8192, seq=256,
-                    batch=4) -> None:
+def add_model_flags(parser, *, teacher=(4, 512), student=(2, 512), vocab=32000, seq=256,
+                    batch=8) -> None:
   parser.add_argument('--teacher-layers', type=int, default=teacher[0])
   parser.add_argument('--teacher-hidden', type=int, default=teacher[1])
   parser.add_argument('--student-layers', type=int, default=student[0])

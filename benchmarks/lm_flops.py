@@ -20,8 +20,8 @@ backward = 2 x forward) checks XLA's count.
 
 Usage::
 
-  python benchmarks/lm_flops.py                         # 4x512 -> 2x512, vocab 8192
-  python benchmarks/lm_flops.py --vocab 32000 --batch 2
+  python benchmarks/lm_flops.py                         # 4x512 -> 2x512, vocab 32000
+  python benchmarks/lm_flops.py --vocab 8192 --batch 4
   python benchmarks/lm_flops.py --variants logits,chunked
   python benchmarks/lm_flops.py --write-docs            # update docs/performance.md
 """
@@ -293,12 +293,12 @@ def parse_args(argv=None):
   common.add_model_flags(parser)
   parser.add_argument('--variants', default='logits',
                       help="comma-separated: 'logits' (token_distill), 'chunked' (chunked_distill)")
-  parser.add_argument('--token-chunk', type=int, default=256)
+  parser.add_argument('--token-chunk', type=int, default=512)
   parser.add_argument('--no-pieces', dest='pieces', action='store_false',
                       help='time the whole step only, not its pieces')
   parser.add_argument('--matmul-size', type=int, default=2048)
   parser.add_argument('--warmup', type=int, default=1)
-  parser.add_argument('--repeats', type=int, default=7)
+  parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--markdown', action='store_true')
   parser.add_argument('--write-docs', action='store_true',
                       help=f'update the "{SECTION}" section of docs/performance.md')
