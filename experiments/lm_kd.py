@@ -87,7 +87,9 @@ def make_optimizer(model: ml_collections.ConfigDict, steps: int):
   )
 
 
-def make_objective(variant: str, kd: ml_collections.ConfigDict) -> objective_lib.Objective:
+def make_objective(
+    variant: str, kd: ml_collections.ConfigDict, kd_weight: float = 0.5
+) -> objective_lib.Objective:
   """Labels only, or ``kd_weight`` x token divergence + ``1 - kd_weight`` x labels.
 
   Every term is a ``[batch, time]`` per-token value reduced over the real
@@ -102,7 +104,7 @@ def make_objective(variant: str, kd: ml_collections.ConfigDict) -> objective_lib
   kwargs = {} if hyper is None else {hyper: kd[key]}
   term = objective_lib.token_distill(divergence, temperature=kd.temperature, **kwargs)
   return objective_lib.Objective(
-      {'kd': term, 'ce': labels}, weights={'kd': kd.kd_weight, 'ce': 1.0 - kd.kd_weight})
+      {'kd': term, 'ce': labels}, weights={'kd': kd_weight, 'ce': 1.0 - kd_weight})
 
 
 def cached_teacher_apply(variables, batch, *, train, rngs=None):
@@ -267,21 +269,39 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     kd_teacher_variables, kd_teacher_apply = None, cached_teacher_apply
   train_device, kd_train_device = jax.device_put(train), jax.device_put(kd_train)
 
-  trainers = {
-      variant: Trainer(student_model, make_objective(variant, config.kd),
-                       teacher_apply=None if variant == 'labels' else kd_teacher_apply, **common)
-      for variant in config.variants
-  }
-  per_seed = []
-  for seed in config.seeds:
+  def make_trainer(variant, kd_weight=0.5):
+    return Trainer(student_model, make_objective(variant, config.kd, kd_weight),
+                   teacher_apply=None if variant == 'labels' else kd_teacher_apply, **common)
+
+  def train_student(variant, seed, kd_weight=None):
+    # Every variant of a seed starts from the same init and sees the same batches.
+    is_kd = variant != 'labels'
+    key = (variant, kd_weight)
+    if key not in trainers:
+      trainers[key] = make_trainer(variant, kd_weight)
+    subdir = os.path.join(variant, f'weight{kd_weight:g}') if is_kd else variant
+    _, metrics = trainers[key].train(
+        kd_train_device if is_kd else train_device, seed=seed + 1000,
+        teacher_variables=kd_teacher_variables if is_kd else None,
+        workdir=os.path.join(workdir, subdir, f'seed{seed}'), desc=f'{subdir} s{seed}')
+    return metrics
+
+  trainers, per_seed, selection = {}, [], {}
+  grid = tuple(float(w) for w in config.kd.kd_weight_grid)
+  for index, seed in enumerate(config.seeds):
     result = {}
-    for variant, trainer in trainers.items():
-      # Every variant of a seed starts from the same init and sees the same batches.
-      is_kd = variant != 'labels'
-      _, result[variant] = trainer.train(
-          kd_train_device if is_kd else train_device, seed=seed + 1000,
-          teacher_variables=kd_teacher_variables if is_kd else None,
-          workdir=os.path.join(workdir, variant, f'seed{seed}'), desc=f'{variant} s{seed}')
+    for variant in config.variants:
+      if variant == 'labels':
+        result[variant] = train_student(variant, seed)
+      elif index == 0:
+        # The first seed chooses the divergence's weight by validation bits.
+        runs = {w: train_student(variant, seed, w) for w in grid}
+        chosen = min(grid, key=lambda w: runs[w]['val/bpc'])
+        selection[variant] = {'grid': list(grid), 'val_bpc': [runs[w]['val/bpc'] for w in grid],
+                              'chosen': chosen}
+        result[variant] = runs[chosen]
+      else:
+        result[variant] = train_student(variant, seed, selection[variant]['chosen'])
     per_seed.append(result)
 
   results = {
@@ -299,6 +319,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'teacher': teacher_metrics,
       'per_seed': per_seed,
       'summary': summarize(per_seed, config.variants),
+      'selection': selection,
       'wall_seconds': time.time() - start,
       'finished': time.time(),
       **writers.environment(),
@@ -332,8 +353,11 @@ def describe(results: dict) -> str:
       f"({params['student'] / params['teacher']:.2f} of the teacher), "
       f"{results['steps']['student']} steps; for each seed every variant starts from the "
       f"same initialisation and sees the same batches. Distilled students minimise "
-      f"{kd['kd_weight']:g} × the token-level divergence (temperature {kd['temperature']:g}) "
-      f"+ {1 - kd['kd_weight']:g} × the cross entropy on the labels, distilling {cache}. "
+      f"w × the token-level divergence (temperature {kd['temperature']:g}) "
+      f"+ (1 − w) × the cross entropy on the labels, distilling {cache}; w is chosen per "
+      f"divergence from {{{', '.join(f'{w:g}' for w in kd['kd_weight_grid'])}}} by the "
+      f"validation bits per byte of seed {config['seeds'][0]} (that run is reused; the test "
+      f"files are never used to choose anything). "
       f"Bits per byte are the token-weighted mean negative log-likelihood over every real "
       f"target of the held-out files, in bits (the files are ASCII save a few, so this is "
       f"bits per character).")
@@ -356,6 +380,8 @@ def format_table(results: dict) -> str:
   ]
   for variant, stats in summary.items():
     name = VARIANT_NAMES[variant].format(beta=kd['jsd_beta'], alpha=kd['skew_alpha'])
+    if variant in results.get('selection', {}):
+      name = name.replace(' + labels', f" (w = {results['selection'][variant]['chosen']:g}) + labels")
     diff = stat(stats['test_minus_labels']) if 'test_minus_labels' in stats else ''
     lines.append(
         f"| {name} | {params['student']:,} | {stat(stats['test'])} | {stat(stats['val'])} | "

@@ -154,13 +154,10 @@ def test_bits_per_byte_equals_numpy_on_a_bigram_table():
   np.testing.assert_allclose(got, total / count, rtol=1e-5)
 
 
-def _config(**kd):
+def _config():
   from kdjax import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  config = config_lib.load_config('experiments/configs/lm_kd.py:cpu')
-  for key, value in kd.items():
-    config.kd[key] = value
-  return config
+  return config_lib.load_config('experiments/configs/lm_kd.py:cpu')
 
 
 @pytest.mark.parametrize('variant,loss_fn,kwargs', [
@@ -175,8 +172,8 @@ def test_objective_mixes_the_named_divergence_and_labels_over_real_tokens(varian
   teacher = rng.normal(size=(2, 5, 7)).astype(np.float32)
   labels = rng.integers(0, 7, size=(2, 5)).astype(np.int32)
   mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], np.float32)
-  config = _config(kd_weight=0.3)
-  loss, _ = lm_kd.make_objective(variant, config.kd)(
+  config = _config()
+  loss, _ = lm_kd.make_objective(variant, config.kd, kd_weight=0.3)(
       Outputs(logits=student), Outputs(logits=teacher), {'labels': labels, 'mask': mask})
   real = mask > 0
   kd = np.asarray(loss_fn(student[real], teacher[real], **kwargs)).mean()
@@ -212,9 +209,11 @@ def test_lm_kd_smoke_run_writes_results_and_the_results_section(tmp_path):
     results = json.load(f)
   assert results['steps'] == {'teacher': 1, 'student': 1}  # one step per phase
   assert results['params']['student'] < results['params']['teacher']
-  for variant in ('teacher', 'forward_kl/seed0'):
+  for variant in ('teacher', 'forward_kl/weight0.5/seed0', 'forward_kl/weight1/seed0'):
     records = writers.read_jsonl(workdir / variant)
     assert {r['split'] for r in records} == {'train', 'eval', 'final'}
+  selection = results['selection']['forward_kl']
+  assert selection['chosen'] == selection['grid'][int(np.argmin(selection['val_bpc']))]
   stats = results['summary']['forward_kl']
   assert 0.0 < stats['test']['mean'] < 10.0  # about log2(256) = 8 untrained
   assert (workdir / 'teacher' / 'final' / 'teacher').is_dir()
@@ -222,7 +221,7 @@ def test_lm_kd_smoke_run_writes_results_and_the_results_section(tmp_path):
   out = tmp_path / 'results.md'
   make_results.main(['--runs', str(tmp_path / 'runs'), '--out', str(out)])
   text = out.read_text()
-  assert 'byte-level language model' in text and 'forward KL + labels' in text
+  assert 'byte-level language model' in text and 'forward KL (w = ' in text
 
 
 def test_cached_teacher_logits_give_the_live_teachers_loss():

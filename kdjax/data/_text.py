@@ -67,6 +67,11 @@ def list_text_files(
   return sorted(found)
 
 
+def _unit_hash(path: str) -> float:
+  """A stable number in [0, 1) for a path: ``crc32(path) / 2**32``."""
+  return zlib.crc32(path.encode('utf-8')) / 2.0**32
+
+
 def split_files(
     files: Sequence[str], *, val_fraction: float, test_fraction: float
 ) -> dict[str, list[str]]:
@@ -97,7 +102,7 @@ def split_files(
     )
   splits = {name: [] for name in TEXT_SPLITS}
   for path in files:
-    u = zlib.crc32(path.encode('utf-8')) / 2.0**32
+    u = _unit_hash(path)
     if u < test_fraction:
       splits['test'].append(path)
     elif u < test_fraction + val_fraction:
@@ -211,8 +216,10 @@ def make_text_lm_arrays(
   """A byte-level language-modelling corpus split by held-out files.
 
   Lists the corpus (:func:`list_text_files`), assigns whole files to the
-  splits (:func:`split_files`), reads each split's files in sorted order up
-  to its byte budget (:func:`read_byte_documents`) and cuts them into
+  splits (:func:`split_files`), reads each split's files in the order of
+  their path hash (a deterministic sample spread over the whole corpus, not
+  the alphabetically first files) up to its byte budget
+  (:func:`read_byte_documents`) and cuts them into
   windows (:func:`make_windows`; validation and test windows never
   overlap, so each of their targets is scored once).
 
@@ -225,14 +232,15 @@ def make_text_lm_arrays(
     val_fraction: share of files held out for validation.
     test_fraction: share of files held out for test.
     max_bytes: optional byte budget per split name (a deterministic subset:
-      the first files in sorted order); a missing name or ``None`` reads
-      the whole split.
+      the first files in hash order); a missing name or ``None`` reads the
+      whole split.
     train_stride: stride of the training windows (defaults to `length`).
 
   Returns:
     ``{split: arrays}`` for ``'train'``, ``'val'``, ``'test'``, each as
     :func:`make_windows` returns, plus ``'files'`` (the paths read, a
-    ``str`` array) and ``'bytes'`` (a 0-d int64 array, the bytes read).
+    ``str`` array, in the order read) and ``'bytes'`` (a 0-d int64 array,
+    the bytes read).
   """
   root = python_stdlib_dir() if root is None else os.fspath(root)
   files = split_files(
@@ -250,10 +258,11 @@ def make_text_lm_arrays(
           f'split {split!r} has no file (of {sum(map(len, files.values()))} files); raise '
           'its fraction'
       )
-    documents = read_byte_documents(root, files[split], max_bytes=budgets.get(split))
+    ordered = sorted(files[split], key=lambda path: (_unit_hash(path), path))
+    documents = read_byte_documents(root, ordered, max_bytes=budgets.get(split))
     arrays = make_windows(
         documents, length, stride=train_stride if split == 'train' else None)
-    arrays['files'] = np.asarray(files[split][: len(documents)], dtype=str)
+    arrays['files'] = np.asarray(ordered[: len(documents)], dtype=str)
     arrays['bytes'] = np.asarray(sum(d.size for d in documents), np.int64)
     out[split] = arrays
   return out
