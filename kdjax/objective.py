@@ -293,7 +293,8 @@ MULTI_TEACHER_MODES = ('mean_probs', 'mean_logits', 'mean_losses')
 
 
 def _as_teachers(teacher: Outputs | tuple[Outputs, ...] | None) -> tuple[Outputs, ...]:
-  teacher = _require_teacher(teacher)
+  if teacher is None:  # (_require_teacher would also reject the tuples handled here)
+    raise _NoTeacherError('needs teacher outputs, but there are none')
   if isinstance(teacher, Outputs):
     return (teacher,)
   teachers = tuple(teacher)
