@@ -381,11 +381,30 @@ def format_table(results: dict) -> str:
   for variant, stats in summary.items():
     name = VARIANT_NAMES[variant].format(beta=kd['jsd_beta'], alpha=kd['skew_alpha'])
     if variant in results.get('selection', {}):
-      name = name.replace(' + labels', f" (w = {results['selection'][variant]['chosen']:g}) + labels")
+      weight = f"w = {results['selection'][variant]['chosen']:g}"
+      name = (name.replace(') + labels', f', {weight}) + labels') if ') + labels' in name
+              else name.replace(' + labels', f' ({weight}) + labels'))
     diff = stat(stats['test_minus_labels']) if 'test_minus_labels' in stats else ''
     lines.append(
         f"| {name} | {params['student']:,} | {stat(stats['test'])} | {stat(stats['val'])} | "
         f"{diff} | {stats['seconds']['mean']:.0f} |")
+  selection = results.get('selection', {})
+  if selection:
+    grid = next(iter(selection.values()))['grid']
+    seed = results['config']['seeds'][0]
+    lines += [
+        '',
+        f'Choice of w (validation bits/byte of seed {seed}; the chosen run is the one in the '
+        'table):',
+        '',
+        '| divergence | ' + ' | '.join(f'w = {w:g}' for w in grid) + ' | chosen w |',
+        '|---|' + '---|' * (len(grid) + 1),
+    ]
+    for variant, chosen in selection.items():
+      name = VARIANT_NAMES[variant].format(beta=kd['jsd_beta'], alpha=kd['skew_alpha'])
+      name = name.removeprefix('student, ').removesuffix(' + labels')
+      lines.append(f'| {name} | ' + ' | '.join(f'{v:.3f}' for v in chosen['val_bpc'])
+                   + f" | {chosen['chosen']:g} |")
   return '\n'.join(lines)
 
 

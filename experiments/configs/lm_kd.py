@@ -12,16 +12,18 @@ labels. Reported: held-out bits per byte (= bits per character: the
 sources are ASCII but for a few files), token-weighted over real targets.
 
 * ``cpu`` (what ``make lm-demo`` runs): a deterministic subset of the
-  files (the first ones of each split in sorted order: about 480 kB of
+  files (the first ones of each split in path-hash order: about 480 kB of
   training text, 32 kB of validation and 96 kB of test text), context 128;
   a 4-layer, 96-wide teacher (467,808 parameters, 2 epochs) trained once
   and shared by all seeds; 2-layer, 64-wide students (115,008 parameters,
   0.25 of the teacher, 1 epoch) for 3 seeds. The students distil from the
   teacher's logits computed once over the training windows and kept in
   float16 (``kd.cache_teacher_logits``): the same targets as running the
-  teacher at every step, for a fraction of the cost. Cost: about 10 minutes
-  on 2 otherwise idle CPU cores; 30-40 minutes on a machine shared with
-  other jobs. Command::
+  teacher at every step, for a fraction of the cost. With the choice of
+  the mix weight (two weights per divergence on the first seed) that is one
+  teacher and 19 student runs: 24 minutes measured on 2 CPU cores shared
+  with other jobs (load about 10; the teacher 6 minutes, a student about
+  50 s); less on an idle machine. Command::
 
       python -m experiments.lm_kd --config=experiments/configs/lm_kd.py:cpu \\
           --workdir=runs/lm_kd_cpu
@@ -65,7 +67,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.data.suffixes = ('.py',)
   c.data.val_fraction = 0.05
   c.data.test_fraction = 0.05
-  # Byte budgets per split (whole files, first in sorted order); 0 = all.
+  # Byte budgets per split (whole files, first in path-hash order); 0 = all.
   c.data.train_bytes = 480_000
   c.data.val_bytes = 32_000
   c.data.test_bytes = 96_000
