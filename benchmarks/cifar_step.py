@@ -484,6 +484,21 @@ def check_first_step(runners: dict[str, Any], torch_runner) -> dict[str, float]:
   return first
 
 
+def round_order(everyone: list[Any], rep: int) -> list[Any]:
+  """The order of the sides in round `rep`.
+
+  The kdjax and hand steps of one conv_impl run back to back, kdjax first in
+  even rounds and hand first in odd ones (so neither always follows the
+  other, nor torch); the groups (and torch) rotate from round to round.
+  """
+  groups = collections.defaultdict(list)
+  for runner in everyone:
+    groups[runner.name.split('/')[-1] if '/' in runner.name else runner.name].append(runner)
+  groups = [g if rep % 2 == 0 else g[::-1] for g in groups.values()]
+  shift = rep % len(groups)
+  return [runner for group in groups[shift:] + groups[:shift] for runner in group]
+
+
 def measure_steps(setup: Setup, data, args) -> dict[str, Any]:
   runners = {}
   compile_s = {}
@@ -505,8 +520,7 @@ def measure_steps(setup: Setup, data, args) -> dict[str, Any]:
     torch_runner.phases.clear()
   times = collections.defaultdict(list)
   for rep in range(args.repeats):
-    shift = rep % len(everyone)
-    for runner in everyone[shift:] + everyone[:shift]:
+    for runner in round_order(everyone, rep):
       wall, cpu = time_call(lambda r=runner: r.run(args.steps))
       times[runner.name].append((wall / args.steps, cpu / args.steps))
   times = {name: np.asarray(v) for name, v in times.items()}  # [repeats, 2]
@@ -516,6 +530,7 @@ def measure_steps(setup: Setup, data, args) -> dict[str, Any]:
       'first_loss': first_loss,
       'median_s': {n: float(np.median(v[:, 0])) for n, v in times.items()},
       'median_cpu_s': {n: float(np.median(v[:, 1])) for n, v in times.items()},
+      'rounds_s': {n: v.tolist() for n, v in times.items()},  # [round, (wall, CPU)]
       'ratios': {},
   }
   for impl in args.impls:
@@ -841,14 +856,15 @@ the same first loss and parameters, torch the same first loss
 (JAX {results['steps']['first_loss'].get(f'kdjax/{args.impls[0]}', float('nan')):.5f},
 torch {results['steps']['first_loss'].get('torch', float('nan')):.5f}).
 After {args.warmup} warm-up step(s), each of {args.repeats} rounds times {args.steps}
-step(s) of every side in turn (rotating the order). Times are medians;
+step(s) of every side in turn (kdjax and hand of one `conv_impl` back to back,
+alternating which goes first; the groups rotate). Times are medians;
 ratios are medians of the per-round ratios with the interquartile range, by
 wall clock and by this process's CPU time (less sensitive to the other
 processes on a shared machine).
 
 * Command: `{command_line()}` (under `nice`)
 * Date: {date}
-* JAX {jax.__version__}, Flax {importlib_version('flax')}, optax {optax.__version__}, backend {jax.default_backend()}, XLA_FLAGS `{os.environ.get('XLA_FLAGS', '')}`
+* JAX {jax.__version__}, Flax {importlib_version('flax')}, optax {optax.__version__}, backend {jax.default_backend()}, XLA_FLAGS `{os.environ.get('XLA_FLAGS') or '(none)'}`
 * Machine: {writers.environment()['machine']}; load average before the run {load_before}, after {', '.join(f'{x:.2f}' for x in os.getloadavg())}
 * Result: {'; '.join(verdicts(results['steps']))}
 {variant_lines(results)}

@@ -132,3 +132,17 @@ def test_docs_section_and_verdicts():
 def test_bad_side_is_refused():
   with pytest.raises(SystemExit):
     bench.parse_args(['--sides', 'kdjax,tensorflow'])
+
+
+def test_round_order_alternates_kdjax_and_hand():
+  names = ['kdjax/im2col', 'hand/im2col', 'kdjax/lax', 'hand/lax', 'torch']
+  runners = [type('R', (), {'name': name})() for name in names]
+  firsts = []
+  for rep in range(4):
+    order = [r.name for r in bench.round_order(runners, rep)]
+    assert sorted(order) == sorted(names)  # every side once per round
+    for impl in ('im2col', 'lax'):
+      i, j = order.index(f'kdjax/{impl}'), order.index(f'hand/{impl}')
+      assert abs(i - j) == 1  # the pair runs back to back
+      firsts.append(i < j)
+  assert firsts == [True, True, False, False] * 2
