@@ -258,7 +258,7 @@ def fitnets_joint_objective(c: ml_collections.ConfigDict) -> objective_lib.Objec
   return _with_accuracy(
       {'ce': objective_lib.supervised(),
        'hint': objective_lib.feature(losses.hint_loss, 'hint', c.teacher_feature,
-                                     reduction=c.reduction)},
+                                     reduction=c.reduction, resize=c.resize or None)},
       {'hint': c.hint_weight})
 
 
@@ -574,7 +574,7 @@ class Experiment:
       return [self._trainer(recipe, train_step, self.student_init(module, optimizer), evaluate)]
     # Stage 1: the hint alone, moving only what lies on its path.
     stage1 = objective_lib.fitnets_stage1_objective('hint', c.teacher_feature,
-                                                    reduction=c.reduction)
+                                                    reduction=c.reduction, resize=c.resize or None)
     example_state = jax.jit(self.student_init(module, optimizer))(jax.random.PRNGKey(0))
     example_batch = {k: v[:8] for k, v in self.arrays['train'].items()}
     teacher_variables = jax.jit(self._init_teacher)(jax.random.PRNGKey(0))
@@ -782,6 +782,20 @@ def format_table(results: Mapping[str, Any]) -> str:
     lines.append(f"| {title} | {pct(test)} | {pct(summary[phase]['val'])} | "
                  f"{num_test * (1 - test['mean']):.1f} ± {num_test * test['std']:.1f} |")
   lines += ['', verdict(summary)]
+  phase_seconds = results.get('phase_seconds') or []
+  if phase_seconds:
+    mean_seconds = {p: np.mean([s[p] for s in phase_seconds if p in s]) for p in phase_seconds[0]}
+    lines += ['', 'Training time per seed (s, mean over seeds, compilation in the first): '
+              + ', '.join(f'{p} {t:.0f}' for p, t in mean_seconds.items()) + '.']
+  gradcam = results.get('gradcam')
+  if gradcam:
+    how = {'closed_form': 'in closed form at the last stage (CAM: the zoo models do not '
+                          'perturb their maps)',
+           'grad_cam': 'with kdjax.explain.grad_cam'}
+    lines += ['', f"Grad-CAM maps of {results['config']['gradcam']['feature']} (teacher, "
+              f"labels-only student, {results['config']['gradcam']['method']} student; true "
+              f"class) for the first test images: `{gradcam['file']}` in the run's workdir, "
+              f"computed {' and '.join(how.get(h, h) for h in gradcam['method'].split('+'))}."]
   return '\n'.join(lines)
 
 
@@ -810,6 +824,13 @@ def verdict(summary: Mapping[str, Any]) -> str:
   if 'vanilla' in summary:
     gain = summary['kd']['test']['mean'] - summary['vanilla']['test']['mean']
     parts.append(f"KD itself is {100 * gain:+.2f} points over the student trained on labels alone.")
+    vanilla = summary['vanilla']['test']['mean']
+    hurt = [m for m in others if summary[m]['test']['mean'] < vanilla - 0.05]
+    if hurt:
+      parts.append(
+          'More than 5 points below the labels-only student, at the published weights: '
+          + ', '.join(f"{name(m)} ({100 * summary[m]['test']['mean']:.2f} %)" for m in hurt)
+          + '.')
   return ' '.join(parts)
 
 

@@ -207,7 +207,9 @@ def test_optimizer_is_step_decayed_sgd_with_l2_like_pytorch():
 
 
 def test_dkd_weight_warms_up_linearly():
-  objective = cifar_kd.dkd_objective(cifar_kd_configs.get_config('cpu').dkd, steps_per_epoch=10)
+  config = cifar_kd_configs.get_config('cpu').dkd
+  config.warmup_epochs = 3
+  objective = cifar_kd.dkd_objective(config, steps_per_epoch=10)
   warmup = 3 * 10
   for step in (0, 7, 30, 100):
     assert float(objective.weight('dkd', jnp.asarray(step))) == pytest.approx(
@@ -241,11 +243,14 @@ def test_verdict_is_computed_from_the_numbers():
   summary = {'vanilla': stats(0.90, 0.01), 'kd': stats(0.92, 0.01), 'dkd': stats(0.95, 0.005),
              'at': stats(0.925, 0.02), 'crd': stats(0.91, 0.01)}
   text = cifar_kd.verdict(summary)
-  assert 'DKD (95.00 %), AT (92.50 %)' in text
+  assert 'AT (92.50 %), DKD (95.00 %)' in text  # in the table's order
   assert 'by more than one standard deviation on both sides: DKD.' in text
   assert 'CRD' not in text and '+2.00 points' in text
   assert cifar_kd.verdict({'kd': stats(0.9, 0.0), 'at': stats(0.8, 0.0)}).startswith(
       'No method beat vanilla KD (90.00 %)')
+  hurt = cifar_kd.verdict({**summary, 'at': stats(0.5, 0.1)})
+  assert hurt.endswith('More than 5 points below the labels-only student, at the published '
+                       'weights: AT (50.00 %).')
 
 
 def test_configs_cover_the_tables_and_reject_unknown_scales():

@@ -147,6 +147,9 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.fitnets.hint_weight = 100.0
   c.fitnets.reduction = 'mean'  # the libraries' MSE
   c.fitnets.temperature = 4.0
+  # '' (the regressor's output must match the hint's size), 'avg_pool' (the
+  # larger map is average-pooled to the smaller) or 'bilinear'.
+  c.fitnets.resize = ''
 
   c.at = ml_collections.ConfigDict()
   c.at.features = ('feat_1', 'feat_2', 'feat_3')  # mdistiller: feats[1:]
@@ -192,10 +195,24 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   lr = 0.01 if student in LOW_LR_STUDENTS else 0.05
   c.student.train = _recipe(epochs=240, learning_rate=lr)
   c.fitnets.stage1_epochs = 0
+  if 'vgg' in (_family(teacher), _family(student)):
+    c.at.features = ('feat_1', 'feat_2', 'feat_3', 'feat_4')  # the VGGs have four stages
+  if _family(teacher) != _family(student):
+    # Heterogeneous pairs: stage maps of different sizes (e.g. ResNet-32x4's
+    # 16x16 feat_2 against ShuffleNet's 8x8): pool the larger to the smaller.
+    c.fitnets.resize = 'avg_pool'
+    c.at.resize = 'avg_pool'
   c.dkd.beta = FULL_PAIRS[pair]
   c.dkd.warmup_epochs = 20
   c.crd.num_negatives = 16384
   return c
+
+
+def _family(model: str) -> str:
+  for family in ('resnet', 'wrn', 'vgg', 'Mobile', 'Shuffle'):
+    if model.startswith(family):
+      return family
+  return model
 
 
 def _parse_pair(scale: str) -> tuple[str, str]:
