@@ -745,11 +745,12 @@ def describe(config: Mapping[str, Any], params: Mapping[str, int]) -> str:
   if data['flip']:
     aug.append('horizontal flips')
   return (
-      f"Data: {data['name']}, trained on `{data['train_split']}`, choices made on "
-      f"`{data['val_split']}`, reported on `{data['test_split']}`"
-      f"{' with ' + ' and '.join(aug) if aug else ''}. Teacher: {model(t)} "
-      f"({params['teacher']:,} parameters, {t['train']['epochs']} epochs); student: {model(s)} "
-      f"({params['student']:,} parameters), {r['epochs']} epochs of SGD (momentum "
+      f"Data: {data['name']}, trained on `{data['train_split']}`, validation accuracy on "
+      f"`{data['val_split']}` (no method weight was tuned: all are the published ones), test "
+      f"accuracy on `{data['test_split']}`"
+      f"{'; training with ' + ' and '.join(aug) if aug else ''}. Teacher: {model(t)}, "
+      f"{params['teacher']:,} parameters, {t['train']['epochs']} epochs; student: {model(s)}, "
+      f"{params['student']:,} parameters, {r['epochs']} epochs of SGD (momentum "
       f"{r['momentum']}, learning rate {r['learning_rate']} divided by "
       f"{1 / r['decay_rate']:g} at {', '.join(f'{f:g}' for f in r['decay_fractions'])} of the "
       f"epochs, weight decay {r['weight_decay']:g}, batch {r['batch_size']}) with each method at "
