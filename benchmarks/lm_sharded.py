@@ -237,10 +237,12 @@ the initial state, whose losses are compared with the 1-device run, then
 {args.warmup} warm-up steps and {args.repeats} timed steps (each ending in
 `jax.block_until_ready`). *Relative cost* is the median 8-device step time
 over the median 1-device step time. The {DEVICES} simulated devices share
-this machine's {os.cpu_count()} cores: the ratio is the price of
-partitioning the program and running its collectives on one host (more,
-smaller kernels, copies between device buffers), **not** a parallel
-speed-up, which needs real devices. *First call* is trace + compile + one
+this machine's {os.cpu_count()} cores, so the ratio is **not** a parallel
+speed-up (that needs real devices): it weighs the partitioned program (more,
+smaller kernels, collectives, copies between device buffers) against the
+1-device one on the same cores. A ratio below 1 means the 8 per-device
+programs, run concurrently on the host's threads, kept the cores busier than
+one device's intra-op threading did. *First call* is trace + compile + one
 step.
 
 * Models: {common.describe(args)}
