@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
-import re
 import statistics
 import sys
 from typing import Any
@@ -27,6 +26,9 @@ import optax
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import _docs  # pylint: disable=wrong-import-position
 
 from kdjax import objective as objective_lib  # pylint: disable=wrong-import-position
 from kdjax import writers  # pylint: disable=wrong-import-position
@@ -211,11 +213,4 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def write_section(title: str, section: str, path: pathlib.Path = DOCS) -> None:
   """Replaces (or appends) the ``title`` section of `path`, keeping the rest."""
-  text = path.read_text() if path.exists() else '# Performance\n'
-  pattern = re.compile(rf'^{re.escape(title)}\n.*?(?=^## |\Z)', re.M | re.S)
-  if pattern.search(text):
-    text = pattern.sub(lambda _: section.rstrip('\n') + '\n\n', text, count=1)
-    text = text.rstrip('\n') + '\n'
-  else:
-    text = text.rstrip('\n') + '\n\n' + section.rstrip('\n') + '\n'
-  path.write_text(text)
+  _docs.write_section(title, section, path)

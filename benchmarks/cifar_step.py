@@ -79,6 +79,9 @@ import optax
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import _docs  # pylint: disable=wrong-import-position
 
 from kdjax import adapters  # pylint: disable=wrong-import-position
 from kdjax import losses  # pylint: disable=wrong-import-position
@@ -902,15 +905,8 @@ Rows with `XLA_FLAGS` come from the child process of that variant.
 
 
 def write_docs(section: str, path: pathlib.Path = DOCS) -> None:
-  """Replaces (or appends) the section, keeping the rest of the page."""
-  text = path.read_text() if path.exists() else '# Performance\n'
-  pattern = re.compile(rf'^{re.escape(SECTION)}\n.*?(?=^## |\Z)', re.M | re.S)
-  if pattern.search(text):
-    text = pattern.sub(lambda _: section.rstrip('\n') + '\n\n', text, count=1)
-    text = text.rstrip('\n') + '\n'
-  else:
-    text = text.rstrip('\n') + '\n\n' + section
-  path.write_text(text)
+  """Replaces (or appends) this benchmark's section, keeping the rest of the page."""
+  _docs.write_section(SECTION, section, path)
 
 
 def parse_args(argv=None):
