@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kdjax import zoo
+from zoo_variables import numpy_variables
 
 # (in, out, kernel, strides, padding, groups): 1x1/3x3, strides 1/2,
 # SAME/VALID/explicit (asymmetric too), grouped, depthwise, depthwise with a
@@ -123,28 +124,12 @@ def test_bad_arguments_name_themselves():
     zoo.Conv(6, feature_group_count=3).init(jax.random.PRNGKey(0), x)
 
 
-def _numpy_variables(model, images):
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if 'var' in name or 'scale' in name:
-      return np.ones(leaf.shape, np.float32) + 0.1 * rng.random(leaf.shape, np.float32)
-    if 'mean' in name or 'bias' in name:
-      return 0.1 * rng.standard_normal(leaf.shape, np.float32)
-    fan_in = int(np.prod(leaf.shape[:-1]))
-    return rng.standard_normal(leaf.shape, np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def test_model_with_im2col_equals_model_with_lax():
   images = np.random.default_rng(3).standard_normal((2, 8, 8, 3), np.float32)
   labels = jnp.array([1, 3])
   # Strided 3x3 and 1x1 shortcut convolutions.
   make = lambda conv_impl: zoo.WideResNet(10, 1, num_classes=5, conv_impl=conv_impl)
-  variables = _numpy_variables(make('lax'), images)
+  variables = numpy_variables(make('lax'), images)
 
   @jax.jit
   def loss_and_grads(params, images):

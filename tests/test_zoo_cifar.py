@@ -7,6 +7,7 @@ import pytest
 
 from kdjax import adapters
 from kdjax import zoo
+from zoo_variables import numpy_variables
 
 # Parameter counts of the PyTorch originals with num_classes=100 (weights and
 # biases, BatchNorm weight and bias; running statistics are buffers and not
@@ -81,27 +82,6 @@ def test_param_count_and_feature_shapes_match_the_pytorch_model(name):
   assert {key: value[0].shape for key, value in intermediates.items()} == expected
 
 
-def _init(model, images):
-  """He-scaled NumPy variables of the model's shapes.
-
-  ``model.init`` would compile a threefry sampler per parameter shape (about
-  a second each on 2 CPU cores); these tests need values, not that init.
-  """
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if 'var' in name or 'scale' in name:
-      return np.ones(leaf.shape, np.float32) + 0.1 * rng.random(leaf.shape, np.float32)
-    if 'mean' in name or 'bias' in name:
-      return 0.1 * rng.standard_normal(leaf.shape, np.float32)
-    fan_in = int(np.prod(leaf.shape[:-1]))
-    return rng.standard_normal(leaf.shape, np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 SMALL_MODELS = {
     'resnet8x4': zoo.resnet8x4,
     'wrn_16_2': zoo.wrn_16_2,
@@ -115,7 +95,7 @@ SMALL_MODELS = {
 def test_jitted_forward_features_and_their_relations(name):
   model = SMALL_MODELS[name](num_classes=7)
   images = np.random.default_rng(1).standard_normal((3, 16, 16, 3), np.float32)
-  variables = _init(model, images)
+  variables = numpy_variables(model, images)
   names = ['feat_0', 'feat_1', 'feat_3', 'preact_0', 'preact_3', 'pooled']
   apply = jax.jit(adapters.from_linen(model, inputs='image', features=names),
                   static_argnames='train')
@@ -150,7 +130,7 @@ def test_batch_norm_train_and_eval_follow_pytorch_semantics():
   images = rng.standard_normal((4, 8, 8, 3), np.float32)
   # The same first two examples with a different rest of the batch.
   other_images = np.concatenate([images[:2], rng.standard_normal((2, 8, 8, 3), np.float32)])
-  variables = _init(model, images)
+  variables = numpy_variables(model, images)
 
   @jax.jit
   def train_call(variables, images):
