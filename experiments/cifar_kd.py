@@ -46,6 +46,7 @@ from kdjax import losses
 from kdjax import loop
 from kdjax import metrics as metrics_lib
 from kdjax import objective as objective_lib
+from kdjax import recipes
 from kdjax import step as step_lib
 from kdjax import writers
 from kdjax import zoo
@@ -214,7 +215,7 @@ def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int,
 
 def _with_accuracy(terms, weights) -> objective_lib.Objective:
   return objective_lib.Objective(terms, weights=weights,
-                                 metrics={'acc/student': objective_lib.accuracy()})
+                                 metrics={'acc/student': objective_lib.accuracy_metric()})
 
 
 def label_objective() -> objective_lib.Objective:
@@ -279,60 +280,15 @@ def dml_objective(c: ml_collections.ConfigDict) -> objective_lib.Objective:
       {'kl': c.kl_weight})
 
 
-def _memory_dict(memory: losses.CRDMemory) -> dict[str, jax.Array]:
-  return {'student': memory.student, 'teacher': memory.teacher,
-          'z_student': memory.z_student, 'z_teacher': memory.z_teacher}
-
-
-def make_crd_train_step(student_apply, teacher_apply, optimizer, c: ml_collections.ConfigDict,
-                        num_data: int):
-  """A train step for CE + weight * CRD that carries the memory banks.
-
-  The banks live in ``state.model_state['crd_memory']`` (state, not
-  parameters: checkpointed with the student, never differentiated). The
-  teacher's ``c.feature`` goes into the student's input for the
-  teacher-side head. Negatives are drawn uniformly from the other training
-  examples with ``fold_in(state.rng, state.step)``.
-  """
-  labels = objective_lib.Objective(
-      {'ce': objective_lib.supervised()}, weights={'ce': c.ce_weight},
-      metrics={'acc/student': objective_lib.accuracy()})
-
-  def step(state, teacher_variables, batch):
-    teacher = step_lib.teacher_outputs(teacher_apply, teacher_variables, batch)
-    memory = losses.CRDMemory(**state.model_state['crd_memory'])
-    model_state = {k: v for k, v in state.model_state.items() if k != 'crd_memory'}
-    key = jax.random.fold_in(state.rng, state.step)
-    negative_key, dropout_key = jax.random.split(key)
-    negatives = losses.crd_negatives(negative_key, batch['index'], num_data, c.num_negatives)
-    student_batch = {**batch, 'teacher_features': teacher.feature(c.feature)}
-
-    def loss_fn(params):
-      student, new_model_state = student_apply(
-          {'params': params, **model_state}, student_batch, train=True,
-          rngs={'dropout': dropout_key})
-      loss, metrics = labels(student, teacher, batch, step=state.step)
-      contrast, new_memory = losses.crd(
-          student.feature('crd_student'), student.feature('crd_teacher'), memory,
-          batch['index'], negatives, temperature=c.temperature, momentum=c.momentum)
-      contrast_sum, count = metrics_lib.metric(contrast)
-      loss = loss + c.weight * contrast_sum / jnp.maximum(count, 1.0)
-      metrics = {**metrics, 'loss/crd': (contrast_sum, count),
-                 'weight/crd': metrics_lib.scalar(jnp.asarray(c.weight, jnp.float32)),
-                 'loss/total': metrics_lib.scalar(loss)}
-      return loss, (metrics, new_model_state, new_memory)
-
-    grads, (metrics, new_model_state, new_memory) = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        model_state={**model_state, **new_model_state, 'crd_memory': _memory_dict(new_memory)},
-        opt_state=opt_state,
-    )
-    return new_state, metrics_lib.Packed.from_dict(metrics)
-
-  return step
+def crd_objective(c: ml_collections.ConfigDict, num_data: int) -> objective_lib.Objective:
+  """CE + weight * CRD; the memory banks are the CRD term's state in the TrainState."""
+  if c.num_negatives < 1:
+    raise ValueError(f'crd.num_negatives must be >= 1, got {c.num_negatives}')
+  return _with_accuracy(
+      {'ce': objective_lib.supervised(),
+       'crd': objective_lib.crd(num_data, c.dim, num_negatives=c.num_negatives,
+                                temperature=c.temperature, momentum=c.momentum)},
+      {'ce': c.ce_weight, 'crd': c.weight})
 
 
 def pack_cohort(states: Sequence[step_lib.TrainState]) -> step_lib.TrainState:
@@ -456,22 +412,20 @@ class Experiment:
       inputs = self._inputs
     return adapters.from_linen(module, inputs=inputs, features=mapping)
 
-  def student_init(self, module: Student, optimizer, *, init_inputs=None, extra_state=None):
+  def student_init(self, module: Student, optimizer, *, init_inputs=None, objective=None):
     """``init(key) -> TrainState``; shared between calls with the same module and optimizer."""
     key = (_module_key(module), id(optimizer))
-    if init_inputs is None and extra_state is None and key in self._init_fns:
+    if init_inputs is None and objective is None and key in self._init_fns:
       return self._init_fns[key]
     example = self.example if init_inputs is None else init_inputs
 
     def init(key):
       variables = module.init(key, example, train=False, mutable=True)
       variables = {k: v for k, v in variables.items() if k != 'intermediates'}
-      state = step_lib.init_train_state(variables, optimizer, rng=jax.random.fold_in(key, 1))
-      if extra_state is not None:
-        state = state.replace(model_state={**state.model_state, **extra_state(key)})
-      return state
+      return step_lib.init_train_state(variables, optimizer, rng=jax.random.fold_in(key, 1),
+                                       objective=objective)
 
-    if init_inputs is None and extra_state is None:
+    if init_inputs is None and objective is None:
       self._init_fns[key] = init
     return init
 
@@ -573,7 +527,7 @@ class Experiment:
                                             fitnets_joint_objective(c), optimizer)
       return [self._trainer(recipe, train_step, self.student_init(module, optimizer), evaluate)]
     # Stage 1: the hint alone, moving only what lies on its path.
-    stage1 = objective_lib.fitnets_stage1_objective('hint', c.teacher_feature,
+    stage1 = recipes.fitnets_stage1_objective('hint', c.teacher_feature,
                                                     reduction=c.reduction, resize=c.resize or None)
     example_state = jax.jit(self.student_init(module, optimizer))(jax.random.PRNGKey(0))
     example_batch = {k: v[:8] for k, v in self.arrays['train'].items()}
@@ -587,15 +541,15 @@ class Experiment:
 
     paths = trainable_paths(hint_loss, example_state.params)
     stage1_recipe = ml_collections.ConfigDict({**recipe.to_dict(), 'epochs': c.stage1_epochs})
-    stage1_optimizer = objective_lib.fitnets_stage1_optimizer(
+    stage1_optimizer = recipes.freeze_except(
         make_optimizer(stage1_recipe, self.steps_per_epoch(recipe.batch_size)),
         lambda path: path in paths)
     stage1_step = step_lib.make_train_step(student_apply, teacher_apply, stage1, stage1_optimizer)
     # Stage 2: KD with the paper's annealed weight, the whole student.
     total_steps = recipe.epochs * self.steps_per_epoch(recipe.batch_size)
-    stage2 = objective_lib.fitnets_stage2_objective(
+    stage2 = recipes.fitnets_stage2_objective(
         total_steps=total_steps, temperature=c.temperature,
-        metrics={'acc/student': objective_lib.accuracy()})
+        metrics={'acc/student': objective_lib.accuracy_metric()})
     stage2_step = step_lib.make_train_step(self.student_apply(module), self.teacher_apply, stage2,
                                            optimizer)
     return [
@@ -610,18 +564,15 @@ class Experiment:
     module = self.student(crd_feature=c.feature, crd_dim=c.dim)
     student_apply = self.student_apply(module, ('crd_student', 'crd_teacher'),
                                        teacher_features=True)
-    teacher_apply = self._teacher_apply((c.feature,))
-    if c.num_negatives < 1:
-      raise ValueError(f'crd.num_negatives must be >= 1, got {c.num_negatives}')
-    train_step = make_crd_train_step(student_apply, teacher_apply, optimizer, c, self.num_train)
-
-    def memory(key):
-      return {'crd_memory': _memory_dict(
-          losses.crd_memory_init(jax.random.fold_in(key, 2), self.num_train, c.dim))}
-
+    objective = crd_objective(c, self.num_train)
+    # The teacher-side CRD head is the student's: it reads the teacher's feature.
+    train_step = step_lib.make_train_step(
+        student_apply, self._teacher_apply((c.feature,)), objective, optimizer,
+        student_inputs=lambda batch, teacher: {
+            **batch, 'teacher_features': teacher.feature(c.feature)})
     init = self.student_init(module, optimizer,
                              init_inputs=(self.example, jnp.zeros((1,) + teacher_dim[1:])),
-                             extra_state=memory)
+                             objective=objective)
     return self._trainer(recipe, train_step, init, self.evaluate_fn(module))
 
   def _dml_trainer(self, optimizer) -> Trainer:
@@ -870,10 +821,10 @@ def gradcam_figure(experiment: Experiment, teacher_variables, states, path: str)
   teacher_apply = experiment._teacher_apply(features)  # pylint: disable=protected-access
   student_apply = experiment.student_apply(experiment.student(), features)
   rows = [('teacher', teacher_apply, teacher_variables, ()),
-          ('student, labels only', student_apply, _plain_variables(states['vanilla']),
+          ('student, labels only', student_apply, states['vanilla'].variables,
            ('backbone',)),
           (f"student, {METHOD_TITLES[c.method].split(' (')[0]}", student_apply,
-           _plain_variables(states[c.method]), ('backbone',))]
+           states[c.method].variables, ('backbone',))]
   maps, how = {}, set()
   for name, apply, variables, prefix in rows:
     feature_map, gradients, _ = explain.feature_gradients(
@@ -908,11 +859,6 @@ def _pooled_dense_gradients(apply, variables, batch, feature, prefix, labels):
   _, height, width, _ = feature_map.shape
   weights = kernel[:, np.asarray(labels)].T / (height * width)  # [batch, channels]
   return jnp.asarray(np.broadcast_to(weights[:, None, None, :], feature_map.shape), jnp.float32)
-
-
-def _plain_variables(state: step_lib.TrainState) -> dict[str, Any]:
-  return {'params': state.params,
-          **{k: v for k, v in state.model_state.items() if k != 'crd_memory'}}
 
 
 # ----------------------------------------------------------------------------

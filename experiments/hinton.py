@@ -100,14 +100,14 @@ def kd_objective(kd_config: ml_collections.ConfigDict) -> objective_lib.Objectiv
           'ce': objective_lib.supervised(),
       },
       weights={'kd': kd_config.soft_weight, 'ce': 1.0 - kd_config.soft_weight},
-      metrics={'acc/student': objective_lib.accuracy()},
+      metrics={'acc/student': objective_lib.accuracy_metric()},
   )
 
 
 def label_objective() -> objective_lib.Objective:
   return objective_lib.Objective(
       {'ce': objective_lib.supervised()},
-      metrics={'acc/student': objective_lib.accuracy()},
+      metrics={'acc/student': objective_lib.accuracy_metric()},
   )
 
 

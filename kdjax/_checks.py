@@ -100,3 +100,27 @@ def batch_entry(batch: Any, key: str, role: str) -> Any:
     raise KeyError(
         f'{role} {key!r} is not in the batch; the batch has {sorted(batch)}'
     ) from None
+
+
+def align_mask(name: str, mask: Any, values_shape, *, what: str = 'values') -> Any:
+  """`mask` as float32 with trailing unit axes, aligned with `values_shape`'s leading axes.
+
+  A ``[batch]`` mask of ``[batch, time]`` values becomes ``[batch, 1]``;
+  a ``[1, time]`` mask stays. Raises a ValueError naming `name`, `what` and
+  both shapes when the aligned mask does not broadcast to `values_shape`
+  without changing it (checked on static shapes, at trace time).
+  """
+  mask = jnp.asarray(mask, jnp.float32)
+  values_shape = tuple(values_shape)
+  original = tuple(mask.shape)
+  mask = mask.reshape(original + (1,) * max(len(values_shape) - mask.ndim, 0))
+  try:
+    ok = np.broadcast_shapes(mask.shape, values_shape) == values_shape
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(
+        f'{name} with shape {original} does not align with the leading axes of '
+        f'{what} with shape {values_shape}.'
+    )
+  return mask

@@ -13,6 +13,7 @@ import optax
 from kdjax import metrics as metrics_lib
 from kdjax._outputs import Outputs
 from kdjax.adapters import Apply
+from kdjax import objective as objective_lib
 from kdjax.objective import Objective
 
 Batch = Mapping[str, Any]
@@ -30,6 +31,10 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: the optimizer's state.
     rng: a ``uint32[2]`` PRNG key; the step's randomness is
       ``fold_in(rng, step)``, so a restored state draws the same numbers.
+    objective_state: the state of the objective's stateful terms, by term
+      name (CRD's memory banks, an EMA teacher's variables; see
+      :class:`kdjax.objective.StatefulTerm`); ``{}`` for a stateless
+      objective, which then costs nothing.
   """
 
   step: jax.Array
@@ -37,6 +42,7 @@ class TrainState(flax.struct.PyTreeNode):
   model_state: Mapping[str, Any]
   opt_state: Any
   rng: jax.Array
+  objective_state: Mapping[str, Any] = flax.struct.field(default_factory=dict)
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -49,6 +55,7 @@ def init_train_state(
     optimizer: optax.GradientTransformation,
     *,
     rng: jax.Array | int = 0,
+    objective: Objective | None = None,
 ) -> TrainState:
   """Builds a :class:`TrainState` from a model's variables.
 
@@ -57,6 +64,9 @@ def init_train_state(
       linen ``init`` or :func:`kdjax.adapters.from_nnx`.
     optimizer: an optax gradient transformation.
     rng: a seed or a legacy ``uint32[2]`` key for dropout and other noise.
+    objective: the objective the state will be trained on; its stateful
+      terms' state (:meth:`kdjax.objective.Objective.init`) becomes
+      ``objective_state``. Needed only for an objective with stateful terms.
 
   Returns:
     The state at step 0.
@@ -65,22 +75,41 @@ def init_train_state(
     raise KeyError(
         f"variables must hold 'params'; got collections {sorted(variables)}"
     )
-  variables = dict(variables)
-  params = variables.pop('params')
   if isinstance(rng, int):
     rng = jax.random.PRNGKey(rng)
+  rng = jnp.asarray(rng)
+  objective_state = {}
+  if objective is not None:
+    objective_state = objective.init(jax.random.fold_in(rng, _INIT_KEY), variables)
+  variables = dict(variables)
+  params = variables.pop('params')
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       model_state=variables,
       opt_state=optimizer.init(params),
-      rng=jnp.asarray(rng),
+      rng=rng,
+      objective_state=objective_state,
   )
 
 
-def _step_rngs(state: TrainState, streams: Sequence[str]) -> dict[str, jax.Array]:
-  key = jax.random.fold_in(state.rng, state.step)
-  keys = jax.random.split(key, len(streams))
+# Folded into the state's key for the objective's initial state; the steps
+# fold the step number in instead, so the two never meet below 2**31 steps.
+_INIT_KEY = 2**31 - 1
+
+
+def _step_key(state: TrainState, axis_name: str | None = None) -> jax.Array:
+  """``fold_in(rng, step)``; under pmap the rng is folded with the device first."""
+  rng = state.rng
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  return jax.random.fold_in(rng, state.step)
+
+
+def _step_rngs(
+    state: TrainState, streams: Sequence[str], axis_name: str | None = None
+) -> dict[str, jax.Array]:
+  keys = jax.random.split(_step_key(state, axis_name), len(streams))
   return dict(zip(streams, keys))
 
 
@@ -139,27 +168,55 @@ def _update(
     teacher: Outputs | tuple[Outputs, ...] | None,
     batch: Batch,
     grad_norm: bool,
+    *,
+    student_batch: Batch | None = None,
+    axis_name: str | None = None,
 ) -> tuple[TrainState, dict]:
-  """One optimizer update of `state` on `objective` against fixed `teacher`."""
+  """One optimizer update of `state` on `objective` against fixed `teacher`.
+
+  With `axis_name` (the pmap path) the objective normalises by the global
+  counts, the gradients are summed over the axis before the optimizer sees
+  them, and the model state is averaged over it.
+  """
+  stateful = bool(objective.stateful_terms)
+  # The objective's key ignores the device: stateful terms draw the same
+  # noise on every device.
+  objective_rng = objective_lib.objective_rng(_step_key(state)) if stateful else None
 
   def loss_fn(params):
     variables = {'params': params, **state.model_state}
-    student, new_model_state = apply(variables, batch, train=True, rngs=rngs)
-    loss, metrics = objective(student, teacher, batch, step=state.step)
-    return loss, (metrics, new_model_state)
+    student, new_model_state = apply(
+        variables, batch if student_batch is None else student_batch, train=True, rngs=rngs)
+    loss, metrics, objective_state = objective.apply(
+        student, teacher, batch, step=state.step, state=state.objective_state,
+        rng=objective_rng, axis_name=axis_name)
+    return loss, (metrics, new_model_state, objective_state)
 
-  grads, (metrics, new_model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (metrics, new_model_state, objective_state) = jax.grad(loss_fn, has_aux=True)(
+      state.params)
+  if axis_name is not None:
+    grads = jax.lax.psum(grads, axis_name)
+    new_model_state = jax.lax.pmean(new_model_state, axis_name)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  model_state = {**state.model_state, **new_model_state}
+  if stateful:
+    objective_state = objective.after_update(
+        objective_state, {'params': params, **model_state}, state.step)
   new_state = state.replace(
       step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      model_state={**state.model_state, **new_model_state},
+      params=params,
+      model_state=model_state,
       opt_state=opt_state,
+      objective_state=objective_state if stateful else state.objective_state,
   )
   metrics = dict(metrics)
   if grad_norm:
     metrics['optim/grad_norm'] = metrics_lib.scalar(optax.tree.norm(grads))
   return new_state, metrics
+
+
+StudentInputs = Callable[[Batch, Any], Batch]
 
 
 def make_train_step(
@@ -170,6 +227,8 @@ def make_train_step(
     *,
     rng_streams: Sequence[str] = ('dropout',),
     grad_norm: bool = False,
+    student_inputs: StudentInputs | None = None,
+    axis_name: str | None = None,
 ) -> Callable[[TrainState, Any, Batch], tuple[TrainState, dict]]:
   """Returns a pure train step ``step(state, teacher_variables, batch)``.
 
@@ -177,7 +236,11 @@ def make_train_step(
   in train mode (its mutable collections updated, dropout keys drawn from
   ``fold_in(state.rng, state.step)``), evaluates `objective` at the current
   step (so schedules of weights and temperature are traced values: changing
-  them never recompiles), and applies one `optimizer` update.
+  them never recompiles), and applies one `optimizer` update. The
+  objective's stateful terms (:class:`kdjax.objective.StatefulTerm`) read
+  and write ``state.objective_state``, with a key of their own
+  (``fold_in(fold_in(rng, step), <constant>)``), and see the updated
+  student once the optimizer has run.
 
   Jit it at the call site, donating the state::
 
@@ -197,18 +260,33 @@ def make_train_step(
     rng_streams: names of the student's RNG streams.
     grad_norm: also report the global gradient norm as ``optim/grad_norm``
       (it costs a pass over the gradients).
+    student_inputs: optional ``fn(batch, teacher_outputs) -> batch``: what
+      the student is applied to, for students that read the teacher's
+      outputs (CRD's teacher-side head, e.g. ``lambda b, t: {**b,
+      'teacher_features': t.feature('pool')}``). The objective still sees
+      `batch`.
+    axis_name: set when the step itself runs under ``pmap`` (or
+      ``shard_map``) over this axis on each device's rows: the objective's
+      means use counts summed over the axis, the gradients are summed
+      before the optimizer (so every device applies the global update), the
+      model state (e.g. BatchNorm statistics) is averaged, and dropout keys
+      are folded with the device index. :func:`kdjax.parallel.make_pmap_train_step`
+      does this for you.
 
   Returns:
     ``step(state, teacher_variables, batch) -> (new_state, metrics)`` with
     metrics as ``(sum, count)`` pairs packed in one array
     (:class:`kdjax.metrics.Packed`, which reads like a dict).
   """
+  objective.check_devices(axis_name)
 
   def step(state: TrainState, teacher_variables: Any, batch: Batch):
     teacher = teacher_outputs(teacher_apply, teacher_variables, batch)
-    rngs = _step_rngs(state, rng_streams)
+    student_batch = None if student_inputs is None else student_inputs(batch, teacher)
+    rngs = _step_rngs(state, rng_streams, axis_name)
     new_state, metrics = _update(
-        student_apply, objective, optimizer, state, rngs, teacher, batch, grad_norm
+        student_apply, objective, optimizer, state, rngs, teacher, batch, grad_norm,
+        student_batch=student_batch, axis_name=axis_name,
     )
     return new_state, metrics_lib.Packed.from_dict(metrics)
 
@@ -222,14 +300,16 @@ def make_eval_step(
     *,
     label_key: str | None = 'label',
     mask_key: str = metrics_lib.MASK_KEY,
+    student_inputs: StudentInputs | None = None,
 ) -> Callable[[TrainState, Any, Batch], dict]:
   """Returns ``eval_step(state, teacher_variables, batch) -> metrics``.
 
   The student runs in eval mode. Metrics are ``acc/student`` (and
   ``acc/teacher``, or ``acc/teacher_<i>`` for each of several teachers,
-  when there is one) against ``batch[label_key]``, plus
-  the objective's terms when one is given. A ``batch[mask_key]`` entry marks
-  padded examples, which no metric counts.
+  when there is one) against ``batch[label_key]``, plus the objective's
+  term losses ``loss/<name>`` when one is given (its stateful terms read
+  ``state.objective_state``, which the eval step never changes). A
+  ``batch[mask_key]`` entry marks padded examples, which no metric counts.
 
   Args:
     student_apply: the student's ``apply``.
@@ -237,19 +317,23 @@ def make_eval_step(
     objective: optional; its terms are reported as ``loss/<name>``.
     label_key: the batch entry with integer labels, or ``None``.
     mask_key: the batch entry with the padding mask.
+    student_inputs: as in :func:`make_train_step`.
 
   Returns:
     A pure function; jit it at the call site.
   """
 
   def eval_step(state: TrainState, teacher_variables: Any, batch: Batch) -> dict:
-    student, _ = student_apply(state.variables, batch, train=False)
     teacher = teacher_outputs(teacher_apply, teacher_variables, batch)
+    student_batch = batch if student_inputs is None else student_inputs(batch, teacher)
+    student, _ = student_apply(state.variables, student_batch, train=False)
     mask = batch.get(mask_key)
     metrics = {}
     if objective is not None:
-      _, metrics = objective(student, teacher, batch, step=state.step)
-      metrics = {k: v for k, v in metrics.items() if k.startswith('loss/')}
+      stateful = bool(objective.stateful_terms)
+      metrics, _ = objective.term_losses(
+          student, teacher, batch, step=state.step, state=state.objective_state,
+          rng=objective_lib.objective_rng(_step_key(state)) if stateful else None)
     if label_key is not None and label_key in batch:
       labels = batch[label_key]
       named = [('student', student)]

@@ -95,10 +95,11 @@ def test_one_step_of_every_method(experiment, method):
               'dml': ['student_0/loss/kl', 'student_1/loss/kl']}[method]
   assert all(name in means for name in expected), sorted(means)
   if method == 'crd':
-    bank, old = np.asarray(state.model_state['crd_memory']['student']), before.model_state[
-        'crd_memory']['student']
+    bank = np.asarray(state.objective_state['crd'].student)
+    old = np.asarray(before.objective_state['crd'].student)
     changed = np.any(bank != old, axis=1)
-    assert changed.sum() == 64 and float(state.model_state['crd_memory']['z_student']) > 0
+    assert changed.sum() == 64 and float(state.objective_state['crd'].z_student) > 0
+    assert 'crd_memory' not in state.model_state
 
 
 @pytest.mark.slow

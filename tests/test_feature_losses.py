@@ -16,6 +16,7 @@ from jax.test_util import check_grads
 
 from kdjax import losses
 from kdjax import objective
+from kdjax import recipes
 from kdjax._outputs import Outputs
 from kdjax.losses import _feature
 
@@ -187,7 +188,7 @@ def test_hint_regressor_shapes_and_fitnets_stage1():
 
   # Stage 1 trains only the selected parameters, weight decay included.
   params = {'guided': jnp.ones((3,)), 'regressor': jnp.ones((3,)), 'head': jnp.ones((3,))}
-  tx = objective.fitnets_stage1_optimizer(
+  tx = recipes.freeze_except(
       optax.adamw(0.1, weight_decay=0.5), lambda path: not path.startswith('head')
   )
   grads = jax.tree.map(jnp.ones_like, params)
@@ -195,7 +196,7 @@ def test_hint_regressor_shapes_and_fitnets_stage1():
   assert np.all(np.asarray(updates['head']) == 0)
   assert np.all(np.asarray(updates['guided']) != 0)
 
-  hint_objective = objective.fitnets_stage1_objective('hint', 'teacher_hint')
+  hint_objective = recipes.fitnets_stage1_objective('hint', 'teacher_hint')
   t = _normal(5, (2, 4, 4, 6))
   student = Outputs(logits=None, features={'hint': conv.apply(variables, x)})
   teacher = Outputs(logits=None, features={'teacher_hint': t})
@@ -208,7 +209,7 @@ def test_fitnets_stage2_gradient_is_the_papers():
   logits_s, logits_t = _normal(6, (4, 5)), _normal(7, (4, 5))
   labels = np.array([0, 1, 2, 3])
   tau, total = 3.0, 10
-  stage2 = objective.fitnets_stage2_objective(total_steps=total, temperature=tau)
+  stage2 = recipes.fitnets_stage2_objective(total_steps=total, temperature=tau)
 
   @jax.jit
   def ours(s, step):

@@ -40,7 +40,7 @@ def _setup(batch_size=8):
   objective = objective_lib.Objective(
       {'kd': objective_lib.distill(losses.kl_divergence, temperature=2.0),
        'ce': objective_lib.supervised()},
-      metrics={'acc/student': objective_lib.accuracy()},
+      metrics={'acc/student': objective_lib.accuracy_metric()},
   )
   optimizer = optax.adam(1e-2)
   train_step = step_lib.make_train_step(

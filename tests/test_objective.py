@@ -10,6 +10,7 @@ from kdjax import Outputs
 from kdjax import losses
 from kdjax import metrics as metrics_lib
 from kdjax import objective as objective_lib
+from kdjax import recipes
 
 
 def _outputs(seed, shape=(6, 5)):
@@ -58,7 +59,7 @@ def test_batch_mask_equals_slicing():
   student, teacher, batch = _outputs(0), _outputs(1), _batch()
   objective = objective_lib.Objective(
       {'kd': objective_lib.distill(losses.kl_divergence), 'ce': objective_lib.supervised()},
-      metrics={'acc/student': objective_lib.accuracy()},
+      metrics={'acc/student': objective_lib.accuracy_metric()},
   )
   mask = jnp.array([1, 1, 1, 1, 0, 0])
   masked_loss, masked = objective(student, teacher, {**batch, 'mask': mask})
@@ -199,3 +200,45 @@ def test_missing_teacher_error_names_the_term():
   objective = objective_lib.Objective({'soft': objective_lib.distill(losses.kl_divergence)})
   with pytest.raises(ValueError, match=r"term 'soft' needs teacher outputs"):
     objective(_outputs(0), None, {})
+
+
+def test_a_terms_own_mask_is_multiplied_by_the_batch_padding_mask():
+  # The term masks some rows itself; the batch pads others. Only rows that
+  # both keep may count (dropping the batch mask would count the padding).
+  values = jnp.arange(1.0, 7.0)
+  own = jnp.asarray([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+  padding = jnp.asarray([1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+
+  def masked_term(student, teacher, batch, step):
+    return values, own
+
+  objective = objective_lib.Objective({'t': masked_term})
+  loss, metrics = objective(_outputs(0), None, {'mask': padding})
+  keep = np.asarray(own) * np.asarray(padding)
+  np.testing.assert_allclose(loss, (np.asarray(values) * keep).sum() / keep.sum(), rtol=1e-6)
+  assert float(metrics['loss/t'][1]) == keep.sum()
+
+
+def test_token_terms_weigh_tokens_by_the_padding_mask_once():
+  # Fractional token weights: the mean is sum(v * w) / sum(w), not w squared.
+  student, teacher = _outputs(0, (2, 3, 5)), _outputs(1, (2, 3, 5))
+  weights = jnp.asarray([[1.0, 0.5, 0.0], [0.25, 1.0, 1.0]])
+  per_token = np.asarray(losses.token_divergence(student.logits, teacher.logits))
+  expected = (per_token * np.asarray(weights)).sum() / np.asarray(weights).sum()
+  objective = objective_lib.Objective({'kd': objective_lib.token_distill()})
+  loss, _ = objective(student, teacher, {'mask': weights})
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_deprecated_names_warn_and_still_work():
+  with pytest.warns(DeprecationWarning, match='schedule_value'):
+    evaluate = objective_lib.evaluate
+  assert float(evaluate(lambda s: 2.0 * s, jnp.asarray(3))) == 6.0
+  with pytest.warns(DeprecationWarning, match='accuracy_metric'):
+    assert objective_lib.accuracy is objective_lib.accuracy_metric
+  with pytest.warns(DeprecationWarning, match='kdjax.recipes.freeze_except'):
+    assert objective_lib.fitnets_stage1_optimizer is recipes.freeze_except
+  with pytest.warns(DeprecationWarning, match='kdjax.losses.mixture_log_probs'):
+    assert objective_lib.mixture_log_probs is losses.mixture_log_probs
+  with pytest.raises(AttributeError, match='no attribute'):
+    objective_lib.no_such_name  # noqa: B018

@@ -62,7 +62,7 @@ def _objective():
           'ce': objective_lib.supervised(),
       },
       weights={'kd': 0.7, 'ce': 0.3},
-      metrics={'acc/student': objective_lib.accuracy()},
+      metrics={'acc/student': objective_lib.accuracy_metric()},
   )
 
 

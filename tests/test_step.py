@@ -63,7 +63,7 @@ def _objective(temperature=2.0):
           ),
       },
       weights={'ce': 0.5, 'hint': 0.1},
-      metrics={'acc/student': objective_lib.accuracy()},
+      metrics={'acc/student': objective_lib.accuracy_metric()},
   )
 
 

@@ -28,6 +28,7 @@ from kdjax.losses._logit import reverse_kl_divergence as reverse_kl_divergence
 from kdjax.losses._logit import skew_kl_divergence as skew_kl_divergence
 from kdjax.losses._logit import skew_reverse_kl_divergence as skew_reverse_kl_divergence
 from kdjax.losses._logit import total_variation_distance as total_variation_distance
+from kdjax.losses._mixture import mixture_log_probs as mixture_log_probs
 from kdjax.losses._sequence import DIVERGENCE_NAMES as DIVERGENCE_NAMES
 from kdjax.losses._sequence import align_vocab as align_vocab
 from kdjax.losses._sequence import divergence_fn as divergence_fn
@@ -61,6 +62,7 @@ __all__ = [
     'dkd_terms',
     'generalized_jsd',
     'kl_divergence',
+    'mixture_log_probs',
     'reverse_kl_divergence',
     'skew_kl_divergence',
     'skew_reverse_kl_divergence',

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-import dataclasses
 from typing import Any
 
 import jax
@@ -14,17 +13,10 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
-from kdjax import metrics as metrics_lib
 from kdjax import step as step_lib
 from kdjax.adapters import Apply
 from kdjax.objective import Objective
 from kdjax.parallel._rules import path_str
-
-# Metrics an Objective reports as single values (count 1), the same on every
-# device; every other metric is a (sum, count) pair summed over devices.
-_SCALAR_PREFIXES = ('weight/',)
-_TOTAL = 'loss/total'
-
 
 def _devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
   return list(jax.local_devices() if devices is None else devices)
@@ -105,52 +97,6 @@ def split_batch(
   return jax.tree_util.tree_map_with_path(split, batch)
 
 
-@dataclasses.dataclass(frozen=True)
-class _GlobalMeanObjective:
-  """An objective whose gradient, summed over devices, is the global one.
-
-  On each device: ``loss = sum_t w_t * local_sum_t / max(psum(count_t), 1)``.
-  Its gradient is the device's share of the global masked mean's gradient,
-  so ``psum`` of the gradients is exactly the gradient of the global
-  token-weighted mean, however the padding is spread over the devices
-  (``pmean`` of per-device means is not). Metrics come back psum'd: the
-  global ``(sum, count)`` pairs on every device.
-  """
-
-  objective: Objective
-  axis_name: str
-
-  def __call__(self, student, teacher, batch, *, step=0):
-    step = jnp.asarray(step)
-    _, metrics = self.objective(student, teacher, batch, step=step)
-    total = jnp.zeros((), jnp.float32)
-    for name in self.objective.terms:
-      term_sum, count = metrics[f'loss/{name}']
-      global_count = jax.lax.psum(count, self.axis_name)
-      weight = self.objective.weight(name, step)
-      total = total + weight * term_sum / jnp.maximum(global_count, 1.0)
-    out = {}
-    for name, (value, count) in metrics.items():
-      if name == _TOTAL:
-        out[name] = metrics_lib.scalar(jax.lax.psum(total, self.axis_name))
-      elif name.startswith(_SCALAR_PREFIXES):
-        out[name] = (value, count)
-      else:
-        out[name] = (jax.lax.psum(value, self.axis_name), jax.lax.psum(count, self.axis_name))
-    return total, out
-
-
-def _psum_gradients(
-    optimizer: optax.GradientTransformation, axis_name: str
-) -> optax.GradientTransformation:
-  """`optimizer` applied to the gradients summed over `axis_name`."""
-
-  def update(updates, state, params=None):
-    return optimizer.update(jax.lax.psum(updates, axis_name), state, params)
-
-  return optax.GradientTransformation(optimizer.init, update)
-
-
 def make_pmap_train_step(
     student_apply: Apply,
     teacher_apply: Apply | None,
@@ -161,6 +107,8 @@ def make_pmap_train_step(
     rng_streams: Sequence[str] = ('dropout',),
     devices: Sequence[jax.Device] | None = None,
     donate_state: bool = True,
+    grad_norm: bool = False,
+    student_inputs: step_lib.StudentInputs | None = None,
 ) -> Callable[[step_lib.TrainState, Any, Any], tuple[step_lib.TrainState, Any]]:
   """A ``jax.pmap`` train step: plain data parallelism, replicated state.
 
@@ -171,13 +119,16 @@ def make_pmap_train_step(
   exact global token-weighted mean, however the padding is spread over the
   devices. (A ``pmean`` of per-device means weighs a device with few real
   tokens as much as one with many.) The step is
-  :func:`kdjax.step.make_train_step` with the objective's normalisation and
-  the optimizer's gradients made global.
+  :func:`kdjax.step.make_train_step` with ``axis_name`` set, which makes
+  the objective's normalisation and the optimizer's gradients global.
 
   Differences from the jit path: dropout keys are folded with the device
   index (each device draws its own noise); non-parameter state such as
-  BatchNorm statistics is averaged over devices after each step; there is
-  no ``grad_norm`` metric.
+  BatchNorm statistics is averaged over devices after each step. An
+  objective's stateful terms must keep their state identical on every
+  device (:attr:`kdjax.objective.StatefulTerm.combines_across_devices`;
+  CRD gathers its bank writes, an EMA teacher follows the identical
+  parameters); any other stateful term is refused with an error naming it.
 
   Example::
 
@@ -195,6 +146,8 @@ def make_pmap_train_step(
     rng_streams: the student's RNG stream names.
     devices: the devices (default ``jax.local_devices()``).
     donate_state: donate the input state's buffers.
+    grad_norm: also report the global gradient norm.
+    student_inputs: as in :func:`kdjax.step.make_train_step`.
 
   Returns:
     ``step(state, teacher_variables, batch) -> (state, metrics)`` on
@@ -206,20 +159,15 @@ def make_pmap_train_step(
   step = step_lib.make_train_step(
       student_apply,
       teacher_apply,
-      _GlobalMeanObjective(objective, axis_name),
-      _psum_gradients(optimizer, axis_name),
+      objective,
+      optimizer,
       rng_streams=rng_streams,
+      grad_norm=grad_norm,
+      student_inputs=student_inputs,
+      axis_name=axis_name,
   )
-
-  def device_step(state, teacher_variables, batch):
-    device_rng = jax.random.fold_in(state.rng, jax.lax.axis_index(axis_name))
-    new_state, metrics = step(state.replace(rng=device_rng), teacher_variables, batch)
-    return new_state.replace(
-        rng=state.rng, model_state=jax.lax.pmean(new_state.model_state, axis_name)
-    ), metrics
-
   return jax.pmap(
-      device_step,
+      step,
       axis_name=axis_name,
       devices=None if devices is None else list(devices),
       donate_argnums=(0,) if donate_state else (),

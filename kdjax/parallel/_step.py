@@ -19,20 +19,29 @@ from kdjax.parallel import _rules
 
 
 def train_state_shardings(
-    abstract_state: step_lib.TrainState, params_shardings: Any, mesh: Mesh
+    abstract_state: step_lib.TrainState,
+    params_shardings: Any,
+    mesh: Mesh,
+    *,
+    objective_rules: _rules.Rules | None = None,
 ) -> step_lib.TrainState:
   """Shardings for every field of a :class:`kdjax.step.TrainState`.
 
   ``params`` take `params_shardings`; the optimizer state follows them
   (:func:`like_params`: Adam's moments are sharded like their parameters,
   counts replicated); ``step``, ``rng`` and ``model_state`` (e.g. BatchNorm
-  statistics, small) are replicated.
+  statistics, small) are replicated. The objective's state (memory banks,
+  EMA weights) is replicated, or sharded by `objective_rules` (regex rules
+  on paths such as ``'crd/student'`` or ``'ema/params/.../kernel'``, the
+  first path component being the term's name).
 
   Args:
     abstract_state: the state, or ``jax.eval_shape`` of building it.
     params_shardings: shardings of ``state.params`` (see
       :func:`param_shardings`).
     mesh: the mesh.
+    objective_rules: optional partition rules for ``objective_state``
+      (see :func:`param_specs`).
 
   Returns:
     A ``TrainState`` whose leaves are ``NamedSharding``.
@@ -46,6 +55,11 @@ def train_state_shardings(
           abstract_state.opt_state, abstract_state.params, params_shardings, mesh
       ),
       rng=replicated,
+      objective_state=(
+          jax.tree.map(lambda _: replicated, abstract_state.objective_state)
+          if objective_rules is None
+          else _rules.param_shardings(abstract_state.objective_state, objective_rules, mesh)
+      ),
   )
 
 
@@ -56,6 +70,8 @@ def init_sharded_train_state(
     mesh: Mesh,
     *,
     rng: jax.Array | int = 0,
+    objective: Any = None,
+    objective_rules: _rules.Rules | None = None,
 ) -> tuple[step_lib.TrainState, step_lib.TrainState]:
   """The student's :class:`~kdjax.step.TrainState`, created sharded.
 
@@ -79,6 +95,10 @@ def init_sharded_train_state(
       :func:`param_specs`).
     mesh: the mesh.
     rng: seed or key of the state's RNG (dropout).
+    objective: the :class:`~kdjax.objective.Objective`, when it has stateful
+      terms whose state the ``TrainState`` must hold.
+    objective_rules: partition rules for that state (default replicated;
+      see :func:`train_state_shardings`).
 
   Returns:
     ``(state, state_shardings)``: the state (plain arrays, metadata boxes
@@ -94,9 +114,11 @@ def init_sharded_train_state(
   params_shardings = _rules.param_shardings(abstract_variables['params'], rules, mesh)
 
   def build():
-    return step_lib.init_train_state(nn.meta.unbox(init_fn()), optimizer, rng=rng)
+    return step_lib.init_train_state(
+        nn.meta.unbox(init_fn()), optimizer, rng=rng, objective=objective)
 
-  shardings = train_state_shardings(jax.eval_shape(build), params_shardings, mesh)
+  shardings = train_state_shardings(
+      jax.eval_shape(build), params_shardings, mesh, objective_rules=objective_rules)
   return jax.jit(build, out_shardings=shardings)(), shardings
 
 
