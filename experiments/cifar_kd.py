@@ -42,6 +42,7 @@ from kdjax import adapters
 from kdjax import checkpoint
 from kdjax import config as config_lib
 from kdjax import data as data_lib
+from kdjax import explain
 from kdjax import losses
 from kdjax import loop
 from kdjax import metrics as metrics_lib
@@ -741,9 +742,10 @@ def format_table(results: Mapping[str, Any]) -> str:
               + ', '.join(f'{p} {t:.0f}' for p, t in mean_seconds.items()) + '.']
   gradcam = results.get('gradcam')
   if gradcam:
-    how = {'closed_form': 'in closed form at the last stage (CAM: the zoo models do not '
-                          'perturb their maps)',
-           'grad_cam': 'with kdjax.explain.grad_cam'}
+    how = {'closed_form': 'in closed form at the last stage (CAM: runs from before the zoo '
+                          'models exposed their maps)',
+           'grad_cam': 'with kdjax.explain.grad_cam',
+           'grad_cam_plus_plus': 'with kdjax.explain.grad_cam_plus_plus'}
     lines += ['', f"Grad-CAM maps of {results['config']['gradcam']['feature']} (teacher, "
               f"labels-only student, {results['config']['gradcam']['method']} student; true "
               f"class) for the first test images: `{gradcam['file']}` in the run's workdir, "
@@ -791,74 +793,36 @@ def verdict(summary: Mapping[str, Any]) -> str:
 
 
 def gradcam_figure(experiment: Experiment, teacher_variables, states, path: str) -> str | None:
-  """Teacher / vanilla student / distilled student Grad-CAM maps side by side.
+  """Teacher / vanilla student / distilled student Grad-CAM++ maps side by side.
 
   Maps of ``config.gradcam.feature`` for the first test images, explaining
-  the true class. :func:`kdjax.explain.grad_cam` needs the model to
-  ``perturb`` the map; a zoo model that does not (its gradients come back
-  zero) is explained in closed form instead, when the map is the last one
-  before a global average pool and a dense layer (the CIFAR ResNets'
-  ``feat_3``): then the gradient of logit :math:`c` with respect to
-  :math:`A_{ijk}` is :math:`W_{kc} / (HW)`, and Grad-CAM there is CAM. Both
-  facts (pooled == mean of the map, logits == dense(pooled)) are checked on
-  the batch before they are used.
+  the true class, with :func:`kdjax.explain.grad_cam_plus_plus`: the zoo
+  models expose their maps to it (:func:`kdjax.zoo.expose_feature`); in the
+  student the backbone's map and perturbation are under ``'backbone/'``.
 
   Returns:
-    How the maps were computed ('grad_cam' or 'closed_form'), or None when
-    nothing was written (:mod:`kdjax.explain` or the runs are missing).
+    How the maps were computed ('grad_cam_plus_plus'), or None when nothing
+    was written (the runs are missing).
   """
   c = experiment.config.gradcam
   if teacher_variables is None or 'vanilla' not in states or c.method not in states:
     return None
-  try:
-    from kdjax import explain  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
   test = experiment.arrays['test']
   batch = {'x': test['x'][:c.examples], 'label': test['label'][:c.examples]}
   labels = jnp.asarray(batch['label'], jnp.int32)
-  features = (c.feature, 'pooled')
-  teacher_apply = experiment._teacher_apply(features)  # pylint: disable=protected-access
-  student_apply = experiment.student_apply(experiment.student(), features)
-  rows = [('teacher', teacher_apply, teacher_variables, ()),
+  teacher_apply = experiment._teacher_apply((c.feature,))  # pylint: disable=protected-access
+  student_apply = experiment.student_apply(experiment.student(), (c.feature,))
+  in_student = f'backbone/{c.feature}'
+  rows = [('teacher', teacher_apply, teacher_variables, c.feature),
           ('student, labels only', student_apply, states['vanilla'].variables,
-           ('backbone',)),
+           in_student),
           (f"student, {METHOD_TITLES[c.method].split(' (')[0]}", student_apply,
-           states[c.method].variables, ('backbone',))]
-  maps, how = {}, set()
-  for name, apply, variables, prefix in rows:
-    feature_map, gradients, _ = explain.feature_gradients(
-        apply, variables, batch, feature=c.feature, class_index=labels)
-    if not np.any(np.asarray(gradients)):
-      gradients = _pooled_dense_gradients(apply, variables, batch, c.feature, prefix, labels)
-      if gradients is None:
-        return None
-      how.add('closed_form')
-    else:
-      how.add('grad_cam')
-    maps[name] = explain.cam_from_gradients(feature_map, gradients)
+           states[c.method].variables, in_student)]
+  maps = {name: explain.grad_cam_plus_plus(apply, variables, batch, feature=c.feature,
+                                           class_index=labels, perturbation=perturbation)
+          for name, apply, variables, perturbation in rows}
   explain.plot_maps(batch['x'], maps, path)
-  return '+'.join(sorted(how))
-
-
-def _pooled_dense_gradients(apply, variables, batch, feature, prefix, labels):
-  """d logit[label] / d map = W[:, label] / (H W), if logits = dense(mean(map)); else None."""
-  outputs, _ = apply(variables, batch, train=False)
-  feature_map = np.asarray(outputs.feature(feature), np.float64)
-  pooled = np.asarray(outputs.feature('pooled'), np.float64)
-  params = variables['params']
-  for key in prefix:
-    params = params[key]
-  dense = params.get('fc') if hasattr(params, 'get') else None
-  if dense is None:
-    return None
-  kernel, bias = np.asarray(dense['kernel'], np.float64), np.asarray(dense['bias'], np.float64)
-  if not (np.allclose(feature_map.mean(axis=(1, 2)), pooled, atol=1e-4)
-          and np.allclose(pooled @ kernel + bias, np.asarray(outputs.logits), atol=1e-3)):
-    return None
-  _, height, width, _ = feature_map.shape
-  weights = kernel[:, np.asarray(labels)].T / (height * width)  # [batch, channels]
-  return jnp.asarray(np.broadcast_to(weights[:, None, None, :], feature_map.shape), jnp.float32)
+  return 'grad_cam_plus_plus'
 
 
 # ----------------------------------------------------------------------------

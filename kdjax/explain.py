@@ -18,7 +18,12 @@ with respect to the map. A Flax linen model marks a map with
     maps = explain.grad_cam(apply, variables, batch, feature='feat')
 
 Without perturbations in its variables (as in training), ``perturb`` is a
-no-op. In a submodule the names are paths (``'block/feat'``) for both. For
+no-op. Linen's ``init`` creates the collection, though, with the init
+batch's shapes; :func:`kdjax.zoo.expose_feature` (which the zoo models use
+for every feature they sow) sows and perturbs in one call and creates
+nothing, so their variables, train states and checkpoints stay free of it.
+In a submodule the names are paths (``'block/feat'``) for both. A model that
+reads no perturbation of the given name is an error, not a zero map. For
 models that cannot perturb (NNX modules, plain functions), compute the
 feature map and its gradient yourself and call :func:`cam_from_gradients`.
 """
@@ -112,8 +117,22 @@ def _feature_gradients(apply, variables, batch, class_index, eps, *, feature, pe
     picked = jnp.take_along_axis(logits, index[:, None], axis=-1)[:, 0]
     return jnp.sum(picked), (outputs.feature(feature), index)
 
+  # At trace time only (once per compilation): a perturbation the model never
+  # reads would give zero gradients, and zero maps, without a word.
+  if not _reads_first_input(jax.make_jaxpr(score)(eps)):
+    raise ValueError(
+        f'the model reads no perturbation {perturbation!r}, so the gradient with respect to '
+        f'the map would be zero. Add it where the map is made (self.perturb({perturbation!r}, '
+        f'x) or kdjax.zoo.expose_feature(self, {perturbation!r}, x)), or pass '
+        'perturbation=<its path> (e.g. with the submodule prefix).'
+    )
   gradients, (features, index) = jax.grad(score, has_aux=True)(eps)
   return features, gradients, index
+
+
+def _reads_first_input(closed_jaxpr) -> bool:
+  first = closed_jaxpr.jaxpr.invars[0]
+  return any(v is first for eqn in closed_jaxpr.jaxpr.eqns for v in eqn.invars)
 
 
 def feature_gradients(

@@ -140,7 +140,7 @@ def test_every_method_runs_and_is_recorded(tiny_run):
   np.testing.assert_allclose(
       last['test/acc/student'], (last['test/acc/student_0'] + last['test/acc/student_1']) / 2)
   assert results['num_test'] == 360 and results['params']['student'] < results['params']['teacher']
-  assert results['gradcam']['method'] in ('grad_cam', 'closed_form')
+  assert results['gradcam']['method'] == 'grad_cam_plus_plus'
   assert (workdir / 'gradcam.png').stat().st_size > 5_000
 
 

@@ -1,4 +1,5 @@
-"""Grad-CAM / Grad-CAM++ against closed forms and autodiff; saliency agreement against NumPy."""
+"""Grad-CAM / Grad-CAM++ against closed forms and autodiff, on toy nets and every zoo CIFAR
+architecture (split at the map, or with the head written out); saliency agreement against NumPy."""
 
 import functools
 
@@ -10,6 +11,8 @@ import pytest
 
 from kdjax import adapters
 from kdjax import explain
+from kdjax import zoo
+from zoo_variables import numpy_variables
 
 BATCH, H, W, IN, C, CLASSES = 4, 5, 6, 2, 3, 5
 LABELS = np.array([0, 2, 1, 4])  # a different class for each example
@@ -224,3 +227,187 @@ def test_plot_maps_writes_a_png(tmp_path):
   assert len(figure.axes) == 1 * 4
   with pytest.raises(ValueError, match=r"maps\['teacher'\] must be \[batch, h, w\]"):
     explain.plot_maps(images, {'teacher': jnp.zeros((3, 4))})
+
+
+# ----------------------------------------------------------------------------
+# The zoo's CIFAR models: each architecture, narrowed (the same code paths,
+# fast to compile), on tiny images with NumPy weights.
+
+ZOO_BATCH, ZOO_CLASSES = 3, 5
+# architecture: (model, image side, a map that is a submodule's output, that
+# submodule, the last map with its head written out below)
+ZOO_CASES = {
+    'CifarResNet': (lambda: zoo.CifarResNet(8, (4, 8, 8, 16), ZOO_CLASSES), 8,
+                    'feat_2', 'layer2_0', 'preact_3'),
+    'WideResNet': (lambda: zoo.WideResNet(10, 1, ZOO_CLASSES), 8, 'feat_2', 'block2_0', 'preact_3'),
+    'CifarVGG': (lambda: zoo.CifarVGG(((4,), (8,), (8, 8), (16,), (16,)), ZOO_CLASSES), 16,
+                 'preact_2', 'block2_bn1', 'feat_4'),
+    'MobileNetV2': (lambda: zoo.MobileNetV2(6, 0.25, ZOO_CLASSES), 32, 'feat_2', 'blocks2_2',
+                    'feat_4'),
+    'ShuffleNetV1': (lambda: zoo.ShuffleNetV1((48, 96, 192), (1, 1, 1), 3, ZOO_CLASSES), 16,
+                     'feat_2', 'layer2_0', 'preact_3'),
+    'ShuffleNetV2': (lambda: zoo.ShuffleNetV2((16, 32, 64, 128), (1, 1, 1), ZOO_CLASSES), 16,
+                     'feat_2', 'layer2_1', 'preact_3'),
+}
+
+
+@functools.cache
+def _zoo_setup(architecture):
+  make, side = ZOO_CASES[architecture][:2]
+  model = make()
+  images = np.random.default_rng(6).standard_normal((ZOO_BATCH, side, side, 3), np.float32)
+  return model, numpy_variables(model, images), {'image': images}
+
+
+def _zoo_apply(model, feature):
+  return adapters.from_linen(model, inputs='image', features=[feature])
+
+
+def _np_cam(a, g):
+  """Grad-CAM from the map and its gradient, in float64."""
+  return np.maximum(np.einsum('bhwk,bk->bhw', a, g.mean(axis=(1, 2))), 0)
+
+
+def _check_maps_against(apply, variables, batch, feature, a, g, index):
+  """explain's maps (Grad-CAM and ++) equal NumPy's from the reference (a, g); both non-zero."""
+  features, gradients, explained = explain.feature_gradients(apply, variables, batch,
+                                                             feature=feature)
+  np.testing.assert_array_equal(explained, index)
+  np.testing.assert_allclose(features, a, rtol=1e-5, atol=1e-5)
+  scale = np.abs(g).max()
+  assert scale > 0
+  np.testing.assert_allclose(gradients, g, rtol=1e-4, atol=1e-5 * scale)
+  ours = np.asarray(features, np.float64), np.asarray(gradients, np.float64)
+  theirs = np.asarray(a, np.float64), np.asarray(g, np.float64)
+  for plusplus, np_maps in ((False, _np_cam), (True, _np_cam_plus_plus)):
+    maps = np.asarray(explain.grad_cam(apply, variables, batch, feature=feature,
+                                       plusplus=plusplus))
+    assert maps.shape == a.shape[:3]
+    assert np.all(maps.max(axis=(1, 2)) > 0), (feature, plusplus)  # every example's map
+    # From explain's own gradients: float32 against float64 arithmetic, up to
+    # the conditioning of Grad-CAM++'s alpha = 1 / (2 + g sum(A)) where g sum(A)
+    # nears -2. From the reference's gradients: also up to their float32
+    # difference, which the sum over channels can amplify.
+    expected = np_maps(*ours)
+    rtol = 2e-3 if plusplus else 1e-4
+    np.testing.assert_allclose(maps, expected, rtol=rtol, atol=rtol * 1e-2 * expected.max())
+    expected = np_maps(*theirs)
+    np.testing.assert_allclose(maps, expected, rtol=2e-3, atol=2e-3 * expected.max())
+
+
+def _split_reference(model, submodule):
+  """The map a submodule makes and d logit / d map through the rest of the real model.
+
+  The model is split at the submodule by linen's method interception, which
+  replaces its output by the argument: no perturbation is involved.
+  """
+
+  def logits_from(variables, images, replacement):
+    def interceptor(next_fun, args, kwargs, context):
+      if context.method_name == '__call__' and context.module.scope.path == (submodule,):
+        return replacement
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      return model.apply(variables, images, train=False)
+
+  @jax.jit
+  def reference(variables, images):
+    logits, state = model.apply(
+        variables, images, train=False, capture_intermediates=lambda m, name: (
+            name == '__call__' and m.scope.path == (submodule,)),
+        mutable=['intermediates'])
+    a = state['intermediates'][submodule]['__call__'][0]
+    index = jnp.argmax(logits, axis=-1)
+
+    def score(a):
+      picked = jnp.take_along_axis(logits_from(variables, images, a), index[:, None], -1)
+      return jnp.sum(picked)
+
+    return a, jax.grad(score)(a), index, logits, logits_from(variables, images, a)
+
+  return reference
+
+
+@pytest.mark.parametrize('architecture', sorted(ZOO_CASES))
+def test_zoo_maps_equal_numpy_from_the_model_split_at_the_map(architecture):
+  model, variables, batch = _zoo_setup(architecture)
+  feature, submodule = ZOO_CASES[architecture][2:4]
+  a, g, index, logits, split_logits = _split_reference(model, submodule)(variables,
+                                                                           batch['image'])
+  np.testing.assert_allclose(split_logits, logits, rtol=1e-5, atol=1e-5)  # a true split
+  _check_maps_against(_zoo_apply(model, feature), variables, batch, feature, a, g, index)
+
+
+def _bn(variables, name, x):
+  """Inference BatchNorm (PyTorch's eps) from the variables, written out."""
+  stats, params = variables['batch_stats'][name], variables['params'][name]
+  per_channel = lambda v: v[None, None, None, :]
+  return ((x - per_channel(stats['mean'])) / jnp.sqrt(per_channel(stats['var']) + 1e-5)
+          * per_channel(params['scale']) + per_channel(params['bias']))
+
+
+def _dense(variables, name, x):
+  return x @ variables['params'][name]['kernel'] + variables['params'][name]['bias'][None, :]
+
+
+def _conv1x1(variables, name, x):
+  return jnp.einsum('bhwc,cd->bhwd', x, variables['params'][name]['kernel'][0, 0])
+
+
+def _zoo_head(architecture, variables, a):
+  """The architectures after their last map, written out from the papers' code."""
+  pool = lambda x: jnp.mean(x, axis=(1, 2))
+  if architecture in ('CifarResNet', 'WideResNet'):  # preact_3
+    return _dense(variables, 'fc', pool(jax.nn.relu(a)))
+  if architecture == 'CifarVGG':  # feat_4
+    return _dense(variables, 'classifier', pool(a))
+  if architecture == 'MobileNetV2':  # feat_4
+    x = jax.nn.relu(_bn(variables, 'bn2', _conv1x1(variables, 'conv2', a)))
+    return _dense(variables, 'classifier', pool(x))
+  if architecture == 'ShuffleNetV1':  # preact_3
+    return _dense(variables, 'linear', pool(jax.nn.relu(a)))
+  # ShuffleNetV2, preact_3 = concat(kept half, BN): only the BN half goes
+  # through a ReLU; then the channel shuffle, conv2, bn2, ReLU, pooling.
+  keep = a.shape[-1] // 2
+  x = jnp.concatenate([a[..., :keep], jax.nn.relu(a[..., keep:])], axis=-1)
+  x = zoo._cifar_layers.channel_shuffle(x, 2)  # pylint: disable=protected-access
+  x = jax.nn.relu(_bn(variables, 'bn2', _conv1x1(variables, 'conv2', x)))
+  return _dense(variables, 'linear', pool(x))
+
+
+@pytest.mark.parametrize('architecture', sorted(ZOO_CASES))
+def test_zoo_last_maps_equal_numpy_from_the_head_written_out(architecture):
+  model, variables, batch = _zoo_setup(architecture)
+  _check_last_map(architecture, model, variables, batch, ZOO_CASES[architecture][4])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(set(zoo.CIFAR_MODELS) - {'mobile_half'}))
+def test_benchmark_models_last_maps_equal_numpy_from_the_head_written_out(name):
+  """The benchmark's own widths and depths on 32x32 images (compiles for minutes in all)."""
+  model = zoo.cifar_model(name, num_classes=ZOO_CLASSES)
+  architecture = type(model).__name__
+  images = np.random.default_rng(7).standard_normal((2, 32, 32, 3), np.float32)
+  _check_last_map(architecture, model, numpy_variables(model, images), {'image': images},
+                  ZOO_CASES[architecture][4])
+
+
+def _check_last_map(architecture, model, variables, batch, feature):
+  apply = _zoo_apply(model, feature)
+  outputs, _ = jax.jit(functools.partial(apply, train=False))(variables, batch)
+  a = outputs.feature(feature)
+  head = functools.partial(_zoo_head, architecture, variables)
+  np.testing.assert_allclose(jax.jit(head)(a), outputs.logits, rtol=1e-5, atol=1e-5)
+  index = jnp.argmax(outputs.logits, axis=-1)
+  g = jax.jit(jax.grad(lambda a: jnp.sum(jnp.take_along_axis(head(a), index[:, None], -1))))(a)
+  _check_maps_against(apply, variables, batch, feature, a, g, index)
+
+
+def test_a_perturbation_the_model_does_not_read_is_an_error():
+  model, variables, batch = _zoo_setup('CifarVGG')
+  apply = _zoo_apply(model, 'feat_4')
+  # A path the model never reads (the student wrapper's prefix on a bare model)
+  # would give zero gradients and maps: refused at trace time instead.
+  with pytest.raises(ValueError, match="reads no perturbation 'backbone/feat_4'.*zero"):
+    explain.grad_cam(apply, variables, batch, feature='feat_4', perturbation='backbone/feat_4')

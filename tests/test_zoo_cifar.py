@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from kdjax import adapters
+from kdjax import step
 from kdjax import zoo
 from zoo_variables import numpy_variables
 
@@ -183,3 +185,34 @@ def test_registry_and_bad_arguments():
     zoo.WideResNet(17, 2).init(jax.random.PRNGKey(0), images)
   with pytest.raises(ValueError, match=r'ShuffleNetV1 takes images .*x.shape=\(8, 8, 3\)'):
     zoo.shuffle_v1().init(jax.random.PRNGKey(0), images[0])
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'wrn_16_1', 'vgg8', 'MobileNetV2', 'ShuffleV1',
+                                  'ShuffleV2'])
+def test_exposed_features_leave_no_state_and_cost_nothing_without_perturbations(name):
+  """expose_feature creates no 'perturbations' at init, and reads one only when passed."""
+  model = zoo.cifar_model(name, num_classes=10)
+  images = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+  # As the experiments init (intermediates dropped): no collection for a TrainState.
+  variables = jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x, train=False, mutable=True), images)
+  assert sorted(variables) == ['batch_stats', 'intermediates', 'params']
+  variables = {k: v for k, v in variables.items() if k != 'intermediates'}
+  state = jax.eval_shape(lambda v: step.init_train_state(v, optax.sgd(0.1)), variables)
+  assert sorted(state.model_state) == ['batch_stats']
+
+  def apply(variables, x, train):
+    return model.apply(variables, x, train=train, mutable=['batch_stats', 'intermediates'])
+
+  shapes = jax.eval_shape(lambda v, x: apply(v, x, False)[1]['intermediates'], variables, images)
+  # (Tracing only; a few cases, as tracing MobileNetV2 takes a second on 2 cores.)
+  for train, features in ((False, ('preact_3',)), (True, ('feat_1', 'pooled'))):
+    plain = jax.make_jaxpr(lambda v, x: apply(v, x, train))(variables, images).jaxpr
+    for feature in features:
+      eps = jax.ShapeDtypeStruct(shapes[feature][0].shape, jnp.float32)
+      perturbed = jax.make_jaxpr(lambda v, x, e: apply(
+          {**v, 'perturbations': {feature: e}}, x, train))(variables, images, eps).jaxpr
+      # The perturbation is one add; without it, nothing is traced for it.
+      assert len(perturbed.eqns) == len(plain.eqns) + 1, (feature, train)
+      assert [e.primitive.name for e in perturbed.eqns].count('add') == (
+          [e.primitive.name for e in plain.eqns].count('add') + 1)

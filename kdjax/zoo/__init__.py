@@ -4,6 +4,7 @@ from kdjax.zoo._cifar import CIFAR_MODELS
 from kdjax.zoo._cifar import cifar_model
 from kdjax.zoo._conv import Conv
 from kdjax.zoo._conv import conv2d
+from kdjax.zoo._features import expose_feature
 from kdjax.zoo._mobilenetv2 import MobileNetV2
 from kdjax.zoo._mobilenetv2 import mobile_half
 from kdjax.zoo._resnet_cifar import CifarResNet
@@ -37,7 +38,7 @@ from kdjax.zoo._transformer import param_count
 __all__ = ['Conv1D', 'ConvNet1D', 'MLP',
            'DecoderConfig', 'DecoderLM', 'TRANSFORMER_LOGICAL_AXES', 'lm_apply',
            'param_count']
-__all__ += ['CIFAR_MODELS', 'cifar_model', 'Conv', 'conv2d',
+__all__ += ['CIFAR_MODELS', 'cifar_model', 'Conv', 'conv2d', 'expose_feature',
             'CifarResNet', 'WideResNet', 'CifarVGG', 'MobileNetV2', 'ShuffleNetV1',
             'ShuffleNetV2', 'resnet20', 'resnet32', 'resnet56', 'resnet110',
             'resnet8x4', 'resnet32x4', 'wrn_16_1', 'wrn_16_2', 'wrn_40_1', 'wrn_40_2',

@@ -72,14 +72,3 @@ def check_image(model: str, x: jax.Array) -> None:
     raise ValueError(
         f'{model} takes images [batch, height, width, channels] (NHWC), got '
         f'x.shape={x.shape}.')
-
-
-def sow_stages(
-    module: nn.Module, feats: Sequence[jax.Array], preacts: Sequence[jax.Array],
-    pooled: jax.Array,
-) -> None:
-  """Sows ``feat_<i>``, ``preact_<i>`` and ``pooled`` into ``'intermediates'``."""
-  for i, (feat, preact) in enumerate(zip(feats, preacts, strict=True)):
-    module.sow('intermediates', f'feat_{i}', feat)
-    module.sow('intermediates', f'preact_{i}', preact)
-  module.sow('intermediates', 'pooled', pooled)

@@ -8,6 +8,8 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax.zoo._features import expose_feature
+
 
 def _same_padding(length: int, kernel_size: int, stride: int) -> tuple[int, int]:
   out = -(-length // stride)
@@ -65,7 +67,9 @@ class ConvNet1D(nn.Module):
 
   The convolutional MNIST-1D baseline of Greydanus (2020), "Scaling Down
   Deep Learning" (arXiv:2011.14439), in a strided form: each layer's
-  activation (after the ReLU) is sown as ``'act_<i>'``.
+  activation (after the ReLU) is sown as ``'act_<i>'`` ``[batch, length_i,
+  channels_i]`` with :func:`kdjax.zoo.expose_feature`, so gradients with
+  respect to it are reachable by name (a ``'perturbations'`` entry).
 
   Attributes:
     channels: output channels of each convolution.
@@ -94,7 +98,7 @@ class ConvNet1D(nn.Module):
       x = x[:, :, None]
     for i, (width, size, stride) in enumerate(zip(self.channels, self.kernel_sizes, self.strides)):
       x = nn.relu(Conv1D(width, size, stride, im2col=self.im2col, name=f'conv_{i}')(x))
-      self.sow('intermediates', f'act_{i}', x)
+      x = expose_feature(self, f'act_{i}', x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name='logits')(x)

@@ -8,6 +8,7 @@ import jax
 from kdjax.zoo import _cifar_layers as layers
 from kdjax.zoo._conv import Conv
 from kdjax.zoo._conv import check_conv_impl
+from kdjax.zoo._features import expose_feature
 
 # (expansion, channels, blocks, stride); expansion None means the model's T.
 _SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
@@ -39,6 +40,11 @@ class _InvertedResidual(nn.Module):
     return out
 
 
+def _expose_stage(module: nn.Module, index: int, x: jax.Array) -> jax.Array:
+  """``feat_<index>`` and ``preact_<index>``: the same map (linear bottlenecks)."""
+  return expose_feature(module, f'preact_{index}', expose_feature(module, f'feat_{index}', x))
+
+
 class MobileNetV2(nn.Module):
   """The CIFAR MobileNetV2 of RepDistiller and mdistiller (``mobile_half``).
 
@@ -61,6 +67,9 @@ class MobileNetV2(nn.Module):
     bottlenecks), so their outputs are already pre-activation (mdistiller
     gives no ``preact_feats`` for this model).
   * ``pooled``: the pooled embedding ``[b, 1280]``.
+
+  Each is exposed with :func:`kdjax.zoo.expose_feature` where it is made, so
+  :mod:`kdjax.explain` can differentiate with respect to it by name.
 
   Attributes:
     expansion: ``T``, the inverted residuals' expansion ratio.
@@ -87,7 +96,7 @@ class MobileNetV2(nn.Module):
     layers.check_image('MobileNetV2', x)
     x = Conv(int(32 * self.width_mult), 3, 2, 1, conv_impl=self.conv_impl, name='conv1')(x)
     x = nn.relu(layers.batch_norm(train, 'bn1')(x))
-    feats = [x]
+    x = _expose_stage(self, 0, x)
     for stage, (expansion, channels, blocks, stride) in enumerate(_SETTING):
       for i in range(blocks):
         x = _InvertedResidual(
@@ -95,12 +104,11 @@ class MobileNetV2(nn.Module):
             self.expansion if expansion is None else expansion, self.conv_impl,
             name=f'blocks{stage}_{i}')(x, train)
       if stage in _FEATURE_STAGES:
-        feats.append(x)
+        x = _expose_stage(self, _FEATURE_STAGES.index(stage) + 1, x)
     last = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
     x = Conv(last, 1, 1, 0, conv_impl=self.conv_impl, name='conv2')(x)
     x = nn.relu(layers.batch_norm(train, 'bn2')(x))
-    pooled = layers.global_avg_pool(x)
-    layers.sow_stages(self, feats, feats, pooled)
+    pooled = expose_feature(self, 'pooled', layers.global_avg_pool(x))
     return nn.Dense(self.num_classes, kernel_init=layers.normal_001(),
                     name='classifier')(pooled)
 

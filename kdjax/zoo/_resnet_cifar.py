@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence
+import functools
 
 from flax import linen as nn
 import jax
@@ -10,6 +12,7 @@ import jax
 from kdjax.zoo import _cifar_layers as layers
 from kdjax.zoo._conv import Conv
 from kdjax.zoo._conv import check_conv_impl
+from kdjax.zoo._features import expose_feature
 
 
 class _BasicBlock(nn.Module):
@@ -21,7 +24,9 @@ class _BasicBlock(nn.Module):
   conv_impl: str
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool,
+               expose_preact: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """`expose_preact` (the parent's sow-and-perturb) sees the residual sum before the ReLU."""
     out = Conv(self.features, 3, self.strides, 1, conv_impl=self.conv_impl, name='conv1')(x)
     out = nn.relu(layers.batch_norm(train, 'bn1')(out))
     out = Conv(self.features, 3, 1, 1, conv_impl=self.conv_impl, name='conv2')(out)
@@ -31,7 +36,9 @@ class _BasicBlock(nn.Module):
                name='downsample_conv')(x)
       x = layers.batch_norm(train, 'downsample_bn')(x)
     preact = out + x
-    return nn.relu(preact), preact
+    if expose_preact is not None:
+      preact = expose_preact(preact)
+    return nn.relu(preact)
 
 
 class CifarResNet(nn.Module):
@@ -52,6 +59,9 @@ class CifarResNet(nn.Module):
   * ``preact_0 = feat_0``; ``preact_1..preact_3``: the same stage outputs
     before the last ReLU (residual sum).
   * ``pooled``: the pooled embedding ``[b, widths[3]]``.
+
+  Each is exposed with :func:`kdjax.zoo.expose_feature` where it is made, so
+  :mod:`kdjax.explain` can differentiate with respect to it by name.
 
   Attributes:
     depth: ``6 n + 2`` layers.
@@ -83,19 +93,21 @@ class CifarResNet(nn.Module):
     blocks = (self.depth - 2) // 6
     x = Conv(self.widths[0], 3, 1, 1, conv_impl=self.conv_impl, name='conv1')(x)
     x = nn.relu(layers.batch_norm(train, 'bn1')(x))
-    feats, preacts = [x], [x]
+    x = expose_feature(self, 'feat_0', x)
+    x = expose_feature(self, 'preact_0', x)
     in_planes = self.widths[0]
     for stage, (planes, stride) in enumerate(zip(self.widths[1:], (1, 2, 2))):
       for i in range(blocks):
         block_stride = stride if i == 0 else 1
-        x, preact = _BasicBlock(
+        last = i == blocks - 1
+        x = _BasicBlock(
             planes, block_stride, project=block_stride != 1 or in_planes != planes,
-            conv_impl=self.conv_impl, name=f'layer{stage + 1}_{i}')(x, train)
+            conv_impl=self.conv_impl, name=f'layer{stage + 1}_{i}')(
+                x, train, functools.partial(expose_feature, self, f'preact_{stage + 1}')
+                if last else None)
         in_planes = planes
-      feats.append(x)
-      preacts.append(preact)
-    pooled = layers.global_avg_pool(x)
-    layers.sow_stages(self, feats, preacts, pooled)
+      x = expose_feature(self, f'feat_{stage + 1}', x)
+    pooled = expose_feature(self, 'pooled', layers.global_avg_pool(x))
     return nn.Dense(
         self.num_classes, kernel_init=layers.torch_default_kernel_init(),
         bias_init=layers.torch_default_bias_init(pooled.shape[-1]), name='fc')(pooled)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence
+import functools
 
 from flax import linen as nn
 import jax
@@ -11,6 +13,10 @@ import jax.numpy as jnp
 from kdjax.zoo import _cifar_layers as layers
 from kdjax.zoo._conv import Conv
 from kdjax.zoo._conv import check_conv_impl
+from kdjax.zoo._features import expose_feature
+
+# The parent's sow-and-perturb of a block's pre-activation (None: not exposed).
+_Expose = Callable[[jax.Array], jax.Array] | None
 
 
 def _conv(features, kernel_size, strides, padding, conv_impl, name, groups=1):
@@ -25,9 +31,10 @@ def _dense(num_classes, fan_in):
                   bias_init=layers.torch_default_bias_init(fan_in), name='linear')
 
 
-def _stem(x, train, conv_impl):
+def _stem(module, x, train, conv_impl):
   x = _conv(24, 1, 1, 0, conv_impl, 'conv1')(x)
-  return nn.relu(layers.batch_norm(train, 'bn1')(x))
+  x = expose_feature(module, 'feat_0', nn.relu(layers.batch_norm(train, 'bn1')(x)))
+  return expose_feature(module, 'preact_0', x)
 
 
 class _ShuffleV1Block(nn.Module):
@@ -35,7 +42,7 @@ class _ShuffleV1Block(nn.Module):
 
   With stride 2 the shortcut is a 3x3 average pooling (zero padding counted,
   as PyTorch's default) concatenated to the branch; otherwise it is added.
-  Returns the output after ReLU and before it.
+  Returns the output after ReLU; `expose_preact` sees it before.
   """
 
   features: int
@@ -44,7 +51,7 @@ class _ShuffleV1Block(nn.Module):
   conv_impl: str
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, expose_preact: _Expose = None) -> jax.Array:
     mid = int(self.features / 4)
     first_groups = 1 if x.shape[-1] == 24 else self.groups
     out = _conv(mid, 1, 1, 0, self.conv_impl, 'conv1', first_groups)(x)
@@ -60,7 +67,9 @@ class _ShuffleV1Block(nn.Module):
       preact = jnp.concatenate([out, shortcut], axis=-1)
     else:
       preact = out + x
-    return nn.relu(preact), preact
+    if expose_preact is not None:
+      preact = expose_preact(preact)
+    return nn.relu(preact)
 
 
 class ShuffleNetV1(nn.Module):
@@ -82,6 +91,9 @@ class ShuffleNetV1(nn.Module):
   * ``preact_0 = feat_0``; ``preact_1..preact_3``: the same before the last
     ReLU.
   * ``pooled``: the pooled embedding ``[b, 960]``.
+
+  Each is exposed with :func:`kdjax.zoo.expose_feature` where it is made, so
+  :mod:`kdjax.explain` can differentiate with respect to it by name.
 
   Attributes:
     out_planes: output channels of the three stages.
@@ -108,32 +120,31 @@ class ShuffleNetV1(nn.Module):
     """Maps images ``[batch, height, width, 3]`` to logits ``[batch, num_classes]``."""
     check_conv_impl(self.conv_impl)
     layers.check_image('ShuffleNetV1', x)
-    x = _stem(x, train, self.conv_impl)
-    feats, preacts = [x], [x]
+    x = _stem(self, x, train, self.conv_impl)
     for stage, (planes, blocks) in enumerate(zip(self.out_planes, self.num_blocks, strict=True)):
       for i in range(blocks):
         # The first unit concatenates its input to a branch of the remainder.
         features = planes - x.shape[-1] if i == 0 else planes
-        x, preact = _ShuffleV1Block(features, 2 if i == 0 else 1, self.groups,
-                                    self.conv_impl, name=f'layer{stage + 1}_{i}')(x, train)
-      feats.append(x)
-      preacts.append(preact)
-    pooled = layers.global_avg_pool(x)
-    layers.sow_stages(self, feats, preacts, pooled)
+        hook = (functools.partial(expose_feature, self, f'preact_{stage + 1}')
+                if i == blocks - 1 else None)
+        x = _ShuffleV1Block(features, 2 if i == 0 else 1, self.groups,
+                            self.conv_impl, name=f'layer{stage + 1}_{i}')(x, train, hook)
+      x = expose_feature(self, f'feat_{stage + 1}', x)
+    pooled = expose_feature(self, 'pooled', layers.global_avg_pool(x))
     return _dense(self.num_classes, pooled.shape[-1])(pooled)
 
 
 class _ShuffleV2Block(nn.Module):
   """Split in half; 1x1-BN-ReLU, depthwise 3x3-BN, 1x1-BN-ReLU on one half; concat; shuffle.
 
-  Returns the shuffled output and the pre-activation ``concat(x1, BN)``
-  (not shuffled, as the original).
+  Returns the shuffled output; `expose_preact` sees the pre-activation
+  ``concat(x1, BN)`` (not shuffled, as the original).
   """
 
   conv_impl: str
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, expose_preact: _Expose = None) -> jax.Array:
     keep = int(x.shape[-1] * 0.5)
     kept, x = x[..., :keep], x[..., keep:]
     width = x.shape[-1]
@@ -143,8 +154,11 @@ class _ShuffleV2Block(nn.Module):
     out = layers.batch_norm(train, 'bn2')(out)
     out = _conv(width, 1, 1, 0, self.conv_impl, 'conv3')(out)
     preact = layers.batch_norm(train, 'bn3')(out)
+    if expose_preact is not None:
+      both = expose_preact(jnp.concatenate([kept, preact], axis=-1))
+      kept, preact = both[..., :keep], both[..., keep:]
     out = jnp.concatenate([kept, nn.relu(preact)], axis=-1)
-    return layers.channel_shuffle(out, 2), jnp.concatenate([kept, preact], axis=-1)
+    return layers.channel_shuffle(out, 2)
 
 
 class _ShuffleV2DownBlock(nn.Module):
@@ -190,6 +204,9 @@ class ShuffleNetV2(nn.Module):
     ``concat(kept half, BN output)`` before ReLU and channel shuffle.
   * ``pooled``: the pooled embedding ``[b, 1024]``.
 
+  Each is exposed with :func:`kdjax.zoo.expose_feature` where it is made, so
+  :mod:`kdjax.explain` can differentiate with respect to it by name.
+
   Attributes:
     out_channels: channels of the three stages and of the final 1x1 conv.
     num_blocks: basic units per stage (after the down-sampling unit).
@@ -217,18 +234,17 @@ class ShuffleNetV2(nn.Module):
       raise ValueError(
           f'ShuffleNetV2 needs 4 out_channels and 3 num_blocks, got '
           f'{tuple(self.out_channels)} and {tuple(self.num_blocks)}.')
-    x = _stem(x, train, self.conv_impl)
-    feats, preacts = [x], [x]
+    x = _stem(self, x, train, self.conv_impl)
     for stage, (channels, blocks) in enumerate(zip(self.out_channels[:3], self.num_blocks)):
       x = _ShuffleV2DownBlock(channels, self.conv_impl, name=f'layer{stage + 1}_0')(x, train)
       for i in range(blocks):
-        x, preact = _ShuffleV2Block(self.conv_impl, name=f'layer{stage + 1}_{i + 1}')(x, train)
-      feats.append(x)
-      preacts.append(preact)
+        hook = (functools.partial(expose_feature, self, f'preact_{stage + 1}')
+                if i == blocks - 1 else None)
+        x = _ShuffleV2Block(self.conv_impl, name=f'layer{stage + 1}_{i + 1}')(x, train, hook)
+      x = expose_feature(self, f'feat_{stage + 1}', x)
     x = _conv(self.out_channels[3], 1, 1, 0, self.conv_impl, 'conv2')(x)
     x = nn.relu(layers.batch_norm(train, 'bn2')(x))
-    pooled = layers.global_avg_pool(x)
-    layers.sow_stages(self, feats, preacts, pooled)
+    pooled = expose_feature(self, 'pooled', layers.global_avg_pool(x))
     return _dense(self.num_classes, pooled.shape[-1])(pooled)
 
 

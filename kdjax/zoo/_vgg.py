@@ -10,6 +10,7 @@ import jax
 from kdjax.zoo import _cifar_layers as layers
 from kdjax.zoo._conv import Conv
 from kdjax.zoo._conv import check_conv_impl
+from kdjax.zoo._features import expose_feature
 
 VGG_CONFIGS = {
     'vgg8': ((64,), (128,), (256,), (512,), (512,)),
@@ -39,6 +40,9 @@ class CifarVGG(nn.Module):
   * ``preact_0 = feat_0``; ``preact_1..preact_4``: the same before the ReLU.
   * ``pooled``: the pooled embedding ``[b, 512]``.
 
+  Each is exposed with :func:`kdjax.zoo.expose_feature` where it is made, so
+  :mod:`kdjax.explain` can differentiate with respect to it by name.
+
   Attributes:
     blocks: output channels of each convolution, per block (five blocks).
     num_classes: output logits.
@@ -63,7 +67,6 @@ class CifarVGG(nn.Module):
     if len(self.blocks) != 5:
       raise ValueError(f'CifarVGG blocks needs 5 entries, got {len(self.blocks)}.')
     height = x.shape[1]
-    feats, preacts = [], []
     for b, widths in enumerate(self.blocks):
       if b > 0 and (b < 4 or height == 64):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -73,12 +76,12 @@ class CifarVGG(nn.Module):
         x = Conv(width, 3, 1, 1, use_bias=True, conv_impl=self.conv_impl,
                  name=f'block{b}_conv{i}')(x)
         x = layers.batch_norm(train, f'block{b}_bn{i}')(x)
-      preacts.append(x)
-      x = nn.relu(x)
-      feats.append(x)
-    preacts[0] = feats[0]
-    pooled = layers.global_avg_pool(x)
-    layers.sow_stages(self, feats, preacts, pooled)
+      if b > 0:
+        x = expose_feature(self, f'preact_{b}', x)
+      x = expose_feature(self, f'feat_{b}', nn.relu(x))
+      if b == 0:
+        x = expose_feature(self, 'preact_0', x)
+    pooled = expose_feature(self, 'pooled', layers.global_avg_pool(x))
     return nn.Dense(self.num_classes, kernel_init=layers.normal_001(),
                     name='classifier')(pooled)
 

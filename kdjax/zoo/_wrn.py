@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+import functools
+
 from flax import linen as nn
 import jax
 
 from kdjax.zoo import _cifar_layers as layers
 from kdjax.zoo._conv import Conv
 from kdjax.zoo._conv import check_conv_impl
+from kdjax.zoo._features import expose_feature
 
 
 class _WideBlock(nn.Module):
   """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut.
 
   Where the channel count changes, the shortcut is a 1x1 convolution of the
-  activated input; otherwise it is the raw input. Returns the sum and the
-  block's first BN output (the pre-activation of its input).
+  activated input; otherwise it is the raw input. Returns the sum; the
+  block's first BN output (the pre-activation of its input) goes through
+  `expose_preact` (the parent's sow-and-perturb) when one is given.
   """
 
   features: int
@@ -23,9 +28,12 @@ class _WideBlock(nn.Module):
   conv_impl: str
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool,
+               expose_preact: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     equal_in_out = x.shape[-1] == self.features
     preact = layers.batch_norm(train, 'bn1')(x)
+    if expose_preact is not None:
+      preact = expose_preact(preact)
     activated = nn.relu(preact)
     out = Conv(self.features, 3, self.strides, 1, conv_impl=self.conv_impl,
                name='conv1')(activated)
@@ -36,7 +44,7 @@ class _WideBlock(nn.Module):
     else:
       shortcut = Conv(self.features, 1, self.strides, 0, conv_impl=self.conv_impl,
                       name='conv_shortcut')(activated)
-    return shortcut + out, preact
+    return shortcut + out
 
 
 class WideResNet(nn.Module):
@@ -59,6 +67,9 @@ class WideResNet(nn.Module):
     they are the values of the forward pass, the same numbers without a
     second update of the running statistics).
   * ``pooled``: the pooled embedding ``[b, 64k]``.
+
+  Each is exposed with :func:`kdjax.zoo.expose_feature` where it is made, so
+  :mod:`kdjax.explain` can differentiate with respect to it by name.
 
   Attributes:
     depth: ``6 n + 4`` layers.
@@ -87,18 +98,18 @@ class WideResNet(nn.Module):
     blocks = (self.depth - 4) // 6
     widths = [16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor]
     x = Conv(16, 3, 1, 1, conv_impl=self.conv_impl, name='conv1')(x)
-    feats, preacts = [x], [x]
+    x = expose_feature(self, 'feat_0', x)
+    x = expose_feature(self, 'preact_0', x)
     for stage, (planes, stride) in enumerate(zip(widths, (1, 2, 2))):
       for i in range(blocks):
-        x, preact = _WideBlock(planes, stride if i == 0 else 1, self.conv_impl,
-                               name=f'block{stage + 1}_{i}')(x, train)
-        if i == 0 and stage > 0:
-          preacts.append(preact)
-      feats.append(x)
-    preact = layers.batch_norm(train, 'bn1')(x)
-    preacts.append(preact)
-    pooled = layers.global_avg_pool(nn.relu(preact))
-    layers.sow_stages(self, feats, preacts, pooled)
+        # preact_<stage> is the first BN of the next stage, applied to feat_<stage>.
+        hook = (functools.partial(expose_feature, self, f'preact_{stage}')
+                if i == 0 and stage > 0 else None)
+        x = _WideBlock(planes, stride if i == 0 else 1, self.conv_impl,
+                       name=f'block{stage + 1}_{i}')(x, train, hook)
+      x = expose_feature(self, f'feat_{stage + 1}', x)
+    preact = expose_feature(self, 'preact_3', layers.batch_norm(train, 'bn1')(x))
+    pooled = expose_feature(self, 'pooled', layers.global_avg_pool(nn.relu(preact)))
     return nn.Dense(self.num_classes, kernel_init=layers.torch_default_kernel_init(),
                     name='fc')(pooled)
 
