@@ -194,8 +194,8 @@ def crd(
   Both embeddings come from :class:`CRDHead`\ s that are part of the
   student's parameters, so neither is cut from the gradient here (the
   teacher network itself is, by the train step); the banks are. The memory
-  is state: carry it through the step as an argument and a result (see the
-  "Feature losses" page for a step), never in the params.
+  is state, never in the params: the term :func:`kdjax.objective.crd`
+  keeps it in the ``TrainState`` and calls this function every step.
 
   Args:
     student_embedding: ``[batch, dim]`` unit-norm student embeddings.
