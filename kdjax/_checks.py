@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+import functools
 from typing import Any
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -31,18 +34,70 @@ def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
     )
 
 
-def check_broadcastable(name: str, mask: Any, target_name: str, target_shape) -> None:
-  """`mask` must broadcast to `target_shape` without changing it."""
-  shape = tuple(jnp.shape(mask))
+def _broadcasts_to(shape: tuple[int, ...], target_shape: tuple[int, ...]) -> bool:
+  """True when `shape` broadcasts to `target_shape` without changing it."""
   try:
-    out = np.broadcast_shapes(shape, tuple(target_shape))
+    return np.broadcast_shapes(shape, target_shape) == target_shape
   except ValueError:
-    out = None
-  if out != tuple(target_shape):
+    return False
+
+
+def check_broadcastable(name: str, mask: Any, target_name: str, target_shape) -> None:
+  """`mask` must broadcast to `target_shape` without changing it (NumPy rule).
+
+  NumPy broadcasting aligns the TRAILING axes: this is the check for class
+  masks (``where=`` of the logit losses, optax's convention) and other
+  arrays that broadcast like NumPy's. Masks over examples or tokens align
+  with the LEADING axes instead: :func:`align_mask`.
+  """
+  shape = tuple(jnp.shape(mask))
+  if not _broadcasts_to(shape, tuple(target_shape)):
     raise ValueError(
         f'{name} with shape {shape} does not broadcast to {target_name} with '
         f'shape {tuple(target_shape)}.'
     )
+
+
+def align_mask(
+    name: str, mask: Any, values_shape: Sequence[int], *, what: str = 'values'
+) -> jax.Array:
+  """A mask over the leading axes of some values, as float32 aligned with them.
+
+  The one rule for masks over examples or tokens in kdjax (metrics, token
+  losses, objectives): a mask covers the LEADING axes of the values, so a
+  ``[batch]`` mask on ``[batch, time]`` values masks whole rows and a
+  ``[batch, time]`` mask single tokens (a per-time mask is ``[1, time]``).
+  Trailing unit axes are added so that NumPy broadcasting then applies:
+  ``[batch]`` becomes ``[batch, 1]``. Shapes are static, so the check runs
+  at trace time, also under ``jit``. (Class masks broadcast the NumPy way,
+  trailing axes first: :func:`check_broadcastable`.)
+
+  Args:
+    name: the mask's name in the error message (e.g. ``'token_mask'``).
+    mask: ``[d0, ..., dk]`` weights (1 = counts, 0 = padding), bool, int or
+      float, with ``k < len(values_shape)``; each ``di`` equal to the
+      values' ``i``-th dimension or 1.
+    values_shape: the shape of the values the mask applies to.
+    what: how the error message names the values.
+
+  Returns:
+    The mask as float32 with ``len(values_shape)`` axes (trailing unit axes
+    added); broadcast it to `values_shape` where a full mask is needed.
+
+  Raises:
+    ValueError: if the aligned mask does not broadcast to `values_shape`;
+      the message names `name`, `what` and both shapes.
+  """
+  shape = tuple(jnp.shape(mask))
+  values_shape = tuple(values_shape)
+  aligned = shape + (1,) * (len(values_shape) - len(shape))
+  if len(shape) > len(values_shape) or not _broadcasts_to(aligned, values_shape):
+    raise ValueError(
+        f'{name} with shape {shape} does not align with the leading axes of '
+        f'{what} with shape {values_shape} (a [batch] mask covers whole rows '
+        'of [batch, time] values, a [batch, time] mask single entries).'
+    )
+  return jnp.asarray(mask, jnp.float32).reshape(aligned)
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -100,3 +155,37 @@ def batch_entry(batch: Any, key: str, role: str) -> Any:
     raise KeyError(
         f'{role} {key!r} is not in the batch; the batch has {sorted(batch)}'
     ) from None
+
+
+def renamed_argument(old: str, new: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+  """Decorator: keyword `old` still works for one release, as `new`, with a warning.
+
+  The wrapped function's signature (``inspect.signature``, the docs) shows
+  only `new`. Passing `old` emits a :class:`DeprecationWarning` pointing at
+  the caller's line and passes the value on as `new`; passing both is a
+  TypeError. Put it outermost (above ``jit`` wrappers) so the warning comes
+  once per call, at the call.
+  """
+
+  def decorator(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      if old in kwargs:
+        if new in kwargs:
+          raise TypeError(
+              f'{fn.__name__}() got both {old}= (its deprecated name) and '
+              f'{new}=; pass only {new}=.'
+          )
+        warnings.warn(
+            f'{fn.__name__}({old}=...) is deprecated and will be removed in '
+            f'the next release; pass {new}=... (in kdjax `where=` is only '
+            'ever a class mask).',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        kwargs[new] = kwargs.pop(old)
+      return fn(*args, **kwargs)
+
+    return wrapper
+
+  return decorator

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import _checks
+
 # name -> (sum, count); both scalars (arrays or floats).
 Metrics = Mapping[str, tuple[jax.Array, jax.Array]]
 
@@ -31,15 +33,19 @@ def metric(values: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array,
   values = jnp.asarray(values, jnp.float32)
   if mask is None:
     return jnp.sum(values), jnp.asarray(values.size, jnp.float32)
-  mask = jnp.broadcast_to(leading_mask(mask, values.ndim), values.shape)
+  mask = jnp.broadcast_to(_checks.align_mask('mask', mask, values.shape), values.shape)
   # where, not multiply: a padded NaN/inf must not leak into the sum.
   return jnp.sum(jnp.where(mask > 0, values * mask, 0.0)), jnp.sum(mask)
 
 
 def leading_mask(mask: jax.Array, ndim: int) -> jax.Array:
-  """Float mask with trailing unit axes added so it aligns with leading dims."""
-  mask = jnp.asarray(mask, jnp.float32)
-  return mask.reshape(mask.shape + (1,) * max(ndim - mask.ndim, 0))
+  """Float mask with trailing unit axes added so it aligns with `ndim` leading dims.
+
+  Kept for existing callers; :func:`kdjax._checks.align_mask` does the same
+  and also checks the mask against the values' shape.
+  """
+  shape = tuple(jnp.shape(mask))
+  return _checks.align_mask('mask', mask, shape + (1,) * max(ndim - len(shape), 0))
 
 
 def scalar(value: jax.Array) -> tuple[jax.Array, jax.Array]:

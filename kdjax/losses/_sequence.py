@@ -178,32 +178,24 @@ def align_vocab(
 
 
 def token_mask(
-    where: ArrayLike | None, name: str, token_shape: tuple[int, ...]
+    mask: ArrayLike | None,
+    name: str,
+    token_shape: tuple[int, ...],
+    *,
+    mask_name: str = 'where (the token mask)',
 ) -> Array | None:
   """A boolean token mask with `token_shape`, from one aligned with its leading axes.
 
   ``[batch]`` masks whole rows of ``[batch, time]`` tokens; ``[batch, time]``
-  masks single tokens; anything else is an error naming both shapes.
+  masks single tokens; anything else is an error naming both shapes
+  (:func:`kdjax._checks.align_mask`).
   """
-  if where is None:
+  if mask is None:
     return None
-  where_shape = tuple(jnp.shape(where))
-  ok = len(where_shape) <= len(token_shape)
-  if ok:
-    padded = where_shape + (1,) * (len(token_shape) - len(where_shape))
-    try:
-      ok = np.broadcast_shapes(padded, token_shape) == tuple(token_shape)
-    except ValueError:
-      ok = False
-  if not ok:
-    raise ValueError(
-        f'where (the token mask) with shape {where_shape} does not align with '
-        f'the leading axes of the tokens of {name}, {tuple(token_shape)}; give '
-        '[batch, time] (1 = real token, 0 = padding) or [batch].'
-    )
-  mask = jnp.asarray(where)
-  mask = mask.reshape(padded).astype(bool)
-  return jnp.broadcast_to(mask, token_shape)
+  aligned = _checks.align_mask(
+      mask_name, mask, token_shape, what=f'the tokens of {name}'
+  )
+  return jnp.broadcast_to(aligned != 0, token_shape)
 
 
 def token_divergence(
