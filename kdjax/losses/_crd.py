@@ -12,12 +12,13 @@ from flax import linen as nn
 from jax import lax
 
 from kdjax import _checks
-from kdjax.losses._feature import compute_dtype
+from kdjax.losses._common import compute_dtype
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_value
+from kdjax.losses._common import unit_interval_value
 from kdjax.losses._feature import example_mask
-from kdjax.losses._feature import jit_after_checks
 from kdjax.losses._feature import l2_normalize
 from kdjax.losses._feature import mask_values
-from kdjax.losses._feature import positive_value
 
 Array = jax.Array
 ArrayLike = Any
@@ -156,7 +157,7 @@ def _index_values(arguments: dict[str, Any]) -> None:
 
 @jit_after_checks(
     positive_value('temperature'),
-    lambda arguments: _checks.check_in_unit_interval('momentum', arguments['momentum']),
+    unit_interval_value('momentum'),
     _index_values,
 )
 def crd(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +12,10 @@ from flax import linen as nn
 from jax import lax
 
 from kdjax import _checks
+from kdjax.losses._common import check_choice
+from kdjax.losses._common import compute_dtype
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_value
 
 Array = jax.Array
 ArrayLike = Any
@@ -42,53 +44,7 @@ RESIZE_MODES = (None, 'avg_pool', 'bilinear')
 
 
 # ----------------------------------------------------------------------------
-# Shared helpers (also used by `_relational.py` and `_crd.py`).
-
-
-def jit_after_checks(
-    *checks: Callable[[dict[str, Any]], None],
-    static_argnames: Sequence[str] = (),
-):
-  """Decorator: checks the caller's values, then runs `fn` under `jax.jit`.
-
-  As in `_logit.py`: value checks (which need concrete values) run first on
-  the arguments as given; shape and dtype checks run inside `fn` at trace
-  time. Inside a caller's jit the body is inlined.
-  """
-
-  def decorator(fn):
-    signature = inspect.signature(fn)
-    jitted = jax.jit(fn, static_argnames=tuple(static_argnames))
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-      bound = signature.bind(*args, **kwargs)
-      bound.apply_defaults()
-      for check in checks:
-        check(bound.arguments)
-      return jitted(*args, **kwargs)
-
-    return wrapper
-
-  return decorator
-
-
-def check_choice(name: str, choices: Sequence[Any]):
-  """A value check: ``arguments[name]`` must be one of `choices`."""
-
-  def check(arguments):
-    if arguments[name] not in choices:
-      raise ValueError(f'{name} must be one of {list(choices)}, got {arguments[name]!r}.')
-
-  return check
-
-
-def positive_value(name: str):
-  return lambda arguments: _checks.check_positive(name, arguments[name])
-
-
-def compute_dtype(*arrays: Array) -> jnp.dtype:
-  return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+# Feature helpers (also used by `_relational.py` and `_crd.py`).
 
 
 def prepare_features(

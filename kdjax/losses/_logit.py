@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from kdjax import _checks
+from kdjax.losses._common import compute_dtype
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import nonnegative_value
+from kdjax.losses._common import positive_value
+from kdjax.losses._common import unit_interval_value
+from kdjax.losses._common import ValueCheck
 
 Array = jax.Array
 ArrayLike = Any
@@ -34,9 +39,8 @@ ArrayLike = Any
 # ----------------------------------------------------------------------------
 # Shared helpers.
 
-
-def _compute_dtype(*arrays: Array) -> jnp.dtype:
-  return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+# `axis` decides the layout, so it is static.
+_jit_after_checks = functools.partial(jit_after_checks, static_argnames=('axis',))
 
 
 def _class_axis(name: str, shape: tuple[int, ...], axis: int) -> int:
@@ -83,7 +87,7 @@ def _prepare_pair(student_logits, teacher_logits, temperature, where, axis):
   _check_temperature(temperature)
   student_logits = jnp.asarray(student_logits)
   teacher_logits = lax.stop_gradient(jnp.asarray(teacher_logits))
-  dtype = _compute_dtype(student_logits, teacher_logits)
+  dtype = compute_dtype(student_logits, teacher_logits)
   temperature = jnp.asarray(temperature, dtype)
   student = jnp.moveaxis(student_logits.astype(dtype), axis, -1) / temperature
   teacher = jnp.moveaxis(teacher_logits.astype(dtype), axis, -1) / temperature
@@ -165,47 +169,7 @@ def _log_probs_pair(student_logits, teacher_logits, temperature, where, axis):
   return _masked_log_softmax(student, mask), _masked_log_softmax(teacher, mask)
 
 
-def _jit_after_checks(*checks: Callable[[dict[str, Any]], None]):
-  """Decorator: checks the caller's values, then runs `fn` under `jax.jit`.
-
-  Inside jit, hyper-parameters and labels are tracers whose values cannot be
-  checked, so `checks` (each taking the bound arguments) run first, on the
-  values as given. Shape and dtype checks run in `fn` at trace time. The
-  body compiles once per shape and dtype (`axis` is static) instead of
-  dispatching op by op when called eagerly; inside a caller's jit it is
-  inlined.
-  """
-
-  def decorator(fn):
-    signature = inspect.signature(fn)
-    jitted = jax.jit(fn, static_argnames=('axis',))
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-      bound = signature.bind(*args, **kwargs)
-      bound.apply_defaults()
-      for check in checks:
-        check(bound.arguments)
-      return jitted(*args, **kwargs)
-
-    return wrapper
-
-  return decorator
-
-
-def _temperature_value(arguments: dict[str, Any]) -> None:
-  _checks.check_positive('temperature', arguments['temperature'])
-
-
-def _unit_interval_value(name: str) -> Callable[[dict[str, Any]], None]:
-  return lambda arguments: _checks.check_in_unit_interval(name, arguments[name])
-
-
-def _nonnegative_value(name: str) -> Callable[[dict[str, Any]], None]:
-  return lambda arguments: _checks.check_nonnegative(name, arguments[name])
-
-
-def _label_values(logits_name: str) -> Callable[[dict[str, Any]], None]:
+def _label_values(logits_name: str) -> ValueCheck:
   def check(arguments):
     logits_shape = jnp.shape(arguments[logits_name])
     axis = _class_axis(logits_name, logits_shape, arguments['axis'])
@@ -219,7 +183,7 @@ def _label_values(logits_name: str) -> Callable[[dict[str, Any]], None]:
 # Divergences.
 
 
-@_jit_after_checks(_temperature_value)
+@_jit_after_checks(positive_value('temperature'))
 def kl_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -272,7 +236,7 @@ def kl_divergence(
   return _scale_by_temperature(_kl(log_p, valid_p, log_q), temperature)
 
 
-@_jit_after_checks(_temperature_value)
+@_jit_after_checks(positive_value('temperature'))
 def reverse_kl_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -318,7 +282,7 @@ def reverse_kl_divergence(
   return _scale_by_temperature(_kl(log_q, valid_q, log_p), temperature)
 
 
-@_jit_after_checks(_temperature_value, _unit_interval_value('beta'))
+@_jit_after_checks(positive_value('temperature'), unit_interval_value('beta'))
 def generalized_jsd(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -394,7 +358,7 @@ def generalized_jsd(
   return _scale_by_temperature(divergence, temperature)
 
 
-@_jit_after_checks(_temperature_value, _unit_interval_value('alpha'))
+@_jit_after_checks(positive_value('temperature'), unit_interval_value('alpha'))
 def skew_kl_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -448,7 +412,7 @@ def skew_kl_divergence(
   return _scale_by_temperature(_kl(log_p, valid_p, log_m), temperature)
 
 
-@_jit_after_checks(_temperature_value, _unit_interval_value('alpha'))
+@_jit_after_checks(positive_value('temperature'), unit_interval_value('alpha'))
 def skew_reverse_kl_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -499,7 +463,7 @@ def skew_reverse_kl_divergence(
   return _scale_by_temperature(_kl(log_q, valid_q, log_m), temperature)
 
 
-@_jit_after_checks(_temperature_value)
+@_jit_after_checks(positive_value('temperature'))
 def total_variation_distance(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -586,7 +550,7 @@ def _nan_where_out_of_range(values: Array, in_range: Array) -> Array:
   return jnp.where(in_range, values, jnp.nan)
 
 
-@_jit_after_checks(_temperature_value, _label_values('student_logits'))
+@_jit_after_checks(positive_value('temperature'), _label_values('student_logits'))
 def dkd_terms(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -683,9 +647,9 @@ def dkd_terms(
 
 
 @_jit_after_checks(
-    _temperature_value,
-    _nonnegative_value('alpha'),
-    _nonnegative_value('beta'),
+    positive_value('temperature'),
+    nonnegative_value('alpha'),
+    nonnegative_value('beta'),
     _label_values('student_logits'),
 )
 def decoupled_kd(
@@ -747,7 +711,7 @@ def decoupled_kd(
 
 
 @_jit_after_checks(
-    _unit_interval_value('label_smoothing'), _label_values('logits')
+    unit_interval_value('label_smoothing'), _label_values('logits')
 )
 def cross_entropy(
     logits: ArrayLike,
@@ -804,7 +768,7 @@ def cross_entropy(
   mask = _class_mask(where, 'logits', shape, axis)
   labels = _check_labels(labels, 'logits', shape, axis)
   logits = jnp.asarray(logits)
-  logits = jnp.moveaxis(logits.astype(_compute_dtype(logits)), axis, -1)
+  logits = jnp.moveaxis(logits.astype(compute_dtype(logits)), axis, -1)
 
   log_probs, valid = _masked_log_softmax(logits, mask)
   is_target, in_range = _label_one_hot(labels, logits.shape)

@@ -25,10 +25,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_value
 from kdjax.losses._feature import example_mask
-from kdjax.losses._feature import jit_after_checks
 from kdjax.losses._feature import l2_normalize
-from kdjax.losses._feature import positive_value
 from kdjax.losses._feature import prepare_features
 
 Array = jax.Array
