@@ -206,3 +206,22 @@ def test_doctests():
   for module in (_sequence, _chunked):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted and not result.failed, module.__name__
+
+
+@pytest.mark.parametrize('name', losses.DIVERGENCE_NAMES)
+def test_one_registry_serves_the_logit_and_log_space_forms(name):
+  from kdjax.losses import _divergences  # pylint: disable=g-import-not-at-top
+
+  entry = _divergences.lookup(name)
+  assert losses.divergence_fn(name) is entry.logit_fn
+  student, teacher = _logits(0), _logits(1)
+  hyper = entry.default
+  log_q = jax.nn.log_softmax(student / 2.0)
+  log_p = jax.nn.log_softmax(teacher / 2.0)
+  valid = jnp.ones((1, VOCAB), bool)
+  kwargs = {} if entry.hyperparameter is None else {entry.hyperparameter: hyper}
+  np.testing.assert_allclose(
+      entry.logit_fn(student, teacher, temperature=2.0, **kwargs),
+      4.0 * entry.log_space_fn(log_q, valid, log_p, valid, hyper),
+      rtol=1e-5, atol=1e-6,
+  )

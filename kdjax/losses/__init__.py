@@ -28,9 +28,9 @@ from kdjax.losses._logit import reverse_kl_divergence as reverse_kl_divergence
 from kdjax.losses._logit import skew_kl_divergence as skew_kl_divergence
 from kdjax.losses._logit import skew_reverse_kl_divergence as skew_reverse_kl_divergence
 from kdjax.losses._logit import total_variation_distance as total_variation_distance
-from kdjax.losses._sequence import DIVERGENCE_NAMES as DIVERGENCE_NAMES
+from kdjax.losses._divergences import DIVERGENCE_NAMES as DIVERGENCE_NAMES
+from kdjax.losses._divergences import divergence_fn as divergence_fn
 from kdjax.losses._sequence import align_vocab as align_vocab
-from kdjax.losses._sequence import divergence_fn as divergence_fn
 from kdjax.losses._sequence import token_divergence as token_divergence
 from kdjax.losses._sequence import token_mean as token_mean
 

@@ -12,7 +12,7 @@ from jax import lax
 import numpy as np
 
 from kdjax import _checks
-from kdjax.losses import _logit
+from kdjax.losses import _divergences
 from kdjax.losses import _sequence
 
 Array = jax.Array
@@ -39,31 +39,11 @@ def _partial_sum(divergence: str, log_q, log_p, valid, hyper) -> Array:
 
   `log_q` (student) and `log_p` (teacher) are normalised tempered
   log-probabilities ``[C, Vc]``; `valid` marks the real vocabulary entries.
-  The formulas are those of :mod:`kdjax.losses` (same helpers), without the
-  ``T²`` factor.
+  The formula is the registry's, that of the :mod:`kdjax.losses` function
+  of the same name, without the ``T²`` factor.
   """
-  if divergence == 'forward_kl':
-    return _logit._kl(log_p, valid, log_q)  # pylint: disable=protected-access
-  if divergence == 'reverse_kl':
-    return _logit._kl(log_q, valid, log_p)  # pylint: disable=protected-access
-  if divergence == 'jsd':
-    log_m = _logit._log_mixture(log_p, valid, log_q, valid, hyper)  # pylint: disable=protected-access
-    teacher_weight = jnp.where(hyper == 0, 1.0, hyper)
-    student_weight = jnp.where(hyper == 1, 1.0, 1.0 - hyper)
-    return teacher_weight * _logit._kl(  # pylint: disable=protected-access
-        log_p, valid, log_m
-    ) + student_weight * _logit._kl(log_q, valid, log_m)  # pylint: disable=protected-access
-  if divergence == 'skew_kl':
-    log_m = _logit._log_mixture(log_p, valid, log_q, valid, hyper)  # pylint: disable=protected-access
-    return _logit._kl(log_p, valid, log_m)  # pylint: disable=protected-access
-  if divergence == 'skew_reverse_kl':
-    log_m = _logit._log_mixture(log_q, valid, log_p, valid, hyper)  # pylint: disable=protected-access
-    return _logit._kl(log_q, valid, log_m)  # pylint: disable=protected-access
-  if divergence == 'tvd':
-    p = jnp.exp(jnp.where(valid, log_p, 0.0))
-    q = jnp.exp(jnp.where(valid, log_q, 0.0))
-    return 0.5 * jnp.sum(jnp.where(valid, jnp.abs(p - q), 0.0), axis=-1)
-  raise ValueError(f'unknown divergence {divergence!r}')
+  log_space_fn = _divergences.lookup(divergence).log_space_fn
+  return log_space_fn(log_q, valid, log_p, valid, hyper)
 
 
 def _tempered_logits(hidden, unembedding, temperature):
@@ -441,9 +421,10 @@ def chunked_divergence(
     https://arxiv.org/abs/2410.10989. The divergences' papers are cited on
     their :mod:`kdjax.losses` functions.
   """
-  kwargs = _sequence.divergence_kwargs(divergence, beta, alpha)
-  takes = _sequence.divergence_hyperparameter(divergence)
-  hyper = kwargs.get(takes, {'beta': 0.5, 'alpha': 0.1}.get(takes, 0.0))
+  kwargs = _divergences.divergence_kwargs(divergence, beta, alpha)
+  entry = _divergences.lookup(divergence)
+  takes = entry.hyperparameter
+  hyper = kwargs.get(takes, 0.0 if takes is None else entry.default)
   if takes is not None:
     _checks.check_in_unit_interval(takes, hyper)
   _check_unembedding('student_hidden', student_hidden, 'student_unembedding',

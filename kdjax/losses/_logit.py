@@ -162,11 +162,71 @@ def _log_mixture(
   return jnp.where(empty, -jnp.inf, mixed)
 
 
-def _log_probs_pair(student_logits, teacher_logits, temperature, where, axis):
+# ----------------------------------------------------------------------------
+# The divergences on normalised log-probabilities, the one place each formula
+# is written. ``fn(log_q, valid_q, log_p, valid_p, hyper) -> [...]`` with the
+# student's `log_q` and the teacher's `log_p` over the last axis (-inf and
+# `valid` False on classes that take no part), without the T² factor. The
+# logit losses below, and through the registry of `_divergences.py` the
+# token-level and chunked forms, all compute these.
+
+
+def log_space_forward_kl(log_q, valid_q, log_p, valid_p, hyper=None) -> Array:
+  """``KL(p || q)``."""
+  del valid_q, hyper
+  return _kl(log_p, valid_p, log_q)
+
+
+def log_space_reverse_kl(log_q, valid_q, log_p, valid_p, hyper=None) -> Array:
+  """``KL(q || p)``."""
+  del valid_p, hyper
+  return _kl(log_q, valid_q, log_p)
+
+
+def log_space_jsd(log_q, valid_q, log_p, valid_p, beta) -> Array:
+  """GKD's ``beta KL(p || m) + (1 - beta) KL(q || m)``, ``m = beta p + (1 - beta) q``."""
+  beta = jnp.asarray(beta, log_p.dtype)
+  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, beta)
+  # At beta = 0 (1) the other term is KL(q || q) = 0 (KL(p || p) = 0), so
+  # weight 1 on the surviving term gives exactly the forward (reverse) KL.
+  teacher_weight = jnp.where(beta == 0, 1.0, beta)
+  student_weight = jnp.where(beta == 1, 1.0, 1.0 - beta)
+  divergence = teacher_weight * _kl(log_p, valid_p, log_m)
+  return divergence + student_weight * _kl(log_q, valid_q, log_m)
+
+
+def log_space_skew_kl(log_q, valid_q, log_p, valid_p, alpha) -> Array:
+  """``KL(p || alpha p + (1 - alpha) q)``."""
+  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, alpha)
+  return _kl(log_p, valid_p, log_m)
+
+
+def log_space_skew_reverse_kl(log_q, valid_q, log_p, valid_p, alpha) -> Array:
+  """``KL(q || alpha q + (1 - alpha) p)``."""
+  log_m = _log_mixture(log_q, valid_q, log_p, valid_p, alpha)
+  return _kl(log_q, valid_q, log_m)
+
+
+def log_space_tvd(log_q, valid_q, log_p, valid_p, hyper=None) -> Array:
+  """``0.5 * sum_c |p_c - q_c|``."""
+  del hyper
+  p = jnp.where(valid_p, jnp.exp(jnp.where(valid_p, log_p, 0.0)), 0.0)
+  q = jnp.where(valid_q, jnp.exp(jnp.where(valid_q, log_q, 0.0)), 0.0)
+  return 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
+
+
+def _tempered(
+    log_space_fn, student_logits, teacher_logits, temperature, where, axis,
+    hyper=None,
+) -> Array:
+  """``T² log_space_fn`` on the tempered, masked log-softmaxes of both logit sets."""
   student, teacher, mask = _prepare_pair(
       student_logits, teacher_logits, temperature, where, axis
   )
-  return _masked_log_softmax(student, mask), _masked_log_softmax(teacher, mask)
+  log_q, valid_q = _masked_log_softmax(student, mask)
+  log_p, valid_p = _masked_log_softmax(teacher, mask)
+  divergence = log_space_fn(log_q, valid_q, log_p, valid_p, hyper)
+  return _scale_by_temperature(divergence, temperature)
 
 
 def _label_values(logits_name: str) -> ValueCheck:
@@ -230,10 +290,10 @@ def kl_divergence(
     Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network",
     2015, https://arxiv.org/abs/1503.02531.
   """
-  (log_q, _), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_forward_kl, student_logits, teacher_logits, temperature, where,
+      axis,
   )
-  return _scale_by_temperature(_kl(log_p, valid_p, log_q), temperature)
 
 
 @_jit_after_checks(positive_value('temperature'))
@@ -276,10 +336,10 @@ def reverse_kl_divergence(
     Gu, Dong, Wei and Huang, "MiniLLM: Knowledge Distillation of Large
     Language Models", ICLR 2024, https://arxiv.org/abs/2306.08543.
   """
-  (log_q, valid_q), (log_p, _) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_reverse_kl, student_logits, teacher_logits, temperature, where,
+      axis,
   )
-  return _scale_by_temperature(_kl(log_q, valid_q, log_p), temperature)
 
 
 @_jit_after_checks(positive_value('temperature'), unit_interval_value('beta'))
@@ -344,18 +404,10 @@ def generalized_jsd(
     Distillation of Language Models: Learning from Self-Generated Mistakes",
     ICLR 2024, https://arxiv.org/abs/2306.13649.
   """
-  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_jsd, student_logits, teacher_logits, temperature, where, axis,
+      beta,
   )
-  beta = jnp.asarray(beta, log_p.dtype)
-  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, beta)
-  # At beta = 0 (1) the other term is KL(q || q) = 0 (KL(p || p) = 0), so
-  # weight 1 on the surviving term gives exactly the forward (reverse) KL.
-  teacher_weight = jnp.where(beta == 0, 1.0, beta)
-  student_weight = jnp.where(beta == 1, 1.0, 1.0 - beta)
-  divergence = teacher_weight * _kl(log_p, valid_p, log_m)
-  divergence += student_weight * _kl(log_q, valid_q, log_m)
-  return _scale_by_temperature(divergence, temperature)
 
 
 @_jit_after_checks(positive_value('temperature'), unit_interval_value('alpha'))
@@ -405,11 +457,10 @@ def skew_kl_divergence(
     Ko, Kim, Chen and Yun, "DistiLLM: Towards Streamlined Distillation for
     Large Language Models", ICML 2024, https://arxiv.org/abs/2402.03898.
   """
-  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_skew_kl, student_logits, teacher_logits, temperature, where,
+      axis, alpha,
   )
-  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, alpha)
-  return _scale_by_temperature(_kl(log_p, valid_p, log_m), temperature)
 
 
 @_jit_after_checks(positive_value('temperature'), unit_interval_value('alpha'))
@@ -456,11 +507,10 @@ def skew_reverse_kl_divergence(
     Ko, Kim, Chen and Yun, "DistiLLM: Towards Streamlined Distillation for
     Large Language Models", ICML 2024, https://arxiv.org/abs/2402.03898.
   """
-  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_skew_reverse_kl, student_logits, teacher_logits, temperature,
+      where, axis, alpha,
   )
-  log_m = _log_mixture(log_q, valid_q, log_p, valid_p, alpha)
-  return _scale_by_temperature(_kl(log_q, valid_q, log_m), temperature)
 
 
 @_jit_after_checks(positive_value('temperature'))
@@ -509,13 +559,9 @@ def total_variation_distance(
     Mou, "f-Divergence Minimization for Sequence-Level Knowledge
     Distillation", ACL 2023, https://arxiv.org/abs/2307.15190.
   """
-  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_tvd, student_logits, teacher_logits, temperature, where, axis,
   )
-  p = jnp.where(valid_p, jnp.exp(jnp.where(valid_p, log_p, 0.0)), 0.0)
-  q = jnp.where(valid_q, jnp.exp(jnp.where(valid_q, log_q, 0.0)), 0.0)
-  distance = 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
-  return _scale_by_temperature(distance, temperature)
 
 
 # ----------------------------------------------------------------------------

@@ -1,83 +1,20 @@
-"""Token-level distillation of language models: divergences by name, token masks, vocabulary padding."""
+"""Token-level distillation of language models: token masks, vocabulary padding."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kdjax import _checks
-from kdjax.losses import _logit
+from kdjax.losses._divergences import divergence_fn
+# Re-exported: kdjax.objective checks divergence names through this module.
+from kdjax.losses._divergences import divergence_kwargs as divergence_kwargs
 
 Array = jax.Array
 ArrayLike = Any
-
-# name -> (per-example divergence on logits, the hyper-parameter it takes).
-_DIVERGENCES: dict[str, tuple[Callable[..., Array], str | None]] = {
-    'forward_kl': (_logit.kl_divergence, None),
-    'reverse_kl': (_logit.reverse_kl_divergence, None),
-    'jsd': (_logit.generalized_jsd, 'beta'),
-    'skew_kl': (_logit.skew_kl_divergence, 'alpha'),
-    'skew_reverse_kl': (_logit.skew_reverse_kl_divergence, 'alpha'),
-    'tvd': (_logit.total_variation_distance, None),
-}
-
-DIVERGENCE_NAMES = tuple(_DIVERGENCES)
-
-
-def divergence_hyperparameter(divergence: str) -> str | None:
-  """The hyper-parameter a named divergence takes (``'beta'``, ``'alpha'`` or None).
-
-  Raises:
-    ValueError: for an unknown name, listing the known ones.
-  """
-  if divergence not in _DIVERGENCES:
-    raise ValueError(
-        f'unknown divergence {divergence!r}; choose one of '
-        f'{list(DIVERGENCE_NAMES)}.'
-    )
-  return _DIVERGENCES[divergence][1]
-
-
-def divergence_kwargs(
-    divergence: str, beta: ArrayLike | None, alpha: ArrayLike | None
-) -> dict[str, ArrayLike]:
-  """Checks that only the named divergence's hyper-parameter is given."""
-  takes = divergence_hyperparameter(divergence)
-  given = {'beta': beta, 'alpha': alpha}
-  for name, value in given.items():
-    if value is not None and name != takes:
-      takes_text = 'no hyper-parameter' if takes is None else repr(takes)
-      raise ValueError(
-          f'{name}={value} was given, but divergence {divergence!r} takes '
-          f'{takes_text}.'
-      )
-  if takes is not None and given[takes] is not None:
-    return {takes: given[takes]}
-  return {}
-
-
-def divergence_fn(divergence: str) -> Callable[..., Array]:
-  """The :mod:`kdjax.losses` function for a divergence name.
-
-  Args:
-    divergence: one of ``'forward_kl'`` (:func:`kl_divergence`),
-      ``'reverse_kl'`` (:func:`reverse_kl_divergence`), ``'jsd'``
-      (:func:`generalized_jsd`, takes ``beta``), ``'skew_kl'``
-      (:func:`skew_kl_divergence`, takes ``alpha``), ``'skew_reverse_kl'``
-      (:func:`skew_reverse_kl_divergence`, takes ``alpha``), ``'tvd'``
-      (:func:`total_variation_distance`).
-
-  Returns:
-    ``fn(student_logits, teacher_logits, *, temperature, where, axis, ...)``.
-
-  Raises:
-    ValueError: for an unknown name, listing the known ones.
-  """
-  divergence_hyperparameter(divergence)
-  return _DIVERGENCES[divergence][0]
 
 
 def check_vocab(
