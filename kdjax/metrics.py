@@ -18,6 +18,47 @@ Metrics = Mapping[str, tuple[jax.Array, jax.Array]]
 MASK_KEY = 'mask'
 
 
+def pad_batch(
+    batch: Mapping[str, np.ndarray], size: int, *, mask_key: str = MASK_KEY
+) -> dict[str, np.ndarray]:
+  """Pads a host batch to `size` rows and marks the real ones under `mask_key`.
+
+  The one way kdjax pads (:func:`kdjax.loop.evaluate`,
+  :func:`kdjax.data.iterate_once`): the padding rows are zeros of each
+  array's dtype, and the mask ``[size]`` (bool, False on padding) keeps
+  them out of every mean. Losses and metrics give 0 with finite gradients
+  on masked rows, whatever a model computes from the zeros.
+
+  Args:
+    batch: arrays with a shared leading dimension ``n``, ``1 <= n <= size``.
+    size: the rows wanted (fixed shapes, so no recompiles).
+    mask_key: the entry that receives the mask; must not be in `batch`.
+
+  Returns:
+    A new dict: every array of `batch` with `size` rows, plus the mask.
+
+  Raises:
+    ValueError: if the arrays disagree on ``n``, ``n`` is 0 or above
+      `size`, or `batch` already has `mask_key`.
+  """
+  if mask_key in batch:
+    raise ValueError(f'the batch already has a {mask_key!r} entry; pad_batch adds it.')
+  arrays = {name: np.asarray(value) for name, value in batch.items()}
+  rows = {name: value.shape[0] for name, value in arrays.items()}
+  n = next(iter(rows.values()), 0)
+  if set(rows.values()) != {n} or not 1 <= n <= size:
+    raise ValueError(
+        f'pad_batch needs 1 to size={size} rows shared by every array, got {rows}.'
+    )
+  padded = {
+      name: np.concatenate([value, np.zeros((size - n, *value.shape[1:]), value.dtype)])
+      if n < size else value
+      for name, value in arrays.items()
+  }
+  padded[mask_key] = np.arange(size) < n
+  return padded
+
+
 def metric(values: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Reduces per-example `values` to a `(sum, count)` pair.
 
