@@ -67,7 +67,7 @@ def test_token_divergence_matches_numpy_with_padding(name):
   teacher = teacher.at[..., VOCAB:].set(50.0)
   mask = _uneven_mask()
   values = losses.token_divergence(
-      student, teacher, divergence=name, temperature=2.0, where=mask,
+      student, teacher, divergence=name, temperature=2.0, token_mask=mask,
       vocab_size=VOCAB,
   )
   expected = np_divergence(
@@ -96,7 +96,7 @@ def test_masked_tokens_give_zero_and_no_nan_gradient():
   teacher = jnp.where(mask[..., None] > 0, _logits(1), jnp.inf)
 
   def mean_loss(s):
-    values = losses.token_divergence(s, teacher, divergence='jsd', where=mask)
+    values = losses.token_divergence(s, teacher, divergence='jsd', token_mask=mask)
     return losses.token_mean(values, mask)
 
   loss, grad = jax.value_and_grad(mean_loss)(student)
@@ -108,7 +108,7 @@ def test_masked_tokens_give_zero_and_no_nan_gradient():
 def test_token_mean_is_token_weighted_and_equals_slicing():
   mask = _uneven_mask()
   student, teacher = _logits(0), _logits(1)
-  values = losses.token_divergence(student, teacher, where=mask)
+  values = losses.token_divergence(student, teacher, token_mask=mask)
   real = mask.astype(bool)
   sliced = losses.kl_divergence(np.asarray(student)[real], np.asarray(teacher)[real])
   np.testing.assert_allclose(losses.token_mean(values, mask), np.mean(sliced),
@@ -194,8 +194,8 @@ def test_errors():
     losses.token_divergence(student, student, divergence='skew_kl', beta=0.5)
   with pytest.raises(ValueError, match=r"alpha=0.2 was given, but divergence 'tvd' takes no"):
     objective.token_distill('tvd', alpha=0.2)
-  with pytest.raises(ValueError, match=r'where \(the token mask\) with shape \(8, 4\).*\(8, 5\)'):
-    losses.token_divergence(student, student, where=np.ones((8, 4)))
+  with pytest.raises(ValueError, match=r'token_mask with shape \(8, 4\).*\(8, 5\)'):
+    losses.token_divergence(student, student, token_mask=np.ones((8, 4)))
   with pytest.raises(ValueError, match=r'beta must be in \[0, 1\]'):
     losses.token_divergence(student, student, divergence='jsd', beta=1.5)
 

@@ -334,6 +334,7 @@ def _vocab_blocks_size(vocab: int, vocab_chunk: int) -> int:
   return -(-vocab // vocab_chunk) * vocab_chunk
 
 
+@_checks.renamed_argument('where', 'token_mask')
 def chunked_divergence(
     student_hidden: ArrayLike,
     student_unembedding: ArrayLike,
@@ -342,7 +343,7 @@ def chunked_divergence(
     *,
     divergence: str = 'forward_kl',
     temperature: ArrayLike = 1.0,
-    where: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
     vocab_size: int | None = None,
     beta: ArrayLike | None = None,
     alpha: ArrayLike | None = None,
@@ -379,8 +380,9 @@ def chunked_divergence(
       ``'skew_reverse_kl'`` or ``'tvd'`` (see :func:`divergence_fn`).
     temperature: positive scalar (may be traced) dividing both logit sets;
       the divergence is multiplied by ``temperature**2``.
-    where: optional token mask ``[batch, time]`` (or ``[batch]``), True for
-      real tokens; masked tokens give 0 and no gradient.
+    token_mask: optional ``[batch, time]`` mask of the real tokens (or
+      ``[batch]``), True for real tokens; masked tokens give 0 and no
+      gradient. (Was ``where=``, deprecated.)
     vocab_size: the true vocabulary when the unembeddings carry padding
       columns (e.g. 32,000 of 32,064); the columns past it take no part in
       either softmax. None requires equal vocabularies.
@@ -443,7 +445,9 @@ def chunked_divergence(
       'student_unembedding', tuple(jnp.shape(student_unembedding)),
       'teacher_unembedding', tuple(jnp.shape(teacher_unembedding)), vocab_size,
   )
-  mask = _sequence.token_mask(where, 'student_hidden', student_shape[:-1])
+  mask = _sequence.aligned_token_mask(
+      token_mask, 'student_hidden', student_shape[:-1]
+  )
   if jnp.ndim(temperature) != 0:
     raise ValueError(
         f'temperature must be a scalar, got shape {jnp.shape(temperature)}.'

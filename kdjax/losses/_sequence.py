@@ -114,12 +114,8 @@ def align_vocab(
   )
 
 
-def token_mask(
-    mask: ArrayLike | None,
-    name: str,
-    token_shape: tuple[int, ...],
-    *,
-    mask_name: str = 'where (the token mask)',
+def aligned_token_mask(
+    token_mask: ArrayLike | None, name: str, token_shape: tuple[int, ...]
 ) -> Array | None:
   """A boolean token mask with `token_shape`, from one aligned with its leading axes.
 
@@ -127,21 +123,22 @@ def token_mask(
   masks single tokens; anything else is an error naming both shapes
   (:func:`kdjax._checks.align_mask`).
   """
-  if mask is None:
+  if token_mask is None:
     return None
   aligned = _checks.align_mask(
-      mask_name, mask, token_shape, what=f'the tokens of {name}'
+      'token_mask', token_mask, token_shape, what=f'the tokens of {name}'
   )
   return jnp.broadcast_to(aligned != 0, token_shape)
 
 
+@_checks.renamed_argument('where', 'token_mask')
 def token_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
     *,
     divergence: str = 'forward_kl',
     temperature: ArrayLike = 1.0,
-    where: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
     vocab_size: int | None = None,
     beta: ArrayLike | None = None,
     alpha: ArrayLike | None = None,
@@ -157,7 +154,7 @@ def token_divergence(
     are sliced away from both models before the softmax
     (:func:`align_vocab`), so a student with 32,000 logits and a teacher
     with 32,064 compare over the same 32,000 tokens;
-  * sequence padding: `where` marks the real tokens. Masked tokens give 0
+  * sequence padding: `token_mask` marks the real tokens. Masked tokens give 0
     (and zero gradients, even if their logits are NaN). The values are *not*
     averaged: reduce them with the same mask as ``sum / count`` (an
     :class:`kdjax.objective.Objective` does, and so does
@@ -171,8 +168,11 @@ def token_divergence(
       ``'skew_reverse_kl'`` or ``'tvd'`` (see :func:`divergence_fn`).
     temperature: positive scalar dividing both logit sets; the divergence
       is multiplied by ``temperature**2``.
-    where: optional token mask ``[batch, time]`` (or ``[batch]`` for whole
-      sequences), True for real tokens.
+    token_mask: optional ``[batch, time]`` mask of the real tokens (or
+      ``[batch]`` for whole sequences), aligned with the leading axes; True
+      (or 1) for real tokens. (Was ``where=``, which still works for one
+      release with a DeprecationWarning; ``where=`` is a class mask in
+      kdjax.)
     vocab_size: the true vocabulary size when the logits carry padding.
     beta: the JSD's teacher weight (``'jsd'`` only; default 0.5).
     alpha: the skew (``'skew_kl'`` / ``'skew_reverse_kl'`` only; default 0.1).
@@ -191,7 +191,7 @@ def token_divergence(
     >>> teacher = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 16))
     >>> mask = jax.numpy.array([[1, 1, 1], [1, 0, 0]])
     >>> values = losses.token_divergence(
-    ...     student, teacher, divergence='jsd', where=mask, vocab_size=10)
+    ...     student, teacher, divergence='jsd', token_mask=mask, vocab_size=10)
     >>> print(values.shape, float(values[1, 2]))
     (2, 3) 0.0
 
@@ -205,7 +205,7 @@ def token_divergence(
   student_logits, teacher_logits = align_vocab(
       student_logits, teacher_logits, vocab_size=vocab_size
   )
-  mask = token_mask(where, 'student_logits', student_logits.shape[:-1])
+  mask = aligned_token_mask(token_mask, 'student_logits', student_logits.shape[:-1])
   if mask is not None:
     # Masked tokens get zero logits: finite values, zero gradient, no NaN.
     student_logits = jnp.where(mask[..., None], student_logits, 0)
@@ -216,7 +216,8 @@ def token_divergence(
   return values
 
 
-def token_mean(values: ArrayLike, where: ArrayLike | None = None) -> Array:
+@_checks.renamed_argument('where', 'token_mask')
+def token_mean(values: ArrayLike, token_mask: ArrayLike | None = None) -> Array:
   """The token-weighted mean ``sum(values * mask) / max(sum(mask), 1)``.
 
   Every real token counts once, however many real tokens each sequence has
@@ -224,13 +225,14 @@ def token_mean(values: ArrayLike, where: ArrayLike | None = None) -> Array:
 
   Args:
     values: ``[batch, time]`` per-token values.
-    where: optional mask aligned with the leading axes of `values`.
+    token_mask: optional mask of the real tokens aligned with the leading
+      axes of `values` (was ``where=``, deprecated).
 
   Returns:
     A float32 scalar; 0 when no token is real.
   """
   values = jnp.asarray(values, jnp.float32)
-  mask = token_mask(where, 'values', values.shape)
+  mask = aligned_token_mask(token_mask, 'values', values.shape)
   if mask is None:
     return jnp.mean(values)
   total = jnp.sum(jnp.where(mask, values, 0.0))
