@@ -17,13 +17,23 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_floating(name: str, x: Any) -> None:
+def _check_dtype_kind(name: str, x: Any, kind: Any, kind_text: str, hint: str) -> None:
   dtype = jnp.result_type(x)
-  if not jnp.issubdtype(dtype, jnp.floating):
+  if not jnp.issubdtype(dtype, kind):
     raise TypeError(
-        f'{name} must have a floating dtype, got {dtype} with shape '
-        f'{jnp.shape(x)}; cast it with .astype(jnp.float32).'
+        f'{name} must have {kind_text} dtype, got {dtype} with shape '
+        f'{jnp.shape(x)}{hint}.'
     )
+
+
+def check_floating(name: str, x: Any) -> None:
+  _check_dtype_kind(
+      name, x, jnp.floating, 'a floating', '; cast it with .astype(jnp.float32)'
+  )
+
+
+def check_integer(name: str, x: Any) -> None:
+  _check_dtype_kind(name, x, jnp.integer, 'an integer', '')
 
 
 def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
@@ -100,37 +110,29 @@ def align_mask(
   return jnp.asarray(mask, jnp.float32).reshape(aligned)
 
 
-def check_positive(name: str, value: Any) -> None:
-  """Raises for a non-positive value when it is known at trace time."""
+def _check_known_value(
+    name: str, value: Any, holds: Callable[[np.ndarray], np.ndarray], rule: str
+) -> None:
+  """Raises unless `holds` everywhere, when `value` is known at trace time."""
   if is_concrete(value):
     arr = np.asarray(value)
-    if arr.size and not np.all(arr > 0):
-      raise ValueError(f'{name} must be > 0, got {value}.')
+    if arr.size and not np.all(holds(arr)):
+      raise ValueError(f'{name} must be {rule}, got {value}.')
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises for a non-positive value when it is known at trace time."""
+  _check_known_value(name, value, lambda arr: arr > 0, '> 0')
 
 
 def check_in_unit_interval(name: str, value: Any) -> None:
   """Raises for a value outside [0, 1] when it is known at trace time."""
-  if is_concrete(value):
-    arr = np.asarray(value)
-    if arr.size and not np.all((arr >= 0) & (arr <= 1)):
-      raise ValueError(f'{name} must be in [0, 1], got {value}.')
+  _check_known_value(name, value, lambda arr: (arr >= 0) & (arr <= 1), 'in [0, 1]')
 
 
 def check_nonnegative(name: str, value: Any) -> None:
   """Raises for a negative value when it is known at trace time."""
-  if is_concrete(value):
-    arr = np.asarray(value)
-    if arr.size and not np.all(arr >= 0):
-      raise ValueError(f'{name} must be >= 0, got {value}.')
-
-
-def check_integer(name: str, x: Any) -> None:
-  dtype = jnp.result_type(x)
-  if not jnp.issubdtype(dtype, jnp.integer):
-    raise TypeError(
-        f'{name} must have an integer dtype, got {dtype} with shape '
-        f'{jnp.shape(x)}.'
-    )
+  _check_known_value(name, value, lambda arr: arr >= 0, '>= 0')
 
 
 def check_index_range(name: str, x: Any, size: int, size_name: str) -> None:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 SplitArrays = dict[str, dict[str, np.ndarray]]
+
+
+def import_optional(module: str, *, needed_for: str, package: str) -> ModuleType:
+  """Imports `module`, or raises an ImportError saying which package to install."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f'{needed_for} needs the `{package}` package: `pip install kdjax[data]` '
+        f'(or `pip install {package}`).'
+    ) from e
 
 
 class OfflineArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -51,14 +51,12 @@ def make_digits_arrays() -> dict[str, dict[str, np.ndarray]]:
     [0, 1], 'label': int64 [n], 'index': int64 [n]}}`` where 'index' is
     the row of the example in ``load_digits()``.
   """
-  try:
-    from sklearn import datasets  # pylint: disable=g-import-not-at-top
-    from sklearn import model_selection  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        'Building digits needs scikit-learn: `pip install kdjax[data]` '
-        '(or `pip install scikit-learn`).'
-    ) from e
+  datasets = _builder.import_optional(
+      'sklearn.datasets', needed_for='Building digits', package='scikit-learn'
+  )
+  model_selection = _builder.import_optional(
+      'sklearn.model_selection', needed_for='Building digits', package='scikit-learn'
+  )
 
   digits = datasets.load_digits()
   images = np.asarray(digits.images, np.float32)[..., None] / np.float32(16.0)

@@ -51,18 +51,14 @@ def make_mnist1d_arrays() -> dict[str, np.ndarray]:
   """
   import random  # pylint: disable=g-import-not-at-top
 
-  try:
-    import mnist1d.data  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        'Building mnist1d needs the `mnist1d` package: '
-        '`pip install kdjax[data]` (or `pip install mnist1d`).'
-    ) from e
+  mnist1d_data = _builder.import_optional(
+      'mnist1d.data', needed_for='Building mnist1d', package='mnist1d'
+  )
 
   py_state = random.getstate()
   np_state = np.random.get_state()
   try:
-    data = mnist1d.data.make_dataset(mnist1d.data.get_dataset_args())
+    data = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())
   finally:
     random.setstate(py_state)
     np.random.set_state(np_state)
