@@ -25,9 +25,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from kdjax import _checks
 from kdjax.losses._common import jit_after_checks
 from kdjax.losses._common import positive_value
-from kdjax import _checks
 from kdjax.losses._feature import checked_example_mask
 from kdjax.losses._feature import l2_normalize
 from kdjax.losses._feature import prepare_features
