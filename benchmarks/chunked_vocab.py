@@ -85,10 +85,10 @@ def _loss_fn(variant, args):
     if variant == 'plain':
       return losses.token_divergence(
           jnp.dot(hidden, unembedding), jnp.dot(teacher_hidden, teacher_unembedding),
-          divergence='forward_kl', temperature=args.temperature, where=mask)
+          divergence='forward_kl', temperature=args.temperature, token_mask=mask)
     return losses.chunked_divergence(
         hidden, unembedding, teacher_hidden, teacher_unembedding,
-        divergence='forward_kl', temperature=args.temperature, where=mask,
+        divergence='forward_kl', temperature=args.temperature, token_mask=mask,
         token_chunk=args.token_chunk)
 
   def loss(hidden, unembedding, teacher_hidden, teacher_unembedding, mask):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+import functools
 from typing import Any
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +17,23 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_floating(name: str, x: Any) -> None:
+def _check_dtype_kind(name: str, x: Any, kind: Any, kind_text: str, hint: str) -> None:
   dtype = jnp.result_type(x)
-  if not jnp.issubdtype(dtype, jnp.floating):
+  if not jnp.issubdtype(dtype, kind):
     raise TypeError(
-        f'{name} must have a floating dtype, got {dtype} with shape '
-        f'{jnp.shape(x)}; cast it with .astype(jnp.float32).'
+        f'{name} must have {kind_text} dtype, got {dtype} with shape '
+        f'{jnp.shape(x)}{hint}.'
     )
+
+
+def check_floating(name: str, x: Any) -> None:
+  _check_dtype_kind(
+      name, x, jnp.floating, 'a floating', '; cast it with .astype(jnp.float32)'
+  )
+
+
+def check_integer(name: str, x: Any) -> None:
+  _check_dtype_kind(name, x, jnp.integer, 'an integer', '')
 
 
 def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
@@ -31,51 +44,95 @@ def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
     )
 
 
-def check_broadcastable(name: str, mask: Any, target_name: str, target_shape) -> None:
-  """`mask` must broadcast to `target_shape` without changing it."""
-  shape = tuple(jnp.shape(mask))
+def _broadcasts_to(shape: tuple[int, ...], target_shape: tuple[int, ...]) -> bool:
+  """True when `shape` broadcasts to `target_shape` without changing it."""
   try:
-    out = np.broadcast_shapes(shape, tuple(target_shape))
+    return np.broadcast_shapes(shape, target_shape) == target_shape
   except ValueError:
-    out = None
-  if out != tuple(target_shape):
+    return False
+
+
+def check_broadcastable(name: str, mask: Any, target_name: str, target_shape) -> None:
+  """`mask` must broadcast to `target_shape` without changing it (NumPy rule).
+
+  NumPy broadcasting aligns the TRAILING axes: this is the check for class
+  masks (``where=`` of the logit losses, optax's convention) and other
+  arrays that broadcast like NumPy's. Masks over examples or tokens align
+  with the LEADING axes instead: :func:`align_mask`.
+  """
+  shape = tuple(jnp.shape(mask))
+  if not _broadcasts_to(shape, tuple(target_shape)):
     raise ValueError(
         f'{name} with shape {shape} does not broadcast to {target_name} with '
         f'shape {tuple(target_shape)}.'
     )
 
 
-def check_positive(name: str, value: Any) -> None:
-  """Raises for a non-positive value when it is known at trace time."""
+def align_mask(
+    name: str, mask: Any, values_shape: Sequence[int], *, what: str = 'values'
+) -> jax.Array:
+  """A mask over the leading axes of some values, as float32 aligned with them.
+
+  The one rule for masks over examples or tokens in kdjax (metrics, token
+  losses, objectives): a mask covers the LEADING axes of the values, so a
+  ``[batch]`` mask on ``[batch, time]`` values masks whole rows and a
+  ``[batch, time]`` mask single tokens (a per-time mask is ``[1, time]``).
+  Trailing unit axes are added so that NumPy broadcasting then applies:
+  ``[batch]`` becomes ``[batch, 1]``. Shapes are static, so the check runs
+  at trace time, also under ``jit``. (Class masks broadcast the NumPy way,
+  trailing axes first: :func:`check_broadcastable`.)
+
+  Args:
+    name: the mask's name in the error message (e.g. ``'token_mask'``).
+    mask: ``[d0, ..., dk]`` weights (1 = counts, 0 = padding), bool, int or
+      float, with ``k < len(values_shape)``; each ``di`` equal to the
+      values' ``i``-th dimension or 1.
+    values_shape: the shape of the values the mask applies to.
+    what: how the error message names the values.
+
+  Returns:
+    The mask as float32 with ``len(values_shape)`` axes (trailing unit axes
+    added); broadcast it to `values_shape` where a full mask is needed.
+
+  Raises:
+    ValueError: if the aligned mask does not broadcast to `values_shape`;
+      the message names `name`, `what` and both shapes.
+  """
+  shape = tuple(jnp.shape(mask))
+  values_shape = tuple(values_shape)
+  aligned = shape + (1,) * (len(values_shape) - len(shape))
+  if len(shape) > len(values_shape) or not _broadcasts_to(aligned, values_shape):
+    raise ValueError(
+        f'{name} with shape {shape} does not align with the leading axes of '
+        f'{what} with shape {values_shape} (a [batch] mask covers whole rows '
+        'of [batch, time] values, a [batch, time] mask single entries).'
+    )
+  return jnp.asarray(mask, jnp.float32).reshape(aligned)
+
+
+def _check_known_value(
+    name: str, value: Any, holds: Callable[[np.ndarray], np.ndarray], rule: str
+) -> None:
+  """Raises unless `holds` everywhere, when `value` is known at trace time."""
   if is_concrete(value):
     arr = np.asarray(value)
-    if arr.size and not np.all(arr > 0):
-      raise ValueError(f'{name} must be > 0, got {value}.')
+    if arr.size and not np.all(holds(arr)):
+      raise ValueError(f'{name} must be {rule}, got {value}.')
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises for a non-positive value when it is known at trace time."""
+  _check_known_value(name, value, lambda arr: arr > 0, '> 0')
 
 
 def check_in_unit_interval(name: str, value: Any) -> None:
   """Raises for a value outside [0, 1] when it is known at trace time."""
-  if is_concrete(value):
-    arr = np.asarray(value)
-    if arr.size and not np.all((arr >= 0) & (arr <= 1)):
-      raise ValueError(f'{name} must be in [0, 1], got {value}.')
+  _check_known_value(name, value, lambda arr: (arr >= 0) & (arr <= 1), 'in [0, 1]')
 
 
 def check_nonnegative(name: str, value: Any) -> None:
   """Raises for a negative value when it is known at trace time."""
-  if is_concrete(value):
-    arr = np.asarray(value)
-    if arr.size and not np.all(arr >= 0):
-      raise ValueError(f'{name} must be >= 0, got {value}.')
-
-
-def check_integer(name: str, x: Any) -> None:
-  dtype = jnp.result_type(x)
-  if not jnp.issubdtype(dtype, jnp.integer):
-    raise TypeError(
-        f'{name} must have an integer dtype, got {dtype} with shape '
-        f'{jnp.shape(x)}.'
-    )
+  _check_known_value(name, value, lambda arr: arr >= 0, '>= 0')
 
 
 def check_index_range(name: str, x: Any, size: int, size_name: str) -> None:
@@ -102,25 +159,35 @@ def batch_entry(batch: Any, key: str, role: str) -> Any:
     ) from None
 
 
-def align_mask(name: str, mask: Any, values_shape, *, what: str = 'values') -> Any:
-  """`mask` as float32 with trailing unit axes, aligned with `values_shape`'s leading axes.
+def renamed_argument(old: str, new: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+  """Decorator: keyword `old` still works for one release, as `new`, with a warning.
 
-  A ``[batch]`` mask of ``[batch, time]`` values becomes ``[batch, 1]``;
-  a ``[1, time]`` mask stays. Raises a ValueError naming `name`, `what` and
-  both shapes when the aligned mask does not broadcast to `values_shape`
-  without changing it (checked on static shapes, at trace time).
+  The wrapped function's signature (``inspect.signature``, the docs) shows
+  only `new`. Passing `old` emits a :class:`DeprecationWarning` pointing at
+  the caller's line and passes the value on as `new`; passing both is a
+  TypeError. Put it outermost (above ``jit`` wrappers) so the warning comes
+  once per call, at the call.
   """
-  mask = jnp.asarray(mask, jnp.float32)
-  values_shape = tuple(values_shape)
-  original = tuple(mask.shape)
-  mask = mask.reshape(original + (1,) * max(len(values_shape) - mask.ndim, 0))
-  try:
-    ok = np.broadcast_shapes(mask.shape, values_shape) == values_shape
-  except ValueError:
-    ok = False
-  if not ok:
-    raise ValueError(
-        f'{name} with shape {original} does not align with the leading axes of '
-        f'{what} with shape {values_shape}.'
-    )
-  return mask
+
+  def decorator(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      if old in kwargs:
+        if new in kwargs:
+          raise TypeError(
+              f'{fn.__name__}() got both {old}= (its deprecated name) and '
+              f'{new}=; pass only {new}=.'
+          )
+        warnings.warn(
+            f'{fn.__name__}({old}=...) is deprecated and will be removed in '
+            f'the next release; pass {new}=... (in kdjax `where=` is only '
+            'ever a class mask).',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        kwargs[new] = kwargs.pop(old)
+      return fn(*args, **kwargs)
+
+    return wrapper
+
+  return decorator

@@ -96,19 +96,18 @@ def evaluate(
 ) -> dict[str, float]:
   """Means of `eval_step`'s metrics over all of `data`, padding not counted.
 
-  The data is cut into batches of `batch_size`; the last one is padded and
-  masked with a `mask_key` entry, so every example counts exactly once
-  (the eval step must read the same key).
+  The data is cut into batches of `batch_size`; the last one is padded
+  (:func:`kdjax.metrics.pad_batch`) and masked with a `mask_key` entry, so
+  every example counts exactly once (the eval step must read the same key).
   """
   num_examples = _num_examples(data)
   total = None
   for start in range(0, num_examples, batch_size):
-    batch = {name: np.asarray(value[start : start + batch_size]) for name, value in data.items()}
-    real = next(iter(batch.values())).shape[0]
-    pad = batch_size - real if num_examples > batch_size else 0
-    batch = {name: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) if pad else v
-             for name, v in batch.items()}
-    batch[mask_key] = np.arange(real + pad) < real
+    batch = {name: value[start : start + batch_size] for name, value in data.items()}
+    # Data smaller than one batch is one unpadded batch.
+    batch = metrics_lib.pad_batch(
+        batch, min(batch_size, num_examples), mask_key=mask_key
+    )
     total = metrics_lib.merge(total, eval_step(state, teacher_variables, batch))
   return metrics_lib.compute(total)
 

@@ -8,12 +8,55 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import _checks
+
 # name -> (sum, count); both scalars (arrays or floats).
 Metrics = Mapping[str, tuple[jax.Array, jax.Array]]
 
 # The batch entry marking real examples (1) and padding (0), wherever kdjax
 # pads: eval loops, data iterators, objectives and eval steps.
 MASK_KEY = 'mask'
+
+
+def pad_batch(
+    batch: Mapping[str, np.ndarray], size: int, *, mask_key: str = MASK_KEY
+) -> dict[str, np.ndarray]:
+  """Pads a host batch to `size` rows and marks the real ones under `mask_key`.
+
+  The one way kdjax pads (:func:`kdjax.loop.evaluate`,
+  :func:`kdjax.data.iterate_once`): the padding rows are zeros of each
+  array's dtype, and the mask ``[size]`` (bool, False on padding) keeps
+  them out of every mean. Losses and metrics give 0 with finite gradients
+  on masked rows, whatever a model computes from the zeros.
+
+  Args:
+    batch: arrays with a shared leading dimension ``n``, ``1 <= n <= size``.
+    size: the rows wanted (fixed shapes, so no recompiles).
+    mask_key: the entry that receives the mask; must not be in `batch`.
+
+  Returns:
+    A new dict: every array of `batch` with `size` rows, plus the mask.
+
+  Raises:
+    ValueError: if the arrays disagree on ``n``, ``n`` is 0 or above
+      `size`, or `batch` already has `mask_key`.
+  """
+  if mask_key in batch:
+    raise ValueError(f'the batch already has a {mask_key!r} entry; pad_batch adds it.')
+  arrays = {name: np.asarray(value) for name, value in batch.items()}
+  rows = {name: value.shape[0] for name, value in arrays.items()}
+  n = next(iter(rows.values()), 0)
+  if set(rows.values()) != {n} or not 1 <= n <= size:
+    raise ValueError(
+        f'pad_batch needs 1 to size={size} rows shared by every array, got {rows}.'
+    )
+  padded = {
+      name: np.concatenate([value, np.zeros((size - n, *value.shape[1:]), value.dtype)])
+      if n < size else value
+      for name, value in arrays.items()
+  }
+  padded[mask_key] = np.arange(size) < n
+  return padded
 
 
 def metric(values: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -31,15 +74,19 @@ def metric(values: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array,
   values = jnp.asarray(values, jnp.float32)
   if mask is None:
     return jnp.sum(values), jnp.asarray(values.size, jnp.float32)
-  mask = jnp.broadcast_to(leading_mask(mask, values.ndim), values.shape)
+  mask = jnp.broadcast_to(_checks.align_mask('mask', mask, values.shape), values.shape)
   # where, not multiply: a padded NaN/inf must not leak into the sum.
   return jnp.sum(jnp.where(mask > 0, values * mask, 0.0)), jnp.sum(mask)
 
 
 def leading_mask(mask: jax.Array, ndim: int) -> jax.Array:
-  """Float mask with trailing unit axes added so it aligns with leading dims."""
-  mask = jnp.asarray(mask, jnp.float32)
-  return mask.reshape(mask.shape + (1,) * max(ndim - mask.ndim, 0))
+  """Float mask with trailing unit axes added so it aligns with `ndim` leading dims.
+
+  Kept for existing callers; :func:`kdjax._checks.align_mask` does the same
+  and also checks the mask against the values' shape.
+  """
+  shape = tuple(jnp.shape(mask))
+  return _checks.align_mask('mask', mask, shape + (1,) * max(ndim - len(shape), 0))
 
 
 def scalar(value: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -65,7 +65,7 @@ def _values_and_grads(fn, arrays, cotangent, **kwargs):
 
 def _assert_equal_to_plain(arrays, mask, cotangent, divergence, vocab_chunks,
                            rtol, atol):
-  kwargs = dict(divergence=divergence, temperature=1.5, where=mask,
+  kwargs = dict(divergence=divergence, temperature=1.5, token_mask=mask,
                 vocab_size=VOCAB, **HYPER.get(divergence, {}))
   plain_values, plain_grads = _values_and_grads(_plain, arrays, cotangent, **kwargs)
   for vocab_chunk in vocab_chunks:
@@ -132,7 +132,7 @@ def test_check_grads():
   fn = functools.partial(
       losses.chunked_divergence, teacher_hidden=teacher_hidden,
       teacher_unembedding=teacher_unembedding, divergence='jsd',
-      temperature=2.0, where=mask, vocab_size=VOCAB, token_chunk=4,
+      temperature=2.0, token_mask=mask, vocab_size=VOCAB, token_chunk=4,
       vocab_chunk=8)
   check_grads(fn, (hidden, unembedding), order=1, modes=['rev'], eps=1e-2,
               atol=2e-2, rtol=2e-2)
@@ -147,7 +147,7 @@ def test_masked_nan_tokens_and_flat_tokens():
   hidden = jnp.where(jnp.asarray(mask)[..., None], hidden, jnp.nan)
   (_, values), grads = jax.jit(jax.value_and_grad(
       lambda h, w: (lambda v: (jnp.sum(v), v))(losses.chunked_divergence(
-          h, w, teacher_hidden, teacher_unembedding, where=mask,
+          h, w, teacher_hidden, teacher_unembedding, token_mask=mask,
           vocab_size=VOCAB, token_chunk=4)), argnums=(0, 1), has_aux=True),
       compiler_options=FAST_COMPILE)(hidden, unembedding)
   assert all(np.all(np.isfinite(g)) for g in grads)
@@ -158,7 +158,7 @@ def test_masked_nan_tokens_and_flat_tokens():
   flat = losses.chunked_divergence(
       hidden.reshape(-1, STUDENT_DIM), unembedding,
       teacher_hidden.reshape(-1, TEACHER_DIM), teacher_unembedding,
-      where=mask.reshape(-1), vocab_size=VOCAB, token_chunk=5)
+      token_mask=mask.reshape(-1), vocab_size=VOCAB, token_chunk=5)
   np.testing.assert_allclose(flat.reshape(BATCH, TIME), values, rtol=1e-5)
 
 
@@ -177,7 +177,7 @@ def test_sharded_over_data_and_vocabulary():
   kwargs = dict(divergence='jsd', temperature=2.0, vocab_size=VOCAB,
                 token_chunk=4)
   values, grads = _values_and_grads(
-      losses.chunked_divergence, arrays, cotangent, where=mask, **kwargs)
+      losses.chunked_divergence, arrays, cotangent, token_mask=mask, **kwargs)
   sharded = (
       jax.device_put(hidden, tokens), jax.device_put(unembedding, vocab),
       jax.device_put(teacher_hidden, tokens),
@@ -186,7 +186,7 @@ def test_sharded_over_data_and_vocabulary():
   for vocab_chunk in (None, 8):
     s_values, s_grads = _values_and_grads(
         losses.chunked_divergence, sharded, jax.device_put(cotangent, tokens),
-        where=jax.device_put(mask, tokens), vocab_chunk=vocab_chunk, **kwargs)
+        token_mask=jax.device_put(mask, tokens), vocab_chunk=vocab_chunk, **kwargs)
     np.testing.assert_allclose(s_values, values, rtol=1e-5, atol=1e-6)
     for grad, s_grad in zip(grads[:2], s_grads[:2]):
       np.testing.assert_allclose(s_grad, grad, rtol=1e-5, atol=1e-6)
@@ -273,8 +273,8 @@ def test_errors():
                               teacher_unembedding, vocab_size=38)
   with pytest.raises(ValueError, match=r'same leading.*\(2, 7, 8\).*\(2, 6, 12\)'):
     call(hidden, unembedding, teacher_hidden[:, :6], teacher_unembedding)
-  with pytest.raises(ValueError, match=r'where \(the token mask\) with shape \(7, 2\).*\(2, 7\)'):
-    call(hidden, unembedding, teacher_hidden, teacher_unembedding, where=mask.T)
+  with pytest.raises(ValueError, match=r'token_mask with shape \(7, 2\).*\(2, 7\)'):
+    call(hidden, unembedding, teacher_hidden, teacher_unembedding, token_mask=mask.T)
   with pytest.raises(ValueError, match=r"unknown divergence 'kld'"):
     call(hidden, unembedding, teacher_hidden, teacher_unembedding, divergence='kld')
   with pytest.raises(ValueError, match=r"unknown divergence 'kld'"):

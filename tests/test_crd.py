@@ -56,9 +56,9 @@ def np_update(bank, embedding, indices):
   return bank
 
 
-def _crd(student, teacher, memory, indices, negatives, where=None):
+def _crd(student, teacher, memory, indices, negatives, example_mask=None):
   return losses.crd(student, teacher, memory, indices, negatives,
-                    temperature=TAU, momentum=MOMENTUM, where=where)
+                    temperature=TAU, momentum=MOMENTUM, example_mask=example_mask)
 
 
 def test_crd_loss_z_and_memory_update_match_numpy():
@@ -90,7 +90,7 @@ def test_crd_loss_z_and_memory_update_match_numpy():
 def test_crd_padding_neither_scores_nor_updates():
   student, teacher, memory, indices, negatives = _inputs(seed=3)
   where = np.array([True, True, False, True, True, True, False, True])
-  loss, new_memory = _crd(student, teacher, memory, indices, negatives, where=where)
+  loss, new_memory = _crd(student, teacher, memory, indices, negatives, example_mask=where)
   sliced, sliced_memory = _crd(student[where], teacher[where], memory, indices[where],
                                negatives[where])
   np.testing.assert_allclose(np.asarray(loss)[where], sliced, rtol=1e-5)

@@ -137,7 +137,7 @@ def test_hint_loss_matches_formula_and_reductions():
   np.testing.assert_allclose(losses.hint_loss(t, t), 0.0)
   vectors = losses.hint_loss(s.reshape(3, -1), t.reshape(3, -1))
   np.testing.assert_allclose(vectors, np_hint(s, t), rtol=1e-5)
-  masked = losses.hint_loss(s, t, where=np.array([True, False, True]))
+  masked = losses.hint_loss(s, t, example_mask=np.array([True, False, True]))
   np.testing.assert_allclose(masked, np_hint(s, t) * [1, 0, 1], rtol=1e-5)
 
 
@@ -172,8 +172,8 @@ def test_hint_loss_errors():
     losses.hint_loss(s, np.zeros((3, 4, 4, 3), np.float32))
   with pytest.raises(ValueError, match=r'resize must be one of'):
     losses.hint_loss(s, s, resize='nearest')
-  with pytest.raises(ValueError, match=r'where must be a \[batch\] mask.*\(2,\)'):
-    losses.hint_loss(s, s, where=np.ones((2, 4), bool))
+  with pytest.raises(ValueError, match=r'example_mask must be a \[batch\] mask.*\(2,\)'):
+    losses.hint_loss(s, s, example_mask=np.ones((2, 4), bool))
   with pytest.raises(TypeError, match='student_features must have a floating dtype'):
     losses.hint_loss(s.astype(np.int32), s)
 
@@ -324,7 +324,7 @@ def test_relational_mask_equals_slice_and_permutation(name):
   fn = RELATIONAL[name]
   s, t = _normal(22, (6, 4)), _normal(23, (6, 3))
   where = np.array([True, False, True, True, False, True])
-  masked = fn(s, t, where=where)
+  masked = fn(s, t, example_mask=where)
   np.testing.assert_allclose(masked[where], fn(s[where], t[where]), rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(np.asarray(masked)[~where], 0.0)
   perm = np.array([3, 0, 5, 1, 4, 2])

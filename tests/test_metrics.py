@@ -43,3 +43,27 @@ def test_packed_reads_like_the_dict_and_merges():
 
 def test_compute_of_empty_count_is_zero():
   assert metrics_lib.compute({'m': (0.0, 0.0)}) == {'m': 0.0}
+
+
+def test_pad_batch_fills_zeros_and_masks_them():
+  batch = {'x': np.arange(6.0).reshape(3, 2), 'label': np.array([4, 5, 6])}
+  padded = metrics_lib.pad_batch(batch, 5)
+  assert list(padded) == ['x', 'label', metrics_lib.MASK_KEY]
+  np.testing.assert_array_equal(padded['x'][3:], 0.0)
+  np.testing.assert_array_equal(padded['label'], [4, 5, 6, 0, 0])
+  np.testing.assert_array_equal(padded['mask'], [True, True, True, False, False])
+  assert padded['mask'].dtype == np.bool_ and padded['label'].dtype == batch['label'].dtype
+  full = metrics_lib.pad_batch(batch, 3, mask_key='real')
+  assert full['real'].all()
+  np.testing.assert_array_equal(full['x'], batch['x'])
+  with pytest.raises(ValueError, match=r"already has a 'mask' entry"):
+    metrics_lib.pad_batch({'x': np.zeros(2), 'mask': np.ones(2)}, 4)
+  with pytest.raises(ValueError, match=r"size=2 rows shared by every array, got \{'x': 3\}"):
+    metrics_lib.pad_batch({'x': np.zeros(3)}, 2)
+  with pytest.raises(ValueError, match=r"got \{'x': 3, 'y': 2\}"):
+    metrics_lib.pad_batch({'x': np.zeros(3), 'y': np.zeros(2)}, 4)
+
+
+def test_metric_names_a_misaligned_mask():
+  with pytest.raises(ValueError, match=r'mask with shape \(3,\).*leading axes of values with shape \(2, 3\)'):
+    metrics_lib.metric(jnp.zeros((2, 3)), jnp.ones(3))

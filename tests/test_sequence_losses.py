@@ -67,7 +67,7 @@ def test_token_divergence_matches_numpy_with_padding(name):
   teacher = teacher.at[..., VOCAB:].set(50.0)
   mask = _uneven_mask()
   values = losses.token_divergence(
-      student, teacher, divergence=name, temperature=2.0, where=mask,
+      student, teacher, divergence=name, temperature=2.0, token_mask=mask,
       vocab_size=VOCAB,
   )
   expected = np_divergence(
@@ -96,7 +96,7 @@ def test_masked_tokens_give_zero_and_no_nan_gradient():
   teacher = jnp.where(mask[..., None] > 0, _logits(1), jnp.inf)
 
   def mean_loss(s):
-    values = losses.token_divergence(s, teacher, divergence='jsd', where=mask)
+    values = losses.token_divergence(s, teacher, divergence='jsd', token_mask=mask)
     return losses.token_mean(values, mask)
 
   loss, grad = jax.value_and_grad(mean_loss)(student)
@@ -108,7 +108,7 @@ def test_masked_tokens_give_zero_and_no_nan_gradient():
 def test_token_mean_is_token_weighted_and_equals_slicing():
   mask = _uneven_mask()
   student, teacher = _logits(0), _logits(1)
-  values = losses.token_divergence(student, teacher, where=mask)
+  values = losses.token_divergence(student, teacher, token_mask=mask)
   real = mask.astype(bool)
   sliced = losses.kl_divergence(np.asarray(student)[real], np.asarray(teacher)[real])
   np.testing.assert_allclose(losses.token_mean(values, mask), np.mean(sliced),
@@ -194,8 +194,8 @@ def test_errors():
     losses.token_divergence(student, student, divergence='skew_kl', beta=0.5)
   with pytest.raises(ValueError, match=r"alpha=0.2 was given, but divergence 'tvd' takes no"):
     objective.token_distill('tvd', alpha=0.2)
-  with pytest.raises(ValueError, match=r'where \(the token mask\) with shape \(8, 4\).*\(8, 5\)'):
-    losses.token_divergence(student, student, where=np.ones((8, 4)))
+  with pytest.raises(ValueError, match=r'token_mask with shape \(8, 4\).*\(8, 5\)'):
+    losses.token_divergence(student, student, token_mask=np.ones((8, 4)))
   with pytest.raises(ValueError, match=r'beta must be in \[0, 1\]'):
     losses.token_divergence(student, student, divergence='jsd', beta=1.5)
 
@@ -206,3 +206,22 @@ def test_doctests():
   for module in (_sequence, _chunked):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted and not result.failed, module.__name__
+
+
+@pytest.mark.parametrize('name', losses.DIVERGENCE_NAMES)
+def test_one_registry_serves_the_logit_and_log_space_forms(name):
+  from kdjax.losses import _divergences  # pylint: disable=g-import-not-at-top
+
+  entry = _divergences.lookup(name)
+  assert losses.divergence_fn(name) is entry.logit_fn
+  student, teacher = _logits(0), _logits(1)
+  hyper = entry.default
+  log_q = jax.nn.log_softmax(student / 2.0)
+  log_p = jax.nn.log_softmax(teacher / 2.0)
+  valid = jnp.ones((1, VOCAB), bool)
+  kwargs = {} if entry.hyperparameter is None else {entry.hyperparameter: hyper}
+  np.testing.assert_allclose(
+      entry.logit_fn(student, teacher, temperature=2.0, **kwargs),
+      4.0 * entry.log_space_fn(log_q, valid, log_p, valid, hyper),
+      rtol=1e-5, atol=1e-6,
+  )

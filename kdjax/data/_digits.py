@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
 import numpy as np
 import tensorflow_datasets as tfds
+
+from kdjax.data import _builder
 
 _DESCRIPTION = """\
 The UCI "Optical Recognition of Handwritten Digits" test set as bundled
@@ -51,14 +51,12 @@ def make_digits_arrays() -> dict[str, dict[str, np.ndarray]]:
     [0, 1], 'label': int64 [n], 'index': int64 [n]}}`` where 'index' is
     the row of the example in ``load_digits()``.
   """
-  try:
-    from sklearn import datasets  # pylint: disable=g-import-not-at-top
-    from sklearn import model_selection  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        'Building digits needs scikit-learn: `pip install kdjax[data]` '
-        '(or `pip install scikit-learn`).'
-    ) from e
+  datasets = _builder.import_optional(
+      'sklearn.datasets', needed_for='Building digits', package='scikit-learn'
+  )
+  model_selection = _builder.import_optional(
+      'sklearn.model_selection', needed_for='Building digits', package='scikit-learn'
+  )
 
   digits = datasets.load_digits()
   images = np.asarray(digits.images, np.float32)[..., None] / np.float32(16.0)
@@ -77,7 +75,7 @@ def make_digits_arrays() -> dict[str, dict[str, np.ndarray]]:
   }
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(_builder.OfflineArrayBuilder):
   """scikit-learn's 8x8 digits: 1,077 train / 360 validation / 360 test.
 
   Registered in the TFDS catalogue as 'digits' when `kdjax.data` is
@@ -90,41 +88,22 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release, from scikit-learn, offline.'}
+  DESCRIPTION = _DESCRIPTION
+  CITATION = _CITATION
+  HOMEPAGE = _HOMEPAGE
+  LICENSE = 'CC-BY-4.0'
+  SUPERVISED_KEYS = ('image', 'label')
 
-  def __init__(self, *, file_format: Any = None, **kwargs: Any):
-    super().__init__(file_format=file_format or 'array_record', **kwargs)
+  def _features(self) -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        'image': tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.float32),
+        'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+        'index': tfds.features.Scalar(dtype=np.int64),
+    })
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.float32),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            'index': tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=('image', 'label'),
-        # Example i of a split is row i of make_digits_arrays()'s split.
-        disable_shuffling=True,
-        homepage=_HOMEPAGE,
-        citation=_CITATION,
-        license='CC-BY-4.0',
-    )
-
-  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
-    del dl_manager  # Bundled with scikit-learn; nothing to download.
-    splits = make_digits_arrays()
-    return {name: self._generate_examples(arrays) for name, arrays in splits.items()}
-
-  def _generate_examples(
-      self, arrays: dict[str, np.ndarray]
-  ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (key, example), key the example's position in its split.
-
-    Args:
-      arrays: one split of :func:`make_digits_arrays`.
-    """
-    for i, (image, label, index) in enumerate(
-        zip(arrays['x'], arrays['label'], arrays['index'])
-    ):
-      yield i, {'image': image, 'label': int(label), 'index': int(index)}
+  def _split_arrays(self) -> _builder.SplitArrays:
+    # Example i of a split is row i of make_digits_arrays()'s split.
+    return {
+        name: {'image': split['x'], 'label': split['label'], 'index': split['index']}
+        for name, split in make_digits_arrays().items()
+    }

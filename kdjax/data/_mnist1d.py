@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
-
 import numpy as np
 import tensorflow_datasets as tfds
+
+from kdjax.data import _builder
 
 _DESCRIPTION = """\
 MNIST-1D (Greydanus, 2020): a procedurally generated, 1-D analogue of MNIST.
@@ -51,18 +51,14 @@ def make_mnist1d_arrays() -> dict[str, np.ndarray]:
   """
   import random  # pylint: disable=g-import-not-at-top
 
-  try:
-    import mnist1d.data  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        'Building mnist1d needs the `mnist1d` package: '
-        '`pip install kdjax[data]` (or `pip install mnist1d`).'
-    ) from e
+  mnist1d_data = _builder.import_optional(
+      'mnist1d.data', needed_for='Building mnist1d', package='mnist1d'
+  )
 
   py_state = random.getstate()
   np_state = np.random.get_state()
   try:
-    data = mnist1d.data.make_dataset(mnist1d.data.get_dataset_args())
+    data = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())
   finally:
     random.setstate(py_state)
     np.random.set_state(np_state)
@@ -74,7 +70,7 @@ def make_mnist1d_arrays() -> dict[str, np.ndarray]:
   }
 
 
-class Mnist1d(tfds.core.GeneratorBasedBuilder):
+class Mnist1d(_builder.OfflineArrayBuilder):
   """MNIST-1D: 4,000 train / 1,000 test signals of length 40, 10 classes.
 
   Registered in the TFDS catalogue as 'mnist1d' when `kdjax.data` is
@@ -84,45 +80,23 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release, generated offline.'}
+  DESCRIPTION = _DESCRIPTION
+  CITATION = _CITATION
+  HOMEPAGE = _HOMEPAGE
+  LICENSE = 'Apache-2.0'
+  SUPERVISED_KEYS = ('x', 'label')
 
-  def __init__(self, *, file_format: Any = None, **kwargs: Any):
-    super().__init__(file_format=file_format or 'array_record', **kwargs)
+  def _features(self) -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        'x': tfds.features.Tensor(shape=(NUM_FEATURES,), dtype=np.float32),
+        'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+    })
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'x': tfds.features.Tensor(
-                shape=(NUM_FEATURES,), dtype=np.float32
-            ),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=('x', 'label'),
-        # Keep make_dataset's (already shuffled) order: example i of a split
-        # is row i of make_dataset's arrays.
-        disable_shuffling=True,
-        homepage=_HOMEPAGE,
-        citation=_CITATION,
-        license='Apache-2.0',
-    )
-
-  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
-    del dl_manager  # Generated offline; nothing to download.
+  def _split_arrays(self) -> _builder.SplitArrays:
+    # Keep make_dataset's (already shuffled) order: example i of a split is
+    # row i of make_dataset's arrays.
     data = make_mnist1d_arrays()
     return {
-        'train': self._generate_examples(data['x'], data['y']),
-        'test': self._generate_examples(data['x_test'], data['y_test']),
+        'train': {'x': data['x'], 'label': data['y']},
+        'test': {'x': data['x_test'], 'label': data['y_test']},
     }
-
-  def _generate_examples(
-      self, xs: np.ndarray, ys: np.ndarray
-  ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (key, example) with key the example's index in its split.
-
-    Args:
-      xs: float32 [N, 40] signals.
-      ys: int [N] labels in [0, 10).
-    """
-    for i, (x, y) in enumerate(zip(xs, ys)):
-      yield i, {'x': x, 'label': int(y)}

@@ -14,9 +14,9 @@ import tensorflow_datasets as tfds
 from kdjax.data import _mnist1d  # noqa: F401
 
 from kdjax.metrics import MASK_KEY
+from kdjax.metrics import pad_batch
 
 Example = dict[str, Any]
-Batch = dict[str, np.ndarray]
 Features = Sequence[str] | Mapping[str, str] | None
 
 
@@ -323,20 +323,6 @@ def make_loader(
   return iter(ds)
 
 
-def _pad_batch(batch: Batch, batch_size: int) -> Batch:
-  n = len(next(iter(batch.values())))
-  mask = np.arange(batch_size) < n
-  if n == batch_size:
-    return {**batch, MASK_KEY: mask}
-  padded = {}
-  for k, v in batch.items():
-    v = np.asarray(v)
-    pad = np.zeros((batch_size - n,) + v.shape[1:], v.dtype)
-    padded[k] = np.concatenate([v, pad])
-  padded[MASK_KEY] = mask
-  return padded
-
-
 def iterate_once(
     source: Sequence[Example],
     batch_size: int,
@@ -352,8 +338,9 @@ def iterate_once(
   """Iterates over every example once, in order, for evaluation.
 
   All batches have exactly `batch_size` rows (fixed shapes, no recompiles):
-  the last one is padded with zeros and every batch has a boolean 'mask'
-  [B] that is False on padding rows, so that means exclude padding:
+  the last one is padded with zeros (:func:`kdjax.metrics.pad_batch`) and
+  every batch has a boolean 'mask' [B] that is False on padding rows, so
+  that means exclude padding:
   `sum(metric * mask) / sum(mask)`.
 
   Args:
@@ -390,6 +377,6 @@ def iterate_once(
       read_options or _default_read_options()
   )
   ds = ds.batch(batch_size, drop_remainder=False)
-  ds = ds.map(lambda b: _pad_batch(b, batch_size))
+  ds = ds.map(lambda b: pad_batch(b, batch_size))
   return iter(ds)
 

@@ -29,9 +29,10 @@ from kdjax.losses._logit import skew_kl_divergence as skew_kl_divergence
 from kdjax.losses._logit import skew_reverse_kl_divergence as skew_reverse_kl_divergence
 from kdjax.losses._logit import total_variation_distance as total_variation_distance
 from kdjax.losses._mixture import mixture_log_probs as mixture_log_probs
-from kdjax.losses._sequence import DIVERGENCE_NAMES as DIVERGENCE_NAMES
+from kdjax.losses._divergences import DIVERGENCE_NAMES as DIVERGENCE_NAMES
+from kdjax.losses._divergences import divergence_fn as divergence_fn
+from kdjax.losses._divergences import divergence_kwargs as divergence_kwargs
 from kdjax.losses._sequence import align_vocab as align_vocab
-from kdjax.losses._sequence import divergence_fn as divergence_fn
 from kdjax.losses._sequence import token_divergence as token_divergence
 from kdjax.losses._sequence import token_mean as token_mean
 
@@ -59,6 +60,7 @@ __all__ = [
     'cross_entropy',
     'decoupled_kd',
     'divergence_fn',
+    'divergence_kwargs',
     'dkd_terms',
     'generalized_jsd',
     'kl_divergence',

@@ -12,7 +12,7 @@ from jax import lax
 import numpy as np
 
 from kdjax import _checks
-from kdjax.losses import _logit
+from kdjax.losses import _divergences
 from kdjax.losses import _sequence
 
 Array = jax.Array
@@ -39,31 +39,11 @@ def _partial_sum(divergence: str, log_q, log_p, valid, hyper) -> Array:
 
   `log_q` (student) and `log_p` (teacher) are normalised tempered
   log-probabilities ``[C, Vc]``; `valid` marks the real vocabulary entries.
-  The formulas are those of :mod:`kdjax.losses` (same helpers), without the
-  ``T²`` factor.
+  The formula is the registry's, that of the :mod:`kdjax.losses` function
+  of the same name, without the ``T²`` factor.
   """
-  if divergence == 'forward_kl':
-    return _logit._kl(log_p, valid, log_q)  # pylint: disable=protected-access
-  if divergence == 'reverse_kl':
-    return _logit._kl(log_q, valid, log_p)  # pylint: disable=protected-access
-  if divergence == 'jsd':
-    log_m = _logit._log_mixture(log_p, valid, log_q, valid, hyper)  # pylint: disable=protected-access
-    teacher_weight = jnp.where(hyper == 0, 1.0, hyper)
-    student_weight = jnp.where(hyper == 1, 1.0, 1.0 - hyper)
-    return teacher_weight * _logit._kl(  # pylint: disable=protected-access
-        log_p, valid, log_m
-    ) + student_weight * _logit._kl(log_q, valid, log_m)  # pylint: disable=protected-access
-  if divergence == 'skew_kl':
-    log_m = _logit._log_mixture(log_p, valid, log_q, valid, hyper)  # pylint: disable=protected-access
-    return _logit._kl(log_p, valid, log_m)  # pylint: disable=protected-access
-  if divergence == 'skew_reverse_kl':
-    log_m = _logit._log_mixture(log_q, valid, log_p, valid, hyper)  # pylint: disable=protected-access
-    return _logit._kl(log_q, valid, log_m)  # pylint: disable=protected-access
-  if divergence == 'tvd':
-    p = jnp.exp(jnp.where(valid, log_p, 0.0))
-    q = jnp.exp(jnp.where(valid, log_q, 0.0))
-    return 0.5 * jnp.sum(jnp.where(valid, jnp.abs(p - q), 0.0), axis=-1)
-  raise ValueError(f'unknown divergence {divergence!r}')
+  log_space_fn = _divergences.lookup(divergence).log_space_fn
+  return log_space_fn(log_q, valid, log_p, valid, hyper)
 
 
 def _tempered_logits(hidden, unembedding, temperature):
@@ -354,6 +334,7 @@ def _vocab_blocks_size(vocab: int, vocab_chunk: int) -> int:
   return -(-vocab // vocab_chunk) * vocab_chunk
 
 
+@_checks.renamed_argument('where', 'token_mask')
 def chunked_divergence(
     student_hidden: ArrayLike,
     student_unembedding: ArrayLike,
@@ -362,7 +343,7 @@ def chunked_divergence(
     *,
     divergence: str = 'forward_kl',
     temperature: ArrayLike = 1.0,
-    where: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
     vocab_size: int | None = None,
     beta: ArrayLike | None = None,
     alpha: ArrayLike | None = None,
@@ -399,8 +380,9 @@ def chunked_divergence(
       ``'skew_reverse_kl'`` or ``'tvd'`` (see :func:`divergence_fn`).
     temperature: positive scalar (may be traced) dividing both logit sets;
       the divergence is multiplied by ``temperature**2``.
-    where: optional token mask ``[batch, time]`` (or ``[batch]``), True for
-      real tokens; masked tokens give 0 and no gradient.
+    token_mask: optional ``[batch, time]`` mask of the real tokens (or
+      ``[batch]``), True for real tokens; masked tokens give 0 and no
+      gradient. (Was ``where=``, deprecated.)
     vocab_size: the true vocabulary when the unembeddings carry padding
       columns (e.g. 32,000 of 32,064); the columns past it take no part in
       either softmax. None requires equal vocabularies.
@@ -441,9 +423,10 @@ def chunked_divergence(
     https://arxiv.org/abs/2410.10989. The divergences' papers are cited on
     their :mod:`kdjax.losses` functions.
   """
-  kwargs = _sequence.divergence_kwargs(divergence, beta, alpha)
-  takes = _sequence.divergence_hyperparameter(divergence)
-  hyper = kwargs.get(takes, {'beta': 0.5, 'alpha': 0.1}.get(takes, 0.0))
+  kwargs = _divergences.divergence_kwargs(divergence, beta, alpha)
+  entry = _divergences.lookup(divergence)
+  takes = entry.hyperparameter
+  hyper = kwargs.get(takes, 0.0 if takes is None else entry.default)
   if takes is not None:
     _checks.check_in_unit_interval(takes, hyper)
   _check_unembedding('student_hidden', student_hidden, 'student_unembedding',
@@ -462,7 +445,9 @@ def chunked_divergence(
       'student_unembedding', tuple(jnp.shape(student_unembedding)),
       'teacher_unembedding', tuple(jnp.shape(teacher_unembedding)), vocab_size,
   )
-  mask = _sequence.token_mask(where, 'student_hidden', student_shape[:-1])
+  mask = _sequence.aligned_token_mask(
+      token_mask, 'student_hidden', student_shape[:-1]
+  )
   if jnp.ndim(temperature) != 0:
     raise ValueError(
         f'temperature must be a scalar, got shape {jnp.shape(temperature)}.'

@@ -12,12 +12,13 @@ from flax import linen as nn
 from jax import lax
 
 from kdjax import _checks
-from kdjax.losses._feature import compute_dtype
-from kdjax.losses._feature import example_mask
-from kdjax.losses._feature import jit_after_checks
+from kdjax.losses._common import compute_dtype
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_value
+from kdjax.losses._common import unit_interval_value
+from kdjax.losses._feature import checked_example_mask
 from kdjax.losses._feature import l2_normalize
 from kdjax.losses._feature import mask_values
-from kdjax.losses._feature import positive_value
 
 Array = jax.Array
 ArrayLike = Any
@@ -154,9 +155,10 @@ def _index_values(arguments: dict[str, Any]) -> None:
     _checks.check_index_range(name, arguments[name], num_data, 'num_data')
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks(
     positive_value('temperature'),
-    lambda arguments: _checks.check_in_unit_interval('momentum', arguments['momentum']),
+    unit_interval_value('momentum'),
     _index_values,
 )
 def crd(
@@ -168,7 +170,7 @@ def crd(
     *,
     temperature: ArrayLike = 0.07,
     momentum: ArrayLike = 0.5,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
 ) -> tuple[Array, CRDMemory]:
   r"""Contrastive representation distillation: the NCE loss and the new banks.
 
@@ -206,7 +208,8 @@ def crd(
       :func:`crd_negatives`, or class-aware ones from the data pipeline).
     temperature: :math:`\tau` (0.07).
     momentum: :math:`\mu` of the bank update (0.5).
-    where: optional ``[batch]`` boolean mask; padding gives 0, neither
+    example_mask: optional ``[batch]`` boolean mask of the real examples;
+      padding gives 0, neither
       updates the banks nor enters the estimate of :math:`Z`.
 
   Returns:
@@ -239,7 +242,7 @@ def crd(
         f'got indices.shape={jnp.shape(indices)} and '
         f'negatives.shape={jnp.shape(negatives)}.'
     )
-  mask = example_mask(where, batch)
+  mask = checked_example_mask(example_mask, batch)
   valid = jnp.ones((batch,), bool) if mask is None else mask
   dtype = compute_dtype(jnp.asarray(student_embedding), jnp.asarray(teacher_embedding))
   student = jnp.asarray(student_embedding).astype(dtype)

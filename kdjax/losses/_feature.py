@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,6 +12,10 @@ from flax import linen as nn
 from jax import lax
 
 from kdjax import _checks
+from kdjax.losses._common import check_choice
+from kdjax.losses._common import compute_dtype
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_value
 
 Array = jax.Array
 ArrayLike = Any
@@ -29,9 +31,11 @@ ArrayLike = Any
 #   ``[batch, *spatial, channels]``.
 # * Work is done in float32 (float64 inputs stay float64); the teacher is a
 #   fixed target and passes through `stop_gradient`.
-# * ``where`` is an optional boolean ``[batch]`` mask of the real examples:
-#   padding examples get the value 0 (with zero gradients) and take part in
-#   no batch relation.
+# * ``example_mask`` is an optional boolean ``[batch]`` mask of the real
+#   examples: padding examples get the value 0 (with zero gradients) and take
+#   part in no batch relation. (``where=`` is kdjax's name for class masks
+#   only; the old ``where=`` here still works for one release, with a
+#   DeprecationWarning.)
 # * Modules whose parameters a method trains (the FitNets regressor, VID's
 #   mean and variance) are linen modules that belong to the STUDENT: put them
 #   in the student model so that their parameters live in the student's
@@ -42,53 +46,7 @@ RESIZE_MODES = (None, 'avg_pool', 'bilinear')
 
 
 # ----------------------------------------------------------------------------
-# Shared helpers (also used by `_relational.py` and `_crd.py`).
-
-
-def jit_after_checks(
-    *checks: Callable[[dict[str, Any]], None],
-    static_argnames: Sequence[str] = (),
-):
-  """Decorator: checks the caller's values, then runs `fn` under `jax.jit`.
-
-  As in `_logit.py`: value checks (which need concrete values) run first on
-  the arguments as given; shape and dtype checks run inside `fn` at trace
-  time. Inside a caller's jit the body is inlined.
-  """
-
-  def decorator(fn):
-    signature = inspect.signature(fn)
-    jitted = jax.jit(fn, static_argnames=tuple(static_argnames))
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-      bound = signature.bind(*args, **kwargs)
-      bound.apply_defaults()
-      for check in checks:
-        check(bound.arguments)
-      return jitted(*args, **kwargs)
-
-    return wrapper
-
-  return decorator
-
-
-def check_choice(name: str, choices: Sequence[Any]):
-  """A value check: ``arguments[name]`` must be one of `choices`."""
-
-  def check(arguments):
-    if arguments[name] not in choices:
-      raise ValueError(f'{name} must be one of {list(choices)}, got {arguments[name]!r}.')
-
-  return check
-
-
-def positive_value(name: str):
-  return lambda arguments: _checks.check_positive(name, arguments[name])
-
-
-def compute_dtype(*arrays: Array) -> jnp.dtype:
-  return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+# Feature helpers (also used by `_relational.py` and `_crd.py`).
 
 
 def prepare_features(
@@ -120,16 +78,16 @@ def prepare_features(
   return student.astype(dtype), teacher.astype(dtype)
 
 
-def example_mask(where: ArrayLike | None, batch: int) -> Array | None:
-  """`where` checked to be ``[batch]`` and cast to bool (None stays None)."""
-  if where is None:
+def checked_example_mask(example_mask: ArrayLike | None, batch: int) -> Array | None:
+  """`example_mask` checked to be ``[batch]`` and cast to bool (None stays None)."""
+  if example_mask is None:
     return None
-  if jnp.shape(where) != (batch,):
+  if jnp.shape(example_mask) != (batch,):
     raise ValueError(
-        f'where must be a [batch] mask of the real examples with shape '
-        f'({batch},), got where.shape={jnp.shape(where)}.'
+        f'example_mask must be a [batch] mask of the real examples with shape '
+        f'({batch},), got example_mask.shape={jnp.shape(example_mask)}.'
     )
-  return jnp.asarray(where).astype(bool)
+  return jnp.asarray(example_mask).astype(bool)
 
 
 def mask_values(values: Array, mask: Array | None) -> Array:
@@ -254,6 +212,7 @@ class HintRegressor(nn.Module):
     )(x)
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks(
     check_choice('resize', RESIZE_MODES),
     check_choice('reduction', ('sum', 'mean')),
@@ -263,7 +222,7 @@ def hint_loss(
     student_features: ArrayLike,
     teacher_features: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
     resize: str | None = None,
     reduction: str = 'sum',
 ) -> Array:
@@ -279,7 +238,8 @@ def hint_loss(
       channels]``) the regressor's output.
     teacher_features: ``[batch, ...]`` the teacher's hint, same shape (up to
       the spatial size when resizing).
-    where: optional ``[batch]`` boolean mask; False rows give 0.
+    example_mask: optional ``[batch]`` boolean mask of the real examples;
+      False rows (padding) give 0.
     resize: ``None`` (spatial sizes must match), ``'avg_pool'`` (the larger
       map is average-pooled to the smaller size, integer factors) or
       ``'bilinear'`` (the student's map is resized to the teacher's).
@@ -319,7 +279,7 @@ def hint_loss(
     )
   if student.ndim > 2:
     student, teacher = match_spatial(student, teacher, resize)
-  mask = example_mask(where, student.shape[0])
+  mask = checked_example_mask(example_mask, student.shape[0])
   squared = jnp.square(student - teacher).reshape(student.shape[0], -1)
   values = (0.5 * jnp.sum(squared, axis=1) if reduction == 'sum'
             else jnp.mean(squared, axis=1))
@@ -345,6 +305,7 @@ def attention_map(features: Array, p: float = 2.0) -> Array:
   return l2_normalize(power.reshape(power.shape[0], -1))
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks(
     check_choice('resize', RESIZE_MODES),
     positive_value('p'),
@@ -355,7 +316,7 @@ def attention_transfer(
     teacher_features: ArrayLike,
     *,
     p: ArrayLike = 2.0,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
     resize: str | None = None,
 ) -> Array:
   r"""Activation-based attention transfer: mean squared gap of attention maps.
@@ -380,7 +341,8 @@ def attention_transfer(
     student_features: ``[batch, *spatial, channels_s]`` channels-last map.
     teacher_features: ``[batch, *spatial, channels_t]``.
     p: exponent of the attention map (2 in the paper).
-    where: optional ``[batch]`` boolean mask; False rows give 0.
+    example_mask: optional ``[batch]`` boolean mask of the real examples;
+      False rows (padding) give 0.
     resize: ``None``, ``'avg_pool'`` or ``'bilinear'`` (see
       :func:`hint_loss`).
 
@@ -404,7 +366,7 @@ def attention_transfer(
   _spatial_maps('student_features', student_features)
   _spatial_maps('teacher_features', teacher_features)
   student, teacher = prepare_features(student_features, teacher_features)
-  mask = example_mask(where, student.shape[0])
+  mask = checked_example_mask(example_mask, student.shape[0])
   p = jnp.asarray(p, student.dtype)
   student_power = jnp.mean(jnp.abs(student) ** p, axis=-1, keepdims=True)
   teacher_power = jnp.mean(jnp.abs(teacher) ** p, axis=-1, keepdims=True)
@@ -420,6 +382,7 @@ def attention_transfer(
 # Neuron selectivity transfer.
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks(
     check_choice('resize', RESIZE_MODES), static_argnames=('resize',)
 )
@@ -427,7 +390,7 @@ def nst(
     student_features: ArrayLike,
     teacher_features: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
     resize: str | None = None,
 ) -> Array:
   r"""Neuron selectivity transfer: MMD² between channel distributions.
@@ -451,7 +414,8 @@ def nst(
   Args:
     student_features: ``[batch, *spatial, channels_s]`` channels-last map.
     teacher_features: ``[batch, *spatial, channels_t]``.
-    where: optional ``[batch]`` boolean mask; False rows give 0.
+    example_mask: optional ``[batch]`` boolean mask of the real examples;
+      False rows (padding) give 0.
     resize: ``None``, ``'avg_pool'`` or ``'bilinear'`` (see
       :func:`hint_loss`).
 
@@ -467,7 +431,7 @@ def nst(
   student, teacher = prepare_features(student_features, teacher_features)
   student, teacher = match_spatial(student, teacher, resize)
   batch = student.shape[0]
-  mask = example_mask(where, batch)
+  mask = checked_example_mask(example_mask, batch)
   # [batch, positions, channels] -> unit vectors over positions per channel.
   student = l2_normalize(student.reshape(batch, -1, student.shape[-1]), axis=1)
   teacher = l2_normalize(teacher.reshape(batch, -1, teacher.shape[-1]), axis=1)
@@ -524,12 +488,13 @@ class VIDRegressor(nn.Module):
     return mean, nn.softplus(alpha) + self.eps
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks()
 def vid(
     student_prediction: tuple[ArrayLike, ArrayLike],
     teacher_features: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
 ) -> Array:
   r"""Variational information distillation: Gaussian negative log-likelihood.
 
@@ -551,7 +516,8 @@ def vid(
       channels]`` with the teacher's shape, `variance` positive, broadcastable
       to it (``[channels]`` from :class:`VIDRegressor`).
     teacher_features: ``[batch, ..., channels]``.
-    where: optional ``[batch]`` boolean mask; False rows give 0.
+    example_mask: optional ``[batch]`` boolean mask of the real examples;
+      False rows (padding) give 0.
 
   Returns:
     ``[batch]`` per-example losses.
@@ -576,7 +542,7 @@ def vid(
     )
   _checks.check_broadcastable('variance', variance, 'mean', student.shape)
   variance = jnp.broadcast_to(jnp.asarray(variance).astype(student.dtype), student.shape)
-  mask = example_mask(where, student.shape[0])
+  mask = checked_example_mask(example_mask, student.shape[0])
   nll = 0.5 * (jnp.square(teacher - student) / variance + jnp.log(variance))
   values = jnp.mean(nll.reshape(student.shape[0], -1), axis=1)
   return mask_values(values, mask)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from kdjax import _checks
+from kdjax.losses._common import compute_dtype
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import nonnegative_value
+from kdjax.losses._common import positive_value
+from kdjax.losses._common import unit_interval_value
+from kdjax.losses._common import ValueCheck
 
 Array = jax.Array
 ArrayLike = Any
@@ -34,9 +39,8 @@ ArrayLike = Any
 # ----------------------------------------------------------------------------
 # Shared helpers.
 
-
-def _compute_dtype(*arrays: Array) -> jnp.dtype:
-  return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+# `axis` decides the layout, so it is static.
+_jit_after_checks = functools.partial(jit_after_checks, static_argnames=('axis',))
 
 
 def _class_axis(name: str, shape: tuple[int, ...], axis: int) -> int:
@@ -83,7 +87,7 @@ def _prepare_pair(student_logits, teacher_logits, temperature, where, axis):
   _check_temperature(temperature)
   student_logits = jnp.asarray(student_logits)
   teacher_logits = lax.stop_gradient(jnp.asarray(teacher_logits))
-  dtype = _compute_dtype(student_logits, teacher_logits)
+  dtype = compute_dtype(student_logits, teacher_logits)
   temperature = jnp.asarray(temperature, dtype)
   student = jnp.moveaxis(student_logits.astype(dtype), axis, -1) / temperature
   teacher = jnp.moveaxis(teacher_logits.astype(dtype), axis, -1) / temperature
@@ -158,54 +162,74 @@ def _log_mixture(
   return jnp.where(empty, -jnp.inf, mixed)
 
 
-def _log_probs_pair(student_logits, teacher_logits, temperature, where, axis):
+# ----------------------------------------------------------------------------
+# The divergences on normalised log-probabilities, the one place each formula
+# is written. ``fn(log_q, valid_q, log_p, valid_p, hyper) -> [...]`` with the
+# student's `log_q` and the teacher's `log_p` over the last axis (-inf and
+# `valid` False on classes that take no part), without the T² factor. The
+# logit losses below, and through the registry of `_divergences.py` the
+# token-level and chunked forms, all compute these.
+
+
+def log_space_forward_kl(log_q, valid_q, log_p, valid_p, hyper=None) -> Array:
+  """``KL(p || q)``."""
+  del valid_q, hyper
+  return _kl(log_p, valid_p, log_q)
+
+
+def log_space_reverse_kl(log_q, valid_q, log_p, valid_p, hyper=None) -> Array:
+  """``KL(q || p)``."""
+  del valid_p, hyper
+  return _kl(log_q, valid_q, log_p)
+
+
+def log_space_jsd(log_q, valid_q, log_p, valid_p, beta) -> Array:
+  """GKD's ``beta KL(p || m) + (1 - beta) KL(q || m)``, ``m = beta p + (1 - beta) q``."""
+  beta = jnp.asarray(beta, log_p.dtype)
+  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, beta)
+  # At beta = 0 (1) the other term is KL(q || q) = 0 (KL(p || p) = 0), so
+  # weight 1 on the surviving term gives exactly the forward (reverse) KL.
+  teacher_weight = jnp.where(beta == 0, 1.0, beta)
+  student_weight = jnp.where(beta == 1, 1.0, 1.0 - beta)
+  divergence = teacher_weight * _kl(log_p, valid_p, log_m)
+  return divergence + student_weight * _kl(log_q, valid_q, log_m)
+
+
+def log_space_skew_kl(log_q, valid_q, log_p, valid_p, alpha) -> Array:
+  """``KL(p || alpha p + (1 - alpha) q)``."""
+  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, alpha)
+  return _kl(log_p, valid_p, log_m)
+
+
+def log_space_skew_reverse_kl(log_q, valid_q, log_p, valid_p, alpha) -> Array:
+  """``KL(q || alpha q + (1 - alpha) p)``."""
+  log_m = _log_mixture(log_q, valid_q, log_p, valid_p, alpha)
+  return _kl(log_q, valid_q, log_m)
+
+
+def log_space_tvd(log_q, valid_q, log_p, valid_p, hyper=None) -> Array:
+  """``0.5 * sum_c |p_c - q_c|``."""
+  del hyper
+  p = jnp.where(valid_p, jnp.exp(jnp.where(valid_p, log_p, 0.0)), 0.0)
+  q = jnp.where(valid_q, jnp.exp(jnp.where(valid_q, log_q, 0.0)), 0.0)
+  return 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
+
+
+def _tempered(
+    log_space_fn, student_logits, teacher_logits, temperature, where, axis,
+    hyper=None,
+) -> Array:
+  """``T² log_space_fn`` on the tempered, masked log-softmaxes of both logit sets."""
   student, teacher, mask = _prepare_pair(
       student_logits, teacher_logits, temperature, where, axis
   )
-  return _masked_log_softmax(student, mask), _masked_log_softmax(teacher, mask)
+  log_q, valid_q = _masked_log_softmax(student, mask)
+  log_p, valid_p = _masked_log_softmax(teacher, mask)
+  divergence = log_space_fn(log_q, valid_q, log_p, valid_p, hyper)
+  return _scale_by_temperature(divergence, temperature)
 
 
-def _jit_after_checks(*checks: Callable[[dict[str, Any]], None]):
-  """Decorator: checks the caller's values, then runs `fn` under `jax.jit`.
-
-  Inside jit, hyper-parameters and labels are tracers whose values cannot be
-  checked, so `checks` (each taking the bound arguments) run first, on the
-  values as given. Shape and dtype checks run in `fn` at trace time. The
-  body compiles once per shape and dtype (`axis` is static) instead of
-  dispatching op by op when called eagerly; inside a caller's jit it is
-  inlined.
-  """
-
-  def decorator(fn):
-    signature = inspect.signature(fn)
-    jitted = jax.jit(fn, static_argnames=('axis',))
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-      bound = signature.bind(*args, **kwargs)
-      bound.apply_defaults()
-      for check in checks:
-        check(bound.arguments)
-      return jitted(*args, **kwargs)
-
-    return wrapper
-
-  return decorator
-
-
-def _temperature_value(arguments: dict[str, Any]) -> None:
-  _checks.check_positive('temperature', arguments['temperature'])
-
-
-def _unit_interval_value(name: str) -> Callable[[dict[str, Any]], None]:
-  return lambda arguments: _checks.check_in_unit_interval(name, arguments[name])
-
-
-def _nonnegative_value(name: str) -> Callable[[dict[str, Any]], None]:
-  return lambda arguments: _checks.check_nonnegative(name, arguments[name])
-
-
-def _label_values(logits_name: str) -> Callable[[dict[str, Any]], None]:
+def _label_values(logits_name: str) -> ValueCheck:
   def check(arguments):
     logits_shape = jnp.shape(arguments[logits_name])
     axis = _class_axis(logits_name, logits_shape, arguments['axis'])
@@ -219,7 +243,7 @@ def _label_values(logits_name: str) -> Callable[[dict[str, Any]], None]:
 # Divergences.
 
 
-@_jit_after_checks(_temperature_value)
+@_jit_after_checks(positive_value('temperature'))
 def kl_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -266,13 +290,13 @@ def kl_divergence(
     Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network",
     2015, https://arxiv.org/abs/1503.02531.
   """
-  (log_q, _), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_forward_kl, student_logits, teacher_logits, temperature, where,
+      axis,
   )
-  return _scale_by_temperature(_kl(log_p, valid_p, log_q), temperature)
 
 
-@_jit_after_checks(_temperature_value)
+@_jit_after_checks(positive_value('temperature'))
 def reverse_kl_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -312,13 +336,13 @@ def reverse_kl_divergence(
     Gu, Dong, Wei and Huang, "MiniLLM: Knowledge Distillation of Large
     Language Models", ICLR 2024, https://arxiv.org/abs/2306.08543.
   """
-  (log_q, valid_q), (log_p, _) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_reverse_kl, student_logits, teacher_logits, temperature, where,
+      axis,
   )
-  return _scale_by_temperature(_kl(log_q, valid_q, log_p), temperature)
 
 
-@_jit_after_checks(_temperature_value, _unit_interval_value('beta'))
+@_jit_after_checks(positive_value('temperature'), unit_interval_value('beta'))
 def generalized_jsd(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -380,21 +404,13 @@ def generalized_jsd(
     Distillation of Language Models: Learning from Self-Generated Mistakes",
     ICLR 2024, https://arxiv.org/abs/2306.13649.
   """
-  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_jsd, student_logits, teacher_logits, temperature, where, axis,
+      beta,
   )
-  beta = jnp.asarray(beta, log_p.dtype)
-  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, beta)
-  # At beta = 0 (1) the other term is KL(q || q) = 0 (KL(p || p) = 0), so
-  # weight 1 on the surviving term gives exactly the forward (reverse) KL.
-  teacher_weight = jnp.where(beta == 0, 1.0, beta)
-  student_weight = jnp.where(beta == 1, 1.0, 1.0 - beta)
-  divergence = teacher_weight * _kl(log_p, valid_p, log_m)
-  divergence += student_weight * _kl(log_q, valid_q, log_m)
-  return _scale_by_temperature(divergence, temperature)
 
 
-@_jit_after_checks(_temperature_value, _unit_interval_value('alpha'))
+@_jit_after_checks(positive_value('temperature'), unit_interval_value('alpha'))
 def skew_kl_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -441,14 +457,13 @@ def skew_kl_divergence(
     Ko, Kim, Chen and Yun, "DistiLLM: Towards Streamlined Distillation for
     Large Language Models", ICML 2024, https://arxiv.org/abs/2402.03898.
   """
-  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_skew_kl, student_logits, teacher_logits, temperature, where,
+      axis, alpha,
   )
-  log_m = _log_mixture(log_p, valid_p, log_q, valid_q, alpha)
-  return _scale_by_temperature(_kl(log_p, valid_p, log_m), temperature)
 
 
-@_jit_after_checks(_temperature_value, _unit_interval_value('alpha'))
+@_jit_after_checks(positive_value('temperature'), unit_interval_value('alpha'))
 def skew_reverse_kl_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -492,14 +507,13 @@ def skew_reverse_kl_divergence(
     Ko, Kim, Chen and Yun, "DistiLLM: Towards Streamlined Distillation for
     Large Language Models", ICML 2024, https://arxiv.org/abs/2402.03898.
   """
-  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_skew_reverse_kl, student_logits, teacher_logits, temperature,
+      where, axis, alpha,
   )
-  log_m = _log_mixture(log_q, valid_q, log_p, valid_p, alpha)
-  return _scale_by_temperature(_kl(log_q, valid_q, log_m), temperature)
 
 
-@_jit_after_checks(_temperature_value)
+@_jit_after_checks(positive_value('temperature'))
 def total_variation_distance(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -545,13 +559,9 @@ def total_variation_distance(
     Mou, "f-Divergence Minimization for Sequence-Level Knowledge
     Distillation", ACL 2023, https://arxiv.org/abs/2307.15190.
   """
-  (log_q, valid_q), (log_p, valid_p) = _log_probs_pair(
-      student_logits, teacher_logits, temperature, where, axis
+  return _tempered(
+      log_space_tvd, student_logits, teacher_logits, temperature, where, axis,
   )
-  p = jnp.where(valid_p, jnp.exp(jnp.where(valid_p, log_p, 0.0)), 0.0)
-  q = jnp.where(valid_q, jnp.exp(jnp.where(valid_q, log_q, 0.0)), 0.0)
-  distance = 0.5 * jnp.sum(jnp.abs(p - q), axis=-1)
-  return _scale_by_temperature(distance, temperature)
 
 
 # ----------------------------------------------------------------------------
@@ -586,7 +596,7 @@ def _nan_where_out_of_range(values: Array, in_range: Array) -> Array:
   return jnp.where(in_range, values, jnp.nan)
 
 
-@_jit_after_checks(_temperature_value, _label_values('student_logits'))
+@_jit_after_checks(positive_value('temperature'), _label_values('student_logits'))
 def dkd_terms(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -683,9 +693,9 @@ def dkd_terms(
 
 
 @_jit_after_checks(
-    _temperature_value,
-    _nonnegative_value('alpha'),
-    _nonnegative_value('beta'),
+    positive_value('temperature'),
+    nonnegative_value('alpha'),
+    nonnegative_value('beta'),
     _label_values('student_logits'),
 )
 def decoupled_kd(
@@ -747,7 +757,7 @@ def decoupled_kd(
 
 
 @_jit_after_checks(
-    _unit_interval_value('label_smoothing'), _label_values('logits')
+    unit_interval_value('label_smoothing'), _label_values('logits')
 )
 def cross_entropy(
     logits: ArrayLike,
@@ -804,7 +814,7 @@ def cross_entropy(
   mask = _class_mask(where, 'logits', shape, axis)
   labels = _check_labels(labels, 'logits', shape, axis)
   logits = jnp.asarray(logits)
-  logits = jnp.moveaxis(logits.astype(_compute_dtype(logits)), axis, -1)
+  logits = jnp.moveaxis(logits.astype(compute_dtype(logits)), axis, -1)
 
   log_probs, valid = _masked_log_softmax(logits, mask)
   is_target, in_range = _label_one_hot(labels, logits.shape)

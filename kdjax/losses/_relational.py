@@ -5,7 +5,7 @@ distance or angle matrix) computed on the student's features with the same
 relation on the teacher's. They return one value per row of the relation
 matrix, scaled so that the mean over the batch's rows is the paper's (or the
 reference code's) loss: :class:`kdjax.objective.Objective`'s masked mean then
-gives exactly that loss. ``where`` removes padding examples from every
+gives exactly that loss. ``example_mask`` removes padding examples from every
 relation, so a padded batch gives the same loss as the batch without its
 padding.
 
@@ -25,23 +25,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kdjax.losses._feature import example_mask
-from kdjax.losses._feature import jit_after_checks
+from kdjax import _checks
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_value
+from kdjax.losses._feature import checked_example_mask
 from kdjax.losses._feature import l2_normalize
-from kdjax.losses._feature import positive_value
 from kdjax.losses._feature import prepare_features
 
 Array = jax.Array
 ArrayLike = Any
 
 
-def _flat_pair(student_features, teacher_features, where):
+def _flat_pair(student_features, teacher_features, example_mask):
   """``[batch, d_s]``, ``[batch, d_t]`` float rows, the mask and its count."""
   student, teacher = prepare_features(student_features, teacher_features)
   batch = student.shape[0]
   student = student.reshape(batch, -1)
   teacher = teacher.reshape(batch, -1)
-  mask = example_mask(where, batch)
+  mask = checked_example_mask(example_mask, batch)
   if mask is None:
     mask = jnp.ones((batch,), bool)
   count = jnp.maximum(jnp.sum(mask), 1).astype(student.dtype)
@@ -68,12 +69,13 @@ def _huber(x: Array) -> Array:
 # Similarity preserving.
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks()
 def similarity_preserving(
     student_features: ArrayLike,
     teacher_features: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
 ) -> Array:
   r"""Similarity-preserving KD: gap between row-normalised batch Gram matrices.
 
@@ -87,7 +89,7 @@ def similarity_preserving(
   Args:
     student_features: ``[batch, ...]`` (flattened per example).
     teacher_features: ``[batch, ...]``.
-    where: optional ``[batch]`` boolean mask of real examples; padding takes
+    example_mask: optional ``[batch]`` boolean mask of real examples; padding takes
       part in no relation and its row gives 0.
 
   Returns:
@@ -97,7 +99,7 @@ def similarity_preserving(
     Tung and Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019,
     https://arxiv.org/abs/1907.09682.
   """
-  student, teacher, mask, count = _flat_pair(student_features, teacher_features, where)
+  student, teacher, mask, count = _flat_pair(student_features, teacher_features, example_mask)
   pair = _pair_mask(mask)
 
   def gram(x):
@@ -110,12 +112,13 @@ def similarity_preserving(
 # Probabilistic knowledge transfer.
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks()
 def pkt(
     student_features: ArrayLike,
     teacher_features: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
     eps: float = 1e-7,
 ) -> Array:
   r"""Probabilistic knowledge transfer: KL between cosine-kernel distributions.
@@ -132,7 +135,7 @@ def pkt(
   Args:
     student_features: ``[batch, ...]`` (flattened per example).
     teacher_features: ``[batch, ...]``.
-    where: optional ``[batch]`` boolean mask of real examples.
+    example_mask: optional ``[batch]`` boolean mask of real examples.
     eps: the smoothing :math:`\epsilon` of the reference code.
 
   Returns:
@@ -142,7 +145,7 @@ def pkt(
     Passalis and Tefas, "Learning Deep Representations with Probabilistic
     Knowledge Transfer", ECCV 2018, https://arxiv.org/abs/1803.10837.
   """
-  student, teacher, mask, count = _flat_pair(student_features, teacher_features, where)
+  student, teacher, mask, count = _flat_pair(student_features, teacher_features, example_mask)
   pair = _pair_mask(mask)
 
   def conditional(x):
@@ -168,12 +171,13 @@ def _pairwise_distances(x: Array, eps: float = 1e-12) -> Array:
   return jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, distances)
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks()
 def rkd_distance(
     student_features: ArrayLike,
     teacher_features: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
 ) -> Array:
   r"""Distance-wise relational KD: Huber gap of mean-normalised distances.
 
@@ -187,7 +191,7 @@ def rkd_distance(
   Args:
     student_features: ``[batch, ...]`` (flattened per example).
     teacher_features: ``[batch, ...]``.
-    where: optional ``[batch]`` boolean mask of real examples.
+    example_mask: optional ``[batch]`` boolean mask of real examples.
 
   Returns:
     ``[batch]`` row values whose mean over real examples is the loss.
@@ -196,7 +200,7 @@ def rkd_distance(
     Park, Kim, Lu and Cho, "Relational Knowledge Distillation", CVPR 2019,
     https://arxiv.org/abs/1904.05068.
   """
-  student, teacher, mask, count = _flat_pair(student_features, teacher_features, where)
+  student, teacher, mask, count = _flat_pair(student_features, teacher_features, example_mask)
   distinct = _pair_mask(mask) & ~jnp.eye(student.shape[0], dtype=bool)
   pairs = jnp.maximum(jnp.sum(distinct), 1).astype(student.dtype)
 
@@ -214,12 +218,13 @@ def _triplet_cosines(x: Array, mask: Array) -> Array:
   return jnp.einsum('abd,acd->abc', differences, differences)
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks()
 def rkd_angle(
     student_features: ArrayLike,
     teacher_features: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
 ) -> Array:
   r"""Angle-wise relational KD: Huber gap of triplet angle cosines.
 
@@ -235,7 +240,7 @@ def rkd_angle(
   Args:
     student_features: ``[batch, ...]`` (flattened per example).
     teacher_features: ``[batch, ...]``.
-    where: optional ``[batch]`` boolean mask of real examples.
+    example_mask: optional ``[batch]`` boolean mask of real examples.
 
   Returns:
     ``[batch]`` row values whose mean over real examples is the loss.
@@ -244,7 +249,7 @@ def rkd_angle(
     Park, Kim, Lu and Cho, "Relational Knowledge Distillation", CVPR 2019,
     https://arxiv.org/abs/1904.05068.
   """
-  student, teacher, mask, count = _flat_pair(student_features, teacher_features, where)
+  student, teacher, mask, count = _flat_pair(student_features, teacher_features, example_mask)
   # Padding vertices' rows are dropped; padding `b`, `c` give zero cosines
   # on both sides and so contribute nothing.
   gap = _huber(_triplet_cosines(student, mask) - _triplet_cosines(teacher, mask))
@@ -255,6 +260,7 @@ def rkd_angle(
 # Correlation congruence.
 
 
+@_checks.renamed_argument('where', 'example_mask')
 @jit_after_checks(
     positive_value('gamma'),
     lambda arguments: _check_order(arguments['order']),
@@ -264,7 +270,7 @@ def correlation_congruence(
     student_features: ArrayLike,
     teacher_features: ArrayLike,
     *,
-    where: ArrayLike | None = None,
+    example_mask: ArrayLike | None = None,
     kernel: str = 'rbf',
     gamma: ArrayLike = 0.4,
     order: int = 2,
@@ -290,7 +296,7 @@ def correlation_congruence(
     student_features: ``[batch, ...]`` embeddings (flattened per example);
       student and teacher widths may differ.
     teacher_features: ``[batch, ...]``.
-    where: optional ``[batch]`` boolean mask of real examples.
+    example_mask: optional ``[batch]`` boolean mask of real examples.
     kernel: ``'rbf'`` (Taylor-approximated Gaussian) or ``'inner'``.
     gamma: the RBF kernel's :math:`\gamma` (0.4 in the paper).
     order: the Taylor order :math:`P` (2 in the paper).
@@ -304,7 +310,7 @@ def correlation_congruence(
   """
   if kernel not in ('rbf', 'inner'):
     raise ValueError(f"kernel must be 'rbf' or 'inner', got {kernel!r}.")
-  student, teacher, mask, count = _flat_pair(student_features, teacher_features, where)
+  student, teacher, mask, count = _flat_pair(student_features, teacher_features, example_mask)
   gamma = jnp.asarray(gamma, student.dtype)
 
   def correlation(x):

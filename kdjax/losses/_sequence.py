@@ -1,83 +1,20 @@
-"""Token-level distillation of language models: divergences by name, token masks, vocabulary padding."""
+"""Token-level distillation of language models: token masks, vocabulary padding."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kdjax import _checks
-from kdjax.losses import _logit
+from kdjax.losses._divergences import divergence_fn
+# Re-exported: kdjax.objective checks divergence names through this module.
+from kdjax.losses._divergences import divergence_kwargs as divergence_kwargs
 
 Array = jax.Array
 ArrayLike = Any
-
-# name -> (per-example divergence on logits, the hyper-parameter it takes).
-_DIVERGENCES: dict[str, tuple[Callable[..., Array], str | None]] = {
-    'forward_kl': (_logit.kl_divergence, None),
-    'reverse_kl': (_logit.reverse_kl_divergence, None),
-    'jsd': (_logit.generalized_jsd, 'beta'),
-    'skew_kl': (_logit.skew_kl_divergence, 'alpha'),
-    'skew_reverse_kl': (_logit.skew_reverse_kl_divergence, 'alpha'),
-    'tvd': (_logit.total_variation_distance, None),
-}
-
-DIVERGENCE_NAMES = tuple(_DIVERGENCES)
-
-
-def divergence_hyperparameter(divergence: str) -> str | None:
-  """The hyper-parameter a named divergence takes (``'beta'``, ``'alpha'`` or None).
-
-  Raises:
-    ValueError: for an unknown name, listing the known ones.
-  """
-  if divergence not in _DIVERGENCES:
-    raise ValueError(
-        f'unknown divergence {divergence!r}; choose one of '
-        f'{list(DIVERGENCE_NAMES)}.'
-    )
-  return _DIVERGENCES[divergence][1]
-
-
-def divergence_kwargs(
-    divergence: str, beta: ArrayLike | None, alpha: ArrayLike | None
-) -> dict[str, ArrayLike]:
-  """Checks that only the named divergence's hyper-parameter is given."""
-  takes = divergence_hyperparameter(divergence)
-  given = {'beta': beta, 'alpha': alpha}
-  for name, value in given.items():
-    if value is not None and name != takes:
-      takes_text = 'no hyper-parameter' if takes is None else repr(takes)
-      raise ValueError(
-          f'{name}={value} was given, but divergence {divergence!r} takes '
-          f'{takes_text}.'
-      )
-  if takes is not None and given[takes] is not None:
-    return {takes: given[takes]}
-  return {}
-
-
-def divergence_fn(divergence: str) -> Callable[..., Array]:
-  """The :mod:`kdjax.losses` function for a divergence name.
-
-  Args:
-    divergence: one of ``'forward_kl'`` (:func:`kl_divergence`),
-      ``'reverse_kl'`` (:func:`reverse_kl_divergence`), ``'jsd'``
-      (:func:`generalized_jsd`, takes ``beta``), ``'skew_kl'``
-      (:func:`skew_kl_divergence`, takes ``alpha``), ``'skew_reverse_kl'``
-      (:func:`skew_reverse_kl_divergence`, takes ``alpha``), ``'tvd'``
-      (:func:`total_variation_distance`).
-
-  Returns:
-    ``fn(student_logits, teacher_logits, *, temperature, where, axis, ...)``.
-
-  Raises:
-    ValueError: for an unknown name, listing the known ones.
-  """
-  divergence_hyperparameter(divergence)
-  return _DIVERGENCES[divergence][0]
 
 
 def check_vocab(
@@ -177,42 +114,31 @@ def align_vocab(
   )
 
 
-def token_mask(
-    where: ArrayLike | None, name: str, token_shape: tuple[int, ...]
+def aligned_token_mask(
+    token_mask: ArrayLike | None, name: str, token_shape: tuple[int, ...]
 ) -> Array | None:
   """A boolean token mask with `token_shape`, from one aligned with its leading axes.
 
   ``[batch]`` masks whole rows of ``[batch, time]`` tokens; ``[batch, time]``
-  masks single tokens; anything else is an error naming both shapes.
+  masks single tokens; anything else is an error naming both shapes
+  (:func:`kdjax._checks.align_mask`).
   """
-  if where is None:
+  if token_mask is None:
     return None
-  where_shape = tuple(jnp.shape(where))
-  ok = len(where_shape) <= len(token_shape)
-  if ok:
-    padded = where_shape + (1,) * (len(token_shape) - len(where_shape))
-    try:
-      ok = np.broadcast_shapes(padded, token_shape) == tuple(token_shape)
-    except ValueError:
-      ok = False
-  if not ok:
-    raise ValueError(
-        f'where (the token mask) with shape {where_shape} does not align with '
-        f'the leading axes of the tokens of {name}, {tuple(token_shape)}; give '
-        '[batch, time] (1 = real token, 0 = padding) or [batch].'
-    )
-  mask = jnp.asarray(where)
-  mask = mask.reshape(padded).astype(bool)
-  return jnp.broadcast_to(mask, token_shape)
+  aligned = _checks.align_mask(
+      'token_mask', token_mask, token_shape, what=f'the tokens of {name}'
+  )
+  return jnp.broadcast_to(aligned != 0, token_shape)
 
 
+@_checks.renamed_argument('where', 'token_mask')
 def token_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
     *,
     divergence: str = 'forward_kl',
     temperature: ArrayLike = 1.0,
-    where: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
     vocab_size: int | None = None,
     beta: ArrayLike | None = None,
     alpha: ArrayLike | None = None,
@@ -228,7 +154,7 @@ def token_divergence(
     are sliced away from both models before the softmax
     (:func:`align_vocab`), so a student with 32,000 logits and a teacher
     with 32,064 compare over the same 32,000 tokens;
-  * sequence padding: `where` marks the real tokens. Masked tokens give 0
+  * sequence padding: `token_mask` marks the real tokens. Masked tokens give 0
     (and zero gradients, even if their logits are NaN). The values are *not*
     averaged: reduce them with the same mask as ``sum / count`` (an
     :class:`kdjax.objective.Objective` does, and so does
@@ -242,8 +168,11 @@ def token_divergence(
       ``'skew_reverse_kl'`` or ``'tvd'`` (see :func:`divergence_fn`).
     temperature: positive scalar dividing both logit sets; the divergence
       is multiplied by ``temperature**2``.
-    where: optional token mask ``[batch, time]`` (or ``[batch]`` for whole
-      sequences), True for real tokens.
+    token_mask: optional ``[batch, time]`` mask of the real tokens (or
+      ``[batch]`` for whole sequences), aligned with the leading axes; True
+      (or 1) for real tokens. (Was ``where=``, which still works for one
+      release with a DeprecationWarning; ``where=`` is a class mask in
+      kdjax.)
     vocab_size: the true vocabulary size when the logits carry padding.
     beta: the JSD's teacher weight (``'jsd'`` only; default 0.5).
     alpha: the skew (``'skew_kl'`` / ``'skew_reverse_kl'`` only; default 0.1).
@@ -262,7 +191,7 @@ def token_divergence(
     >>> teacher = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 16))
     >>> mask = jax.numpy.array([[1, 1, 1], [1, 0, 0]])
     >>> values = losses.token_divergence(
-    ...     student, teacher, divergence='jsd', where=mask, vocab_size=10)
+    ...     student, teacher, divergence='jsd', token_mask=mask, vocab_size=10)
     >>> print(values.shape, float(values[1, 2]))
     (2, 3) 0.0
 
@@ -276,7 +205,7 @@ def token_divergence(
   student_logits, teacher_logits = align_vocab(
       student_logits, teacher_logits, vocab_size=vocab_size
   )
-  mask = token_mask(where, 'student_logits', student_logits.shape[:-1])
+  mask = aligned_token_mask(token_mask, 'student_logits', student_logits.shape[:-1])
   if mask is not None:
     # Masked tokens get zero logits: finite values, zero gradient, no NaN.
     student_logits = jnp.where(mask[..., None], student_logits, 0)
@@ -287,7 +216,8 @@ def token_divergence(
   return values
 
 
-def token_mean(values: ArrayLike, where: ArrayLike | None = None) -> Array:
+@_checks.renamed_argument('where', 'token_mask')
+def token_mean(values: ArrayLike, token_mask: ArrayLike | None = None) -> Array:
   """The token-weighted mean ``sum(values * mask) / max(sum(mask), 1)``.
 
   Every real token counts once, however many real tokens each sequence has
@@ -295,13 +225,14 @@ def token_mean(values: ArrayLike, where: ArrayLike | None = None) -> Array:
 
   Args:
     values: ``[batch, time]`` per-token values.
-    where: optional mask aligned with the leading axes of `values`.
+    token_mask: optional mask of the real tokens aligned with the leading
+      axes of `values` (was ``where=``, deprecated).
 
   Returns:
     A float32 scalar; 0 when no token is real.
   """
   values = jnp.asarray(values, jnp.float32)
-  mask = token_mask(where, 'values', values.shape)
+  mask = aligned_token_mask(token_mask, 'values', values.shape)
   if mask is None:
     return jnp.mean(values)
   total = jnp.sum(jnp.where(mask, values, 0.0))

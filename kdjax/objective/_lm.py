@@ -8,7 +8,6 @@ import jax
 
 from kdjax import _checks
 from kdjax import losses
-from kdjax.losses import _sequence
 from kdjax.objective._core import Batch
 from kdjax.objective._core import check_schedule
 from kdjax.objective._core import require_teacher
@@ -33,7 +32,7 @@ def _hyperparameters(step, beta, alpha) -> dict[str, jax.Array | None]:
 
 def _check_divergence(divergence: str, beta, alpha) -> None:
   """Checks the name and hyper-parameters at build time."""
-  _sequence.divergence_kwargs(
+  losses.divergence_kwargs(
       divergence,
       None if beta is None else (beta(0) if callable(beta) else beta),
       None if alpha is None else (alpha(0) if callable(alpha) else alpha),

@@ -122,7 +122,7 @@ def relational_feature(
     mask_key: str | None = metrics_lib.MASK_KEY,
     **loss_kwargs: Any,
 ) -> Term:
-  """A feature term that hands the batch's padding mask to the loss as ``where=``.
+  """A feature term that hands the batch's padding mask to the loss as ``example_mask=``.
 
   Batch-relational losses (:func:`kdjax.losses.similarity_preserving`,
   :func:`~kdjax.losses.pkt`, :func:`~kdjax.losses.rkd_distance`,
@@ -131,11 +131,11 @@ def relational_feature(
   batch to each other. With :func:`feature`, padding examples would enter
   the relations of the real ones (the :class:`Objective` only drops their own
   rows from the mean); this term passes ``batch[mask_key] > 0`` (``[batch]``)
-  as ``where`` when the batch has it, so a padded batch gives the loss of the
+  as ``example_mask`` when the batch has it, so a padded batch gives the loss of the
   batch without its padding.
 
   Args:
-    loss_fn: a feature loss taking ``where=``.
+    loss_fn: a feature loss taking ``example_mask=``.
     student_feature: name of the student's intermediate.
     teacher_feature: name of the teacher's (defaults to `student_feature`).
     mask_key: the batch entry marking real examples; ``None`` to pass none.
@@ -151,7 +151,7 @@ def relational_feature(
     teacher = require_teacher(teacher)
     kwargs = dict(loss_kwargs)
     if mask_key is not None and mask_key in batch:
-      kwargs['where'] = jnp.asarray(batch[mask_key]) > 0
+      kwargs['example_mask'] = jnp.asarray(batch[mask_key]) > 0
     return loss_fn(
         student.feature(student_feature),
         teacher.feature(teacher_feature),

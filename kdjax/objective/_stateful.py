@@ -70,7 +70,7 @@ class CRDTerm(StatefulTerm):
     values, memory = losses.crd(
         student_embedding, teacher_embedding, state, indices, negatives,
         temperature=schedule_value(self.temperature, step), momentum=self.momentum,
-        where=valid,
+        example_mask=valid,
     )
     if axis_name is not None:
       device = jax.lax.axis_index(axis_name)

@@ -1,0 +1,87 @@
+"""A base for TFDS builders whose splits are arrays made offline."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+SplitArrays = dict[str, dict[str, np.ndarray]]
+
+
+def import_optional(module: str, *, needed_for: str, package: str) -> ModuleType:
+  """Imports `module`, or raises an ImportError saying which package to install."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f'{needed_for} needs the `{package}` package: `pip install kdjax[data]` '
+        f'(or `pip install {package}`).'
+    ) from e
+
+
+class OfflineArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A TFDS builder for data generated or bundled locally, never downloaded.
+
+  Subclasses give the metadata (``DESCRIPTION``, ``CITATION``, ``HOMEPAGE``,
+  ``LICENSE``, ``SUPERVISED_KEYS``), the features (:meth:`_features`) and
+  the data as arrays per split (:meth:`_split_arrays`); this base writes
+  `array_record` files by default (readable without TensorFlow through
+  ``tfds.data_source``) and keeps every split in the arrays' order: example
+  ``i`` of a split is row ``i`` of its arrays (shuffling is disabled).
+  """
+
+  DESCRIPTION: str = ''
+  CITATION: str = ''
+  HOMEPAGE: str = ''
+  LICENSE: str = ''
+  SUPERVISED_KEYS: tuple[str, str] | None = None
+
+  def __init__(self, *, file_format: Any = None, **kwargs: Any):
+    super().__init__(file_format=file_format or 'array_record', **kwargs)
+
+  def _features(self) -> tfds.features.FeaturesDict:
+    """The features of one example."""
+    raise NotImplementedError
+
+  def _split_arrays(self) -> SplitArrays:
+    """``{split: {feature: [n, ...] array}}``, row ``i`` the split's example ``i``."""
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.DESCRIPTION,
+        features=self._features(),
+        supervised_keys=self.SUPERVISED_KEYS,
+        disable_shuffling=True,
+        homepage=self.HOMEPAGE,
+        citation=self.CITATION,
+        license=self.LICENSE,
+    )
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+    del dl_manager  # Made offline; nothing to download.
+    return {
+        name: self._generate_examples(arrays)
+        for name, arrays in self._split_arrays().items()
+    }
+
+  def _generate_examples(
+      self, arrays: dict[str, np.ndarray]
+  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields (key, example), key the example's position in its split.
+
+    Args:
+      arrays: one split of :meth:`_split_arrays`; scalar entries (labels,
+        indices) are passed on as Python numbers.
+    """
+    names = tuple(arrays)
+    for i, row in enumerate(zip(*(arrays[name] for name in names))):
+      yield i, {
+          name: value.item() if np.ndim(value) == 0 else value
+          for name, value in zip(names, row)
+      }
