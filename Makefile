@@ -8,6 +8,12 @@ WORKERS ?= 2
 
 .PHONY: install demo lm-demo cifar-demo test test-slow docs bench clean
 
+# Sections of docs/results.md whose runs predate provenance records (no
+# experiments/results/<name>.json): make_results keeps them, with a note
+# saying so, instead of failing. Drop a name once its run is recorded.
+KEEP_UNRECORDED := --keep hinton_cpu --keep hinton_sweep --keep lm_kd_cpu --keep cifar_kd_cpu
+MAKE_RESULTS := $(BIN)/python -m experiments.make_results $(KEEP_UNRECORDED)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -17,23 +23,24 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Hinton et al. (2015) at CPU scale: teacher, student, distilled student,
-# omitted-class experiment; 3 seeds; prints the table, writes the plot and
-# docs/results.md.
+# omitted-class experiment; 3 seeds; prints the table, writes the plot,
+# records the results in experiments/results/hinton_cpu.json and regenerates
+# docs/results.md (commit both to publish them).
 demo: $(STAMP)
 	$(BIN)/python -m experiments.hinton --config=experiments/configs/hinton.py:cpu --workdir=runs/hinton_cpu
-	$(BIN)/python -m experiments.make_results
+	$(MAKE_RESULTS) --record runs/hinton_cpu
 
 # Token-level distillation of a byte-level Transformer LM on the Python
 # standard library's sources: teacher, 5 student variants, 3 seeds.
 lm-demo: $(STAMP)
 	$(BIN)/python -m experiments.lm_kd --config=experiments/configs/lm_kd.py:cpu --workdir=runs/lm_kd_cpu
-	$(BIN)/python -m experiments.make_results
+	$(MAKE_RESULTS) --record runs/lm_kd_cpu
 
 # The CIFAR KD benchmark's methods (vanilla, KD, FitNets, AT, DKD, CRD, DML,
 # multi-teacher) on scikit-learn's 8x8 digits: 3 seeds, a few minutes alone on 2 cores.
 cifar-demo: $(STAMP)
 	$(BIN)/python -m experiments.cifar_kd --config=experiments/configs/cifar_kd.py:cpu --workdir=runs/cifar_kd_cpu
-	$(BIN)/python -m experiments.make_results
+	$(MAKE_RESULTS) --record runs/cifar_kd_cpu
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(WORKERS) -m 'not slow' tests

@@ -25,7 +25,6 @@ files, the teachers' checkpoints, ``results.json``, ``gradcam.png`` (when
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-import json
 import os
 import sys
 import time
@@ -38,8 +37,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments import _common
 from kdjax import adapters
-from kdjax import checkpoint
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import explain
@@ -49,9 +48,9 @@ from kdjax import metrics as metrics_lib
 from kdjax import objective as objective_lib
 from kdjax import recipes
 from kdjax import step as step_lib
-from kdjax import writers
 from kdjax import zoo
 
+MODULE = 'experiments.cifar_kd'
 PAPER = ('Tian, Krishnan & Isola (2020), RepDistiller, and Zhao et al. (2022), mdistiller: '
          'the CIFAR-100 knowledge-distillation benchmark')
 METHOD_TITLES = {
@@ -332,32 +331,8 @@ def trainable_paths(loss_fn: Callable[[Any], jax.Array], params: Any) -> set[str
 # Training.
 
 
-class Trainer:
-  """One training recipe (step, init, evaluation), compiled once for all seeds."""
-
-  def __init__(self, train_step, init_fn, evaluate_fn, *, epochs: int, batch_size: int,
-               augment, progress: bool):
-    self.epochs, self.progress = epochs, progress
-    self.epoch_fn = jax.jit(
-        loop.make_epoch_fn(train_step, batch_size=batch_size, augment=augment),
-        donate_argnums=0)
-    self.init = jax.jit(init_fn)
-    self.evaluate = evaluate_fn
-
-  def train(self, train, *, seed, teacher_variables, workdir, desc, state=None):
-    """Trains from `state` (default: a fresh init) or resumes `workdir`'s checkpoint."""
-    if state is None:
-      state = self.init(jax.random.PRNGKey(seed))
-    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=1)
-    with writers.MetricWriter(workdir) as writer:
-      state = loop.fit(
-          self.epoch_fn, state, teacher_variables, train,
-          num_epochs=self.epochs, seed=seed, evaluate_fn=self.evaluate,
-          eval_every=max(self.epochs // 5, 1), writer=writer, manager=manager,
-          save_every=max(self.epochs // 2, 1), desc=desc, progress=self.progress,
-      )
-    manager.close()
-    return state, self.evaluate(state)
+# The shared recipe runner (kept under this name: the methods' builders return it).
+Trainer = _common.Trainer
 
 
 class Experiment:
@@ -453,9 +428,10 @@ class Experiment:
     return self.num_train // batch_size
 
   def _trainer(self, recipe, train_step, init_fn, evaluate_fn, *, epochs=None) -> Trainer:
-    return Trainer(train_step, init_fn, evaluate_fn,
-                   epochs=recipe.epochs if epochs is None else epochs,
+    epochs = recipe.epochs if epochs is None else epochs
+    return Trainer(train_step, init_fn, evaluate_fn, epochs=epochs,
                    batch_size=recipe.batch_size, augment=self.augment,
+                   eval_every=max(epochs // 5, 1), save_every=max(epochs // 2, 1),
                    progress=self.config.progress)
 
   # Recipes.
@@ -610,15 +586,6 @@ class Experiment:
     return self._trainer(recipe, train_step, init, evaluate)
 
 
-def train_teacher(trainer: Trainer, train, *, seed, workdir):
-  """Trains (or resumes) a teacher, writes its own checkpoint and reads it back."""
-  state, metrics = trainer.train(train, seed=seed, teacher_variables=None, workdir=workdir,
-                                 desc=f'teacher s{seed}')
-  final = os.path.join(workdir, 'final')
-  checkpoint.save_teacher(final, state.variables, overwrite=True)
-  return checkpoint.load_teacher(final, state.variables), metrics
-
-
 def run_seed(experiment: Experiment, trainers, seed: int, workdir: str):
   """Teachers, then every method, for one seed; returns metrics and teacher variables."""
   config = experiment.config
@@ -633,8 +600,9 @@ def run_seed(experiment: Experiment, trainers, seed: int, workdir: str):
   for k in range(num_teachers if needs else 0):
     phase = 'teacher' if k == 0 else f'teacher_{k}'
     started = time.time()
-    variables, result[phase] = train_teacher(
-        trainers['teacher'], train, seed=seed + 100 * k, workdir=phase_dir(phase))
+    variables, result[phase] = _common.train_teacher(
+        trainers['teacher'], train, seed=seed + 100 * k, workdir=phase_dir(phase),
+        config=_common.run_config(config, phase='teacher'))
     teachers.append(variables)
     timings[phase] = time.time() - started
   student_seed = seed + 1000  # every method's student starts alike
@@ -650,29 +618,18 @@ def run_seed(experiment: Experiment, trainers, seed: int, workdir: str):
         start = trainer.init(jax.random.PRNGKey(student_seed)).replace(
             params=state.params, model_state=state.model_state)
       state, metrics = trainer.train(train, seed=student_seed, teacher_variables=teacher_variables,
-                                     workdir=phase_dir(stage), desc=f'{stage} s{seed}', state=start)
+                                     workdir=phase_dir(stage), desc=f'{stage} s{seed}', state=start,
+                                     config=_common.run_config(config, phase=stage))
     result[method] = metrics
     states[method] = state
     timings[method] = time.time() - started
   return result, teachers, states, timings
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, Any]:
-  values = np.asarray(values, np.float64)
-  return {'mean': float(values.mean()),
-          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-          'values': [float(v) for v in values]}
-
-
 def summarize(per_seed: list[dict]) -> dict:
   """Test and validation accuracy of every phase: mean and std over seeds."""
-  summary = {}
-  for phase in per_seed[0]:
-    summary[phase] = {
-        split: _mean_std([r[phase][f'{split}/acc/student'] for r in per_seed])
-        for split in ('test', 'val')
-    }
-  return summary
+  return _common.summarize(per_seed, list(per_seed[0]),
+                           {'test': 'test/acc/student', 'val': 'val/acc/student'})
 
 
 # ----------------------------------------------------------------------------
@@ -724,16 +681,18 @@ def format_table(results: Mapping[str, Any]) -> str:
   summary, num_test = results['summary'], results['num_test']
 
   def pct(stats):
-    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+    return _common.mean_std_text(stats, scale=100, digits=2)
 
-  lines = [f'| model | test accuracy (%) | validation accuracy (%) | test errors (of {num_test}) |',
-           '|---|---|---|---|']
+  rows = []
   teacher_rows = [p for p in summary if p.startswith('teacher')]
   for phase in teacher_rows + [m for m in METHOD_TITLES if m in summary]:
     title = {'teacher': 'teacher'}.get(phase, METHOD_TITLES.get(phase, phase.replace('_', ' ')))
     test = summary[phase]['test']
-    lines.append(f"| {title} | {pct(test)} | {pct(summary[phase]['val'])} | "
-                 f"{num_test * (1 - test['mean']):.1f} ± {num_test * test['std']:.1f} |")
+    rows.append([title, pct(test), pct(summary[phase]['val']),
+                 f"{num_test * (1 - test['mean']):.1f} ± {num_test * test['std']:.1f}"])
+  lines = _common.markdown_table(
+      ['model', 'test accuracy (%)', 'validation accuracy (%)', f'test errors (of {num_test})'],
+      rows)
   lines += ['', verdict(summary)]
   phase_seconds = results.get('phase_seconds') or []
   if phase_seconds:
@@ -829,8 +788,14 @@ def gradcam_figure(experiment: Experiment, teacher_variables, states, path: str)
 # Driver.
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every seed, writes results.json (and the Grad-CAM figure); returns the results."""
+def run(config: ml_collections.ConfigDict, workdir: str,
+        command: Sequence[str] | None = None) -> dict:
+  """Runs every seed, writes results.json (and the Grad-CAM figure); returns the results.
+
+  `command` is the command line recorded with the results (default: this
+  process's).
+  """
+  command = command or _common.command(MODULE, None)
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   unknown = sorted(set(config.methods) - set(METHOD_TITLES))
@@ -858,12 +823,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     seconds.append(time.time() - seed_start)
     # Written after every seed, so an interrupted run leaves its finished seeds.
     results = _results(config, arrays, params, per_seed, seconds, phase_seconds, None, start)
-    _write(results, workdir)
+    results = _common.write_results(results, workdir, config, command)
   figure = os.path.join(workdir, 'gradcam.png')
   gradcam = gradcam_figure(experiment, teachers[0] if teachers else None, states, figure)
   results = _results(config, arrays, params, per_seed, seconds, phase_seconds, gradcam, start)
-  _write(results, workdir)
-  return results
+  return _common.write_results(results, workdir, config, command)
 
 
 def _results(config, arrays, params, per_seed, seconds, phase_seconds, gradcam, start):
@@ -887,20 +851,12 @@ def _results(config, arrays, params, per_seed, seconds, phase_seconds, gradcam, 
       'notes': notes,
       'wall_seconds': time.time() - start,
       'finished': time.time(),
-      **writers.environment(),
   }
-
-
-def _write(results, workdir):
-  path = os.path.join(workdir, 'results.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=1, default=list)
-  os.replace(path + '.tmp', path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   config, workdir = config_lib.parse_args(argv, description=__doc__)
-  results = run(config, workdir)
+  results = run(config, workdir, _common.command(MODULE, argv))
   print(describe(results['config'], results['params']))
   print()
   print(format_table(results))

@@ -1,4 +1,4 @@
-"""Hinton et al. (2015) reproduced: teacher, student, distilled student, omitted class.
+"""Hinton et al. (2015) measured: teacher, student, distilled student, omitted class.
 
 Run ``python -m experiments.hinton --config=experiments/configs/hinton.py:cpu
 --workdir=runs/hinton_cpu``; see the config file for what each scale does and
@@ -10,7 +10,6 @@ TensorBoard files, the teachers' own checkpoints, ``results.json``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-import json
 import os
 import sys
 import time
@@ -21,8 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments import _common
 from kdjax import adapters
-from kdjax import checkpoint
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import losses
@@ -32,6 +31,7 @@ from kdjax import step as step_lib
 from kdjax import writers
 from kdjax import zoo
 
+MODULE = 'experiments.hinton'
 PHASES = ('teacher', 'baseline', 'distilled', 'omitted')
 
 
@@ -111,12 +111,12 @@ def label_objective() -> objective_lib.Objective:
   )
 
 
-class Trainer:
+class Trainer(_common.Trainer):
   """One training recipe (model, objective, optimizer), compiled once for all seeds."""
 
   def __init__(self, model_config, optim_config, model, objective, *, num_train, jitter,
                teacher_apply, evals, progress, shared=None):
-    self.config, self.model, self.evals, self.progress = model_config, model, evals, progress
+    self.model, self.evals = model, evals
     self.input_shape = next(iter(evals.values()))['x'].shape[1:]
     steps_per_epoch = num_train // model_config.batch_size
     self.optimizer = make_optimizer(optim_config, steps_per_epoch * model_config.epochs)
@@ -128,47 +128,33 @@ class Trainer:
       self.logits = jax.jit(
           lambda variables, x: self.apply(variables, {'x': x}, train=False)[0].logits)
     train_step = step_lib.make_train_step(self.apply, teacher_apply, objective, self.optimizer)
-    self.epoch_fn = jax.jit(
-        loop.make_epoch_fn(train_step, batch_size=model_config.batch_size,
-                           augment=jitter if model_config.jitter else None),
-        donate_argnums=0,
-    )
+    example = jnp.zeros((1,) + tuple(self.input_shape))
 
-    def init(key, example):
+    def init(key):
       variables = model.init(key, example, train=False)
       return step_lib.init_train_state(variables, self.optimizer, rng=jax.random.fold_in(key, 1))
 
-    self.init = jax.jit(init)
+    epochs = model_config.epochs
+    super().__init__(train_step, init, self._evaluate, epochs=epochs,
+                     batch_size=model_config.batch_size,
+                     augment=jitter if model_config.jitter else None,
+                     eval_every=max(epochs // 10, 1), save_every=max(epochs // 4, 1),
+                     progress=progress)
     if shared is not None:
       # The initial state (the model's init, zeroed optimizer moments) does
       # not depend on learning rate, weight decay or objective: reuse the
       # compiled init when the state's shapes agree. (An optimizer whose state
       # held hyper-parameter values would break this; adamw's does not.)
-      example = (jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(shared.input_shape)))
-      if jax.eval_shape(self.init, *example) == jax.eval_shape(shared.init, *example):
+      key = jax.random.PRNGKey(0)
+      if jax.eval_shape(self.init, key) == jax.eval_shape(shared.init, key):
         self.init = shared.init
 
-  def evaluate(self, state) -> dict[str, float]:
+  def _evaluate(self, state) -> dict[str, float]:
     out = {}
     for name, arrays in self.evals.items():
       for metric, value in loop.evaluate(self.eval_step, state, None, arrays).items():
         out[f'{name}/{metric}'] = value
     return out
-
-  def train(self, train, *, seed, teacher_variables, workdir, desc):
-    """Trains from a fresh init (or resumes `workdir`'s checkpoint)."""
-    state = self.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + train['x'].shape[1:]))
-    epochs = self.config.epochs
-    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=1)
-    with writers.MetricWriter(workdir) as writer:
-      state = loop.fit(
-          self.epoch_fn, state, teacher_variables, jax.device_put(train),
-          num_epochs=epochs, seed=seed, evaluate_fn=self.evaluate,
-          eval_every=max(epochs // 10, 1), writer=writer, manager=manager,
-          save_every=max(epochs // 4, 1), desc=desc, progress=self.progress,
-      )
-    manager.close()
-    return state, self.evaluate(state)
 
 
 def class_accuracy(logits, labels, label, bias_delta=0.0):
@@ -207,21 +193,6 @@ def choose_bias(logits, labels, label, grid, *, rule, prior):
   raise ValueError(f"omitted.rule must be 'prior' or 'val_acc', got {rule!r}")
 
 
-def train_teacher(trainer, train, *, seed, workdir):
-  """Trains (or resumes) a teacher, writes its own checkpoint and reads it back.
-
-  Students get the variables read from the teacher's checkpoint, so what
-  they learn from is exactly what was saved. Returns the variables and the
-  teacher's final metrics.
-  """
-  state, metrics = trainer.train(train, seed=seed, teacher_variables=None, workdir=workdir,
-                                 desc=f'teacher s{seed}')
-  final = os.path.join(workdir, 'final')
-  # (A rerun restores the same teacher from its training checkpoint.)
-  checkpoint.save_teacher(final, state.variables, overwrite=True)
-  return checkpoint.load_teacher(final, state.variables), metrics
-
-
 def run_seed(config, arrays, trainers, seed, workdir):
   """Teacher, baseline, distilled and omitted-class runs for one seed."""
   result = {}
@@ -230,23 +201,27 @@ def run_seed(config, arrays, trainers, seed, workdir):
     return os.path.join(workdir, phase, f'seed{seed}')
 
   # The teacher gets its own checkpoint; the students read it from there.
-  teacher_variables, result['teacher'] = train_teacher(
-      trainers['teacher'], arrays['train'], seed=seed, workdir=phase_dir('teacher'))
+  teacher_variables, result['teacher'] = _common.train_teacher(
+      trainers['teacher'], arrays['train'], seed=seed, workdir=phase_dir('teacher'),
+      config=_common.run_config(config, phase='teacher'))
 
   student_seed = seed + 1000  # baseline and distilled students start alike
   _, result['baseline'] = trainers['baseline'].train(
       arrays['train'], seed=student_seed, teacher_variables=None,
-      workdir=phase_dir('baseline'), desc=f'baseline s{seed}')
+      workdir=phase_dir('baseline'), desc=f'baseline s{seed}',
+      config=_common.run_config(config, phase='baseline'))
   _, result['distilled'] = trainers['distilled'].train(
       arrays['train'], seed=student_seed, teacher_variables=teacher_variables,
-      workdir=phase_dir('distilled'), desc=f'distilled s{seed}')
+      workdir=phase_dir('distilled'), desc=f'distilled s{seed}',
+      config=_common.run_config(config, phase='distilled'))
 
   if config.omitted.enabled:
     label = config.omitted.label
     trainer = trainers['omitted']
     state, _ = trainer.train(
         arrays['transfer'], seed=student_seed, teacher_variables=teacher_variables,
-        workdir=phase_dir('omitted'), desc=f'omitted s{seed}')
+        workdir=phase_dir('omitted'), desc=f'omitted s{seed}',
+        config=_common.run_config(config, phase='omitted'))
     val_logits = trainer.logits(state.variables, arrays['val']['x'])
     test_logits = trainer.logits(state.variables, arrays['test']['x'])
     test_labels = arrays['test']['label']
@@ -292,38 +267,28 @@ def make_trainers(config, arrays, num_classes):
   return trainers
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
-  values = np.asarray(values, np.float64)
-  return {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-          'values': [float(v) for v in values]}
-
-
 def summarize(per_seed: list[dict], config) -> dict:
   """Means and standard deviations over seeds, and the gap recovered."""
-  summary = {}
-  for phase in ('teacher', 'baseline', 'distilled'):
-    summary[phase] = {
-        'test_acc': _mean_std([r[phase]['test/acc/student'] for r in per_seed]),
-        'val_acc': _mean_std([r[phase]['val/acc/student'] for r in per_seed]),
-    }
+  summary = _common.summarize(per_seed, ('teacher', 'baseline', 'distilled'),
+                              {'test_acc': 'test/acc/student', 'val_acc': 'val/acc/student'})
   gaps = [
       (r['distilled']['test/acc/student'] - r['baseline']['test/acc/student'])
       / (r['teacher']['test/acc/student'] - r['baseline']['test/acc/student'])
       for r in per_seed
   ]
-  summary['gap_recovered'] = _mean_std(gaps)
+  summary['gap_recovered'] = _common.mean_std(gaps)
   if config.omitted.enabled:
     omitted = {}
     for when in ('before', 'teacher'):
       omitted[when] = {
-          'acc': _mean_std([r['omitted'][when]['acc'] for r in per_seed]),
-          'acc_on_label': _mean_std([r['omitted'][when]['acc_on_label'] for r in per_seed]),
+          'acc': _common.mean_std([r['omitted'][when]['acc'] for r in per_seed]),
+          'acc_on_label': _common.mean_std([r['omitted'][when]['acc_on_label'] for r in per_seed]),
       }
     omitted['by_rule'] = {
         rule: {
-            'bias_delta': _mean_std([r['omitted']['bias_deltas'][rule] for r in per_seed]),
-            'acc': _mean_std([r['omitted']['after_by_rule'][rule]['acc'] for r in per_seed]),
-            'acc_on_label': _mean_std(
+            'bias_delta': _common.mean_std([r['omitted']['bias_deltas'][rule] for r in per_seed]),
+            'acc': _common.mean_std([r['omitted']['after_by_rule'][rule]['acc'] for r in per_seed]),
+            'acc_on_label': _common.mean_std(
                 [r['omitted']['after_by_rule'][rule]['acc_on_label'] for r in per_seed]),
         }
         for rule in ('prior', 'val_acc')
@@ -362,20 +327,17 @@ def format_table(summary: dict, num_test: int) -> str:
   """Markdown table of test accuracy and errors, mean +- std over seeds."""
 
   def pct(stats):
-    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+    return _common.mean_std_text(stats, scale=100)
 
   def errors(stats):
     return f"{num_test * (1 - stats['mean']):.0f} ± {num_test * stats['std']:.0f}"
 
-  lines = [
-      '| model | test accuracy (%) | test errors (of {}) |'.format(num_test),
-      '|---|---|---|',
-  ]
   names = {'teacher': 'teacher', 'baseline': 'student, labels only',
            'distilled': 'student, distilled'}
-  for phase, name in names.items():
-    stats = summary[phase]['test_acc']
-    lines.append(f'| {name} | {pct(stats)} | {errors(stats)} |')
+  lines = _common.markdown_table(
+      ['model', 'test accuracy (%)', f'test errors (of {num_test})'],
+      [[name, pct(summary[phase]['test_acc']), errors(summary[phase]['test_acc'])]
+       for phase, name in names.items()])
   means = {phase: summary[phase]['test_acc']['mean'] for phase in names}
   of_means = (means['distilled'] - means['baseline']) / (means['teacher'] - means['baseline'])
   per_seed = ', '.join(f'{100 * v:.0f} %' for v in summary['gap_recovered']['values'])
@@ -386,24 +348,23 @@ def format_table(summary: dict, num_test: int) -> str:
       "weak can give more than 100 %: the distilled student then beats its teacher).")
   if 'omitted' in summary:
     o = summary['omitted']
+    rows = [['before bias correction', pct(o['before']['acc_on_label']), pct(o['before']['acc'])]]
+    rules = {'prior': "predicted share of validation inputs = training prior",
+             'val_acc': 'best validation accuracy'}
+    for rule, text in rules.items():
+      r = o['by_rule'][rule]
+      rows.append([f"bias raised by {_common.mean_std_text(r['bias_delta'], digits=2)} ({text})",
+                   pct(r['acc_on_label']), pct(r['acc'])])
+    rows.append(['teacher, for reference', pct(o['teacher']['acc_on_label']),
+                 pct(o['teacher']['acc'])])
     lines += [
         '',
         f"Omitted class: every {o['label']} removed from the transfer set "
         f"({o['test_examples_of_label']} test examples of it).",
         '',
-        f"| distilled student | accuracy on class {o['label']} (%) | overall test accuracy (%) |",
-        '|---|---|---|',
-        f"| before bias correction | {pct(o['before']['acc_on_label'])} | {pct(o['before']['acc'])} |",
+        *_common.markdown_table(['distilled student', f"accuracy on class {o['label']} (%)",
+                                 'overall test accuracy (%)'], rows),
     ]
-    rules = {'prior': "predicted share of validation inputs = training prior",
-             'val_acc': 'best validation accuracy'}
-    for rule, text in rules.items():
-      r = o['by_rule'][rule]
-      lines.append(
-          f"| bias raised by {r['bias_delta']['mean']:.2f} ± {r['bias_delta']['std']:.2f} ({text}) "
-          f"| {pct(r['acc_on_label'])} | {pct(r['acc'])} |")
-    lines.append(
-        f"| teacher, for reference | {pct(o['teacher']['acc_on_label'])} | {pct(o['teacher']['acc'])} |")
   return '\n'.join(lines)
 
 
@@ -438,8 +399,13 @@ def plot_learning_curves(
   plt.close(fig)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every seed and writes results.json and the plot; returns the results."""
+def run(config: ml_collections.ConfigDict, workdir: str,
+        command: Sequence[str] | None = None) -> dict:
+  """Runs every seed and writes results.json and the plot; returns the results.
+
+  `command` is the command line recorded with the results (default: this
+  process's).
+  """
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   arrays, num_classes = load_arrays(config)
@@ -457,10 +423,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'summary': summary,
       'wall_seconds': time.time() - start,
       'finished': time.time(),
-      **writers.environment(),
   }
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1, default=list)
+  results = _common.write_results(results, workdir, config, command or _common.command(MODULE, None))
   phases = [p for p in PHASES if p != 'omitted' or config.omitted.enabled]
   title = (f'Hinton et al. (2015) on {config.data.name}: learning curves '
            f'({len(config.seeds)} seed{"s" if len(config.seeds) > 1 else ""})')
@@ -471,7 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
   config, workdir = config_lib.parse_args(argv, description=__doc__)
-  results = run(config, workdir)
+  results = run(config, workdir, _common.command(MODULE, argv))
   print(format_table(results['summary'], results['num_test']))
   print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
         f"results in {workdir}/results.json, plot in {workdir}/learning_curves.png")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import itertools
-import json
 import os
 import sys
 import time
@@ -41,9 +40,9 @@ import time
 import ml_collections
 import numpy as np
 
+from experiments import _common
 from experiments import hinton
 from kdjax import config as config_lib
-from kdjax import writers
 
 # The grids (constants, not config entries: the config holds the choice, this
 # script checks it).
@@ -52,6 +51,7 @@ DISTILL_GRID = {'temperature': (1.0, 2.0, 4.0, 8.0), 'soft_weight': (0.5, 0.9)}
 DISTILL_LEARNING_RATES = (3e-3, 1e-2)
 
 METRIC = 'val/acc/student'
+MODULE = 'experiments.hinton_sweep'
 
 
 def run_name(hparams: dict[str, float]) -> str:
@@ -139,8 +139,9 @@ class _Sweep:
     trainer = self._trainer(config.teacher, config.teacher, self.teacher_model,
                             hinton.label_objective(), None, None)
     workdir = os.path.join(self.workdir, 'teacher', f'seed{self.seed}')
-    self.teacher_variables, metrics = hinton.train_teacher(
-        trainer, self.train, seed=self.seed, workdir=workdir)
+    self.teacher_variables, metrics = _common.train_teacher(
+        trainer, self.train, seed=self.seed, workdir=workdir,
+        config=_common.run_config(config, phase='teacher'))
     self.teacher_trainer = trainer
     return metrics
 
@@ -164,7 +165,8 @@ class _Sweep:
     _, metrics = trainer.train(
         self.train, seed=self.seed + 1000, teacher_variables=teacher_variables,
         workdir=os.path.join(self.workdir, phase, f'seed{self.seed}', name),
-        desc=f'{phase} {name}')
+        desc=f'{phase} {name}',
+        config=_common.run_config(self.config, phase=phase, hparams=dict(hparams)))
     if any(not key.startswith('val/') for key in metrics):
       raise AssertionError(f'non-validation metrics in a sweep run: {sorted(metrics)}')
     print(f'{phase} {name}: val acc {100 * metrics[METRIC]:.1f} % '
@@ -172,8 +174,13 @@ class _Sweep:
     return {'name': name, 'hparams': dict(hparams), 'val': metrics}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the teacher and the three grids; writes and returns results.json's content."""
+def run(config: ml_collections.ConfigDict, workdir: str,
+        command: Sequence[str] | None = None) -> dict:
+  """Runs the teacher and the three grids; writes and returns results.json's content.
+
+  `command` is the command line recorded with the results (default: this
+  process's).
+  """
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   sweep = _Sweep(config, workdir)
@@ -221,11 +228,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 'the test split was not evaluated. Bold: the best run of its grid.'),
       'wall_seconds': time.time() - start,
       'finished': time.time(),
-      **writers.environment(),
   }
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1, default=list)
-  return results
+  return _common.write_results(results, workdir, config,
+                               command or _common.command(MODULE, None))
 
 
 def _verdict(record: dict, keys: Sequence[str]) -> str:
@@ -255,40 +260,29 @@ def format_table(results: dict) -> str:
     text = [f'{100 * acc:.1f}', f'{num_val * (1 - acc):.0f}']
     return [f'**{t}**' for t in text] if run['name'] == best_name else text
 
-  def mark(run, record):
-    return ' (config)' if _is_choice(run, record['config_choice']) else ''
+  def grid_table(record, keys, titles):
+    """The grid's runs: its axes' values (the config's marked), accuracy, errors."""
+    rows = []
+    for r in record['runs']:
+      values = [f"{r['hparams'][key]:g}" for key in keys]
+      if _is_choice(r, record['config_choice']):
+        values[0] += ' (config)'
+      rows.append(values + cells(r, record['best']))
+    header = [*titles, 'val accuracy (%)', f'val errors (of {num_val})']
+    return [*_common.markdown_table(header, rows), '', _verdict(record, keys) + '.', '']
 
   lines = [f"Teacher validation accuracy: {100 * results['teacher']['val'][METRIC]:.1f} %.", '']
-  b = grids['baseline']
   lines += ['Student on labels only:', '',
-            f'| learning rate | weight decay | val accuracy (%) | val errors (of {num_val}) |',
-            '|---|---|---|---|']
-  for r in b['runs']:
-    h = r['hparams']
-    lines.append(f"| {h['learning_rate']:g}{mark(r, b)} | {h['weight_decay']:g} | "
-                 + ' | '.join(cells(r, b['best'])) + ' |')
-  lines += ['', _verdict(b, ('learning_rate', 'weight_decay')) + '.', '']
-
+            *grid_table(grids['baseline'], ('learning_rate', 'weight_decay'),
+                        ('learning rate', 'weight decay'))]
   d = grids['distilled']
   lines += [f"Distilled student, learning rate {d['fixed']['learning_rate']:g}, "
             f"weight decay {d['fixed']['weight_decay']:g}:", '',
-            f'| temperature | soft weight | val accuracy (%) | val errors (of {num_val}) |',
-            '|---|---|---|---|']
-  for r in d['runs']:
-    h = r['hparams']
-    lines.append(f"| {h['temperature']:g}{mark(r, d)} | {h['soft_weight']:g} | "
-                 + ' | '.join(cells(r, d['best'])) + ' |')
-  lines += ['', _verdict(d, ('temperature', 'soft_weight')) + '.', '']
-
+            *grid_table(d, ('temperature', 'soft_weight'), ('temperature', 'soft weight'))]
   lr = grids['distilled_lr']
   lines += [f"Distilled student at the best temperature {lr['fixed']['temperature']:g} and "
             f"soft weight {lr['fixed']['soft_weight']:g}:", '',
-            f'| learning rate | val accuracy (%) | val errors (of {num_val}) |',
-            '|---|---|---|']
-  for r in lr['runs']:
-    lines.append(f"| {r['hparams']['learning_rate']:g}{mark(r, lr)} | "
-                 + ' | '.join(cells(r, lr['best'])) + ' |')
-  lines += ['', _verdict(lr, ('learning_rate',)) + '.', '']
+            *grid_table(lr, ('learning_rate',), ('learning rate',))]
   # One validation error is 1/num_val; the binomial standard error of one
   # accuracy is what separates a real difference from the noise.
   acc = d['best_val_acc']
@@ -301,7 +295,7 @@ def format_table(results: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
   config, workdir = config_lib.parse_args(argv, description=__doc__)
-  results = run(config, workdir)
+  results = run(config, workdir, _common.command(MODULE, argv))
   print(format_table(results))
   print(f"\nSweep (seed {results['seed']}) in {results['wall_seconds']:.0f} s; "
         f'results in {workdir}/results.json')

@@ -15,7 +15,6 @@ the table of held-out bits per byte.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import json
 import math
 import os
 import sys
@@ -28,17 +27,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from kdjax import checkpoint
+from experiments import _common
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import losses
-from kdjax import loop
 from kdjax import objective as objective_lib
 from kdjax import step as step_lib
-from kdjax import writers
 from kdjax import zoo
 from kdjax._outputs import Outputs
 
+MODULE = 'experiments.lm_kd'
 TRAIN_KEYS = ('tokens', 'labels', 'mask')
 TEACHER_LOGITS_KEY = 'teacher_logits'
 # variant -> (token_distill divergence, its hyper-parameter, the kd config key holding it)
@@ -180,71 +178,54 @@ class Model:
     self.init = jax.jit(init)
 
 
-class Trainer:
-  """One model and objective; the epoch compiles once for all seeds."""
+class Trainer(_common.Trainer):
+  """One model and objective; the epoch compiles once for all seeds.
+
+  Trains with the validation bits per byte logged every epoch; returns
+  (and logs, split ``'final'``) the validation and test bits per byte, the
+  training time and the steps.
+  """
 
   def __init__(self, model: Model, objective, *, teacher_apply, evals, eval_batch_size,
                progress):
-    self.model, self.evals, self.progress = model, evals, progress
+    self.model, self.evals = model, evals
     self.eval_batch_size = eval_batch_size
     train_step = step_lib.make_train_step(model.apply, teacher_apply, objective, model.optimizer)
-    self.epoch_fn = jax.jit(
-        loop.make_epoch_fn(train_step, batch_size=model.cfg.batch_size), donate_argnums=0)
+    super().__init__(
+        train_step, model.init, lambda s: self.bits(s.variables, ('val',)),
+        epochs=model.cfg.epochs, batch_size=model.cfg.batch_size, eval_every=1, save_every=1,
+        progress=progress, final_evaluate_fn=lambda s: self.bits(s.variables, ('val', 'test')),
+        write_final=True)
 
-  def evaluate(self, variables, splits: Sequence[str]) -> dict[str, float]:
+  def bits(self, variables, splits: Sequence[str]) -> dict[str, float]:
     return {f'{split}/bpc': bits_per_byte(self.model.nll_fn, variables, self.evals[split],
                                           self.eval_batch_size) for split in splits}
 
-  def train(self, train, *, seed, teacher_variables, workdir, desc):
-    """Trains from a fresh init (or resumes `workdir`'s checkpoint)."""
+  def train(self, train, **kwargs):
+    """:meth:`experiments._common.Trainer.train`, plus ``'seconds'`` and ``'steps'``."""
     start = time.time()
-    state = self.model.init(jax.random.PRNGKey(seed))
-    epochs = self.model.cfg.epochs
-    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=1)
-    with writers.MetricWriter(workdir) as writer:
-      state = loop.fit(
-          self.epoch_fn, state, teacher_variables, train, num_epochs=epochs, seed=seed,
-          evaluate_fn=lambda s: self.evaluate(s.variables, ('val',)), eval_every=1,
-          writer=writer, manager=manager, save_every=1, desc=desc, progress=self.progress)
-      metrics = self.evaluate(state.variables, ('val', 'test'))
-      writer.write(int(state.step), metrics, split='final')
-    manager.close()
-    metrics['seconds'] = time.time() - start
-    metrics['steps'] = int(state.step)
-    return state, metrics
-
-
-def train_teacher(trainer, train, *, seed, workdir):
-  """Trains (or resumes) the teacher; students get it back from its own checkpoint."""
-  state, metrics = trainer.train(train, seed=seed, teacher_variables=None, workdir=workdir,
-                                 desc='teacher')
-  final = os.path.join(workdir, 'final')
-  checkpoint.save_teacher(final, state.variables, overwrite=True)
-  return checkpoint.load_teacher(final, state.variables), metrics
-
-
-def _mean_std(values: Sequence[float]) -> dict:
-  values = np.asarray(values, np.float64)
-  return {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-          'values': [float(v) for v in values]}
+    state, metrics = super().train(train, **kwargs)
+    return state, {**metrics, 'seconds': time.time() - start, 'steps': int(state.step)}
 
 
 def summarize(per_seed: list[dict], variants: Sequence[str]) -> dict:
   """Means and standard deviations over seeds; paired differences to labels only."""
-  summary = {}
+  summary = _common.summarize(per_seed, variants,
+                              {'val': 'val/bpc', 'test': 'test/bpc', 'seconds': 'seconds'})
   for variant in variants:
-    summary[variant] = {
-        split: _mean_std([r[variant][f'{split}/bpc'] for r in per_seed]) for split in ('val', 'test')
-    }
-    summary[variant]['seconds'] = _mean_std([r[variant]['seconds'] for r in per_seed])
     if variant != 'labels' and 'labels' in variants:
-      summary[variant]['test_minus_labels'] = _mean_std(
+      summary[variant]['test_minus_labels'] = _common.mean_std(
           [r[variant]['test/bpc'] - r['labels']['test/bpc'] for r in per_seed])
   return summary
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains the teacher and every student variant for every seed; writes results.json."""
+def run(config: ml_collections.ConfigDict, workdir: str,
+        command: Sequence[str] | None = None) -> dict:
+  """Trains the teacher and every student variant for every seed; writes results.json.
+
+  `command` is the command line recorded with the results (default: this
+  process's).
+  """
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   arrays = load_arrays(config)
@@ -258,9 +239,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   teacher = Trainer(teacher_model, make_objective('labels', config.kd), teacher_apply=None,
                     **common)
-  teacher_variables, teacher_metrics = train_teacher(
+  teacher_variables, teacher_metrics = _common.train_teacher(
       teacher, jax.device_put(train), seed=config.teacher_seed,
-      workdir=os.path.join(workdir, 'teacher'))
+      workdir=os.path.join(workdir, 'teacher'), desc='teacher',
+      config=_common.run_config(config, phase='teacher'))
 
   kd_train, kd_teacher_variables, kd_teacher_apply = train, teacher_variables, teacher_model.apply
   if config.kd.cache_teacher_logits and any(v != 'labels' for v in config.variants):
@@ -283,7 +265,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _, metrics = trainers[key].train(
         kd_train_device if is_kd else train_device, seed=seed + 1000,
         teacher_variables=kd_teacher_variables if is_kd else None,
-        workdir=os.path.join(workdir, subdir, f'seed{seed}'), desc=f'{subdir} s{seed}')
+        workdir=os.path.join(workdir, subdir, f'seed{seed}'), desc=f'{subdir} s{seed}',
+        config=_common.run_config(config, variant=variant, kd_weight=kd_weight))
     return metrics
 
   trainers, per_seed, selection = {}, [], {}
@@ -322,11 +305,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'selection': selection,
       'wall_seconds': time.time() - start,
       'finished': time.time(),
-      **writers.environment(),
   }
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=1, default=list)
-  return results
+  return _common.write_results(results, workdir, config,
+                               command or _common.command(MODULE, None))
 
 
 def describe(results: dict) -> str:
@@ -367,17 +348,12 @@ def format_table(results: dict) -> str:
   """Markdown table of held-out bits per byte, mean ± std over seeds."""
   summary, kd, params = results['summary'], results['config']['kd'], results['params']
 
-  def stat(s, digits=3):
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+  def stat(s):
+    return _common.mean_std_text(s, digits=3)
 
   teacher = results['teacher']
-  lines = [
-      '| model | parameters | test bits/byte | validation bits/byte | test − labels only '
-      '(paired) | train time (s) |',
-      '|---|---|---|---|---|---|',
-      f"| teacher (one run) | {params['teacher']:,} | {teacher['test/bpc']:.3f} | "
-      f"{teacher['val/bpc']:.3f} | | {teacher['seconds']:.0f} |",
-  ]
+  rows = [['teacher (one run)', f"{params['teacher']:,}", f"{teacher['test/bpc']:.3f}",
+           f"{teacher['val/bpc']:.3f}", '', f"{teacher['seconds']:.0f}"]]
   for variant, stats in summary.items():
     name = VARIANT_NAMES[variant].format(beta=kd['jsd_beta'], alpha=kd['skew_alpha'])
     if variant in results.get('selection', {}):
@@ -385,32 +361,34 @@ def format_table(results: dict) -> str:
       name = (name.replace(') + labels', f', {weight}) + labels') if ') + labels' in name
               else name.replace(' + labels', f' ({weight}) + labels'))
     diff = stat(stats['test_minus_labels']) if 'test_minus_labels' in stats else ''
-    lines.append(
-        f"| {name} | {params['student']:,} | {stat(stats['test'])} | {stat(stats['val'])} | "
-        f"{diff} | {stats['seconds']['mean']:.0f} |")
+    rows.append([name, f"{params['student']:,}", stat(stats['test']), stat(stats['val']), diff,
+                 f"{stats['seconds']['mean']:.0f}"])
+  lines = _common.markdown_table(
+      ['model', 'parameters', 'test bits/byte', 'validation bits/byte',
+       'test − labels only (paired)', 'train time (s)'], rows)
   selection = results.get('selection', {})
   if selection:
     grid = next(iter(selection.values()))['grid']
     seed = results['config']['seeds'][0]
+    choices = []
+    for variant, chosen in selection.items():
+      name = VARIANT_NAMES[variant].format(beta=kd['jsd_beta'], alpha=kd['skew_alpha'])
+      name = name.removeprefix('student, ').removesuffix(' + labels')
+      choices.append([name, *(f'{v:.3f}' for v in chosen['val_bpc']), f"{chosen['chosen']:g}"])
     lines += [
         '',
         f'Choice of w (validation bits/byte of seed {seed}; the chosen run is the one in the '
         'table):',
         '',
-        '| divergence | ' + ' | '.join(f'w = {w:g}' for w in grid) + ' | chosen w |',
-        '|---|' + '---|' * (len(grid) + 1),
+        *_common.markdown_table(['divergence', *(f'w = {w:g}' for w in grid), 'chosen w'],
+                                choices),
     ]
-    for variant, chosen in selection.items():
-      name = VARIANT_NAMES[variant].format(beta=kd['jsd_beta'], alpha=kd['skew_alpha'])
-      name = name.removeprefix('student, ').removesuffix(' + labels')
-      lines.append(f'| {name} | ' + ' | '.join(f'{v:.3f}' for v in chosen['val_bpc'])
-                   + f" | {chosen['chosen']:g} |")
   return '\n'.join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   config, workdir = config_lib.parse_args(argv, description=__doc__)
-  results = run(config, workdir)
+  results = run(config, workdir, _common.command(MODULE, argv))
   print(format_table(results))
   print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
         f"results in {workdir}/results.json")

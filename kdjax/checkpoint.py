@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from kdjax import provenance
 from kdjax.step import TrainState
 
 _STATE = 'state'
@@ -66,6 +67,7 @@ def save(
     *,
     data_state: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    config: Any = None,
     force: bool = False,
 ) -> bool:
   """Saves the student state at ``state.step``.
@@ -75,7 +77,10 @@ def save(
     state: the student's :class:`~kdjax.step.TrainState`.
     data_state: the data iterator's position (JSON-serialisable, e.g. a grain
       iterator's ``get_state()``), restored with the state.
-    metadata: any other JSON-serialisable values (config, seeds).
+    metadata: any other JSON-serialisable values (seeds, notes).
+    config: the run's config (``ConfigDict`` or JSON-like tree); its
+      flattened items and :func:`kdjax.provenance.config_hash` are stored, so
+      that :func:`restore` given a config can refuse another run's checkpoint.
     force: save even if the step is not on the save interval.
 
   Returns:
@@ -88,6 +93,9 @@ def save(
     )
   step = int(jax.device_get(state.step))
   meta = {'data_state': data_state, 'metadata': dict(metadata or {})}
+  if config is not None:
+    meta['config'] = provenance.flatten(config)
+    meta['config_hash'] = provenance.config_hash(config)
   return manager.save(
       step,
       args=ocp.args.Composite(
@@ -102,6 +110,7 @@ def restore(
     target: TrainState,
     *,
     step: int | None = None,
+    config: Any = None,
 ) -> tuple[TrainState, Any, dict] | None:
   """Restores the latest (or a given) student checkpoint.
 
@@ -110,13 +119,22 @@ def restore(
     target: a state with the right structure (e.g. a freshly initialised
       one); its shapes, dtypes and shardings are used, its values ignored.
     step: the step to restore; ``None`` for the latest.
+    config: the current run's config; if given, the checkpoint must have been
+      saved with a config of the same hash.
 
   Returns:
     ``(state, data_state, metadata)``, or ``None`` if there is no checkpoint.
+
+  Raises:
+    ConfigMismatchError: `config` was given and the checkpoint was saved
+      with another config (the error names the keys that changed) or
+      with none.
   """
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
+  if config is not None:
+    _check_config(manager, step, config)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   restored = manager.restore(
       step,
@@ -126,6 +144,32 @@ def restore(
   )
   meta = restored[_META]
   return restored[_STATE], meta.get('data_state'), meta.get('metadata', {})
+
+
+class ConfigMismatchError(ValueError):
+  """A checkpoint belongs to another config than the run restoring it."""
+
+
+def _check_config(manager: ocp.CheckpointManager, step: int, config: Any) -> None:
+  """Raises ConfigMismatchError unless `step`'s checkpoint was saved with `config`."""
+  meta = manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))[_META]
+  where = f'the checkpoint at step {step} in {manager.directory}'
+  if 'config_hash' not in meta:
+    raise ConfigMismatchError(
+        f'{where} records no config, so it cannot be checked against this run\'s; '
+        'use a fresh directory (or restore without config=)')
+  if meta['config_hash'] == provenance.config_hash(config):
+    return
+  old, new = meta.get('config', {}), provenance.flatten(config)
+  changes = []
+  for key in provenance.changed_keys(old, new):
+    before = repr(old[key]) if key in old else '(absent)'
+    after = repr(new[key]) if key in new else '(absent)'
+    changes.append(f'{key}: {before} -> {after}')
+  raise ConfigMismatchError(
+      f'{where} was saved with another config; changed keys: '
+      + ('; '.join(changes) or '(none by value: the hash function changed)')
+      + '. Use a fresh directory to train with the new config.')
 
 
 def save_teacher(

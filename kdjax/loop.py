@@ -127,6 +127,7 @@ def fit(
     save_every: int = 10,
     desc: str = 'train',
     progress: bool = True,
+    config: Any = None,
 ) -> TrainState:
   """Runs `num_epochs` epochs, resuming from `manager`'s latest checkpoint.
 
@@ -135,7 +136,10 @@ def fit(
   metrics (and every `eval_every` epochs the `evaluate_fn` metrics, split
   ``'eval'``) go to `writer`, and the state is saved with the epoch as its
   data position every `save_every` epochs and at the end; an interrupted run
-  resumes from the last save.
+  resumes from the last save. Given a `config`, every save records it and a
+  resume refuses a checkpoint saved with another config
+  (:class:`kdjax.checkpoint.ConfigMismatchError`, naming the keys that
+  changed).
 
   Args:
     epoch_fn: a jitted function from :func:`make_epoch_fn`.
@@ -152,13 +156,16 @@ def fit(
     save_every: save every this many epochs (and after the last).
     desc: the progress bar's label.
     progress: show a progress bar.
+    config: what identifies this run (a ``ConfigDict`` or JSON-like tree,
+      e.g. the experiment's config and the seed); ``None`` saves none and
+      checks nothing.
 
   Returns:
     The final state.
   """
   start = 0
   if manager is not None:
-    restored = checkpoint_lib.restore(manager, state)
+    restored = checkpoint_lib.restore(manager, state, config=config)
     if restored is not None:
       state, data_state, _ = restored
       if not data_state or 'epoch' not in data_state:
@@ -184,7 +191,8 @@ def fit(
         postfix['eval_acc'] = f"{eval_means['acc/student']:.4f}"
     bar.set_postfix(postfix)
     if manager is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == num_epochs):
-      checkpoint_lib.save(manager, state, data_state={'epoch': epoch + 1}, force=True)
+      checkpoint_lib.save(manager, state, data_state={'epoch': epoch + 1}, config=config,
+                          force=True)
   if manager is not None:
     manager.wait_until_finished()
   return state

@@ -149,3 +149,30 @@ def test_save_rejects_teacher_variables(tmp_path):
 def test_load_teacher_missing_directory_is_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match='no teacher checkpoint'):
     checkpoint.load_teacher(tmp_path / 'nowhere')
+
+
+def test_restore_refuses_another_configs_checkpoint_naming_the_keys(tmp_path):
+  _, state, _ = _setup()
+  config = {'kd': {'temperature': 4.0, 'soft_weight': 0.5}, 'seed': 0}
+  manager = checkpoint.make_manager(tmp_path / 'ckpt')
+  checkpoint.save(manager, state, data_state={'epoch': 1}, config=config)
+  manager.wait_until_finished()
+  restored, data_state, _ = checkpoint.restore(manager, state, config=dict(config))
+  assert data_state == {'epoch': 1}
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+  other = {'kd': {'temperature': 2.0, 'soft_weight': 0.5}, 'seed': 0, 'new_key': True}
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=r'changed keys: kd\.temperature: 4\.0 -> 2\.0; new_key: \(absent\) -> True'):
+    checkpoint.restore(manager, state, config=other)
+  assert checkpoint.restore(manager, state) is not None  # no config: nothing checked
+  manager.close()
+
+
+def test_restore_with_a_config_refuses_a_checkpoint_that_records_none(tmp_path):
+  _, state, _ = _setup()
+  manager = checkpoint.make_manager(tmp_path / 'ckpt')
+  checkpoint.save(manager, state)
+  manager.wait_until_finished()
+  with pytest.raises(checkpoint.ConfigMismatchError, match='records no config'):
+    checkpoint.restore(manager, state, config={'seed': 0})
+  manager.close()

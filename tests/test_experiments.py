@@ -2,13 +2,18 @@
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
 
 from experiments import hinton
 from experiments import make_results
+from kdjax import checkpoint
+from kdjax import provenance
 from kdjax import writers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _tiny_hinton_args(workdir, data_dir):
@@ -54,10 +59,57 @@ def test_hinton_rerun_resumes_instead_of_retraining(tiny_hinton_run):
 
 def test_make_results_generates_the_section(tiny_hinton_run, tmp_path):
   out = tmp_path / 'results.md'
-  make_results.main(['--runs', str(tiny_hinton_run.parent), '--out', str(out)])
+  others = [arg for name in make_results.NAMES if name != 'hinton_cpu' for arg in ('--keep', name)]
+  make_results.main(['--record', str(tiny_hinton_run), '--results', str(tmp_path / 'results'),
+                     '--out', str(out), *others])
   text = out.read_text()
   assert 'Hinton, Vinyals & Dean (2015)' in text
   assert 'student, distilled' in text and 'Gap recovered' in text
+  with open(tmp_path / 'results' / 'hinton_cpu.json') as f:
+    recorded = json.load(f)['provenance']
+  # The section names the run's own commit, config hash and command line.
+  assert f"Commit `{recorded['git']['commit'][:12]}`" in text
+  assert f"config hash `{recorded['config_hash'][:12]}`" in text
+  assert '--config.teacher.hidden_sizes=(4, 4, 4)' in text
+  assert text.count('Provenance not recorded (run predates provenance)') == 3  # the others
+
+
+def test_results_record_their_provenance(tiny_hinton_run):
+  with open(tiny_hinton_run / 'results.json') as f:
+    results = json.load(f)
+  record = results['provenance']
+  args = _tiny_hinton_args(tiny_hinton_run, tiny_hinton_run.parent / 'tfds')
+  assert record['command'] == ['python', '-m', 'experiments.hinton', *args]
+  assert record['config'] == results['config']
+  assert record['config_hash'] == provenance.config_hash(results['config'])
+  assert len(record['git']['commit']) == 40 and isinstance(record['git']['dirty'], bool)
+  assert record['versions']['jax'] and record['versions']['orbax-checkpoint']
+  assert record['machine']['jax_devices']
+
+
+def test_same_command_twice_gives_identical_results(tmp_path, monkeypatch):
+  """Two runs of one command (two working directories): equal results.json but for times."""
+  args = [
+      f'--config={REPO / "experiments" / "configs" / "hinton.py"}:cpu', '--workdir=run',
+      *_tiny_hinton_args('run', tmp_path / 'tfds')[2:], '--config.omitted.enabled=false',
+  ]
+  texts = []
+  for name in ('first', 'second'):
+    (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / name)
+    hinton.main(args)
+    with open(tmp_path / name / 'run' / 'results.json') as f:
+      results = json.load(f)
+    for key in ('wall_seconds', 'finished'):  # the run's times, nothing else
+      del results[key]
+    texts.append(json.dumps(results, sort_keys=True))
+  assert texts[0] == texts[1]
+
+
+def test_rerun_with_another_config_refuses_the_old_checkpoints(tiny_hinton_run):
+  args = _tiny_hinton_args(tiny_hinton_run, tiny_hinton_run.parent / 'tfds')
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r'kd\.temperature: 4\.0 -> 2\.0'):
+    hinton.main([*args, '--config.kd.temperature=2'])
 
 
 def test_choose_bias_rules():

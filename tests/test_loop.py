@@ -164,3 +164,48 @@ def test_fit_refuses_a_checkpoint_without_epoch(tmp_path):
     loop.fit(epoch, state, teacher_vars, data, num_epochs=1, seed=0, manager=manager,
              progress=False)
   manager.close()
+
+
+def _recording_epoch(train_step, seen, batch_size=8):
+  """An epoch whose steps append the indices of their batch's examples to `seen`."""
+
+  def step(state, teacher_variables, batch):
+    jax.debug.callback(lambda i: seen.append(np.asarray(i)), batch['index'], ordered=True)
+    return train_step(state, teacher_variables, batch)
+
+  return jax.jit(loop.make_epoch_fn(step, batch_size=batch_size))
+
+
+def test_fit_shuffles_every_epoch_differently_as_documented():
+  train_step, state, teacher_vars, data, _ = _setup()
+  data = {**data, 'index': np.arange(36, dtype=np.int32)}
+  seen = []
+  loop.fit(_recording_epoch(train_step, seen), state, teacher_vars, data, num_epochs=3,
+           seed=1, progress=False)
+  jax.effects_barrier()
+  orders = np.concatenate(seen).reshape(3, 32)  # 3 epochs of 4 batches of 8
+  assert all(len(set(order.tolist())) == 32 for order in orders)  # no example twice
+  for a in range(3):
+    for b in range(a + 1, 3):
+      assert not np.array_equal(orders[a], orders[b]), (a, b)
+  # The documented key, fold_in(PRNGKey(seed), epoch), is the one each epoch used.
+  for epoch, order in enumerate(orders):
+    key = jax.random.fold_in(jax.random.PRNGKey(1), epoch)
+    shuffle_key, _ = jax.random.split(key)
+    np.testing.assert_array_equal(order, np.asarray(jax.random.permutation(shuffle_key, 36))[:32])
+
+
+def test_fit_refuses_to_resume_another_configs_checkpoint(tmp_path):
+  train_step, state, teacher_vars, data, _ = _setup()
+  epoch = jax.jit(loop.make_epoch_fn(train_step, batch_size=8))
+  config = {'lr': 0.01, 'seed': 1}
+  manager = checkpoint.make_manager(tmp_path / 'ckpt')
+  loop.fit(epoch, state, teacher_vars, data, num_epochs=2, seed=1, manager=manager,
+           config=config, progress=False)
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r'changed keys: lr: 0\.01 -> 0\.1'):
+    loop.fit(epoch, state, teacher_vars, data, num_epochs=3, seed=1, manager=manager,
+             config={'lr': 0.1, 'seed': 1}, progress=False)
+  resumed = loop.fit(epoch, state, teacher_vars, data, num_epochs=2, seed=1, manager=manager,
+                     config=dict(config), progress=False)
+  assert int(resumed.step) == 2 * 4  # restored after two epochs, nothing retrained
+  manager.close()

@@ -1,0 +1,164 @@
+"""What every experiment script shares: the Trainer, teachers, statistics, tables, results files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from kdjax import checkpoint
+from kdjax import loop
+from kdjax import provenance
+from kdjax import writers
+
+# Config entries that say which runs to make or how to show them, not what a
+# run trains: a checkpoint stays valid when they change.
+NOT_IDENTIFYING = ('seeds', 'progress', 'methods', 'variants')
+
+
+def run_config(config: ml_collections.ConfigDict, **run: Any) -> dict[str, Any]:
+  """What identifies one training run, for its checkpoints.
+
+  The experiment's config (less :data:`NOT_IDENTIFYING`) and `run`, the
+  phase and whatever else sets this run apart (hyper-parameters of a sweep
+  point); :meth:`Trainer.train` adds the seed. A resumed run whose identity
+  differs is refused (:class:`kdjax.checkpoint.ConfigMismatchError`): a
+  workdir belongs to one config.
+  """
+  experiment = {k: v for k, v in config.to_dict().items() if k not in NOT_IDENTIFYING}
+  return {'experiment': experiment, 'run': run}
+
+
+class Trainer:
+  """One training recipe (train step, init, evaluation), compiled once for all seeds.
+
+  Args:
+    train_step: from :func:`kdjax.step.make_train_step` (or alike).
+    init_fn: ``init(key) -> TrainState`` (jitted here).
+    evaluate_fn: ``evaluate(state) -> {name: value}``, run during training.
+    epochs: epochs per run.
+    batch_size: examples per step.
+    augment: optional ``augment(batch, key) -> batch``.
+    eval_every: evaluate every this many epochs (and after the last).
+    save_every: checkpoint every this many epochs (and after the last).
+    progress: show a progress bar.
+    final_evaluate_fn: the metrics returned after training (default
+      `evaluate_fn`).
+    write_final: also write those metrics to the run's log, split ``'final'``.
+  """
+
+  def __init__(self, train_step, init_fn, evaluate_fn, *, epochs: int, batch_size: int,
+               augment=None, eval_every: int, save_every: int, progress: bool,
+               final_evaluate_fn: Callable[[Any], dict] | None = None, write_final: bool = False):
+    self.epochs, self.progress = epochs, progress
+    self.eval_every, self.save_every = eval_every, save_every
+    self.epoch_fn = jax.jit(
+        loop.make_epoch_fn(train_step, batch_size=batch_size, augment=augment),
+        donate_argnums=0)
+    self.init = jax.jit(init_fn)
+    self.evaluate = evaluate_fn
+    self.final_evaluate = final_evaluate_fn or evaluate_fn
+    self.write_final = write_final
+
+  def train(self, train, *, seed: int, teacher_variables, workdir: str, desc: str,
+            config: Mapping[str, Any], state=None):
+    """Trains from `state` (default: a fresh init) or resumes `workdir`'s checkpoint.
+
+    `config` (from :func:`run_config`) and `seed` identify the run: they are
+    saved with each checkpoint, and a checkpoint saved under another
+    identity is refused rather than resumed.
+    """
+    if state is None:
+      state = self.init(jax.random.PRNGKey(seed))
+    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=1)
+    with writers.MetricWriter(workdir) as writer:
+      state = loop.fit(
+          self.epoch_fn, state, teacher_variables, train,
+          num_epochs=self.epochs, seed=seed, evaluate_fn=self.evaluate,
+          eval_every=self.eval_every, writer=writer, manager=manager,
+          save_every=self.save_every, desc=desc, progress=self.progress,
+          config={**config, 'seed': seed},
+      )
+      metrics = self.final_evaluate(state)
+      if self.write_final:
+        writer.write(int(state.step), metrics, split='final')
+    manager.close()
+    return state, metrics
+
+
+def train_teacher(trainer: Trainer, train, *, seed: int, workdir: str,
+                  config: Mapping[str, Any], desc: str | None = None):
+  """Trains (or resumes) a teacher, writes its own checkpoint and reads it back.
+
+  Students get the variables read from the teacher's checkpoint, so what
+  they learn from is exactly what was saved. Returns the variables and the
+  teacher's final metrics.
+  """
+  state, metrics = trainer.train(train, seed=seed, teacher_variables=None, workdir=workdir,
+                                 desc=desc or f'teacher s{seed}', config=config)
+  final = os.path.join(workdir, 'final')
+  # (A rerun restores the same teacher from its training checkpoint.)
+  checkpoint.save_teacher(final, state.variables, overwrite=True)
+  return checkpoint.load_teacher(final, state.variables), metrics
+
+
+# ----------------------------------------------------------------------------
+# Statistics and tables.
+
+
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+  """Mean, sample standard deviation (0 for one value) and the values themselves."""
+  values = np.asarray(values, np.float64)
+  return {'mean': float(values.mean()),
+          'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+          'values': [float(v) for v in values]}
+
+
+def summarize(per_seed: Sequence[Mapping[str, Mapping[str, float]]], phases: Sequence[str],
+              metrics: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+  """``{phase: {name: mean_std over seeds of r[phase][key]}}`` for ``name, key`` in `metrics`."""
+  return {phase: {name: mean_std([r[phase][key] for r in per_seed])
+                  for name, key in metrics.items()}
+          for phase in phases}
+
+
+def mean_std_text(stats: Mapping[str, float], *, scale: float = 1.0, digits: int = 1) -> str:
+  """``'mean ± std'`` of a :func:`mean_std` record, times `scale`, to `digits` decimals."""
+  return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  """The lines of a Markdown table."""
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  return lines + ['| ' + ' | '.join(row) + ' |' for row in rows]
+
+
+# ----------------------------------------------------------------------------
+# Results files.
+
+
+def command(module: str, argv: Sequence[str] | None) -> list[str]:
+  """The command line that runs `module` with `argv` (default: this process's arguments)."""
+  return ['python', '-m', module, *(sys.argv[1:] if argv is None else argv)]
+
+
+def write_results(results: Mapping[str, Any], workdir: str, config: ml_collections.ConfigDict,
+                  command_line: Sequence[str] | None) -> dict[str, Any]:
+  """Writes ``<workdir>/results.json`` with its provenance; returns what was written.
+
+  The provenance (:func:`kdjax.provenance.record`: commit, dirty tree,
+  command, config and hash, versions, machine) goes under ``'provenance'``.
+  The file is replaced atomically, so a reader never sees half of it.
+  """
+  results = {**results, 'provenance': provenance.record(config, command=command_line)}
+  path = os.path.join(workdir, 'results.json')
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=1, default=list)
+  os.replace(path + '.tmp', path)
+  return results
