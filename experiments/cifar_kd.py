@@ -44,7 +44,6 @@ from kdjax import data as data_lib
 from kdjax import explain
 from kdjax import losses
 from kdjax import loop
-from kdjax import metrics as metrics_lib
 from kdjax import objective as objective_lib
 from kdjax import recipes
 from kdjax import step as step_lib

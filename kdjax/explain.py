@@ -38,6 +38,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from matplotlib.figure import Figure
 import numpy as np
 
 from kdjax import _checks
@@ -442,10 +443,6 @@ def plot_maps(
   Returns:
     The :class:`matplotlib.figure.Figure`.
   """
-  try:
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  except ImportError as error:
-    raise ImportError('plot_maps needs matplotlib: pip install matplotlib') from error
   images = np.asarray(images, np.float32)
   if images.ndim == 4 and images.shape[-1] == 1:
     images = images[..., 0]

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from typing import Any
 
+import jax
+
 # Distributions whose versions go into every record.
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,8 +115,6 @@ def versions() -> dict[str, str | None]:
 
 def machine() -> dict[str, Any]:
   """The platform, CPU count and model, and the JAX backend and devices."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   cpu = platform.processor() or platform.machine()
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as f:

@@ -9,6 +9,11 @@ import os
 import time
 from typing import Any
 
+import jax
+from tensorboardX import SummaryWriter
+
+from kdjax import provenance
+
 
 class MetricWriter:
   """Writes scalar metrics to ``<workdir>/metrics.jsonl`` and TensorBoard.
@@ -31,8 +36,6 @@ class MetricWriter:
     self._jsonl = open(os.path.join(self.workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-
       self._tb = SummaryWriter(os.path.join(self.workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train') -> None:
@@ -69,23 +72,15 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def environment() -> dict[str, str]:
-  """Versions and machine, for recording next to results."""
-  import platform  # pylint: disable=g-import-not-at-top
+  """Versions and machine in one line each, for benchmark reports.
 
-  import jax  # pylint: disable=g-import-not-at-top
-
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    if names:
-      cpu = names[0]
-  except OSError:
-    pass
+  (The full record that results files carry is :func:`kdjax.provenance.record`.)
+  """
+  machine = provenance.machine()
   devices = jax.devices()
   return {
       'jax_version': jax.__version__,
-      'backend': jax.default_backend(),
+      'backend': machine['jax_backend'],
       'devices': f'{len(devices)} x {devices[0].device_kind}',
-      'machine': f'{os.cpu_count()} CPUs ({cpu})',
+      'machine': f"{machine['cpu_count']} CPUs ({machine['cpu']})",
   }

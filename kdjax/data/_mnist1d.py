@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -49,8 +51,6 @@ def make_mnist1d_arrays() -> dict[str, np.ndarray]:
     A dict with 'x' float32 [4000, 40], 'y' int64 [4000], 'x_test' float32
     [1000, 40] and 'y_test' int64 [1000], in make_dataset's order.
   """
-  import random  # pylint: disable=g-import-not-at-top
-
   mnist1d_data = _builder.import_optional(
       'mnist1d.data', needed_for='Building mnist1d', package='mnist1d'
   )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 
@@ -42,6 +41,25 @@ def _check_divergence(divergence: str, beta, alpha) -> None:
       check_schedule(name, value, positive=False)
 
 
+def _token_term(per_token, divergence, temperature, beta, alpha, mask_key) -> Term:
+  """A term of ``per_token(student, teacher, divergence=, temperature=, beta/alpha=)``.
+
+  Checks the divergence and its hyper-parameters at build time, evaluates the
+  schedules at the step, and returns the term's own token mask.
+  """
+  check_schedule('temperature', temperature, positive=True)
+  _check_divergence(divergence, beta, alpha)
+
+  def term(student, teacher, batch, step):
+    values = per_token(
+        student, require_teacher(teacher), divergence=divergence,
+        temperature=schedule_value(temperature, step),
+        **_hyperparameters(step, beta, alpha))
+    return values, _own_token_mask(batch, mask_key)
+
+  return term
+
+
 def token_distill(
     divergence: str = 'forward_kl',
     *,
@@ -77,23 +95,10 @@ def token_distill(
     A :class:`Term` giving ``[batch, time]`` values and ``batch[mask_key]``
     (or ``None``) as their mask.
   """
-  check_schedule('temperature', temperature, positive=True)
-  _check_divergence(divergence, beta, alpha)
-
-  def term(student, teacher, batch, step):
-    teacher = require_teacher(teacher)
-    mask = _own_token_mask(batch, mask_key)
-    values = losses.token_divergence(
-        student.logits,
-        teacher.logits,
-        divergence=divergence,
-        temperature=schedule_value(temperature, step),
-        vocab_size=vocab_size,
-        **_hyperparameters(step, beta, alpha),
-    )
-    return values, mask
-
-  return term
+  return _token_term(
+      lambda student, teacher, **kwargs: losses.token_divergence(
+          student.logits, teacher.logits, vocab_size=vocab_size, **kwargs),
+      divergence, temperature, beta, alpha, mask_key)
 
 
 def chunked_distill(
@@ -142,24 +147,10 @@ def chunked_distill(
     A :class:`Term` giving ``[batch, time]`` values and ``batch[mask_key]``
     (or ``None``) as their mask.
   """
-  check_schedule('temperature', temperature, positive=True)
-  _check_divergence(divergence, beta, alpha)
-
-  def term(student, teacher, batch, step):
-    teacher = require_teacher(teacher)
-    mask = _own_token_mask(batch, mask_key)
-    values = losses.chunked_divergence(
-        student.feature(student_hidden),
-        student.feature(student_unembedding),
-        teacher.feature(teacher_hidden),
-        teacher.feature(teacher_unembedding),
-        divergence=divergence,
-        temperature=schedule_value(temperature, step),
-        vocab_size=vocab_size,
-        token_chunk=token_chunk,
-        vocab_chunk=vocab_chunk,
-        **_hyperparameters(step, beta, alpha),
-    )
-    return values, mask
-
-  return term
+  return _token_term(
+      lambda student, teacher, **kwargs: losses.chunked_divergence(
+          student.feature(student_hidden), student.feature(student_unembedding),
+          teacher.feature(teacher_hidden), teacher.feature(teacher_unembedding),
+          vocab_size=vocab_size, token_chunk=token_chunk, vocab_chunk=vocab_chunk,
+          **kwargs),
+      divergence, temperature, beta, alpha, mask_key)

@@ -26,17 +26,6 @@ from kdjax.objective._single import distill
 MULTI_TEACHER_MODES = ('mean_probs', 'mean_logits', 'mean_losses')
 
 
-def as_teachers(teacher: Outputs | tuple[Outputs, ...] | None) -> tuple[Outputs, ...]:
-  if teacher is None:  # (_require_teacher would also reject the tuples handled here)
-    raise NoTeacherError('needs teacher outputs, but there are none')
-  if isinstance(teacher, Outputs):
-    return (teacher,)
-  teachers = tuple(teacher)
-  if not teachers:
-    raise ValueError('the tuple of teacher outputs is empty.')
-  return teachers
-
-
 def _check_teacher_weights(weights: Any) -> np.ndarray | None:
   """Weights of a convex combination of teachers, checked at build time."""
   if weights is None:
