@@ -374,3 +374,26 @@ def test_jit_train_step_shards_the_objective_state():
   unsharded, _ = single_step(single, teacher_variables, batch)
   _assert_trees_close(sharded.objective_state, unsharded.objective_state, rtol=1e-5, atol=1e-6)
   _assert_trees_close(sharded.params, unsharded.params, rtol=1e-5, atol=1e-6)
+
+
+def test_each_student_of_a_mutual_cohort_carries_its_own_objective_state():
+  module = _MeanTeacherStudent()
+  apply = adapters.from_linen(module)
+  optimizer = optax.sgd(0.1)
+  objective = objective_lib.Objective(
+      {'ce': objective_lib.supervised(),
+       'kl': objective_lib.multi_teacher_distill(losses.kl_divergence, mode='mean_losses'),
+       'mt': objective_lib.ema_teacher_distill(apply, losses.kl_divergence, decay=0.5)})
+  states = tuple(
+      step_lib.init_train_state(module.init(jax.random.PRNGKey(i), jnp.zeros((1, IN))),
+                                optimizer, rng=i, objective=objective)
+      for i in range(2))
+  mutual = jax.jit(step_lib.make_mutual_train_step((apply, apply), objective, optimizer))
+  batch = {k: v for k, v in _batches(1)[0].items() if k != 'index'}
+  new_states, _ = mutual(states, batch)
+  for old, new in zip(states, new_states):
+    # One EMA step with decay 0.5 from the student's own start.
+    expected = jax.tree.map(lambda e, v: 0.5 * e + 0.5 * v, old.variables, new.variables)
+    _assert_trees_close(new.objective_state['mt'], expected, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(new_states[0].objective_state['mt']['params']['fc1']['kernel'],
+                         new_states[1].objective_state['mt']['params']['fc1']['kernel'])
