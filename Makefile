@@ -11,7 +11,7 @@ WORKERS ?= 2
 # Sections of docs/results.md whose runs predate provenance records (no
 # experiments/results/<name>.json): make_results keeps them, with a note
 # saying so, instead of failing. Drop a name once its run is recorded.
-KEEP_UNRECORDED := --keep hinton_cpu --keep hinton_sweep --keep lm_kd_cpu --keep cifar_kd_cpu
+KEEP_UNRECORDED := --keep hinton_sweep --keep lm_kd_cpu --keep cifar_kd_cpu
 MAKE_RESULTS := $(BIN)/python -m experiments.make_results $(KEEP_UNRECORDED)
 
 $(STAMP): pyproject.toml
