@@ -735,7 +735,7 @@ def verdict(summary: Mapping[str, Any]) -> str:
     parts.append(f"No method beat vanilla KD ({100 * kd['mean']:.2f} %) on mean test accuracy.")
   if 'vanilla' in summary:
     gain = summary['kd']['test']['mean'] - summary['vanilla']['test']['mean']
-    parts.append(f"KD itself is {100 * gain:+.2f} points over the student trained on labels alone.")
+    parts.append(f"KD minus the student trained on labels alone: {100 * gain:+.2f} points.")
     vanilla = summary['vanilla']['test']['mean']
     hurt = [m for m in others if summary[m]['test']['mean'] < vanilla - 0.05]
     if hurt:
