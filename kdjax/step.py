@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import optax
 
 from kdjax import metrics as metrics_lib
+from kdjax import objective as objective_lib
 from kdjax._outputs import Outputs
 from kdjax.adapters import Apply
-from kdjax import objective as objective_lib
 from kdjax.objective import Objective
 
 Batch = Mapping[str, Any]
@@ -113,6 +113,18 @@ def _step_rngs(
   return dict(zip(streams, keys))
 
 
+def _objective_rng(objective: Objective, state: TrainState) -> jax.Array | None:
+  """The stateful terms' key at this step (the same on every device); None without any."""
+  if not objective.stateful_terms:
+    return None
+  return objective_lib.objective_rng(_step_key(state))
+
+
+def _student_batch(student_inputs, batch: Batch, teacher) -> Batch:
+  """What the student is applied to: `batch`, or ``student_inputs(batch, teacher)``."""
+  return batch if student_inputs is None else student_inputs(batch, teacher)
+
+
 Teachers = Apply | Sequence[Apply] | None
 
 
@@ -178,10 +190,7 @@ def _update(
   counts, the gradients are summed over the axis before the optimizer sees
   them, and the model state is averaged over it.
   """
-  stateful = bool(objective.stateful_terms)
-  # The objective's key ignores the device: stateful terms draw the same
-  # noise on every device.
-  objective_rng = objective_lib.objective_rng(_step_key(state)) if stateful else None
+  objective_rng = _objective_rng(objective, state)
 
   def loss_fn(params):
     variables = {'params': params, **state.model_state}
@@ -200,15 +209,15 @@ def _update(
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   model_state = {**state.model_state, **new_model_state}
-  if stateful:
-    objective_state = objective.after_update(
-        objective_state, {'params': params, **model_state}, state.step)
+  # ({} in, {} out for an objective without stateful terms.)
+  objective_state = objective.after_update(
+      objective_state, {'params': params, **model_state}, state.step)
   new_state = state.replace(
       step=state.step + 1,
       params=params,
       model_state=model_state,
       opt_state=opt_state,
-      objective_state=objective_state if stateful else state.objective_state,
+      objective_state=objective_state,
   )
   metrics = dict(metrics)
   if grad_norm:
@@ -282,7 +291,7 @@ def make_train_step(
 
   def step(state: TrainState, teacher_variables: Any, batch: Batch):
     teacher = teacher_outputs(teacher_apply, teacher_variables, batch)
-    student_batch = None if student_inputs is None else student_inputs(batch, teacher)
+    student_batch = _student_batch(student_inputs, batch, teacher)
     rngs = _step_rngs(state, rng_streams, axis_name)
     new_state, metrics = _update(
         student_apply, objective, optimizer, state, rngs, teacher, batch, grad_norm,
@@ -325,15 +334,14 @@ def make_eval_step(
 
   def eval_step(state: TrainState, teacher_variables: Any, batch: Batch) -> dict:
     teacher = teacher_outputs(teacher_apply, teacher_variables, batch)
-    student_batch = batch if student_inputs is None else student_inputs(batch, teacher)
-    student, _ = student_apply(state.variables, student_batch, train=False)
+    student, _ = student_apply(
+        state.variables, _student_batch(student_inputs, batch, teacher), train=False)
     mask = batch.get(mask_key)
     metrics = {}
     if objective is not None:
-      stateful = bool(objective.stateful_terms)
       metrics, _ = objective.term_losses(
           student, teacher, batch, step=state.step, state=state.objective_state,
-          rng=objective_lib.objective_rng(_step_key(state)) if stateful else None)
+          rng=_objective_rng(objective, state))
     if label_key is not None and label_key in batch:
       labels = batch[label_key]
       named = [('student', student)]
