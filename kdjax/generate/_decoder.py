@@ -1,0 +1,57 @@
+"""The contract between :mod:`kdjax.generate` and a model: a :class:`Decoder`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+import dataclasses
+from typing import Any
+
+import jax
+
+# ``init_cache(variables, inputs, batch_size, cache_length) -> cache``
+InitCache = Callable[[Any, Mapping[str, Any], int, int], Any]
+# ``step(variables, tokens, positions, cache) -> (logits, cache)``
+DecodeStep = Callable[[Any, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+  """How :mod:`kdjax.generate` runs a model one chunk of tokens at a time.
+
+  A decoder is two pure functions and two sizes; the zoo builds them for
+  its models (:func:`kdjax.zoo.lm_decoder`, :func:`kdjax.zoo.seq2seq_decoder`)
+  and any model with a key/value cache can provide its own.
+
+  Attributes:
+    init_cache: ``init_cache(variables, inputs, batch_size, cache_length)
+      -> cache``. Allocates the cache for `batch_size` sequences of up to
+      `cache_length` target positions and runs whatever is computed once
+      per input: an encoder-decoder runs its encoder on
+      ``inputs['source']`` (int ``[batch, source_len]``) with
+      ``inputs['source_mask']`` (bool, True on real tokens) and stores the
+      cross-attention keys and values; a decoder-only model ignores
+      `inputs`. **Every leaf of the cache has the batch as axis 0**, so
+      that beam search can tile it (``jnp.repeat(leaf, width, axis=0)``)
+      and reorder it (``leaf[indices]``).
+    step: ``step(variables, tokens, positions, cache) -> (logits, cache)``.
+      `tokens` and `positions` are int32 ``[batch, time]``; row ``b``'s
+      positions are consecutive (``positions[b, 0] + arange(time)``) and
+      may start at a different position in each row. The step writes the
+      keys and values of the new tokens into the cache at those positions
+      (overwriting what was there), lets a token at position ``p`` attend
+      to cache positions ``<= p`` of its own row, and returns float32
+      ``logits [batch, time, vocab_size]`` (token ``t``'s prediction of
+      the token at ``positions[:, t] + 1``) and the new cache. A cache
+      position that was written but lies after every query is never
+      attended to, which is what makes right-padded prompts work: their
+      padding is overwritten by the generated tokens before anything reads
+      it.
+    vocab_size: the size of the output distribution.
+    max_length: the most target positions the model accepts (its position
+      table or ``max_len``); ``cache_length`` must not exceed it.
+  """
+
+  init_cache: InitCache
+  step: DecodeStep
+  vocab_size: int
+  max_length: int
