@@ -1,0 +1,340 @@
+"""kdjax.generate against independent references on a toy decoder.
+
+The toy is a second-order Markov model: the logits at position ``p`` are
+``table[token[p-1], token[p]] + bias[p]`` (``token[-1]`` a start symbol).
+Its decoder keeps the tokens in the cache and reads nothing after ``p``,
+so it honours the :class:`~kdjax.generate.Decoder` contract, and the
+probability of any sequence is computed here in NumPy without it.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import generate as gen
+
+
+def _toy(vocab=5, max_length=16, seed=0, scale=2.0):
+  rng = np.random.default_rng(seed)
+  table = rng.normal(size=(vocab + 1, vocab, vocab)).astype(np.float32) * scale
+  bias = rng.normal(size=(max_length, vocab)).astype(np.float32) * 0.5
+
+  def logits_np(seq):
+    """Logits of the next token after every prefix of `seq` (NumPy)."""
+    out = []
+    for p, tok in enumerate(seq):
+      prev = seq[p - 1] if p else vocab
+      out.append(table[prev, tok] + bias[p])
+    return np.stack(out)
+
+  def init_cache(variables, inputs, batch_size, cache_length):
+    del variables, inputs
+    return {'tokens': jnp.zeros((batch_size, cache_length), jnp.int32)}
+
+  def step(variables, tokens, positions, cache):
+    t_table, t_bias = variables['table'], variables['bias']
+    buf = jax.vmap(lambda row, tok, pos: row.at[pos].set(tok))(
+        cache['tokens'], tokens, positions)
+    prev = jnp.where(positions > 0,
+                     jnp.take_along_axis(buf, jnp.maximum(positions - 1, 0), axis=1), vocab)
+    logits = t_table[prev, tokens] + t_bias[positions]
+    return logits, {'tokens': buf}
+
+  decoder = gen.Decoder(init_cache=init_cache, step=step, vocab_size=vocab,
+                        max_length=max_length)
+  variables = {'table': jnp.asarray(table), 'bias': jnp.asarray(bias)}
+  return decoder, variables, logits_np
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _greedy_reference(logits_np, prompt, steps, eos_id=None):
+  seq, new, lps = list(prompt), [], []
+  for _ in range(steps):
+    lp = _log_softmax(logits_np(seq)[-1])
+    tok = int(np.argmax(lp))
+    new.append(tok)
+    lps.append(lp[tok])
+    seq.append(tok)
+    if tok == eos_id:
+      break
+  return new, lps
+
+
+def _seq_log_prob(logits_np, prompt, new):
+  full = list(prompt) + list(new)
+  lp = _log_softmax(logits_np(full[:-1]))
+  return float(sum(lp[len(prompt) - 1 + i, t] for i, t in enumerate(new)))
+
+
+def test_greedy_matches_python_loop_with_ragged_prompts():
+  decoder, variables, logits_np = _toy()
+  prompts = np.array([[1, 2, 3, 4], [3, 0, 0, 0], [2, 4, 0, 0]], np.int32)
+  lengths = np.array([4, 1, 2], np.int32)
+  out = gen.generate(decoder, variables, prompts, lengths, max_new_tokens=6)
+  for b in range(3):
+    ref, ref_lp = _greedy_reference(logits_np, prompts[b, :lengths[b]], 6)
+    np.testing.assert_array_equal(out.tokens[b], ref)
+    np.testing.assert_allclose(out.log_probs[b], ref_lp, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(out.lengths, [6, 6, 6])
+  assert out.scores is None
+
+
+def test_eos_stops_one_row_while_others_go_on():
+  decoder, variables, logits_np = _toy(seed=3)
+  prompts = np.array([[0], [1], [2], [3], [4]], np.int32)
+  refs = [_greedy_reference(logits_np, p, 8) for p in prompts]
+  # An EOS id that greedy decoding meets early in some rows and not others.
+  firsts = {}
+  for b, (toks, _) in enumerate(refs):
+    for i, t in enumerate(toks):
+      firsts.setdefault(t, {}).setdefault(b, i)
+  eos = max(firsts, key=lambda t: (0 < len(firsts[t]) < 5, -min(firsts[t].values())))
+  out = gen.generate(decoder, variables, prompts, max_new_tokens=8, eos_id=eos, pad_id=0)
+  stopped = 0
+  for b in range(5):
+    ref, ref_lp = _greedy_reference(logits_np, prompts[b], 8, eos_id=eos)
+    n = len(ref)
+    assert int(out.lengths[b]) == n
+    np.testing.assert_array_equal(out.tokens[b, :n], ref)
+    np.testing.assert_array_equal(out.tokens[b, n:], 0)
+    np.testing.assert_allclose(out.log_probs[b, :n], ref_lp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out.log_probs[b, n:], 0.0)
+    stopped += n < 8
+  assert 0 < stopped < 5
+
+
+def test_one_compilation_for_different_prompts_of_one_shape():
+  decoder, variables, _ = _toy()
+  fn = gen.make_generate(decoder, max_new_tokens=4)
+  fn(variables, np.array([[1, 2], [3, 4]], np.int32), np.array([2, 1], np.int32))
+  fn(variables, np.array([[4, 4], [0, 1]], np.int32), np.array([1, 2], np.int32))
+  assert fn.jitted._cache_size() == 1
+
+
+def _enumerate(logits_np, prompt, steps, eos_id, penalty):
+  """Every finished continuation and its penalised score, exhaustively."""
+  vocab = logits_np([0]).shape[-1]
+  results = []
+  for length in range(1, steps + 1):
+    for seq in itertools.product(range(vocab), repeat=length):
+      if eos_id in seq[:-1]:
+        continue
+      if length < steps and seq[-1] != eos_id:
+        continue
+      lp = _seq_log_prob(logits_np, prompt, seq)
+      results.append((lp / penalty(length), seq))
+  return sorted(results, key=lambda r: -r[0])
+
+
+@pytest.mark.parametrize('length_penalty,alpha', [('gnmt', 0.8), ('average', 0.0),
+                                                  ('none', 0.0)])
+def test_wide_beam_finds_exhaustive_optimum(length_penalty, alpha):
+  vocab, steps, eos = 3, 4, 2
+  decoder, variables, logits_np = _toy(vocab=vocab, seed=5, scale=1.0)
+  method = gen.BeamSearch(width=vocab**steps, alpha=alpha, length_penalty=length_penalty)
+  penalty = lambda n: float(method.penalty(n))
+  prompts = np.array([[0, 1], [1, 0]], np.int32)
+  out = gen.generate(decoder, variables, prompts, max_new_tokens=steps, method=method,
+                     eos_id=eos)
+  for b in range(2):
+    ranked = _enumerate(logits_np, prompts[b], steps, eos, penalty)
+    best_score, best = ranked[0]
+    n = int(out.lengths[b, 0])
+    assert tuple(np.asarray(out.tokens[b, 0, :n])) == best
+    np.testing.assert_allclose(out.scores[b, 0], best_score, rtol=1e-5)
+    np.testing.assert_allclose(out.log_probs[b, 0].sum(), best_score * penalty(n), rtol=1e-5)
+    # The whole finished set is the exhaustive top-k, in order.
+    k = min(len(ranked), method.width)
+    np.testing.assert_allclose(out.scores[b, :k], [r[0] for r in ranked[:k]], rtol=1e-5)
+
+
+def test_early_stopping_changes_nothing():
+  decoder, variables, _ = _toy(vocab=6, seed=7)
+  prompts = np.array([[0, 1, 2], [3, 0, 0]], np.int32)
+  lengths = np.array([3, 1], np.int32)
+  outs = [gen.generate(decoder, variables, prompts, lengths, max_new_tokens=7, eos_id=1,
+                       method=gen.BeamSearch(width=3, early_stopping=e)) for e in (True, False)]
+  for a, b in zip(outs[0].__dict__.values(), outs[1].__dict__.values()):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_beam_width_one_is_greedy():
+  # Width 1 extends the single best hypothesis by its best token, as greedy
+  # decoding does. (With an EOS the two may still differ: beam search keeps
+  # the hypothesis that ended at a lower-ranked EOS and returns it if it
+  # outscores the one greedy decoding continues.)
+  decoder, variables, _ = _toy(seed=11)
+  prompts = np.array([[0, 1], [4, 0], [2, 2]], np.int32)
+  lengths = np.array([2, 1, 2], np.int32)
+  greedy = gen.generate(decoder, variables, prompts, lengths, max_new_tokens=6)
+  for method in (gen.BeamSearch(width=1), gen.BeamSearch(width=1, length_penalty='none'),
+                 gen.BeamSearch(width=1, length_penalty='average')):
+    beam = gen.generate(decoder, variables, prompts, lengths, max_new_tokens=6,
+                        method=method)
+    np.testing.assert_array_equal(beam.tokens[:, 0], greedy.tokens)
+    np.testing.assert_array_equal(beam.lengths[:, 0], greedy.lengths)
+    np.testing.assert_allclose(beam.log_probs[:, 0], greedy.log_probs, rtol=1e-6)
+
+
+def test_beam_hypotheses_are_distinct_and_scored_consistently():
+  decoder, variables, logits_np = _toy(vocab=6, seed=2)
+  prompts = np.array([[1, 2, 3]], np.int32)
+  method = gen.BeamSearch(width=4, alpha=0.6)
+  out = gen.generate(decoder, variables, prompts, max_new_tokens=5, eos_id=0, method=method)
+  seqs = set()
+  for k in range(4):
+    n = int(out.lengths[0, k])
+    seq = tuple(np.asarray(out.tokens[0, k, :n]))
+    seqs.add(seq)
+    lp = _seq_log_prob(logits_np, prompts[0], seq)
+    np.testing.assert_allclose(out.log_probs[0, k, :n].sum(), lp, rtol=1e-5)
+    np.testing.assert_allclose(out.scores[0, k], lp / float(method.penalty(n)), rtol=1e-5)
+  assert len(seqs) == 4
+  assert np.all(np.diff(np.asarray(out.scores[0])) <= 0)
+
+
+def test_sampling_limits_are_greedy():
+  decoder, variables, _ = _toy(seed=4)
+  prompts = np.array([[0, 1], [2, 3], [4, 4]], np.int32)
+  greedy = gen.generate(decoder, variables, prompts, max_new_tokens=6, eos_id=2)
+  for method in (gen.Sampling(temperature=1e-4), gen.Sampling(top_k=1),
+                 gen.Sampling(top_p=1e-6), gen.Sampling(temperature=3.0, top_k=1)):
+    out = gen.generate(decoder, variables, prompts, max_new_tokens=6, eos_id=2,
+                       method=method, rng=jax.random.key(1))
+    np.testing.assert_array_equal(out.tokens, greedy.tokens, err_msg=str(method))
+    np.testing.assert_allclose(out.log_probs, greedy.log_probs, rtol=1e-6)
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ():
+  decoder, variables, _ = _toy(seed=4, scale=0.5)
+  prompts = np.zeros((8, 1), np.int32)
+  method = gen.Sampling(temperature=1.0)
+  a = gen.generate(decoder, variables, prompts, max_new_tokens=8, method=method,
+                   rng=jax.random.key(3))
+  b = gen.generate(decoder, variables, prompts, max_new_tokens=8, method=method,
+                   rng=jax.random.key(3))
+  c = gen.generate(decoder, variables, prompts, max_new_tokens=8, method=method,
+                   rng=jax.random.key(4))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+
+
+def _warp_reference(logits, temperature, top_k, top_p):
+  x = logits.astype(np.float64) / temperature
+  keep = np.ones_like(x, bool)
+  if top_k is not None:
+    kth = np.sort(x)[::-1][min(top_k, len(x)) - 1]
+    keep &= x >= kth
+  if top_p is not None:
+    order = np.argsort(-np.where(keep, x, -np.inf), kind='stable')
+    p = np.exp(np.where(keep, x, -np.inf) - x[keep].max())
+    p = p / p.sum()
+    mass = 0.0
+    nucleus = np.zeros_like(keep)
+    for i in order:
+      if mass >= top_p:
+        break
+      nucleus[i] = True
+      mass += p[i]
+    keep &= nucleus
+  return np.where(keep, x, -np.inf)
+
+
+@pytest.mark.parametrize('temperature,top_k,top_p', [
+    (1.0, None, None), (0.7, 3, None), (1.3, None, 0.6), (1.0, 5, 0.9), (2.0, 2, 0.999),
+    (1.0, 50, None)])
+def test_warp_logits_matches_numpy(temperature, top_k, top_p):
+  logits = np.random.default_rng(0).normal(size=(4, 12)).astype(np.float32) * 2
+  got = np.asarray(gen.warp_logits(jnp.asarray(logits),
+                                   gen.Sampling(temperature, top_k, top_p)))
+  for row, want in zip(got, logits):
+    np.testing.assert_allclose(row, _warp_reference(want, temperature, top_k, top_p),
+                               rtol=1e-5)
+
+
+def test_sampled_first_tokens_follow_the_warped_distribution():
+  decoder, variables, logits_np = _toy(vocab=5, seed=9, scale=1.0)
+  n = 4000
+  prompts = np.full((n, 1), 2, np.int32)
+  method = gen.Sampling(temperature=0.8, top_p=0.9)
+  out = gen.generate(decoder, variables, prompts, max_new_tokens=1, method=method,
+                     rng=jax.random.key(0))
+  warped = _warp_reference(logits_np([2])[-1], 0.8, None, 0.9)
+  want = np.exp(warped - warped.max())
+  want /= want.sum()
+  counts = np.bincount(np.asarray(out.tokens[:, 0]), minlength=5) / n
+  assert np.all(counts[want == 0] == 0)
+  # Four standard errors of a binomial frequency.
+  np.testing.assert_array_less(np.abs(counts - want), 4 * np.sqrt(want * (1 - want) / n) + 1e-9)
+
+
+def test_sharded_generation_equals_one_device():
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  decoder, variables, _ = _toy(vocab=6, seed=1)
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ('data', 'model'))
+  prompts = np.random.default_rng(0).integers(0, 6, size=(8, 3)).astype(np.int32)
+  lengths = np.array([3, 1, 2, 3, 2, 1, 3, 3], np.int32)
+  var_sh = {'table': NamedSharding(mesh, P(None, None, 'model')),
+            'bias': NamedSharding(mesh, P(None, 'model'))}
+  for method in (gen.Greedy(), gen.BeamSearch(width=3), gen.Sampling(top_k=3)):
+    one = gen.make_generate(decoder, max_new_tokens=5, method=method, eos_id=1)
+    many = gen.make_generate(decoder, max_new_tokens=5, method=method, eos_id=1, mesh=mesh,
+                             variables_shardings=var_sh,
+                             batch_sharding=NamedSharding(mesh, P('data')))
+    a = one(variables, prompts, lengths, rng=jax.random.key(2))
+    b = many(jax.device_put(variables, var_sh), prompts, lengths, rng=jax.random.key(2))
+    np.testing.assert_array_equal(a.tokens, b.tokens, err_msg=str(method))
+    np.testing.assert_allclose(a.log_probs, b.log_probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(max_new_tokens=0), 'max_new_tokens must be a positive int, got 0'),
+    (dict(max_new_tokens=-3), 'max_new_tokens must be a positive int, got -3'),
+    (dict(max_new_tokens=2, eos_id=9), r'eos_id must be a token id in \[0, vocab_size=5\)'),
+    (dict(max_new_tokens=2, pad_id=-1), 'pad_id must be a token id'),
+])
+def test_bad_options(kwargs, match):
+  decoder, _, _ = _toy()
+  with pytest.raises(ValueError, match=match):
+    gen.make_generate(decoder, **kwargs)
+
+
+@pytest.mark.parametrize('make,match', [
+    (lambda: gen.BeamSearch(width=0), 'BeamSearch.width must be a positive int, got 0'),
+    (lambda: gen.BeamSearch(width=-2), 'BeamSearch.width must be a positive int, got -2'),
+    (lambda: gen.BeamSearch(width=2, length_penalty='x'), 'length_penalty must be one of'),
+    (lambda: gen.Sampling(top_p=0.0), r'top_p must be in \(0, 1\] or None, got 0.0'),
+    (lambda: gen.Sampling(top_p=1.5), r'top_p must be in \(0, 1\] or None, got 1.5'),
+    (lambda: gen.Sampling(temperature=0.0), 'temperature must be a finite number > 0'),
+    (lambda: gen.Sampling(top_k=0), 'top_k must be a positive int'),
+])
+def test_bad_methods(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
+
+
+def test_bad_prompts():
+  decoder, variables, _ = _toy(max_length=16)
+  fn = gen.make_generate(decoder, max_new_tokens=4)
+  with pytest.raises(ValueError, match=r"prompt_len=20, longer than the model's max_length=16"):
+    fn(variables, np.zeros((2, 20), np.int32))
+  with pytest.raises(ValueError, match=r'plus max_new_tokens=4 needs 18 positions'):
+    fn(variables, np.zeros((2, 14), np.int32))
+  with pytest.raises(TypeError, match=r'prompts must have an integer dtype, got float32'):
+    fn(variables, np.zeros((2, 3), np.float32))
+  with pytest.raises(ValueError, match=r'prompts must be \[batch, prompt_len\]'):
+    fn(variables, np.zeros((3,), np.int32))
+  with pytest.raises(ValueError, match=r'prompt_lengths must be in \[1, prompt_len=3\]'):
+    fn(variables, np.zeros((2, 3), np.int32), np.array([0, 3], np.int32))
+  with pytest.raises(ValueError, match=r'prompt_lengths must have shape \(2,\)'):
+    fn(variables, np.zeros((2, 3), np.int32), np.array([1, 2, 3], np.int32))
+  sample = gen.make_generate(decoder, max_new_tokens=2, method=gen.Sampling())
+  with pytest.raises(ValueError, match='Sampling needs rng'):
+    sample(variables, np.zeros((2, 3), np.int32))
