@@ -338,3 +338,73 @@ def test_bad_prompts():
   sample = gen.make_generate(decoder, max_new_tokens=2, method=gen.Sampling())
   with pytest.raises(ValueError, match='Sampling needs rng'):
     sample(variables, np.zeros((2, 3), np.int32))
+
+
+def _exact_prefix_probs(logits_np, prompt, steps, vocab):
+  """The target's probability of every `steps`-token continuation (no EOS)."""
+  probs = {}
+  for seq in itertools.product(range(vocab), repeat=steps):
+    probs[seq] = np.exp(_seq_log_prob(logits_np, prompt, seq))
+  return probs
+
+
+def test_speculative_greedy_is_target_greedy():
+  target, t_vars, _ = _toy(vocab=6, seed=1, max_length=24)
+  draft, d_vars, _ = _toy(vocab=6, seed=2, max_length=24)
+  prompts = np.array([[0, 1, 2], [3, 0, 0], [5, 4, 0]], np.int32)
+  lengths = np.array([3, 1, 2], np.int32)
+  want = gen.generate(target, t_vars, prompts, lengths, max_new_tokens=9, eos_id=4)
+  for gamma in (1, 3, 5):
+    spec = gen.make_speculative_generate(target, draft, max_new_tokens=9, draft_tokens=gamma,
+                                         eos_id=4)
+    got = spec(t_vars, d_vars, prompts, lengths)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_allclose(got.log_probs, want.log_probs, rtol=1e-5, atol=1e-6)
+    assert np.all(got.accepted <= got.proposed)
+  # A draft that is the target has every proposal accepted.
+  same = gen.make_speculative_generate(target, target, max_new_tokens=9, draft_tokens=3)
+  out = same(t_vars, t_vars, prompts, lengths)
+  np.testing.assert_array_equal(out.accepted, out.proposed)
+  np.testing.assert_array_equal(out.rounds, 3)  # 9 tokens, 4 per round
+
+
+@pytest.mark.parametrize('method', [gen.Sampling(), gen.Sampling(temperature=0.7, top_k=2)])
+def test_speculative_samples_have_the_target_distribution(method):
+  vocab, steps, n = 3, 3, 6000
+  target, t_vars, t_np = _toy(vocab=vocab, seed=21, scale=1.0)
+  draft, d_vars, _ = _toy(vocab=vocab, seed=22, scale=1.5)
+  prompts = np.full((n, 1), 1, np.int32)
+  spec = gen.make_speculative_generate(target, draft, max_new_tokens=steps, draft_tokens=2,
+                                       method=method)
+  out = spec(t_vars, d_vars, prompts, rng=jax.random.key(5))
+  if method.temperature == 1.0 and method.top_k is None:
+    want = _exact_prefix_probs(t_np, [1], steps, vocab)
+  else:
+    # Reference: the target sampled directly with the same method.
+    ref = gen.generate(target, t_vars, prompts, max_new_tokens=steps, method=method,
+                       rng=jax.random.key(6))
+    seqs = [tuple(s) for s in np.asarray(ref.tokens)]
+    want = {s: seqs.count(s) / n for s in set(seqs)}
+  got_seqs = [tuple(s) for s in np.asarray(out.tokens)]
+  got = {s: got_seqs.count(s) / n for s in set(got_seqs)}
+  # The draft disagrees often enough to exercise the rejection path.
+  rate = out.accepted.sum() / out.proposed.sum()
+  assert 0.2 < rate < 0.95, rate
+  scale = 2.0 if len(want) and method.top_k else 1.0
+  for seq in set(got) | set(want):
+    p = want.get(seq, 0.0)
+    se = np.sqrt(max(p * (1 - p), 1.0 / n) / n) * scale
+    assert abs(got.get(seq, 0.0) - p) < 5 * se, (seq, got.get(seq, 0.0), p)
+
+
+def test_speculative_bad_input():
+  target, t_vars, _ = _toy(vocab=6, max_length=12)
+  other, _, _ = _toy(vocab=5)
+  with pytest.raises(ValueError, match='share a vocabulary, got vocab_size=6 and 5'):
+    gen.make_speculative_generate(target, other, max_new_tokens=3)
+  with pytest.raises(ValueError, match='draft_tokens must be a positive int, got 0'):
+    gen.make_speculative_generate(target, target, max_new_tokens=3, draft_tokens=0)
+  spec = gen.make_speculative_generate(target, target, max_new_tokens=6, draft_tokens=4)
+  with pytest.raises(ValueError, match=r'max_new_tokens=6 \+ draft_tokens=4 - 1 needs 13'):
+    spec(t_vars, t_vars, np.zeros((2, 4), np.int32))

@@ -13,6 +13,8 @@ from kdjax.generate._methods import BeamSearch
 from kdjax.generate._methods import Greedy
 from kdjax.generate._methods import Sampling
 from kdjax.generate._methods import warp_logits
+from kdjax.generate._speculative import SpeculativeGeneration
+from kdjax.generate._speculative import make_speculative_generate
 
 __all__ = [
     'BeamSearch',
@@ -20,7 +22,9 @@ __all__ = [
     'Generation',
     'Greedy',
     'Sampling',
+    'SpeculativeGeneration',
     'generate',
     'make_generate',
+    'make_speculative_generate',
     'warp_logits',
 ]

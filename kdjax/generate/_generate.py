@@ -231,7 +231,8 @@ def _check_id(name: str, value: int | None, vocab_size: int, allow_none: bool) -
     )
 
 
-def _check_prompts(prompts, prompt_lengths, max_new_tokens, max_length) -> None:
+def _check_prompts(prompts, prompt_lengths, max_new_tokens, max_length,
+                   new_text: str | None = None) -> None:
   _checks.check_integer('prompts', prompts)
   shape = tuple(np.shape(prompts))
   if len(shape) != 2 or shape[1] < 1:
@@ -245,8 +246,9 @@ def _check_prompts(prompts, prompt_lengths, max_new_tokens, max_length) -> None:
     )
   if shape[1] + max_new_tokens > max_length:
     raise ValueError(
-        f'prompts with shape {shape} (prompt_len={shape[1]}) plus max_new_tokens='
-        f'{max_new_tokens} needs {shape[1] + max_new_tokens} positions, more than the '
+        f'prompts with shape {shape} (prompt_len={shape[1]}) plus '
+        f'{new_text or f"max_new_tokens={max_new_tokens}"} needs '
+        f'{shape[1] + max_new_tokens} positions, more than the '
         f"model's max_length={max_length}; lower max_new_tokens or crop the prompts."
     )
   _checks.check_integer('prompt_lengths', prompt_lengths)
