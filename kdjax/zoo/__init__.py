@@ -33,10 +33,11 @@ from kdjax.zoo._transformer import DecoderConfig
 from kdjax.zoo._transformer import DecoderLM
 from kdjax.zoo._transformer import TRANSFORMER_LOGICAL_AXES
 from kdjax.zoo._transformer import lm_apply
+from kdjax.zoo._transformer import lm_decoder
 from kdjax.zoo._transformer import param_count
 
 __all__ = ['Conv1D', 'ConvNet1D', 'MLP',
-           'DecoderConfig', 'DecoderLM', 'TRANSFORMER_LOGICAL_AXES', 'lm_apply',
+           'DecoderConfig', 'DecoderLM', 'TRANSFORMER_LOGICAL_AXES', 'lm_apply', 'lm_decoder',
            'param_count']
 __all__ += ['CIFAR_MODELS', 'cifar_model', 'Conv', 'conv2d', 'expose_feature',
             'CifarResNet', 'WideResNet', 'CifarVGG', 'MobileNetV2', 'ShuffleNetV1',
