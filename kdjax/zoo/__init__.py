@@ -33,11 +33,17 @@ from kdjax.zoo._transformer import DecoderConfig
 from kdjax.zoo._transformer import DecoderLM
 from kdjax.zoo._transformer import TRANSFORMER_LOGICAL_AXES
 from kdjax.zoo._transformer import lm_apply
-from kdjax.zoo._transformer import param_count
+from kdjax.zoo._transformer import lm_decoder
+from kdjax.zoo._seq2seq import Seq2SeqConfig
+from kdjax.zoo._seq2seq import Seq2SeqTransformer
+from kdjax.zoo._seq2seq import param_count  # DecoderConfig or Seq2SeqConfig
+from kdjax.zoo._seq2seq import seq2seq_apply
+from kdjax.zoo._seq2seq import seq2seq_decoder
 
 __all__ = ['Conv1D', 'ConvNet1D', 'MLP',
-           'DecoderConfig', 'DecoderLM', 'TRANSFORMER_LOGICAL_AXES', 'lm_apply',
-           'param_count']
+           'DecoderConfig', 'DecoderLM', 'TRANSFORMER_LOGICAL_AXES', 'lm_apply', 'lm_decoder',
+           'param_count', 'Seq2SeqConfig', 'Seq2SeqTransformer', 'seq2seq_apply',
+           'seq2seq_decoder']
 __all__ += ['CIFAR_MODELS', 'cifar_model', 'Conv', 'conv2d', 'expose_feature',
             'CifarResNet', 'WideResNet', 'CifarVGG', 'MobileNetV2', 'ShuffleNetV1',
             'ShuffleNetV2', 'resnet20', 'resnet32', 'resnet56', 'resnet110',

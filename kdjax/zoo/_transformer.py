@@ -14,6 +14,7 @@ import numpy as np
 from kdjax import _checks
 from kdjax._outputs import Outputs
 from kdjax import adapters
+from kdjax.generate._decoder import Decoder
 
 # Every logical axis name the model puts on a parameter or an activation.
 # A partitioning rule list (e.g. ``('embed', 'fsdp'), ('mlp', 'tensor')``)
@@ -151,7 +152,7 @@ def _param(module: nn.Module, name: str, init, shape: Sequence[int], axes: Seque
   )
 
 
-def _norm(config: DecoderConfig, name: str) -> nn.Module:
+def _norm(config: Any, name: str | None) -> nn.Module:
   scale_init = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
   if config.norm == 'rms':
     return nn.RMSNorm(
@@ -164,57 +165,179 @@ def _norm(config: DecoderConfig, name: str) -> nn.Module:
   )
 
 
-def _rope(x: jax.Array, base: float) -> jax.Array:
-  """Rotary position embedding (rotate-half form) of ``[batch, time, heads, kv]``."""
+# Logical axes of every cached key and value ``[batch, cache_length, heads, kv]``:
+# under ``nn.logical_axis_rules`` a cache shards like the keys and values it holds.
+CACHE_AXES = ('batch', 'length', 'heads', 'kv')
+
+
+def _rope_inverse_frequencies(x: jax.Array, base: float) -> np.ndarray:
   half = x.shape[-1] // 2
-  inv_freq = base ** (-np.arange(half, dtype=np.float32) / half)
-  angles = np.arange(x.shape[1], dtype=np.float32)[:, None] * inv_freq[None, :]
-  cos = jnp.asarray(np.cos(angles))[None, :, None, :]
-  sin = jnp.asarray(np.sin(angles))[None, :, None, :]
+  return base ** (-np.arange(half, dtype=np.float32) / half)
+
+
+def _rotate_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  half = x.shape[-1] // 2
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x.dtype)
 
 
+def _rope(x: jax.Array, base: float) -> jax.Array:
+  """Rotary position embedding (rotate-half form) of ``[batch, time, heads, kv]``."""
+  inv_freq = _rope_inverse_frequencies(x, base)
+  angles = np.arange(x.shape[1], dtype=np.float32)[:, None] * inv_freq[None, :]
+  cos = jnp.asarray(np.cos(angles))[None, :, None, :]
+  sin = jnp.asarray(np.sin(angles))[None, :, None, :]
+  return _rotate_half(x, cos, sin)
+
+
+def _rope_at(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+  """:func:`_rope` at explicit int ``positions [batch, time]`` (traced)."""
+  inv_freq = _rope_inverse_frequencies(x, base)
+  angles = positions.astype(jnp.float32)[:, :, None] * inv_freq[None, None, :]
+  return _rotate_half(x, jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :])
+
+
+def _causal_mask(time: int) -> np.ndarray:
+  """``[1, 1, time, time]``: query ``q`` sees keys ``s <= q``."""
+  return np.tril(np.ones((time, time), dtype=bool))[None, None]
+
+
+def _key_mask(key_mask: jax.Array) -> jax.Array:
+  """Bool ``[batch, keys]`` (True on real keys) as ``[batch, 1, 1, keys]``."""
+  return key_mask[:, None, None, :]
+
+
+def _cache_mask(positions: jax.Array, cache_length: int) -> jax.Array:
+  """``[batch, 1, time, cache_length]``: the query at position p sees slots <= p."""
+  slots = jnp.arange(cache_length, dtype=positions.dtype)
+  return (slots[None, None, :] <= positions[:, :, None])[:, None]
+
+
+def _write_cache(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
+  """Writes ``update [batch, time, ...]`` into ``cache [batch, length, ...]``
+  at row ``b``'s slots ``start[b] + arange(time)``."""
+  zeros = (0,) * (cache.ndim - 2)
+  written = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, *zeros)))(
+      cache, update.astype(cache.dtype), start)
+  return nn.with_logical_constraint(written, CACHE_AXES)
+
+
+def _empty_cache(config: Any, batch_size: int, cache_length: int) -> dict[str, jax.Array]:
+  """Zero ``{'key', 'value'}`` of ``[batch_size, cache_length, heads, kv]``."""
+  shape = (batch_size, cache_length, config.num_heads, config.kv_dim)
+  return {
+      name: nn.with_logical_constraint(jnp.zeros(shape, config.dtype), CACHE_AXES)
+      for name in ('key', 'value')
+  }
+
+
+def _check_cache_length(cache_length: int, max_length: int, max_name: str) -> None:
+  if not isinstance(cache_length, (int, np.integer)) or not 0 < cache_length <= max_length:
+    raise ValueError(
+        f'cache_length must be an int in [1, {max_name}={max_length}], got {cache_length!r}.'
+    )
+
+
+def _check_decode_inputs(
+    tokens: jax.Array, positions: jax.Array, vocab_size: int, cache_length: int,
+    cache_batch: int,
+) -> None:
+  """Clear errors for a decode step's `tokens` and `positions` ``[batch, time]``."""
+  _checks.check_integer('tokens', tokens)
+  _checks.check_integer('positions', positions)
+  shape = tuple(jnp.shape(tokens))
+  if len(shape) != 2:
+    raise ValueError(f'tokens must be [batch, time], got tokens with shape {shape}.')
+  _checks.check_same_shape('tokens', tokens, 'positions', positions)
+  if shape[0] != cache_batch or shape[1] > cache_length:
+    raise ValueError(
+        f'tokens with shape {shape} do not fit a cache of batch {cache_batch} and '
+        f'cache_length {cache_length} (their batch must equal it, their time at most it).'
+    )
+  _checks.check_index_range('tokens', tokens, vocab_size, 'vocab_size')
+  if _checks.is_concrete(positions):
+    arr = np.asarray(positions)
+    expected = arr[:, :1] + np.arange(shape[1])
+    if np.any(arr != expected) or np.any(arr[:, 0] < 0) or np.any(expected[:, -1] >= cache_length):
+      raise ValueError(
+          f'positions must be consecutive in each row (positions[b, 0] + arange(time)) '
+          f'and within [0, cache_length={cache_length}), got positions with shape '
+          f'{arr.shape}: {arr.tolist()}.'
+      )
+
+
 class _Attention(nn.Module):
-  """Causal multi-head self-attention."""
+  """Multi-head attention: self-attention over ``x``, or its pieces for
+  cross-attention and cached decoding.
 
-  config: DecoderConfig
+  Queries, keys and values are projected in ``config.dtype``; scores and the
+  softmax are float32. RoPE (``config.positions == 'rope'``) applies to
+  self-attention only, never to cross-attention.
+  """
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  config: Any
+
+  def setup(self):
     cfg = self.config
     d, h, k = cfg.hidden, cfg.num_heads, cfg.kv_dim
     in_init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
-    q, kk, v = (
-        jnp.einsum(
-            'btd,dhk->bthk', x,
-            _param(self, name, in_init, (d, h, k), ('embed', 'heads', 'kv')).astype(cfg.dtype),
-        )
+    self.query, self.key, self.value = (
+        _param(self, name, in_init, (d, h, k), ('embed', 'heads', 'kv'))
         for name in ('query', 'key', 'value')
     )
-    q, kk, v = (
-        nn.with_logical_constraint(a, ('batch', 'length', 'heads', 'kv')) for a in (q, kk, v)
-    )
-    if cfg.positions == 'rope':
-      q, kk = _rope(q, cfg.rope_base), _rope(kk, cfg.rope_base)
-    scores = jnp.einsum('bqhk,bshk->bhqs', q, kk, preferred_element_type=jnp.float32)
-    scores = scores / np.sqrt(k).astype(np.float32)
-    time = x.shape[1]
-    causal = np.tril(np.ones((time, time), dtype=bool))[None, None]
-    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+    out_init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+    self.out = _param(self, 'out', out_init, (h, k, d), ('heads', 'kv', 'embed'))
+
+  def _heads(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    heads = jnp.einsum('btd,dhk->bthk', x, kernel.astype(self.config.dtype))
+    return nn.with_logical_constraint(heads, ('batch', 'length', 'heads', 'kv'))
+
+  def queries(self, x: jax.Array) -> jax.Array:
+    """``[batch, time, hidden]`` -> queries ``[batch, time, heads, kv]``."""
+    return self._heads(x, self.query)
+
+  def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``[batch, time, hidden]`` -> keys and values ``[batch, time, heads, kv]``."""
+    return self._heads(x, self.key), self._heads(x, self.value)
+
+  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: Any) -> jax.Array:
+    """Attention of ``q [b, t, h, k]`` over ``k, v [b, s, h, k]`` where
+    ``mask`` (bool, broadcasting to ``[b, h, t, s]``) holds, projected out."""
+    cfg = self.config
+    scores = jnp.einsum('bqhk,bshk->bhqs', q, k, preferred_element_type=jnp.float32)
+    scores = scores / np.sqrt(cfg.kv_dim).astype(np.float32)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
     mixed = jnp.einsum('bhqs,bshk->bqhk', probs, v)
     mixed = nn.with_logical_constraint(mixed, ('batch', 'length', 'heads', 'kv'))
-    out_init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
-    out = _param(self, 'out', out_init, (h, k, d), ('heads', 'kv', 'embed'))
-    return jnp.einsum('bthk,hkd->btd', mixed, out.astype(cfg.dtype))
+    return jnp.einsum('bthk,hkd->btd', mixed, self.out.astype(cfg.dtype))
+
+  def __call__(self, x: jax.Array, mask: Any) -> jax.Array:
+    """Self-attention over the whole of ``x [batch, time, hidden]``."""
+    q, (k, v) = self.queries(x), self.keys_values(x)
+    if self.config.positions == 'rope':
+      q, k = _rope(q, self.config.rope_base), _rope(k, self.config.rope_base)
+    return self.attend(q, k, v, mask)
+
+  def decode(
+      self, x: jax.Array, positions: jax.Array, cache: dict[str, jax.Array]
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Causal self-attention of new tokens at ``positions`` over a key/value cache."""
+    q, (k, v) = self.queries(x), self.keys_values(x)
+    if self.config.positions == 'rope':
+      base = self.config.rope_base
+      q, k = _rope_at(q, positions, base), _rope_at(k, positions, base)
+    keys = _write_cache(cache['key'], k, positions[:, 0])
+    values = _write_cache(cache['value'], v, positions[:, 0])
+    mask = _cache_mask(positions, keys.shape[1])
+    return self.attend(q, keys, values, mask), {'key': keys, 'value': values}
 
 
 class _Mlp(nn.Module):
-  """GELU or SwiGLU feed-forward block."""
+  """GELU, ReLU or SwiGLU feed-forward block."""
 
-  config: DecoderConfig
+  config: Any
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -225,28 +348,81 @@ class _Mlp(nn.Module):
     def project(name, inputs, shape, axes):
       return inputs @ _param(self, name, init, shape, axes).astype(cfg.dtype)
 
-    if cfg.mlp == 'gelu':
-      inner = nn.gelu(project('wi', x, shape_in, axes_in))
-    else:
+    if cfg.mlp == 'swiglu':
       gate = project('wi_gate', x, shape_in, axes_in)
       inner = nn.silu(gate) * project('wi_up', x, shape_in, axes_in)
+    else:
+      activation = nn.gelu if cfg.mlp == 'gelu' else nn.relu
+      inner = activation(project('wi', x, shape_in, axes_in))
     inner = nn.with_logical_constraint(inner, ('batch', 'length', 'mlp'))
     return project('wo', inner, (cfg.mlp_dim, cfg.hidden), ('mlp', 'embed'))
 
 
 class _Block(nn.Module):
-  """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+  """Pre-norm block: ``x + attn(norm(x))``, [``x + cross(norm(x), memory)``],
+  then ``x + mlp(norm(x))``.
 
-  config: DecoderConfig
+  The decoder-only model's block, the encoder's (a padding mask instead of
+  the causal one) and, with ``cross=True``, the encoder-decoder's decoder
+  block, whose cross-attention reads the encoder output ``memory``.
+  """
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  config: Any
+  cross: bool = False
+
+  def setup(self):
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate, deterministic=not train)
-    x = x + dropout(_Attention(cfg, name='attention')(_norm(cfg, 'attention_norm')(x)))
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    x = x + dropout(_Mlp(cfg, name='mlp')(_norm(cfg, 'mlp_norm')(x)))
+    self.attention_norm = _norm(cfg, None)
+    self.attention = _Attention(cfg)
+    if self.cross:
+      self.cross_attention_norm = _norm(cfg, None)
+      self.cross_attention = _Attention(cfg)
+    self.mlp_norm = _norm(cfg, None)
+    self.mlp = _Mlp(cfg)
+    # Named as the compact block named it, so dropout draws the same masks.
+    self.Dropout_0 = nn.Dropout(cfg.dropout_rate)  # pylint: disable=invalid-name
+
+  def _residual(self, x: jax.Array, branch: jax.Array, train: bool) -> jax.Array:
+    x = x + self.Dropout_0(branch, deterministic=not train)
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+  def _cross(self, x, keys, values, memory_mask, train):
+    q = self.cross_attention.queries(self.cross_attention_norm(x))
+    return self._residual(x, self.cross_attention.attend(q, keys, values, memory_mask), train)
+
+  def cross_keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The cross-attention keys and values of ``memory [batch, source, hidden]``."""
+    return self.cross_attention.keys_values(memory)
+
+  def __call__(
+      self, x: jax.Array, train: bool, *, mask: Any = None,
+      memory: jax.Array | None = None, memory_mask: Any = None,
+  ) -> jax.Array:
+    """The whole sequence at once; ``mask=None`` is causal."""
+    mask = _causal_mask(x.shape[1]) if mask is None else mask
+    x = self._residual(x, self.attention(self.attention_norm(x), mask), train)
+    if self.cross:
+      x = self._cross(x, *self.cross_keys_values(memory), memory_mask, train)
+    return self._residual(x, self.mlp(self.mlp_norm(x)), train)
+
+  def decode(
+      self, x: jax.Array, positions: jax.Array, cache: dict[str, jax.Array],
+      memory_mask: Any = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """New tokens at ``positions`` against the layer's cache (no dropout)."""
+    attended, self_cache = self.attention.decode(self.attention_norm(x), positions, cache)
+    x = self._residual(x, attended, False)
+    new_cache = dict(cache, **self_cache)
+    if self.cross:
+      x = self._cross(x, cache['cross_key'], cache['cross_value'], memory_mask, False)
+    return self._residual(x, self.mlp(self.mlp_norm(x)), False), new_cache
+
+
+def _unembed(hidden: jax.Array, unembedding: jax.Array, dtype: Any) -> jax.Array:
+  logits = jnp.einsum(
+      'btd,dv->btv', hidden, unembedding.astype(dtype), preferred_element_type=jnp.float32
+  )
+  return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
 class DecoderLM(nn.Module):
@@ -371,11 +547,62 @@ class DecoderLM(nn.Module):
   def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
     """Maps int ``tokens [batch, time]`` to float32 logits ``[batch, time, vocab]``."""
     hidden, unembedding = self.hidden_and_unembedding(tokens, train)
-    logits = jnp.einsum(
-        'btd,dv->btv', hidden, unembedding.astype(self.config.dtype),
-        preferred_element_type=jnp.float32,
-    )
-    return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+    return _unembed(hidden, unembedding, self.config.dtype)
+
+  def init_cache(self, batch_size: int, cache_length: int) -> dict[str, Any]:
+    """An empty key/value cache for :meth:`decode` (needs no variables).
+
+    Args:
+      batch_size: the number of sequences.
+      cache_length: the most positions a sequence may reach, ``<= max_len``.
+
+    Returns:
+      ``{'layer_<i>': {'key': k, 'value': v}}``, each ``[batch_size,
+      cache_length, heads, kv]`` zeros in ``config.dtype``, constrained to
+      the logical axes ``('batch', 'length', 'heads', 'kv')``.
+    """
+    _check_cache_length(cache_length, self.config.max_len, 'max_len')
+    return {
+        f'layer_{i}': _empty_cache(self.config, batch_size, cache_length)
+        for i in range(self.config.num_layers)
+    }
+
+  def decode(
+      self, tokens: jax.Array, positions: jax.Array, cache: dict[str, Any]
+  ) -> tuple[jax.Array, dict[str, Any]]:
+    """Runs new tokens against a key/value cache (inference: no dropout).
+
+    Writes the new tokens' keys and values into `cache` at their positions
+    and lets the token at position ``p`` attend to slots ``<= p`` of its
+    row, so the logits equal those of ``__call__`` on the whole sequence
+    whenever slots ``< p`` hold that sequence's earlier tokens.
+
+    Args:
+      tokens: int ``[batch, time]`` token ids.
+      positions: int ``[batch, time]``, consecutive in each row
+        (``positions[b, 0] + arange(time)``), ``positions[b, -1] <
+        cache_length``; rows may start at different positions. (Checked
+        when concrete; under ``jit`` a row running past the cache would be
+        written at the clamped slots ``cache_length - time ...``.)
+      cache: from :meth:`init_cache` or a previous :meth:`decode`.
+
+    Returns:
+      ``(logits, cache)``: float32 ``[batch, time, vocab]`` and the cache
+      with the new keys and values written.
+    """
+    cfg = self.config
+    layer = cache['layer_0']['key']
+    _check_decode_inputs(tokens, positions, cfg.vocab_size, layer.shape[1], layer.shape[0])
+    x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)
+    if cfg.positions == 'learned':
+      x = x + jnp.take(self.position_embedding, positions, axis=0).astype(cfg.dtype)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    new_cache = {}
+    for i, block in enumerate(self.blocks):
+      x, new_cache[f'layer_{i}'] = block.decode(x, positions, cache[f'layer_{i}'])
+    hidden = nn.with_logical_constraint(self.final_norm(x), ('batch', 'length', 'embed'))
+    unembedding = self.embedding.T if cfg.tied_embeddings else self.unembedding
+    return _unembed(hidden, unembedding, cfg.dtype), new_cache
 
   def features_outputs(self, tokens: jax.Array, train: bool = False) -> Outputs:
     """``Outputs(logits=None, features={'hidden', 'unembedding'})``, no logits.
@@ -424,3 +651,49 @@ def lm_apply(
   """
   method = None if logits else DecoderLM.features_outputs
   return adapters.from_linen(model, inputs=inputs, features=features, method=method)
+
+
+def lm_decoder(model: DecoderLM, *, use_cache: bool = True) -> Decoder:
+  """A :class:`~kdjax.generate._decoder.Decoder` for a :class:`DecoderLM`.
+
+  With ``use_cache=True`` the cache is :meth:`DecoderLM.init_cache`'s
+  per-layer keys and values and a step is :meth:`DecoderLM.decode`: each
+  new token costs one position's work. With ``use_cache=False`` the cache
+  is only the token buffer ``{'tokens': int32 [batch, cache_length]}``: a
+  step writes the new tokens into it, runs the full forward pass over the
+  whole buffer and returns the logits at the requested positions -- the
+  same outputs, at the cost of recomputing every position each step (the
+  baseline a KV cache is measured against). `init_cache` ignores its
+  `inputs` either way.
+
+  Args:
+    model: the language model.
+    use_cache: keep keys and values (True) or recompute them (False).
+
+  Returns:
+    ``Decoder(init_cache, step, vocab_size, max_length=config.max_len)``.
+  """
+  cfg = model.config
+
+  def init_cache(variables, inputs, batch_size, cache_length):
+    del variables, inputs
+    if use_cache:
+      return model.init_cache(batch_size, cache_length)
+    _check_cache_length(cache_length, cfg.max_len, 'max_len')
+    return {'tokens': jnp.zeros((batch_size, cache_length), jnp.int32)}
+
+  def cached_step(variables, tokens, positions, cache):
+    return model.apply(variables, tokens, positions, cache, method=DecoderLM.decode)
+
+  def recompute_step(variables, tokens, positions, cache):
+    buffer = cache['tokens']
+    _check_decode_inputs(tokens, positions, cfg.vocab_size, buffer.shape[1], buffer.shape[0])
+    buffer = jax.vmap(lambda row, new, start: jax.lax.dynamic_update_slice(row, new, (start,)))(
+        buffer, tokens.astype(buffer.dtype), positions[:, 0])
+    logits = model.apply(variables, buffer)
+    return jnp.take_along_axis(logits, positions[:, :, None], axis=1), {'tokens': buffer}
+
+  return Decoder(
+      init_cache=init_cache, step=cached_step if use_cache else recompute_step,
+      vocab_size=cfg.vocab_size, max_length=cfg.max_len,
+  )
