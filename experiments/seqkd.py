@@ -94,50 +94,71 @@ def training_arrays(source, source_length, target, target_length) -> dict[str, n
   }
 
 
-def _split_arrays(source, data: ml_collections.ConfigDict, limit: int, seed: int):
-  """The examples of a split that fit the config's lengths, in a seeded random subset."""
+def _columns(source) -> dict[str, np.ndarray]:
+  """A TFDS data source's examples as columns (texts as Python strings)."""
   rows = [source[i] for i in range(len(source))]
-  keep = [r for r in rows if r['source_length'] <= data.max_source_len
-          and r['target_length'] <= data.max_target_len]
-  if limit and len(keep) > limit:
-    order = np.random.default_rng(seed).permutation(len(keep))[:limit]
-    keep = [keep[i] for i in sorted(order)]
   text = lambda v: v.decode('utf-8') if isinstance(v, bytes) else str(v)
+  out = {key: np.stack([r[key] for r in rows]) for key in
+         ('source', 'source_length', 'target', 'target_length')}
+  for key in ('source_text', 'target_text'):
+    out[key] = np.array([text(r[key]) for r in rows], object)
+  return out
+
+
+def _split_arrays(columns: Mapping[str, np.ndarray], data: ml_collections.ConfigDict,
+                  limit: int, seed: int) -> dict[str, np.ndarray]:
+  """The examples of a split that fit the config's lengths, in a seeded random subset."""
+  keep = np.flatnonzero((columns['source_length'] <= data.max_source_len)
+                        & (columns['target_length'] <= data.max_target_len))
+  if limit and len(keep) > limit:
+    keep = np.sort(np.random.default_rng(seed).permutation(keep)[:limit])
   arrays = training_arrays(
-      np.stack([r['source'][: data.max_source_len] for r in keep]),
-      np.array([r['source_length'] for r in keep]),
-      np.stack([r['target'][: data.max_target_len] for r in keep]),
-      np.array([r['target_length'] for r in keep]))
-  arrays['source_text'] = np.array([text(r['source_text']) for r in keep], object)
-  arrays['target_text'] = np.array([text(r['target_text']) for r in keep], object)
+      columns['source'][keep, : data.max_source_len], columns['source_length'][keep],
+      columns['target'][keep, : data.max_target_len], columns['target_length'][keep])
+  for key in ('source_text', 'target_text'):
+    arrays[key] = columns[key][keep]
   return arrays
 
 
 def load_data(config: ml_collections.ConfigDict):
   """``(splits, tokenizer, info)``: arrays per split and the dataset's BPE tokenizer.
 
-  The gettext dataset is built into ``config.data.data_dir`` on first use
-  (``apt-get download`` of the Debian packages; no other network).
+  ``config.data.source`` is ``'gettext'`` (built into ``config.data.data_dir``
+  on first use, with ``apt-get download`` of the Debian packages, or from
+  ``config.data.pairs_file``; no other network) or ``'wmt14'`` (TFDS's
+  ``wmt14_translate/<lang>-en``, for users with network).
   """
   d = config.data
-  name = f'gettext_translation/{d.lang}'
-  builder = data_lib.GettextTranslation(config=d.lang, data_dir=d.data_dir or None,
-                                        vocab_size=d.vocab_size)
-  builder.download_and_prepare()
-  metadata = data_lib.translation_metadata(builder.data_dir)
-  if metadata['vocab_size'] != d.vocab_size:
-    raise ValueError(
-        f'the dataset in {builder.data_dir} was built with vocab_size='
-        f"{metadata['vocab_size']}, the config asks for {d.vocab_size}: use another data_dir.")
-  tokenizer = data_lib.load_tokenizer(builder.data_dir)
-  splits, info = {}, {'dataset_dir': builder.data_dir, 'vocab_size': metadata['vocab_size'],
+  if d.source == 'gettext':
+    builder = data_lib.GettextTranslation(
+        config=d.lang, data_dir=d.data_dir or None, vocab_size=d.vocab_size,
+        pairs_file=d.pairs_file or None)
+    builder.download_and_prepare()
+    metadata = data_lib.translation_metadata(builder.data_dir)
+    if metadata['vocab_size'] != d.vocab_size:
+      raise ValueError(
+          f'the dataset in {builder.data_dir} was built with vocab_size='
+          f"{metadata['vocab_size']}, the config asks for {d.vocab_size}: use another "
+          'data_dir.')
+    tokenizer = data_lib.load_tokenizer(builder.data_dir)
+    columns = {split: _columns(data_lib.load_source(f'gettext_translation/{d.lang}', split,
+                                                    data_dir=d.data_dir or None))
+               for split in ('train', 'val', 'test')}
+    where = builder.data_dir
+  elif d.source == 'wmt14':
+    columns, tokenizer, _ = data_lib.make_wmt14_arrays(
+        f'{d.lang}-en', data_dir=d.data_dir or None, vocab_size=d.vocab_size,
+        max_source_length=d.max_source_len, max_target_length=d.max_target_len)
+    where = f'wmt14_translate/{d.lang}-en'
+  else:
+    raise ValueError(f"config.data.source must be 'gettext' or 'wmt14', got {d.source!r}.")
+  splits, info = {}, {'dataset': where, 'vocab_size': int(tokenizer.vocab_size),
                       'splits': {}}
   limits = {'train': d.max_train, 'val': d.max_val, 'test': d.max_test}
   for split, limit in limits.items():
-    source = data_lib.load_source(name, split, data_dir=d.data_dir or None)
-    splits[split] = _split_arrays(source, d, limit, seed=d.subset_seed)
+    splits[split] = _split_arrays(columns[split], d, limit, seed=d.subset_seed)
     info['splits'][split] = {'examples': int(len(splits[split]['source'])),
-                             'available': len(source),
+                             'available': int(len(columns[split]['source'])),
                              'target_tokens': int(splits[split]['mask'].sum())}
   return splits, tokenizer, info
 
