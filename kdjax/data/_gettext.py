@@ -61,7 +61,6 @@ import tempfile
 import unicodedata
 import zlib
 
-import numpy as np
 
 #: Bumped whenever a rule of normalise_text or normalise_pair changes.
 NORMALISATION_VERSION = 1

@@ -258,7 +258,8 @@ class GettextTranslation(_builder.OfflineArrayBuilder):
   Examples are ``{'source': int32 [64], 'source_length': int32,
   'target': int32 [64] (tokens, then EOS), 'target_length': int32 (EOS
   included), 'source_text': str, 'target_text': str, 'catalog': str}``,
-  padding id 0, in (catalog, source) order.
+  padding id 0, in (catalog, source) order. A data source gives the
+  text features as UTF-8 ``bytes`` (TFDS's NumPy decoding of ``Text``).
 
   Building fetches the packages with ``apt-get download`` into
   `cache_dir` (see :func:`~kdjax.data.fetch_catalogs`), unless
