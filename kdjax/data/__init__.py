@@ -2,6 +2,17 @@
 
 from kdjax.data._digits import Digits
 from kdjax.data._digits import make_digits_arrays
+from kdjax.data._gettext import collect_pairs
+from kdjax.data._gettext import DEFAULT_PACKAGES as GETTEXT_PACKAGES
+from kdjax.data._gettext import fetch_catalogs
+from kdjax.data._gettext import make_translation_splits
+from kdjax.data._gettext import normalise_pair
+from kdjax.data._gettext import normalise_text
+from kdjax.data._gettext import read_mo_catalog
+from kdjax.data._gettext import read_pairs
+from kdjax.data._gettext import split_catalogs
+from kdjax.data._gettext import TranslationPair
+from kdjax.data._gettext import write_pairs
 from kdjax.data._mnist1d import Mnist1d
 from kdjax.data._mnist1d import make_mnist1d_arrays
 from kdjax.data._pipeline import dataset_info
@@ -17,6 +28,14 @@ from kdjax.data._text import make_windows
 from kdjax.data._text import python_stdlib_dir
 from kdjax.data._text import read_byte_documents
 from kdjax.data._text import split_files
+from kdjax.data._translation import BpeTokenizer
+from kdjax.data._translation import encode_translation_arrays
+from kdjax.data._translation import GettextTranslation
+from kdjax.data._translation import load_tokenizer
+from kdjax.data._translation import make_translation_arrays
+from kdjax.data._translation import make_wmt14_arrays
+from kdjax.data._translation import train_tokenizer
+from kdjax.data._translation import translation_metadata
 
 __all__ = [
     'MASK_KEY',
@@ -38,4 +57,25 @@ __all__ += [
     'python_stdlib_dir',
     'read_byte_documents',
     'split_files',
+]
+__all__ += [
+    'GETTEXT_PACKAGES',
+    'BpeTokenizer',
+    'GettextTranslation',
+    'TranslationPair',
+    'collect_pairs',
+    'encode_translation_arrays',
+    'fetch_catalogs',
+    'load_tokenizer',
+    'make_translation_arrays',
+    'make_translation_splits',
+    'make_wmt14_arrays',
+    'normalise_pair',
+    'normalise_text',
+    'read_mo_catalog',
+    'read_pairs',
+    'split_catalogs',
+    'train_tokenizer',
+    'translation_metadata',
+    'write_pairs',
 ]
