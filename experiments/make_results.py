@@ -31,6 +31,7 @@ from experiments import cifar_kd
 from experiments import hinton
 from experiments import hinton_sweep
 from experiments import lm_kd
+from experiments import seqkd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join('experiments', 'results')
@@ -61,6 +62,12 @@ EXPERIMENTS = (
         'CIFAR KD benchmark methods on 8x8 digits (cpu scale)',
         'make cifar-demo',
         lambda r: cifar_kd.describe(r['config'], r['params']) + '\n\n' + cifar_kd.format_table(r),
+    ),
+    (
+        'seqkd_cpu',
+        'Kim & Rush (2016): word-level, sequence-level and interpolated KD for translation (cpu scale)',
+        'make seqkd-demo',
+        lambda r: seqkd.describe(r) + '\n\n' + seqkd.format_table(r),
     ),
 )
 NAMES = tuple(name for name, *_ in EXPERIMENTS)

@@ -132,7 +132,8 @@ def load_data(config: ml_collections.ConfigDict):
   if d.source == 'gettext':
     builder = data_lib.GettextTranslation(
         config=d.lang, data_dir=d.data_dir or None, vocab_size=d.vocab_size,
-        pairs_file=d.pairs_file or None)
+        pairs_file=d.pairs_file or None, val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction, min_eval_pairs=d.min_eval_pairs)
     builder.download_and_prepare()
     metadata = data_lib.translation_metadata(builder.data_dir)
     if metadata['vocab_size'] != d.vocab_size:
@@ -143,7 +144,7 @@ def load_data(config: ml_collections.ConfigDict):
     tokenizer = data_lib.load_tokenizer(builder.data_dir)
     columns = {split: _columns(data_lib.load_source(f'gettext_translation/{d.lang}', split,
                                                     data_dir=d.data_dir or None))
-               for split in ('train', 'val', 'test')}
+               for split in ('train', 'validation', 'test')}
     where = builder.data_dir
   elif d.source == 'wmt14':
     columns, tokenizer, _ = data_lib.make_wmt14_arrays(
@@ -155,10 +156,11 @@ def load_data(config: ml_collections.ConfigDict):
   splits, info = {}, {'dataset': where, 'vocab_size': int(tokenizer.vocab_size),
                       'splits': {}}
   limits = {'train': d.max_train, 'val': d.max_val, 'test': d.max_test}
+  names = {'train': 'train', 'val': 'validation', 'test': 'test'}
   for split, limit in limits.items():
-    splits[split] = _split_arrays(columns[split], d, limit, seed=d.subset_seed)
+    splits[split] = _split_arrays(columns[names[split]], d, limit, seed=d.subset_seed)
     info['splits'][split] = {'examples': int(len(splits[split]['source'])),
-                             'available': int(len(columns[split]['source'])),
+                             'available': int(len(columns[names[split]]['source'])),
                              'target_tokens': int(splits[split]['mask'].sum())}
   return splits, tokenizer, info
 

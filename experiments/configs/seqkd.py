@@ -52,6 +52,9 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.data.pairs_file = ''  # build from these normalised pairs instead of apt-get
   c.data.data_dir = 'runs/data'  # where the gettext dataset is built
   c.data.vocab_size = 4000
+  c.data.val_fraction = 0.05  # of the pairs, by whole catalogs
+  c.data.test_fraction = 0.05
+  c.data.min_eval_pairs = 1000
   c.data.max_source_len = 24
   c.data.max_target_len = 24
   c.data.max_train = 16_000  # 0 = every pair that fits

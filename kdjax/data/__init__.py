@@ -28,7 +28,11 @@ from kdjax.data._text import make_windows
 from kdjax.data._text import python_stdlib_dir
 from kdjax.data._text import read_byte_documents
 from kdjax.data._text import split_files
+from kdjax.data._translation import BOS_ID
 from kdjax.data._translation import BpeTokenizer
+from kdjax.data._translation import EOS_ID
+from kdjax.data._translation import PAD_ID
+from kdjax.data._translation import UNK_ID
 from kdjax.data._translation import encode_translation_arrays
 from kdjax.data._translation import GettextTranslation
 from kdjax.data._translation import load_tokenizer
@@ -60,6 +64,10 @@ __all__ += [
 ]
 __all__ += [
     'GETTEXT_PACKAGES',
+    'BOS_ID',
+    'EOS_ID',
+    'PAD_ID',
+    'UNK_ID',
     'BpeTokenizer',
     'GettextTranslation',
     'TranslationPair',

@@ -1,0 +1,80 @@
+"""experiments/seqkd.py: its data layout, its verdicts, and a smoke run on the shipped sample."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from experiments import make_results
+from experiments import seqkd
+
+SAMPLE = pathlib.Path(__file__).parent / 'data' / 'gettext_de_sample.tsv'
+
+
+def test_training_arrays_shift_the_targets_behind_bos():
+  target = np.array([[7, 8, 2, 5], [9, 2, 5, 5]], np.int32)  # junk after EOS
+  arrays = seqkd.training_arrays(np.array([[4, 5, 6], [4, 0, 0]]), np.array([3, 1]), target,
+                                 np.array([3, 2]))
+  np.testing.assert_array_equal(arrays['labels'], [[7, 8, 2, 0], [9, 2, 0, 0]])
+  np.testing.assert_array_equal(arrays['target_inputs'], [[1, 7, 8, 2], [1, 9, 2, 0]])
+  np.testing.assert_array_equal(arrays['mask'], [[1, 1, 1, 0], [1, 1, 0, 0]])
+  np.testing.assert_array_equal(arrays['source_mask'], [[1, 1, 1], [1, 0, 0]])
+
+
+@pytest.mark.parametrize('values,sign,want', [
+    ([1.0, 1.2, 0.9], 1.0, 'shown'),
+    ([1.0, -0.8, 0.3], 1.0, 'within the seed spread'),
+    ([-1.0, -1.2, -0.9], 1.0, 'contradicted'),
+    ([-1.0, -1.2, -0.9], -1.0, 'shown'),
+])
+def test_paired_verdict(values, sign, want):
+  from experiments import _common
+  assert seqkd._paired_verdict(_common.mean_std(values), claim_sign=sign) == want
+
+
+def test_word_kd_needs_a_weight():
+  from experiments.configs import seqkd as configs
+  with pytest.raises(ValueError, match="variant 'word_kd' needs kd_weight"):
+    seqkd.make_objective('word_kd', configs.get_config().kd)
+  with pytest.raises(ValueError, match='variant must be one of'):
+    seqkd.make_objective('word', configs.get_config().kd)
+
+
+def test_seqkd_smoke_run_writes_results_and_the_results_section(tmp_path):
+  workdir = tmp_path / 'runs' / 'seqkd_cpu'
+  args = [
+      '--config=experiments/configs/seqkd.py:cpu', f'--workdir={workdir}',
+      f'--config.data.pairs_file={SAMPLE}', f'--config.data.data_dir={tmp_path / "data"}',
+      '--config.data.vocab_size=300', '--config.data.val_fraction=0.25',
+      '--config.data.test_fraction=0.25', '--config.data.min_eval_pairs=20',
+      '--config.data.max_train=32', '--config.data.max_val=16', '--config.data.max_test=16',
+      '--config.data.max_source_len=24', '--config.data.max_target_len=24',
+      '--config.seeds=0,', '--config.progress=False',
+      '--config.kd.data_batch_size=16', '--config.eval.batch_size=16',
+      '--config.eval.beam_width=2', '--config.kd.data_beam_width=2',
+  ]
+  for model in ('teacher', 'student'):
+    args += [f'--config.{model}.epochs=1', f'--config.{model}.batch_size=32',
+             f'--config.{model}.encoder_layers=1', f'--config.{model}.decoder_layers=1',
+             f'--config.{model}.num_heads=2', f'--config.{model}.mlp_dim=16']
+  args += ['--config.teacher.hidden=16', '--config.student.hidden=8']
+  seqkd.main(args)
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['steps'] == {'teacher': 1, 'student': 1}
+  assert results['params']['student'] < results['params']['teacher']
+  assert set(results['summary']) == set(seqkd.VARIANTS)
+  for variant in seqkd.WORD_KD:
+    chosen = results['selection'][variant]
+    assert chosen['chosen'] == chosen['grid'][int(np.argmax(chosen['val_greedy_bleu']))]
+  # The interpolated data's BLEU against the reference is at least the beam's.
+  data = results['teacher_data']
+  assert data['bleu']['mean_sentence_bleu'] >= data['beam']['mean_sentence_bleu']
+  assert {c['verdict'] for c in results['claims']} <= {
+      'shown', 'within the seed spread', 'contradicted'}
+  out = tmp_path / 'results.md'
+  others = [a for name in make_results.NAMES if name != 'seqkd_cpu' for a in ('--keep', name)]
+  make_results.main(['--record', str(workdir), '--results', str(tmp_path / 'results'),
+                     '--out', str(out), *others])
+  text = out.read_text()
+  assert 'Kim & Rush (2016)' in text and 'seq-interp' in text
