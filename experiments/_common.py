@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from kdjax import checkpoint
 from kdjax import loop
@@ -106,6 +107,21 @@ def train_teacher(trainer: Trainer, train, *, seed: int, workdir: str,
   # (A rerun restores the same teacher from its training checkpoint.)
   checkpoint.save_teacher(final, state.variables, overwrite=True)
   return checkpoint.load_teacher(final, state.variables), metrics
+
+
+def warmup_cosine_adamw(model: ml_collections.ConfigDict, steps: int, *, b2: float):
+  """AdamW with linear warm-up and cosine decay to zero, global-norm clipping at 1.
+
+  `model` gives ``learning_rate``, ``warmup_steps`` (cut to fit `steps`)
+  and ``weight_decay``.
+  """
+  warmup = min(model.warmup_steps, max(steps - 1, 1))
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, model.learning_rate, warmup_steps=warmup, decay_steps=max(steps, warmup + 1))
+  return optax.chain(
+      optax.clip_by_global_norm(1.0),
+      optax.adamw(schedule, b2=b2, weight_decay=model.weight_decay),
+  )
 
 
 # ----------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from experiments import _common
 from kdjax import config as config_lib
@@ -75,14 +74,8 @@ def model_config(model: ml_collections.ConfigDict, context: int) -> zoo.DecoderC
 
 
 def make_optimizer(model: ml_collections.ConfigDict, steps: int):
-  """AdamW with linear warm-up and cosine decay to zero, global-norm clipping at 1."""
-  warmup = min(model.warmup_steps, max(steps - 1, 1))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, model.learning_rate, warmup_steps=warmup, decay_steps=max(steps, warmup + 1))
-  return optax.chain(
-      optax.clip_by_global_norm(1.0),
-      optax.adamw(schedule, b2=0.99, weight_decay=model.weight_decay),
-  )
+  """AdamW (b2 = 0.99) with linear warm-up and cosine decay to zero, clipping at 1."""
+  return _common.warmup_cosine_adamw(model, steps, b2=0.99)
 
 
 def make_objective(

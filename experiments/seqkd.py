@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from experiments import _common
 from kdjax import config as config_lib
@@ -181,12 +180,8 @@ def model_config(m: ml_collections.ConfigDict, vocab: int, data) -> zoo.Seq2SeqC
 
 
 def make_optimizer(m: ml_collections.ConfigDict, steps: int):
-  """AdamW, linear warm-up then cosine decay to zero, global-norm clipping at 1."""
-  warmup = min(m.warmup_steps, max(steps - 1, 1))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, m.learning_rate, warmup_steps=warmup, decay_steps=max(steps, warmup + 1))
-  return optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, b2=0.98, weight_decay=m.weight_decay))
+  """AdamW (b2 = 0.98) with linear warm-up and cosine decay to zero, clipping at 1."""
+  return _common.warmup_cosine_adamw(m, steps, b2=0.98)
 
 
 def make_objective(variant: str, kd: ml_collections.ConfigDict,
