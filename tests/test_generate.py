@@ -483,3 +483,36 @@ def test_seq2seq_beam_search_with_sources():
                        eos_id=2, method=gen.BeamSearch(width=4),
                        inputs={'source': source[1:2], 'source_mask': mask[1:2]})
   np.testing.assert_array_equal(alone.tokens[0], out.tokens[1])
+
+
+@pytest.mark.parametrize('rules', [
+    # tensor parallel teacher, data-parallel batch
+    (('batch', 'data'), ('heads', 'model'), ('mlp', 'model'), ('vocab', 'model'),
+     ('embed', None), ('kv', None), ('length', None)),
+    # FSDP: parameters sharded over the embedding axis
+    (('batch', 'data'), ('embed', 'model'), ('heads', None), ('mlp', None), ('vocab', None),
+     ('kv', None), ('length', None)),
+])
+def test_decoder_lm_sharded_generation_equals_one_device(rules):
+  from flax import linen as nn
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from kdjax import parallel, zoo
+  cfg = zoo.DecoderConfig(vocab_size=16, num_layers=2, hidden=16, num_heads=2, mlp_dim=32,
+                          max_len=20, mlp='swiglu')
+  model = zoo.DecoderLM(cfg)
+  boxed = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  variables = nn.meta.unbox(boxed)
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ('data', 'model'))
+  shardings = parallel.param_shardings(boxed, list(rules), mesh)
+  prompts = np.random.default_rng(1).integers(0, 16, size=(8, 4)).astype(np.int32)
+  lengths = np.array([4, 1, 2, 4, 3, 1, 4, 2], np.int32)
+  for method in (gen.Greedy(), gen.BeamSearch(width=2)):
+    one = gen.make_generate(zoo.lm_decoder(model), max_new_tokens=6, eos_id=3, method=method)
+    many = gen.make_generate(zoo.lm_decoder(model), max_new_tokens=6, eos_id=3, method=method,
+                             mesh=mesh, variables_shardings=shardings,
+                             batch_sharding=NamedSharding(mesh, P('data')),
+                             logical_axis_rules=rules)
+    a = one(variables, prompts, lengths)
+    b = many(jax.device_put(variables, shardings), prompts, lengths)
+    np.testing.assert_array_equal(a.tokens, b.tokens, err_msg=str(method))
+    np.testing.assert_allclose(a.log_probs, b.log_probs, rtol=1e-4, atol=1e-5)
