@@ -76,7 +76,7 @@ def test_cache_layout_batch_axis_0_dtype_and_tiling():
   _, cache = decode_right_padded(step, decoder, variables, {}, tokens, [3, 2], CACHE)
   assert sorted(cache) == ['layer_0', 'layer_1']
   for leaf in jax.tree.leaves(cache):
-    assert leaf.shape == (2, CACHE, config.num_heads, config.kv_dim)
+    assert leaf.shape == (2, config.num_heads, CACHE, config.kv_dim)
     assert leaf.dtype == config.dtype
   # Beam search tiles the cache with jnp.repeat and reorders it by rows.
   shuffle = np.array([5, 0, 3, 1, 4, 2])
@@ -104,7 +104,7 @@ def test_eager_step_equals_jit_and_init_cache_needs_no_variables():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
                eager_cache, jitted_cache)
   # Only the first two slots were written.
-  assert np.abs(np.asarray(jitted_cache['layer_0']['key'])[:, 2:]).max() == 0
+  assert np.abs(np.asarray(jitted_cache['layer_0']['key'])[:, :, 2:]).max() == 0
 
 
 def test_sharded_decode_equals_one_device():
@@ -118,7 +118,7 @@ def test_sharded_decode_equals_one_device():
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
   # The cache shards like the keys: batch over 'data', heads over 'model'.
   spec = tuple(cache['layer_1']['value'].sharding.spec)
-  assert spec + (None,) * (4 - len(spec)) == tuple(P('data', None, 'model', None))
+  assert spec + (None,) * (4 - len(spec)) == tuple(P('data', 'model', None, None))
 
 
 def test_bad_decode_inputs_raise_clear_errors():

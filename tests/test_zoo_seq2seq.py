@@ -163,10 +163,10 @@ def test_cache_layout_tiling_and_one_encoder_pass():
   inputs = {'source': source, 'source_mask': source_mask}
   _, cache = decode_right_padded(step, decoder, variables, inputs, target, [3, 2], CACHE)
   assert sorted(cache) == ['layer_0', 'layer_1', 'source_mask']
-  heads = (config.num_heads, config.kv_dim)
+  layout = lambda length: (2, config.num_heads, length, config.kv_dim)
   assert jax.tree.map(lambda x: x.shape, cache['layer_0']) == {
-      'key': (2, CACHE, *heads), 'value': (2, CACHE, *heads),
-      'cross_key': (2, SOURCE_LEN, *heads), 'cross_value': (2, SOURCE_LEN, *heads)}
+      'key': layout(CACHE), 'value': layout(CACHE),
+      'cross_key': layout(SOURCE_LEN), 'cross_value': layout(SOURCE_LEN)}
   np.testing.assert_array_equal(cache['source_mask'], source_mask)
   for leaf in jax.tree.leaves(cache):
     assert leaf.shape[0] == 2
@@ -193,7 +193,7 @@ def test_sharded_decode_equals_one_device():
   logits, cache = sharded_decode(decoder, variables, inputs, tokens, positions, CACHE)
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
   spec = tuple(cache['layer_0']['cross_key'].sharding.spec)
-  assert spec + (None,) * (4 - len(spec)) == tuple(P('data', None, 'model', None))
+  assert spec + (None,) * (4 - len(spec)) == tuple(P('data', 'model', None, None))
 
 
 def test_seq2seq_apply_features_and_a_distillation_step():

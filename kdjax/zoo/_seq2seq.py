@@ -367,9 +367,9 @@ class Seq2SeqTransformer(nn.Module):
 
     Returns:
       ``{'source_mask': bool [batch, source_len], 'layer_<i>': {'key',
-      'value': [batch, cache_length, heads, kv] zeros, 'cross_key',
-      'cross_value': [batch, source_len, heads, kv]}}``, keys and values in
-      ``config.dtype`` constrained to ``('batch', 'length', 'heads',
+      'value': [batch, heads, cache_length, kv] zeros, 'cross_key',
+      'cross_value': [batch, heads, source_len, kv]}}``, keys and values in
+      ``config.dtype`` constrained to ``('batch', 'heads', 'length',
       'kv')``.
     """
     cfg = self.config
@@ -380,8 +380,10 @@ class Seq2SeqTransformer(nn.Module):
       keys, values = block.cross_keys_values(encoded)
       cache[f'layer_{i}'] = {
           **_transformer._empty_cache(cfg, encoded.shape[0], cache_length),
-          'cross_key': nn.with_logical_constraint(keys.astype(cfg.dtype), CACHE_AXES),
-          'cross_value': nn.with_logical_constraint(values.astype(cfg.dtype), CACHE_AXES),
+          'cross_key': nn.with_logical_constraint(
+              _transformer.heads_first(keys).astype(cfg.dtype), CACHE_AXES),
+          'cross_value': nn.with_logical_constraint(
+              _transformer.heads_first(values).astype(cfg.dtype), CACHE_AXES),
       }
     return cache
 
@@ -403,7 +405,7 @@ class Seq2SeqTransformer(nn.Module):
     cfg = self.config
     layer = cache['layer_0']['key']
     _transformer._check_decode_inputs(
-        tokens, positions, cfg.target_vocab_size, layer.shape[1], layer.shape[0])
+        tokens, positions, cfg.target_vocab_size, layer.shape[2], layer.shape[0])
     x = self._embed(tokens, positions, 'target')
     memory_mask = _transformer._key_mask(cache['source_mask'])
     new_cache = {'source_mask': cache['source_mask']}

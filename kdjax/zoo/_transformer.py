@@ -165,9 +165,12 @@ def _norm(config: Any, name: str | None) -> nn.Module:
   )
 
 
-# Logical axes of every cached key and value ``[batch, cache_length, heads, kv]``:
+# Logical axes of every cached key and value ``[batch, heads, cache_length, kv]``:
 # under ``nn.logical_axis_rules`` a cache shards like the keys and values it holds.
-CACHE_AXES = ('batch', 'length', 'heads', 'kv')
+# Heads come before the length so that the attention matmuls read the cache in
+# place (batch dimensions leading); ``[batch, length, heads, kv]`` made XLA copy
+# and transpose every layer's whole cache at every decoding step.
+CACHE_AXES = ('batch', 'heads', 'length', 'kv')
 
 
 def _rope_inverse_frequencies(x: jax.Array, base: float) -> np.ndarray:
@@ -214,18 +217,22 @@ def _cache_mask(positions: jax.Array, cache_length: int) -> jax.Array:
   return (slots[None, None, :] <= positions[:, :, None])[:, None]
 
 
+def heads_first(x: jax.Array) -> jax.Array:
+  """``[batch, time, heads, kv]`` keys or values in the cache's ``[batch, heads, time, kv]``."""
+  return jnp.swapaxes(x, 1, 2)
+
+
 def _write_cache(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
-  """Writes ``update [batch, time, ...]`` into ``cache [batch, length, ...]``
+  """Writes ``update [batch, time, heads, kv]`` into ``cache [batch, heads, length, kv]``
   at row ``b``'s slots ``start[b] + arange(time)``."""
-  zeros = (0,) * (cache.ndim - 2)
-  written = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (s, *zeros)))(
-      cache, update.astype(cache.dtype), start)
+  written = jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice(c, u, (0, s, 0)))(
+      cache, heads_first(update).astype(cache.dtype), start)
   return nn.with_logical_constraint(written, CACHE_AXES)
 
 
 def _empty_cache(config: Any, batch_size: int, cache_length: int) -> dict[str, jax.Array]:
-  """Zero ``{'key', 'value'}`` of ``[batch_size, cache_length, heads, kv]``."""
-  shape = (batch_size, cache_length, config.num_heads, config.kv_dim)
+  """Zero ``{'key', 'value'}`` of ``[batch_size, heads, cache_length, kv]``."""
+  shape = (batch_size, config.num_heads, cache_length, config.kv_dim)
   return {
       name: nn.with_logical_constraint(jnp.zeros(shape, config.dtype), CACHE_AXES)
       for name in ('key', 'value')
@@ -301,15 +308,18 @@ class _Attention(nn.Module):
     """``[batch, time, hidden]`` -> keys and values ``[batch, time, heads, kv]``."""
     return self._heads(x, self.key), self._heads(x, self.value)
 
-  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: Any) -> jax.Array:
-    """Attention of ``q [b, t, h, k]`` over ``k, v [b, s, h, k]`` where
-    ``mask`` (bool, broadcasting to ``[b, h, t, s]``) holds, projected out."""
+  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: Any, *,
+             cached: bool = False) -> jax.Array:
+    """Attention of ``q [b, t, h, k]`` over ``k, v [b, s, h, k]`` (``[b, h, s, k]``,
+    the cache's layout, when `cached`) where ``mask`` (bool, broadcasting to
+    ``[b, h, t, s]``) holds, projected out."""
     cfg = self.config
-    scores = jnp.einsum('bqhk,bshk->bhqs', q, k, preferred_element_type=jnp.float32)
+    kv = 'bhsk' if cached else 'bshk'
+    scores = jnp.einsum(f'bqhk,{kv}->bhqs', q, k, preferred_element_type=jnp.float32)
     scores = scores / np.sqrt(cfg.kv_dim).astype(np.float32)
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    mixed = jnp.einsum('bhqs,bshk->bqhk', probs, v)
+    mixed = jnp.einsum(f'bhqs,{kv}->bqhk', probs, v)
     mixed = nn.with_logical_constraint(mixed, ('batch', 'length', 'heads', 'kv'))
     return jnp.einsum('bthk,hkd->btd', mixed, self.out.astype(cfg.dtype))
 
@@ -330,8 +340,8 @@ class _Attention(nn.Module):
       q, k = _rope_at(q, positions, base), _rope_at(k, positions, base)
     keys = _write_cache(cache['key'], k, positions[:, 0])
     values = _write_cache(cache['value'], v, positions[:, 0])
-    mask = _cache_mask(positions, keys.shape[1])
-    return self.attend(q, keys, values, mask), {'key': keys, 'value': values}
+    mask = _cache_mask(positions, keys.shape[2])
+    return self.attend(q, keys, values, mask, cached=True), {'key': keys, 'value': values}
 
 
 class _Mlp(nn.Module):
@@ -386,9 +396,10 @@ class _Block(nn.Module):
     x = x + self.Dropout_0(branch, deterministic=not train)
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
-  def _cross(self, x, keys, values, memory_mask, train):
+  def _cross(self, x, keys, values, memory_mask, train, cached=False):
     q = self.cross_attention.queries(self.cross_attention_norm(x))
-    return self._residual(x, self.cross_attention.attend(q, keys, values, memory_mask), train)
+    attended = self.cross_attention.attend(q, keys, values, memory_mask, cached=cached)
+    return self._residual(x, attended, train)
 
   def cross_keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The cross-attention keys and values of ``memory [batch, source, hidden]``."""
@@ -414,7 +425,8 @@ class _Block(nn.Module):
     x = self._residual(x, attended, False)
     new_cache = dict(cache, **self_cache)
     if self.cross:
-      x = self._cross(x, cache['cross_key'], cache['cross_value'], memory_mask, False)
+      x = self._cross(x, cache['cross_key'], cache['cross_value'], memory_mask, False,
+                      cached=True)
     return self._residual(x, self.mlp(self.mlp_norm(x)), False), new_cache
 
 
@@ -557,9 +569,9 @@ class DecoderLM(nn.Module):
       cache_length: the most positions a sequence may reach, ``<= max_len``.
 
     Returns:
-      ``{'layer_<i>': {'key': k, 'value': v}}``, each ``[batch_size,
-      cache_length, heads, kv]`` zeros in ``config.dtype``, constrained to
-      the logical axes ``('batch', 'length', 'heads', 'kv')``.
+      ``{'layer_<i>': {'key': k, 'value': v}}``, each ``[batch_size, heads,
+      cache_length, kv]`` zeros in ``config.dtype``, constrained to the
+      logical axes ``('batch', 'heads', 'length', 'kv')``.
     """
     _check_cache_length(cache_length, self.config.max_len, 'max_len')
     return {
@@ -592,7 +604,7 @@ class DecoderLM(nn.Module):
     """
     cfg = self.config
     layer = cache['layer_0']['key']
-    _check_decode_inputs(tokens, positions, cfg.vocab_size, layer.shape[1], layer.shape[0])
+    _check_decode_inputs(tokens, positions, cfg.vocab_size, layer.shape[2], layer.shape[0])
     x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)
     if cfg.positions == 'learned':
       x = x + jnp.take(self.position_embedding, positions, axis=0).astype(cfg.dtype)
