@@ -11,9 +11,8 @@ WORKERS ?= 2
 # Sections of docs/results.md whose runs predate provenance records (no
 # experiments/results/<name>.json): make_results keeps them, with a note
 # saying so, instead of failing. Every section is recorded now; add
-# `--keep NAME` here only for a section whose run is missing (seqkd_cpu: its
-# first run is not recorded yet).
-KEEP_UNRECORDED := --keep seqkd_cpu
+# `--keep NAME` here only for a section whose run is missing.
+KEEP_UNRECORDED :=
 MAKE_RESULTS := $(BIN)/python -m experiments.make_results $(KEEP_UNRECORDED)
 
 $(STAMP): pyproject.toml
