@@ -78,3 +78,25 @@ def test_seqkd_smoke_run_writes_results_and_the_results_section(tmp_path):
                      '--out', str(out), *others])
   text = out.read_text()
   assert 'Kim & Rush (2016)' in text and 'seq-interp' in text
+
+
+def test_full_config_reads_wmt14_through_tfds(monkeypatch):
+  # No network here: TFDS's mock data stands in for wmt14_translate/de-en.
+  import tensorflow_datasets as tfds
+  import tensorflow_datasets.translate.wmt14  # noqa: F401  pylint: disable=unused-import
+  from kdjax import config as config_lib
+  config = config_lib.load_config('experiments/configs/seqkd.py:full')
+  assert config.data.source == 'wmt14'
+  with config.unlocked():
+    config.data.vocab_size = 300
+    config.data.max_source_len = 40
+    config.data.max_target_len = 40
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    splits, tokenizer, info = seqkd.load_data(config)
+  assert set(splits) == {'train', 'val', 'test'}
+  assert info['dataset'] == 'wmt14_translate/de-en'
+  for split, arrays in splits.items():
+    assert info['splits'][split]['examples'] == len(arrays['source']) > 0
+    assert arrays['target_inputs'].shape == arrays['labels'].shape
+    assert (arrays['target_inputs'][:, 0] == seqkd.BOS).all()
+    np.testing.assert_array_equal(arrays['target_inputs'][:, 1:], arrays['labels'][:, :-1])
