@@ -65,6 +65,7 @@ WORD_KD = ('word_kd', 'seq_kd_word_kd')
 SEQUENCE_DATA = {'seq_kd': 'beam', 'seq_kd_word_kd': 'beam', 'seq_interp': 'bleu'}
 TRAIN_KEYS = ('source', 'source_mask', 'target_inputs', 'labels', 'mask')
 PAD, BOS, EOS = data_lib.PAD_ID, data_lib.BOS_ID, data_lib.EOS_ID
+LANGUAGES = {'de': 'German', 'fr': 'French'}
 
 
 # ----------------------------------------------------------------------------
@@ -540,7 +541,8 @@ def describe(results: Mapping[str, Any]) -> str:
 
   sp = data['splits']
   return (
-      f"Data: English→{config['data']['lang']} UI strings from Debian's gettext catalogs, "
+      f"Data: English→{LANGUAGES.get(config['data']['lang'], config['data']['lang'])} UI "
+      f"strings from Debian's gettext catalogs, "
       f"split by catalog; joint BPE of {data['vocab_size']} tokens trained on the training "
       f"split; sentences of at most {config['data']['max_source_len']} source and "
       f"{config['data']['max_target_len']} target tokens: {sp['train']['examples']:,} training, "
@@ -557,7 +559,10 @@ def describe(results: Mapping[str, Any]) -> str:
       f"{{{', '.join(f'{w:g}' for w in config['kd']['kd_weight_grid'])}}} by validation greedy "
       f"BLEU of seed {config['seeds'][0]}, and each run keeps its epoch of best validation "
       f"greedy BLEU; the test catalogs are decoded once. BLEU and chrF are sacrebleu's corpus "
-      f"scores; beam search uses width {config['eval']['beam_width']}."
+      f"scores; beam search uses width {config['eval']['beam_width']}. Tokens/s: new tokens "
+      f"of the test set decoded in batches of {config['eval']['batch_size']}, compilation "
+      f"excluded, measured during the run on one machine for every model (its load is not "
+      f"recorded, so read them as ratios)."
   )
 
 
