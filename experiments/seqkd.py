@@ -358,14 +358,15 @@ def teacher_data(teacher: Model, variables, tokenizer, train: Mapping[str, np.nd
   bos = np.full((config.kd.data_batch_size, 1), BOS, np.int32)
   decode = lambda batch: fn(variables, bos, inputs=batch)
   references = list(train['target_text'])
+  paths = seqkd.build_sequence_kd_datasets(
+      decode, train['source'], train['source_mask'], os.path.join(workdir, 'teacher_data'),
+      batch_size=config.kd.data_batch_size, selections=sorted(set(SEQUENCE_DATA.values())),
+      references=references,
+      detokenize=lambda t: detokenize(tokenizer, t[None], np.array([len(t)]))[0],
+      fingerprint=f'{teacher.config}|beam{width}|alpha{config.eval.beam_alpha}',
+      log=print if config.progress else None)
   out = {}
-  for selection in sorted(set(SEQUENCE_DATA.values())):
-    path = seqkd.build_sequence_kd_data(
-        decode, train['source'], train['source_mask'], os.path.join(workdir, 'teacher_data'),
-        batch_size=config.kd.data_batch_size, select=selection, references=references,
-        detokenize=lambda t: detokenize(tokenizer, t[None], np.array([len(t)]))[0],
-        fingerprint=f'{teacher.config}|beam{width}|alpha{config.eval.beam_alpha}',
-        log=print if config.progress else None)
+  for selection, path in paths.items():
     data = seqkd.load_sequence_kd_data(path)
     rows = [data[i] for i in range(len(data))]
     target = np.stack([r['target'] for r in rows])

@@ -120,6 +120,13 @@ def _check_known_value(
       raise ValueError(f'{name} must be {rule}, got {value}.')
 
 
+def check_positive_int(name: str, value: Any) -> None:
+  """Raises unless `value` is a Python or NumPy int > 0 (a bool is not an int here)."""
+  if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+      or value <= 0):
+    raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
 def check_positive(name: str, value: Any) -> None:
   """Raises for a non-positive value when it is known at trace time."""
   _check_known_value(name, value, lambda arr: arr > 0, '> 0')

@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from kdjax import _checks
 from kdjax.data._builder import OfflineArrayBuilder
 from kdjax.data._builder import import_optional
+from kdjax.data._translation import write_json
 
 SELECTIONS = ('beam', 'bleu')
 _CHUNK_KEYS = ('tokens', 'lengths', 'scores')
@@ -130,8 +132,7 @@ def generate_teacher_chunks(
         f'source must be [N, S] and source_mask the same shape, got source with shape '
         f'{source.shape} and source_mask with shape {source_mask.shape}.'
     )
-  if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-    raise ValueError(f'batch_size must be a positive int, got {batch_size!r}.')
+  _checks.check_positive_int('batch_size', batch_size)
   os.makedirs(chunk_dir, exist_ok=True)
   stamp = _fingerprint(source, source_mask, batch_size, fingerprint)
   spec_path = os.path.join(chunk_dir, 'spec.json')
@@ -144,11 +145,8 @@ def generate_teacher_chunks(
           f'this build {stamp}): use a new directory or delete it.'
       )
   else:
-    tmp = f'{spec_path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-      json.dump({'fingerprint': stamp, 'num_sources': len(source),
-                 'batch_size': int(batch_size)}, f)
-    os.replace(tmp, spec_path)
+    write_json(spec_path, {'fingerprint': stamp, 'num_sources': len(source),
+                           'batch_size': int(batch_size)})
   num = len(source)
   num_chunks = -(-num // batch_size)
   parts = []
@@ -248,19 +246,49 @@ def build_sequence_kd_data(
     The prepared dataset's directory (read it with
     :func:`load_sequence_kd_data`).
   """
-  if select not in SELECTIONS:
-    raise ValueError(f'select must be one of {SELECTIONS}, got {select!r}.')
-  if select == 'bleu' and (references is None or detokenize is None):
+  return build_sequence_kd_datasets(
+      decode, source, source_mask, out_dir, batch_size=batch_size, selections=(select,),
+      references=references, detokenize=detokenize, pad_id=pad_id, fingerprint=fingerprint,
+      log=log)[select]
+
+
+def build_sequence_kd_datasets(
+    decode: Decode,
+    source: np.ndarray,
+    source_mask: np.ndarray,
+    out_dir: str,
+    *,
+    batch_size: int,
+    selections: Sequence[str] = SELECTIONS,
+    references: Sequence[str] | None = None,
+    detokenize: Callable[[np.ndarray], str] | None = None,
+    pad_id: int = 0,
+    fingerprint: str = '',
+    log: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+  """:func:`build_sequence_kd_data` for several selections at once.
+
+  The teacher's chunks are read and the candidates' sentence BLEU is
+  computed once for all of `selections` (each ``'beam'`` or ``'bleu'``);
+  a selection already prepared is found, not rebuilt.
+
+  Returns:
+    ``{select: the prepared dataset's directory}``.
+  """
+  for select in selections:
+    if select not in SELECTIONS:
+      raise ValueError(f'select must be one of {SELECTIONS}, got {select!r}.')
+  if 'bleu' in selections and (references is None or detokenize is None):
     raise ValueError("select='bleu' needs references and detokenize.")
   if references is not None and len(references) != len(source):
     raise ValueError(
         f'references must have one entry per source: got {len(references)} for '
         f'{len(source)} sources.'
     )
-  data_dir = os.path.join(out_dir, select)
-  existing = _prepared_dir(data_dir)
-  if existing is not None:
-    return existing
+  paths = {select: _prepared_dir(os.path.join(out_dir, select)) for select in selections}
+  missing = [select for select, path in paths.items() if path is None]
+  if not missing:
+    return paths
   outputs = generate_teacher_chunks(
       decode, source, source_mask, os.path.join(out_dir, 'chunks'), batch_size=batch_size,
       fingerprint=fingerprint, log=log,
@@ -274,23 +302,25 @@ def build_sequence_kd_data(
     for i in range(num):
       hyps = [detokenize(tokens[i, k, : lengths[i, k]]) for k in range(width)]
       bleu[i] = sentence_bleu_scores(hyps, references[i])
-  selected = select_by_bleu(bleu) if select == 'bleu' else np.zeros(num, np.int64)
   rows = np.arange(num)
-  arrays = {
-      'source': np.asarray(source, np.int32),
-      'source_mask': np.asarray(source_mask, bool),
-      'target': tokens[rows, selected],
-      'target_length': lengths[rows, selected].astype(np.int32),
-      'candidates': tokens,
-      'candidate_lengths': lengths.astype(np.int32),
-      'candidate_scores': scores.astype(np.float32),
-      'candidate_bleu': bleu,
-      'selected': selected.astype(np.int32),
-      'index': rows.astype(np.int64),
-  }
-  builder = SequenceKDData(arrays=arrays, data_dir=data_dir)
-  builder.download_and_prepare()
-  return builder.data_dir
+  for select in missing:
+    selected = select_by_bleu(bleu) if select == 'bleu' else np.zeros(num, np.int64)
+    arrays = {
+        'source': np.asarray(source, np.int32),
+        'source_mask': np.asarray(source_mask, bool),
+        'target': tokens[rows, selected],
+        'target_length': lengths[rows, selected].astype(np.int32),
+        'candidates': tokens,
+        'candidate_lengths': lengths.astype(np.int32),
+        'candidate_scores': scores.astype(np.float32),
+        'candidate_bleu': bleu,
+        'selected': selected.astype(np.int32),
+        'index': rows.astype(np.int64),
+    }
+    builder = SequenceKDData(arrays=arrays, data_dir=os.path.join(out_dir, select))
+    builder.download_and_prepare()
+    paths[select] = builder.data_dir
+  return paths
 
 
 def _prepared_dir(data_dir: str) -> str | None:

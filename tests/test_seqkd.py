@@ -156,3 +156,27 @@ def test_bad_arguments(tmp_path):
   with pytest.raises(ValueError, match=r'source_mask with shape \(11, 4\)'):
     seqkd.generate_teacher_chunks(_FakeTeacher(), source, mask[:, :4], str(tmp_path),
                                   batch_size=2)
+
+
+def test_several_selections_score_each_candidate_once(tmp_path):
+  source, mask = _sources(n=7, s=6, seed=5)
+  references = ['the cat sat', 'a dog ran far', 'on the mat', 'far away', 'the dog',
+                'a cat', 'ran on']
+  calls = []
+
+  def counting_detok(tokens):
+    calls.append(1)
+    return _detok(tokens)
+
+  paths = seqkd.build_sequence_kd_datasets(
+      _FakeTeacher(width=3), source, mask, str(tmp_path / 'both'), batch_size=4,
+      references=references, detokenize=counting_detok)
+  assert sorted(paths) == ['beam', 'bleu'] and len(calls) == 7 * 3
+  for select in ('beam', 'bleu'):
+    alone = seqkd.build_sequence_kd_data(
+        _FakeTeacher(width=3), source, mask, str(tmp_path / select), batch_size=4,
+        select=select, references=references, detokenize=_detok)
+    a, b = seqkd.load_sequence_kd_data(paths[select]), seqkd.load_sequence_kd_data(alone)
+    for i in range(len(source)):
+      for key in a[i]:
+        np.testing.assert_array_equal(a[i][key], b[i][key])

@@ -266,6 +266,22 @@ def _check_prompts(prompts, prompt_lengths, max_new_tokens, max_length,
       )
 
 
+def _call_arguments(method, prompts, prompt_lengths, rng, max_new_tokens, max_length,
+                    new_text: str | None = None):
+  """Checks a generate call's prompts and fills in the default lengths and key.
+
+  Returns:
+    ``(prompt_lengths, rng)``: every row's full width by default, and a
+    fixed key where the method draws nothing.
+  """
+  if prompt_lengths is None:
+    prompt_lengths = np.full((np.shape(prompts)[0],), np.shape(prompts)[-1], np.int32)
+  _check_prompts(prompts, prompt_lengths, max_new_tokens, max_length, new_text)
+  if isinstance(method, Sampling) and rng is None:
+    raise ValueError('Sampling needs rng, a PRNG key (e.g. jax.random.key(0)).')
+  return prompt_lengths, jax.random.key(0) if rng is None else rng
+
+
 GenerateFn = Callable[..., Generation]
 
 
@@ -336,9 +352,7 @@ def make_generate(
   """
   if not isinstance(decoder, Decoder):
     raise TypeError(f'decoder must be a kdjax.generate.Decoder, got {type(decoder).__name__}.')
-  if (not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool)
-      or max_new_tokens <= 0):
-    raise ValueError(f'max_new_tokens must be a positive int, got {max_new_tokens!r}.')
+  _checks.check_positive_int('max_new_tokens', max_new_tokens)
   if not isinstance(method, (Greedy, Sampling, BeamSearch)):
     raise TypeError(
         f'method must be Greedy(), Sampling(...) or BeamSearch(...), got {method!r}.'
@@ -373,13 +387,8 @@ def make_generate(
     )
 
   def generate(variables, prompts, prompt_lengths=None, *, rng=None, inputs=None):
-    if prompt_lengths is None:
-      prompt_lengths = np.full((np.shape(prompts)[0],), np.shape(prompts)[-1], np.int32)
-    _check_prompts(prompts, prompt_lengths, max_new_tokens, decoder.max_length)
-    if isinstance(method, Sampling) and rng is None:
-      raise ValueError('Sampling needs rng, a PRNG key (e.g. jax.random.key(0)).')
-    if rng is None:
-      rng = jax.random.key(0)
+    prompt_lengths, rng = _call_arguments(method, prompts, prompt_lengths, rng,
+                                          max_new_tokens, decoder.max_length)
     return jitted(variables, prompts, prompt_lengths, rng, dict(inputs or {}))
 
   generate.jitted = jitted

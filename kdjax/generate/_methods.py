@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax import _checks
+
 _LENGTH_PENALTIES = ('gnmt', 'average', 'none')
 
 
@@ -48,11 +50,8 @@ class Sampling:
           f'Sampling.temperature must be a finite number > 0, got {t!r}; '
           'use Greedy() for temperature 0.'
       )
-    if self.top_k is not None and (
-        not isinstance(self.top_k, (int, np.integer)) or isinstance(self.top_k, bool)
-        or self.top_k <= 0
-    ):
-      raise ValueError(f'Sampling.top_k must be a positive int or None, got {self.top_k!r}.')
+    if self.top_k is not None:
+      _checks.check_positive_int('Sampling.top_k', self.top_k)
     if self.top_p is not None and not (
         isinstance(self.top_p, (int, float, np.floating)) and 0.0 < self.top_p <= 1.0
     ):
@@ -98,9 +97,7 @@ class BeamSearch:
   early_stopping: bool = True
 
   def __post_init__(self):
-    if (not isinstance(self.width, (int, np.integer)) or isinstance(self.width, bool)
-        or self.width <= 0):
-      raise ValueError(f'BeamSearch.width must be a positive int, got {self.width!r}.')
+    _checks.check_positive_int('BeamSearch.width', self.width)
     if self.length_penalty not in _LENGTH_PENALTIES:
       raise ValueError(
           f'BeamSearch.length_penalty must be one of {_LENGTH_PENALTIES}, '

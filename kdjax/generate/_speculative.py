@@ -14,12 +14,13 @@ from flax import struct
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
+from kdjax import _checks
 from kdjax.generate._decoder import Decoder
+from kdjax.generate._generate import _call_arguments
 from kdjax.generate._generate import _check_id
-from kdjax.generate._generate import _check_prompts
 from kdjax.generate._generate import _prefill
+from kdjax.generate._generate import _token_log_prob
 from kdjax.generate._methods import Greedy
 from kdjax.generate._methods import Sampling
 from kdjax.generate._methods import warp_logits
@@ -112,9 +113,8 @@ def make_speculative_generate(
         f'target and draft must share a vocabulary, got vocab_size={target.vocab_size} '
         f'and {draft.vocab_size}.'
     )
-  for name, value in (('max_new_tokens', max_new_tokens), ('draft_tokens', draft_tokens)):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-      raise ValueError(f'{name} must be a positive int, got {value!r}.')
+  _checks.check_positive_int('max_new_tokens', max_new_tokens)
+  _checks.check_positive_int('draft_tokens', draft_tokens)
   if not isinstance(method, (Greedy, Sampling)):
     raise TypeError(f'method must be Greedy() or Sampling(...), got {method!r}.')
   _check_id('eos_id', eos_id, target.vocab_size, allow_none=True)
@@ -184,9 +184,7 @@ def make_speculative_generate(
         fix = jax.random.categorical(key_fix, jnp.log(residual), axis=-1).astype(jnp.int32)
       padded = jnp.concatenate([proposals, jnp.zeros_like(proposals[:, :1])], axis=1)
       new = jnp.where(index[None, :] < k[:, None], padded, fix[:, None])
-      new_lp = jnp.take_along_axis(
-          jax.nn.log_softmax(t_logits, axis=-1), new[..., None], axis=-1
-      )[..., 0]
+      new_lp = _token_log_prob(t_logits, new)
       count = k + 1
       if eos_id is not None:
         is_eos = (new == eos_id) & (index[None, :] < count[:, None])
@@ -232,15 +230,10 @@ def make_speculative_generate(
 
   def generate(target_variables: Any, draft_variables: Any, prompts, prompt_lengths=None, *,
                rng=None, inputs=None, draft_inputs=None) -> SpeculativeGeneration:
-    if prompt_lengths is None:
-      prompt_lengths = np.full((np.shape(prompts)[0],), np.shape(prompts)[-1], np.int32)
-    max_length = min(target.max_length, draft.max_length)
-    _check_prompts(prompts, prompt_lengths, steps + gamma - 1, max_length,
-                   new_text=f'max_new_tokens={steps} + draft_tokens={gamma} - 1')
-    if isinstance(method, Sampling) and rng is None:
-      raise ValueError('Sampling needs rng, a PRNG key (e.g. jax.random.key(0)).')
-    if rng is None:
-      rng = jax.random.key(0)
+    prompt_lengths, rng = _call_arguments(
+        method, prompts, prompt_lengths, rng, steps + gamma - 1,
+        min(target.max_length, draft.max_length),
+        new_text=f'max_new_tokens={steps} + draft_tokens={gamma} - 1')
     inputs = dict(inputs or {})
     draft_inputs = inputs if draft_inputs is None else dict(draft_inputs)
     return jitted(target_variables, draft_variables, prompts, prompt_lengths, rng, inputs,
