@@ -59,7 +59,8 @@ import re
 import subprocess
 import tempfile
 import unicodedata
-import zlib
+
+from kdjax.data import _text
 
 
 #: Bumped whenever a rule of normalise_text or normalise_pair changes.
@@ -295,10 +296,6 @@ def collect_pairs(
 # ---------------------------------------------------------------- splitting
 
 
-def _catalog_hash(name: str) -> float:
-  return zlib.crc32(name.encode('utf-8')) / 2.0**32
-
-
 def split_catalogs(
     pairs: Sequence[TranslationPair],
     *,
@@ -325,19 +322,13 @@ def split_catalogs(
   Returns:
     ``{'train' | 'validation' | 'test': [catalog names, sorted]}``.
   """
-  for name, value in (('val_fraction', val_fraction), ('test_fraction', test_fraction)):
-    if not 0.0 <= value < 1.0:
-      raise ValueError(f'{name} must be in [0, 1), got {value}')
-  if val_fraction + test_fraction >= 1.0:
-    raise ValueError(
-        f'val_fraction + test_fraction must be < 1 to leave training catalogs, got '
-        f'{val_fraction} + {test_fraction}')
+  _text.check_split_fractions(val_fraction, test_fraction, 'catalogs')
   catalogs_of = collections.defaultdict(set)
   for pair in pairs:
     catalogs_of[pair.source].add(pair.catalog)
   own = collections.Counter(
       next(iter(c)) for c in catalogs_of.values() if len(c) == 1)
-  names = sorted({p.catalog for p in pairs}, key=lambda c: (_catalog_hash(c), c))
+  names = sorted({p.catalog for p in pairs}, key=lambda c: (_text.unit_hash(c), c))
   total = sum(own.values())
   wanted = {'test': test_fraction * total, 'validation': val_fraction * total}
   have = {'test': 0, 'validation': 0}

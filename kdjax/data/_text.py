@@ -67,9 +67,21 @@ def list_text_files(
   return sorted(found)
 
 
-def _unit_hash(path: str) -> float:
-  """A stable number in [0, 1) for a path: ``crc32(path) / 2**32``."""
-  return zlib.crc32(path.encode('utf-8')) / 2.0**32
+def unit_hash(name: str) -> float:
+  """A stable number in [0, 1) for a name (a path, a catalog): ``crc32(name) / 2**32``."""
+  return zlib.crc32(name.encode('utf-8')) / 2.0**32
+
+
+def check_split_fractions(val_fraction: float, test_fraction: float, units: str) -> None:
+  """Raises unless both fractions are in [0, 1) and leave training `units`."""
+  for name, value in (('val_fraction', val_fraction), ('test_fraction', test_fraction)):
+    if not 0.0 <= value < 1.0:
+      raise ValueError(f'{name} must be in [0, 1), got {value}')
+  if val_fraction + test_fraction >= 1.0:
+    raise ValueError(
+        f'val_fraction + test_fraction must be < 1 to leave training {units}, got '
+        f'{val_fraction} + {test_fraction}'
+    )
 
 
 def split_files(
@@ -92,17 +104,10 @@ def split_files(
     ``{'train': [...], 'val': [...], 'test': [...]}``, each in the order of
     `files`.
   """
-  for name, value in (('val_fraction', val_fraction), ('test_fraction', test_fraction)):
-    if not 0.0 <= value < 1.0:
-      raise ValueError(f'{name} must be in [0, 1), got {value}')
-  if val_fraction + test_fraction >= 1.0:
-    raise ValueError(
-        f'val_fraction + test_fraction must be < 1 to leave training files, got '
-        f'{val_fraction} + {test_fraction}'
-    )
+  check_split_fractions(val_fraction, test_fraction, 'files')
   splits = {name: [] for name in TEXT_SPLITS}
   for path in files:
-    u = _unit_hash(path)
+    u = unit_hash(path)
     if u < test_fraction:
       splits['test'].append(path)
     elif u < test_fraction + val_fraction:
@@ -258,7 +263,7 @@ def make_text_lm_arrays(
           f'split {split!r} has no file (of {sum(map(len, files.values()))} files); raise '
           'its fraction'
       )
-    ordered = sorted(files[split], key=lambda path: (_unit_hash(path), path))
+    ordered = sorted(files[split], key=lambda path: (unit_hash(path), path))
     documents = read_byte_documents(root, ordered, max_bytes=budgets.get(split))
     arrays = make_windows(
         documents, length, stride=train_stride if split == 'train' else None)
