@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import statistics
 import sys
 import time
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import _docs  # pylint: disable=wrong-import-position
+import _lm_common as common  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import ml_collections  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
@@ -74,7 +73,7 @@ def _median_time(fn, repeats: int) -> float:
     tick = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - tick)
-  return statistics.median(times)
+  return common.median(times)
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -143,8 +142,8 @@ def main(argv=None) -> dict[str, Any]:
   out = {'teacher_seconds': teacher_seconds, 'rows': rows, 'sources': len(batches) * args.batch,
          'load_before': load_before, 'load_after': load_after}
   if args.write_docs:
-    _docs.write_section(SECTION, docs_section(out, args, results, argv))
-    print(f'wrote the "{SECTION}" section of {_docs.DOCS}')
+    common.write_section(SECTION, docs_section(out, args, results, argv))
+    print(f'wrote the "{SECTION}" section of {common.DOCS}')
   return out
 
 
@@ -160,13 +159,12 @@ def docs_section(out, args, results, argv) -> str:
       'Speculative greedy decoding returns the teacher\'s greedy tokens exactly (checked '
       'below); acceptance is accepted / proposed draft tokens; speed-up is plain teacher '
       'time / speculative time, medians of the same run.', '',
-      f"* Command: `python benchmarks/speculative_seqkd.py {' '.join(argv or sys.argv[1:])}`",
+      f"* Command: `{common.command_line('speculative_seqkd.py', argv or sys.argv[1:])}`",
+      f'* Date: {common.now()}',
+      f'* {common.versions()}',
       f"* Load average at the start {', '.join(f'{x:.2f}' for x in out['load_before'])}, "
       f"at the end {', '.join(f'{x:.2f}' for x in out['load_after'])}",
       f"* Teacher greedy: {out['teacher_seconds']:.3f} s", '',
-      '| draft (student) | draft tokens | acceptance | tokens per teacher call | seconds | '
-      'speed-up | tokens equal |',
-      '|---|---:|---:|---:|---:|---:|---|',
   ]
   best = max(out['rows'], key=lambda r: r['speedup'])
   summary = (
@@ -183,11 +181,13 @@ def docs_section(out, args, results, argv) -> str:
     diff = np.mean(by_draft['seq_kd']) - np.mean(by_draft['baseline'])
     summary += (f" The seq-KD student's acceptance minus the labels-only student's, averaged "
                 f"over the draft lengths: {100 * diff:+.1f} points (one seed).")
-  for r in out['rows']:
-    lines.append(f"| {experiment.VARIANT_NAMES[r['draft']]} | {r['draft_tokens']} | "
-                 f"{r['acceptance']:.1%} | {r['tokens_per_call']:.2f} | {r['seconds']:.3f} | "
-                 f"{r['speedup']:.2f}x | {r['equal']} |")
-  return '\n'.join(lines + ['', summary]) + '\n'
+  rows = [[experiment.VARIANT_NAMES[r['draft']], str(r['draft_tokens']),
+           f"{r['acceptance']:.1%}", f"{r['tokens_per_call']:.2f}", f"{r['seconds']:.3f}",
+           f"{r['speedup']:.2f}x", str(r['equal'])] for r in out['rows']]
+  table = common.markdown_table(
+      ['draft (student)', 'draft tokens', 'acceptance', 'tokens per teacher call', 'seconds',
+       'speed-up', 'tokens equal'], rows)
+  return '\n'.join(lines + [table, '', summary]) + '\n'
 
 
 if __name__ == '__main__':
