@@ -98,7 +98,7 @@ def init_train_state(
 _INIT_KEY = 2**31 - 1
 
 
-def _step_key(state: TrainState, axis_name: str | None = None) -> jax.Array:
+def step_key(state: TrainState, axis_name: str | None = None) -> jax.Array:
   """``fold_in(rng, step)``; under pmap the rng is folded with the device first."""
   rng = state.rng
   if axis_name is not None:
@@ -109,7 +109,7 @@ def _step_key(state: TrainState, axis_name: str | None = None) -> jax.Array:
 def _step_rngs(
     state: TrainState, streams: Sequence[str], axis_name: str | None = None
 ) -> dict[str, jax.Array]:
-  keys = jax.random.split(_step_key(state, axis_name), len(streams))
+  keys = jax.random.split(step_key(state, axis_name), len(streams))
   return dict(zip(streams, keys))
 
 
@@ -117,7 +117,7 @@ def _objective_rng(objective: Objective, state: TrainState) -> jax.Array | None:
   """The stateful terms' key at this step (the same on every device); None without any."""
   if not objective.stateful_terms:
     return None
-  return objective_lib.objective_rng(_step_key(state))
+  return objective_lib.objective_rng(step_key(state))
 
 
 def _student_batch(student_inputs, batch: Batch, teacher) -> Batch:

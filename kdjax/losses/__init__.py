@@ -29,6 +29,7 @@ from kdjax.losses._logit import skew_kl_divergence as skew_kl_divergence
 from kdjax.losses._logit import skew_reverse_kl_divergence as skew_reverse_kl_divergence
 from kdjax.losses._logit import total_variation_distance as total_variation_distance
 from kdjax.losses._mixture import mixture_log_probs as mixture_log_probs
+from kdjax.losses._policy import minillm_surrogate as minillm_surrogate
 from kdjax.losses._divergences import DIVERGENCE_NAMES as DIVERGENCE_NAMES
 from kdjax.losses._divergences import divergence_fn as divergence_fn
 from kdjax.losses._divergences import divergence_kwargs as divergence_kwargs
@@ -64,6 +65,7 @@ __all__ = [
     'dkd_terms',
     'generalized_jsd',
     'kl_divergence',
+    'minillm_surrogate',
     'mixture_log_probs',
     'reverse_kl_divergence',
     'skew_kl_divergence',

@@ -2,7 +2,8 @@
 
 The package's parts: :mod:`~kdjax.objective._core` (schedules, the term
 protocols, :class:`Objective`), single-teacher terms, multi-teacher terms,
-language-model terms and stateful terms. Paper recipes (FitNets' stages)
+language-model terms (MiniLLM's on-policy term among them) and stateful
+terms. Paper recipes (FitNets' stages)
 live in :mod:`kdjax.recipes`.
 """
 
@@ -21,6 +22,7 @@ from kdjax.objective._core import Teacher as Teacher
 from kdjax.objective._core import Term as Term
 from kdjax.objective._lm import chunked_distill as chunked_distill
 from kdjax.objective._lm import token_distill as token_distill
+from kdjax.objective._policy import minillm_distill as minillm_distill
 from kdjax.objective._multi import MULTI_TEACHER_MODES as MULTI_TEACHER_MODES
 from kdjax.objective._multi import multi_teacher_distill as multi_teacher_distill
 from kdjax.objective._multi import per_teacher_terms as per_teacher_terms
@@ -52,6 +54,7 @@ __all__ = [
     'distill',
     'ema_teacher_distill',
     'feature',
+    'minillm_distill',
     'multi_teacher_distill',
     'per_teacher_terms',
     'pick_teacher',
