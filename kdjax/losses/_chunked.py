@@ -21,9 +21,11 @@ ArrayLike = Any
 # How the computation is laid out. Tokens are flattened to [n] and split in
 # chunks of `token_chunk` (the last one padded); `lax.map` / `lax.scan` run
 # over the chunks, so at most a [token_chunk, vocab] block of logits of each
-# model is live at once. A `jax.custom_vjp` makes the backward pass
-# recompute each chunk's logits instead of saving them: autodiff through the
-# loop would stack every chunk's residuals, i.e. the full [n, vocab] logits.
+# model is live at once. Autodiff through the loop would stack every chunk's
+# residuals, i.e. the full [n, vocab] logits; a `jax.custom_vjp` instead
+# computes each chunk's gradients in the forward pass, from the same block
+# (d_hidden per token, d_unembedding summed with the reduction's weights),
+# and the backward pass scales them by the cotangent.
 #
 # With `vocab_chunk` the vocabulary is split too, and a [token_chunk,
 # vocab_chunk] block is the largest. The log-normalisers then come from a
@@ -69,52 +71,95 @@ def _chunk_values(divergence, hidden, unembedding, teacher_hidden,
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _by_tokens(divergence, hidden, unembedding, teacher_hidden,
-               teacher_unembedding, temperature, hyper):
-  """``[chunks, C]`` values from ``[chunks, C, D]`` hidden states."""
-  return _by_tokens_fwd(
-      divergence, hidden, unembedding, teacher_hidden, teacher_unembedding,
-      temperature, hyper,
-  )[0]
+               teacher_unembedding, weights, temperature, hyper):
+  """``[chunks, C]`` values from ``[chunks, C, D]`` hidden states.
 
+  `weights` ``[chunks, C]`` is 1 on the tokens whose values count (0 on
+  masked and padding tokens, whose cotangent is always 0).
+  """
+  del weights
 
-def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
-                   teacher_unembedding, temperature, hyper):
   def one_chunk(chunk):
     h, th = chunk
     return _chunk_values(divergence, h, unembedding, th, teacher_unembedding,
                          temperature, hyper)
 
-  values = lax.map(one_chunk, (hidden, teacher_hidden))
-  residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding,
-               temperature, hyper)
-  return values, residuals
+  return lax.map(one_chunk, (hidden, teacher_hidden))
 
 
-def _by_tokens_bwd(divergence, residuals, cotangent):
-  hidden, unembedding, teacher_hidden, teacher_unembedding, temperature, hyper = (
-      residuals
-  )
+def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
+                   teacher_unembedding, weights, temperature, hyper):
+  """Values and, in the same pass over the chunks, their gradients.
+
+  Each chunk's logits are computed once: its values and the VJP with the
+  token weights as cotangent give ``d_hidden`` per token (exact for any
+  later cotangent: a token's value depends on its own hidden state only)
+  and ``d_unembedding`` summed over the weighted tokens (exact when the
+  cotangent is a multiple of the weights, which is what a masked mean gives;
+  the backward pass checks it and recomputes otherwise).
+  """
   unembedding32 = unembedding.astype(jnp.float32)
 
   def one_chunk(d_unembedding, chunk):
-    h, th, ct = chunk
+    h, th, w = chunk
 
     def values_of(h32, w32):
       return _chunk_values(divergence, h32, w32, th, teacher_unembedding,
                            temperature, hyper)
 
-    _, vjp = jax.vjp(values_of, h.astype(jnp.float32), unembedding32)
-    d_h, d_w = vjp(ct)
-    return d_unembedding + d_w, d_h.astype(hidden.dtype)
+    values, vjp = jax.vjp(values_of, h.astype(jnp.float32), unembedding32)
+    d_h, d_w = vjp(w.astype(values.dtype))
+    return d_unembedding + d_w, (values, d_h)
 
-  d_unembedding, d_hidden = lax.scan(
-      one_chunk, jnp.zeros_like(unembedding32), (hidden, teacher_hidden, cotangent)
+  d_unembedding, (values, d_hidden) = lax.scan(
+      one_chunk, jnp.zeros_like(unembedding32), (hidden, teacher_hidden, weights))
+  residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding,
+               weights, temperature, hyper, d_hidden, d_unembedding)
+  return values, residuals
+
+
+def _recomputed_unembedding_grad(divergence, hidden, unembedding, teacher_hidden,
+                                 teacher_unembedding, temperature, hyper, cotangent):
+  """``d_unembedding`` for any cotangent, recomputing each chunk's logits."""
+  unembedding32 = unembedding.astype(jnp.float32)
+
+  def one_chunk(d_unembedding, chunk):
+    h, th, ct = chunk
+    _, vjp = jax.vjp(
+        lambda w32: _chunk_values(divergence, h.astype(jnp.float32), w32, th,
+                                  teacher_unembedding, temperature, hyper),
+        unembedding32)
+    (d_w,) = vjp(ct)
+    return d_unembedding + d_w, None
+
+  d_unembedding, _ = lax.scan(
+      one_chunk, jnp.zeros_like(unembedding32), (hidden, teacher_hidden, cotangent))
+  return d_unembedding
+
+
+def _by_tokens_bwd(divergence, residuals, cotangent):
+  (hidden, unembedding, teacher_hidden, teacher_unembedding, weights, temperature,
+   hyper, d_hidden, d_unembedding) = residuals
+  cotangent = cotangent.astype(jnp.float32)
+  weights = weights.astype(jnp.float32)
+  # A masked mean's cotangent is c * weights: then the gradient summed in the
+  # forward pass, times c, is exact. Anything else is recomputed.
+  scale = jnp.sum(cotangent * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  deviation = jnp.max(jnp.abs(cotangent - scale * weights))
+  proportional = deviation <= 1e-6 * jnp.maximum(jnp.max(jnp.abs(cotangent)), 1e-30)
+  d_unembedding = lax.cond(
+      proportional,
+      lambda: scale * d_unembedding,
+      lambda: _recomputed_unembedding_grad(
+          divergence, hidden, unembedding, teacher_hidden, teacher_unembedding,
+          temperature, hyper, cotangent),
   )
   return (
-      d_hidden,
+      (cotangent[..., None] * d_hidden).astype(hidden.dtype),
       d_unembedding.astype(unembedding.dtype),
       jnp.zeros_like(teacher_hidden),
       jnp.zeros_like(teacher_unembedding),
+      None,
       jnp.zeros_like(temperature),
       jnp.zeros_like(hyper),
   )
@@ -289,8 +334,8 @@ def _check_chunk(name: str, value: Any, allow_none: bool) -> None:
     static_argnames=('divergence', 'vocab', 'token_chunk', 'vocab_chunk'),
 )
 def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
-                  teacher_unembedding, mask, temperature, hyper, *, divergence,
-                  vocab, token_chunk, vocab_chunk):
+                  teacher_unembedding, mask, reduction_mask, temperature, hyper, *,
+                  divergence, vocab, token_chunk, vocab_chunk):
   token_shape = student_hidden.shape[:-1]
   tokens = math.prod(token_shape)
   hidden = student_hidden.reshape(tokens, student_hidden.shape[-1])
@@ -299,11 +344,15 @@ def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
   )
   unembedding = student_unembedding[:, :vocab]
   teacher_unembedding = lax.stop_gradient(teacher_unembedding[:, :vocab])
+  weights = jnp.ones((tokens,), jnp.float32)
   if mask is not None:
     # Masked tokens see zero hidden states: finite, and no gradient.
     flat_mask = mask.reshape(tokens, 1)
     hidden = jnp.where(flat_mask, hidden, 0)
     teacher = jnp.where(flat_mask, teacher, 0)
+    weights = flat_mask[:, 0].astype(jnp.float32)
+  if reduction_mask is not None:
+    weights = weights * reduction_mask.reshape(tokens).astype(jnp.float32)
 
   chunk = min(token_chunk, tokens)
   chunks = -(-tokens // chunk)
@@ -312,10 +361,11 @@ def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
   teacher = jnp.pad(teacher, ((0, padding), (0, 0)))
   hidden = hidden.reshape(chunks, chunk, hidden.shape[-1])
   teacher = teacher.reshape(chunks, chunk, teacher.shape[-1])
+  weights = jnp.pad(weights, (0, padding)).reshape(chunks, chunk)
 
   if vocab_chunk is None or vocab_chunk >= vocab:
     values = _by_tokens(divergence, hidden, unembedding, teacher,
-                        teacher_unembedding, temperature, hyper)
+                        teacher_unembedding, weights, temperature, hyper)
   else:
     valid = jnp.arange(_vocab_blocks_size(vocab, vocab_chunk)) < vocab
     valid = valid.reshape(-1, 1, vocab_chunk)
@@ -349,6 +399,7 @@ def chunked_divergence(
     alpha: ArrayLike | None = None,
     token_chunk: int = 128,
     vocab_chunk: int | None = None,
+    reduction_mask: ArrayLike | None = None,
 ) -> Array:
   r"""Per-token divergence of ``hidden @ unembedding`` logits, never materialised.
 
@@ -357,12 +408,22 @@ def chunked_divergence(
   :func:`token_divergence`), with the same divergences, temperature, token
   mask and vocabulary padding, but computed `token_chunk` tokens at a time
   (and, with `vocab_chunk`, a block of the vocabulary at a time with an
-  online logsumexp). A custom VJP recomputes each chunk's logits in the
-  backward pass, so neither the forward nor the backward pass ever holds the
-  ``[batch, time, vocab]`` logits of either model: the largest temporaries
-  are ``[token_chunk, vocab]`` (or ``[token_chunk, vocab_chunk]``) blocks.
-  The price is computing the logits twice (forward and backward), and with
-  `vocab_chunk` three times.
+  online logsumexp). Neither the forward nor the backward pass ever holds
+  the ``[batch, time, vocab]`` logits of either model: the largest
+  temporaries are ``[token_chunk, vocab]`` (or ``[token_chunk,
+  vocab_chunk]``) blocks.
+
+  Without `vocab_chunk` the gradients are *fused* into the forward pass
+  (when it is differentiated): each chunk's logits are computed once, and
+  its values and their gradients with respect to the hidden states (per
+  token) and the unembedding (summed over the tokens of `reduction_mask`)
+  come from the same block. The backward pass only scales them by the
+  incoming cotangent, so a training step costs what the plain loss costs.
+  That sum is exact when the cotangent is a multiple of `reduction_mask`
+  (a masked mean's is); the backward pass checks this and otherwise
+  recomputes the unembedding's gradient chunk by chunk (exact for any
+  cotangent, at the old cost). With `vocab_chunk` the backward pass
+  recomputes each block's logits (three passes over the vocabulary in all).
 
   The logits are computed with float32 accumulation
   (``preferred_element_type=float32``) whatever the input dtype, and the
@@ -391,6 +452,11 @@ def chunked_divergence(
     token_chunk: tokens per chunk; the last chunk is padded.
     vocab_chunk: if set and smaller than the vocabulary, the vocabulary is
       processed in blocks of this many entries (the last one padded).
+    reduction_mask: optional ``[batch, time]`` (or ``[batch]``) mask the
+      values will be averaged with, e.g. the objective's padding mask when
+      `token_mask` is not given. It changes no value and no gradient, only
+      which cotangents take the fused path; default `token_mask` (or every
+      token).
 
   Returns:
     ``[batch, time]`` per-token divergences (float32), 0 where masked.
@@ -457,12 +523,15 @@ def chunked_divergence(
     raise ValueError(f'{takes} must be a scalar, got shape {jnp.shape(hyper)}.')
   _check_chunk('token_chunk', token_chunk, allow_none=False)
   _check_chunk('vocab_chunk', vocab_chunk, allow_none=True)
+  reduction = _sequence.aligned_token_mask(
+      reduction_mask, 'student_hidden', student_shape[:-1])
   return _chunked_body(
       jnp.asarray(student_hidden),
       jnp.asarray(student_unembedding),
       jnp.asarray(teacher_hidden),
       jnp.asarray(teacher_unembedding),
       mask,
+      reduction,
       jnp.asarray(temperature, jnp.float32),
       jnp.asarray(hyper, jnp.float32),
       divergence=divergence,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 
 import jax
+import jax.numpy as jnp
 
 from kdjax import _checks
 from kdjax import losses
+from kdjax import metrics as metrics_lib
 from kdjax.objective._core import Batch
 from kdjax.objective._core import check_schedule
 from kdjax.objective._core import require_teacher
@@ -41,21 +43,42 @@ def _check_divergence(divergence: str, beta, alpha) -> None:
       check_schedule(name, value, positive=False)
 
 
-def _token_term(per_token, divergence, temperature, beta, alpha, mask_key) -> Term:
+def _reduction_mask(batch: Batch, own_mask):
+  """The mask the objective will most likely average with: the term's own
+  times ``batch['mask']`` (the default padding mask), or None."""
+  masks = [m for m in (own_mask, batch.get(metrics_lib.MASK_KEY)) if m is not None]
+  if not masks:
+    return None
+  if len(masks) == 1:
+    return masks[0]
+  own, padding = (jnp.asarray(m, jnp.float32) for m in masks)
+  if own.ndim < padding.ndim:
+    own = own.reshape(own.shape + (1,) * (padding.ndim - own.ndim))
+  elif padding.ndim < own.ndim:
+    padding = padding.reshape(padding.shape + (1,) * (own.ndim - padding.ndim))
+  return own * padding
+
+
+def _token_term(per_token, divergence, temperature, beta, alpha, mask_key,
+                reduction_hint: bool = False) -> Term:
   """A term of ``per_token(student, teacher, divergence=, temperature=, beta/alpha=)``.
 
   Checks the divergence and its hyper-parameters at build time, evaluates the
-  schedules at the step, and returns the term's own token mask.
+  schedules at the step, and returns the term's own token mask. With
+  `reduction_hint`, `per_token` also gets ``reduction_mask=`` (see
+  :func:`_reduction_mask`).
   """
   check_schedule('temperature', temperature, positive=True)
   _check_divergence(divergence, beta, alpha)
 
   def term(student, teacher, batch, step):
+    own_mask = _own_token_mask(batch, mask_key)
+    hint = {'reduction_mask': _reduction_mask(batch, own_mask)} if reduction_hint else {}
     values = per_token(
         student, require_teacher(teacher), divergence=divergence,
         temperature=schedule_value(temperature, step),
-        **_hyperparameters(step, beta, alpha))
-    return values, _own_token_mask(batch, mask_key)
+        **_hyperparameters(step, beta, alpha), **hint)
+    return values, own_mask
 
   return term
 
@@ -123,7 +146,11 @@ def chunked_distill(
   features (a language model may then return ``logits=None``). Equal to
   :func:`token_distill` on ``hidden @ unembedding`` logits, but computed
   `token_chunk` tokens at a time with a recomputing custom VJP, so the
-  ``[batch, time, vocab]`` logits of neither model are ever held.
+  ``[batch, time, vocab]`` logits of neither model are ever held. The
+  batch's padding mask (``batch['mask']``, times `mask_key`'s) is handed
+  to it as the ``reduction_mask``, so the step takes its fused gradient
+  path (one pass over the logits); an objective averaging with another mask
+  still gets exact gradients, recomputed.
 
   Args:
     divergence: ``'forward_kl'``, ``'reverse_kl'``, ``'jsd'``, ``'skew_kl'``,
@@ -153,4 +180,4 @@ def chunked_distill(
           teacher.feature(teacher_hidden), teacher.feature(teacher_unembedding),
           vocab_size=vocab_size, token_chunk=token_chunk, vocab_chunk=vocab_chunk,
           **kwargs),
-      divergence, temperature, beta, alpha, mask_key)
+      divergence, temperature, beta, alpha, mask_key, reduction_hint=True)
