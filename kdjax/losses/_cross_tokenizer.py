@@ -11,6 +11,8 @@ import numpy as np
 
 from kdjax import _checks
 from kdjax.losses._common import compute_dtype
+from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_value
 from kdjax.losses._logit import _kl
 from kdjax.losses._logit import _masked_log_softmax
 from kdjax.losses._sequence import aligned_token_mask
@@ -28,6 +30,10 @@ ArrayLike = Any
 def _check_top_k(top_k: int | None) -> None:
   if top_k is not None:
     _checks.check_positive_int('top_k', top_k)
+
+
+def _top_k_value(arguments) -> None:
+  _check_top_k(arguments['top_k'])
 
 
 def _check_temperature(temperature: ArrayLike) -> None:
@@ -86,6 +92,7 @@ def sorted_l1(log_q: Array, log_p: Array, top_k: int | None = None) -> Array:
   return value + jnp.abs((zero if tail_q is None else tail_q) - (zero if tail_p is None else tail_p))
 
 
+@jit_after_checks(positive_value('temperature'), _top_k_value, static_argnames=('top_k',))
 def uld_loss(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -187,12 +194,24 @@ def _check_labels(name: str, labels: Any, shape: tuple[int, ...], shape_name: st
 
 def _check_chunk_ids(name: str, chunk_ids: Any, shape: tuple[int, ...], shape_name: str) -> None:
   _check_labels(name, chunk_ids, shape, shape_name)
-  if _checks.is_concrete(chunk_ids):
-    arr = np.asarray(chunk_ids)
-    if arr.size and (arr.min() < -1 or arr.max() >= shape[-1]):
-      raise ValueError(
-          f'{name} must hold chunk ids in [0, {shape[-1]}) or -1 (no chunk), got values '
-          f'in [{arr.min()}, {arr.max()}].')
+
+
+def _chunk_ids_value(*names: str):
+  """A value check: each named chunk-id array holds ids in ``[-1, time)``, when known."""
+
+  def check(arguments):
+    for name in names:
+      chunk_ids = arguments[name]
+      if not _checks.is_concrete(chunk_ids) or not jnp.ndim(chunk_ids):
+        continue
+      arr = np.asarray(chunk_ids)
+      time = arr.shape[-1]
+      if arr.size and (arr.min() < -1 or arr.max() >= time):
+        raise ValueError(
+            f'{name} must hold chunk ids in [0, {time}) or -1 (no chunk), got values '
+            f'in [{arr.min()}, {arr.max()}].')
+
+  return check
 
 
 def chunk_end_mask(chunk_ids: ArrayLike) -> Array:
@@ -246,6 +265,7 @@ def _merge_chunks(log_probs: Array, labels: Array, chunk_ids: Array) -> Array:
   return log_probs + _at_chunks(prefix, chunk_ids)[..., None]
 
 
+@jit_after_checks(positive_value('temperature'), _chunk_ids_value('chunk_ids'))
 def chunk_log_probs(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -301,23 +321,30 @@ def chunk_log_probs(
   return _merge_chunks(log_probs, jnp.asarray(labels), chunk_ids), chunk_end_mask(chunk_ids)
 
 
-def _check_mapping(vocab_mapping: Any, student_vocab: int, teacher_vocab: int) -> Array:
+def _check_mapping(vocab_mapping: Any, student_vocab: int) -> Array:
   _checks.check_integer('vocab_mapping', vocab_mapping)
   if tuple(jnp.shape(vocab_mapping)) != (student_vocab,):
     raise ValueError(
         f'vocab_mapping must have one entry per student token, shape ({student_vocab},) '
         f'(the last axis of student_logits), got vocab_mapping.shape='
         f'{tuple(jnp.shape(vocab_mapping))}.')
-  if _checks.is_concrete(vocab_mapping):
-    arr = np.asarray(vocab_mapping)
-    if arr.size and (arr.min() < -1 or arr.max() >= teacher_vocab):
-      raise ValueError(
-          f'vocab_mapping must hold teacher ids in [0, {teacher_vocab}) (the last axis of '
-          f'teacher_logits) or -1, got values in [{arr.min()}, {arr.max()}].')
-    mapped = arr[arr >= 0]
-    if np.unique(mapped).size != mapped.size:
-      raise ValueError('vocab_mapping maps two student tokens to the same teacher token.')
   return jnp.asarray(vocab_mapping)
+
+
+def _mapping_value(arguments) -> None:
+  """A value check: teacher ids in range and distinct, when the mapping is known."""
+  vocab_mapping = arguments['vocab_mapping']
+  if vocab_mapping is None or not _checks.is_concrete(vocab_mapping):
+    return
+  arr = np.asarray(vocab_mapping)
+  teacher_vocab = jnp.shape(arguments['teacher_logits'])[-1]
+  if arr.size and (arr.min() < -1 or arr.max() >= teacher_vocab):
+    raise ValueError(
+        f'vocab_mapping must hold teacher ids in [0, {teacher_vocab}) (the last axis of '
+        f'teacher_logits) or -1, got values in [{arr.min()}, {arr.max()}].')
+  mapped = arr[arr >= 0]
+  if np.unique(mapped).size != mapped.size:
+    raise ValueError('vocab_mapping maps two student tokens to the same teacher token.')
 
 
 def _check_cross_shapes(student_logits, teacher_logits, student_labels, teacher_labels,
@@ -341,6 +368,9 @@ def _check_cross_shapes(student_logits, teacher_logits, student_labels, teacher_
                    '[batch, teacher_time] of teacher_logits')
 
 
+@jit_after_checks(
+    positive_value('temperature'), _top_k_value, _mapping_value,
+    _chunk_ids_value('student_chunk', 'teacher_chunk'), static_argnames=('top_k',))
 def cross_tokenizer_divergence(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -430,7 +460,7 @@ def cross_tokenizer_divergence(
   teacher_vocab = teacher_logits.shape[-1]
   mapping = None
   if vocab_mapping is not None:
-    mapping = _check_mapping(vocab_mapping, student_vocab, teacher_vocab)
+    mapping = _check_mapping(vocab_mapping, student_vocab)
   dtype = compute_dtype(student_logits, teacher_logits)
   student_chunk = jnp.asarray(student_chunk)
   teacher_chunk = jnp.asarray(teacher_chunk)
