@@ -12,13 +12,15 @@ from flax import linen as nn
 from kdjax import data
 from kdjax import losses
 from kdjax import objective
+from kdjax import Outputs
 from kdjax import zoo
 from kdjax.step import init_train_state
 from kdjax.step import make_train_step
 
 
 def _logits(seed, shape, scale=2.0):
-  return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
+  # NumPy draws: jax.random compiles a sampler per shape (about a second each here).
+  return jnp.asarray(scale * np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
 def _softmax(x):
@@ -75,7 +77,7 @@ def test_uld_is_invariant_to_vocabulary_permutations():
   perm_t = np.random.default_rng(1).permutation(12)
   np.testing.assert_allclose(
       losses.uld_loss(student[..., perm_s], teacher[..., perm_t]),
-      losses.uld_loss(student, teacher), rtol=1e-6)
+      losses.uld_loss(student, teacher), rtol=1e-5)  # the sums run in another order
 
 
 def test_uld_mask_nan_logits_give_zero_and_zero_gradients():
@@ -118,7 +120,7 @@ def test_chunk_log_probs_equal_naive_probability_products():
 
 def test_identical_tokenizers_reduce_to_token_level_kl():
   student, teacher = _logits(9, (2, 6, 10)), _logits(10, (2, 6, 10))
-  labels = jax.random.randint(jax.random.PRNGKey(11), (2, 6), 0, 10)
+  labels = np.random.default_rng(11).integers(0, 10, (2, 6)).astype(np.int32)
   chunks = np.broadcast_to(np.arange(6, dtype=np.int32), (2, 6))
   kwargs = dict(student_labels=labels, teacher_labels=labels, student_chunk=chunks,
                 teacher_chunk=chunks, temperature=2.0)
@@ -235,8 +237,8 @@ def test_real_text_aligns_byte_level_and_bpe(bpe):
   assert all(vocab[mapping[b]] == bytes([b]) for b in range(256))
   reverse = data.vocab_mapping(tokenizer, None)
   assert reverse.shape == (tokenizer.vocab_size,)
-  assert reverse[4 + 256:].max() == -1 or np.sum(reverse >= 0) == 256
-  assert np.all(reverse[:4] == -1)   # special tokens match nothing
+  assert np.sum(reverse >= 0) == 256   # the byte tokens; merges and special tokens match nothing
+  assert np.all(reverse[:4] == -1)
 
 
 # ---------------------------------------------------------------- the loss on real alignments
@@ -331,15 +333,10 @@ def test_uld_distill_aligns_by_position():
   student, teacher = _logits(16, (2, 6, 7)), _logits(17, (2, 4, 9))
   teacher_mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]])
   term = objective.uld_distill(teacher_mask_key='teacher_mask')
-  values, mask = term(zoo_outputs(student), zoo_outputs(teacher), {'teacher_mask': teacher_mask}, 0)
+  values, mask = term(Outputs(student), Outputs(teacher), {'teacher_mask': teacher_mask}, 0)
   np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
   np.testing.assert_allclose(values[:, :4] * mask[:, :4],
                              _numpy_uld(student[:, :4], teacher) * teacher_mask, rtol=1e-5, atol=1e-6)
-
-
-def zoo_outputs(logits):
-  from kdjax import Outputs
-  return Outputs(logits)
 
 
 # ---------------------------------------------------------------- a train step
