@@ -107,7 +107,7 @@ def uld_loss(
   teacher's ``p`` (over another vocabulary, of another size) are compared
   without any correspondence between their tokens: with the transport cost
   1 between any two different tokens, the optimal-transport distance has
-  the closed form (Boizard et al., 2024, eq. 6-8)::
+  the closed form (Boizard et al., 2024)::
 
       ULD(q, p) = sum_r | q_(r) - p_(r) |
 
