@@ -94,7 +94,8 @@ def test_uld_mask_nan_logits_give_zero_and_zero_gradients():
 
 
 def test_uld_errors_name_arguments_and_shapes():
-  with pytest.raises(ValueError, match=r'student_logits\.shape=\(2, 3, 5\).*teacher_logits\.shape=\(2, 4, 5\)'):
+  shapes = r'student_logits\.shape=\(2, 3, 5\).*teacher_logits\.shape=\(2, 4, 5\)'
+  with pytest.raises(ValueError, match=shapes):
     losses.uld_loss(jnp.zeros((2, 3, 5)), jnp.zeros((2, 4, 5)))
   with pytest.raises(ValueError, match='top_k'):
     losses.uld_loss(jnp.zeros((2, 5)), jnp.zeros((2, 5)), top_k=0)
@@ -198,9 +199,15 @@ def test_pipeline_on_multibyte_text_with_straddling_tokens(bpe):
   for (start, end), byte_end in zip(encoding.offsets, ends):
     if end > start and byte_end in char_ends:
       assert char_ends[end - 1] == byte_end
+  # Decomposed text is NFC-normalised (the BPE's normalizer) for both sides.
+  decomposed = 'cafe\u0301 ' + text
   arrays = data.make_cross_tokenizer_arrays(
-      [text], teacher_tokenizer=tokenizer, student_length=32, teacher_length=32)
+      [text, decomposed], teacher_tokenizer=tokenizer, student_length=32, teacher_length=32)
   _check_chunks_spell_the_same_bytes(arrays, tokenizer)
+  assert bytes(arrays['tokens'][1][:5].tolist()) == 'café'.encode('utf-8')
+  with pytest.raises(ValueError, match='student_length must be a positive int'):
+    data.make_cross_tokenizer_arrays([text], teacher_tokenizer=tokenizer, student_length=0,
+                                     teacher_length=8)
 
 
 def _check_chunks_spell_the_same_bytes(arrays, tokenizer):
@@ -210,7 +217,8 @@ def _check_chunks_spell_the_same_bytes(arrays, tokenizer):
     s_chunk, t_chunk = arrays['student_chunk'][row], arrays['teacher_chunk'][row]
     assert set(s_chunk[s_chunk >= 0]) == set(t_chunk[t_chunk >= 0])
     ids = s_chunk[s_chunk >= 0]
-    assert np.all(np.diff(ids) >= 0) and (ids.size == 0 or ids.max() < min(s_chunk.size, t_chunk.size))
+    assert np.all(np.diff(ids) >= 0)
+    assert ids.size == 0 or ids.max() < min(s_chunk.size, t_chunk.size)
     for k in np.unique(ids):
       student_bytes = bytes(arrays['labels'][row][s_chunk == k].tolist())
       teacher_bytes = b''.join(vocab[i] for i in arrays['teacher_labels'][row][t_chunk == k])
@@ -313,7 +321,7 @@ def test_cross_tokenizer_jit_equals_no_jit_and_padding_gets_no_gradient(aligned)
 
 def test_cross_tokenizer_errors_name_arguments_and_shapes(aligned):
   _, batch, student, teacher, mapping = aligned
-  with pytest.raises(ValueError, match=r'vocab_mapping must have one entry per student token, shape \(256,\).*\(255,\)'):
+  with pytest.raises(ValueError, match=r'one entry per student token, shape \(256,\).*\(255,\)'):
     _divergence(batch, student, teacher, vocab_mapping=mapping[:255])
   with pytest.raises(ValueError, match=r'teacher ids in \[0, 500\)'):
     _divergence(batch, student, teacher, vocab_mapping=np.full(256, 900, np.int32))
@@ -336,7 +344,8 @@ def test_uld_distill_aligns_by_position():
   values, mask = term(Outputs(student), Outputs(teacher), {'teacher_mask': teacher_mask}, 0)
   np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
   np.testing.assert_allclose(values[:, :4] * mask[:, :4],
-                             _numpy_uld(student[:, :4], teacher) * teacher_mask, rtol=1e-5, atol=1e-6)
+                             _numpy_uld(student[:, :4], teacher) * teacher_mask,
+                             rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- a train step

@@ -197,9 +197,11 @@ def align_boundaries(
                            ('teacher_boundaries', teacher_boundaries)):
     boundaries = np.asarray(boundaries, np.int64)
     if boundaries.ndim != 1 or boundaries.size == 0:
-      raise ValueError(f'{name} must be a non-empty 1-D list of offsets, got shape {boundaries.shape}')
+      raise ValueError(
+          f'{name} must be a non-empty 1-D list of offsets, got shape {boundaries.shape}')
     if np.any(np.diff(boundaries) <= 0):
-      raise ValueError(f'{name} must be strictly increasing (no empty token), got {boundaries.tolist()}')
+      raise ValueError(
+          f'{name} must be strictly increasing (no empty token), got {boundaries.tolist()}')
     sides.append(boundaries)
   common = np.intersect1d(*sides)
   chunks = []
@@ -291,13 +293,12 @@ def make_cross_tokenizer_arrays(
       rows[f'{prefix}mask'].append(side[2])
     rows['student_chunk'].append(student_chunk)
     rows['teacher_chunk'].append(teacher_chunk)
-  widths = {'teacher_tokens': teacher_length, 'teacher_labels': teacher_length,
-            'teacher_mask': teacher_length, 'teacher_chunk': teacher_length}
-  return {
-      key: (np.stack(values) if values else
-            np.zeros((0, widths.get(key, student_length)), np.float32 if 'mask' in key else np.int32))
-      for key, values in rows.items()
-  }
+  out = {}
+  for key, values in rows.items():
+    width = teacher_length if key.startswith('teacher_') else student_length
+    dtype = np.float32 if 'mask' in key else np.int32
+    out[key] = np.stack(values) if values else np.zeros((0, width), dtype)
+  return out
 
 
 def split_text(text: str, max_bytes: int) -> list[str]:

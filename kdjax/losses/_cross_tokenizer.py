@@ -89,7 +89,9 @@ def sorted_l1(log_q: Array, log_p: Array, top_k: int | None = None) -> Array:
   if tail_q is None and tail_p is None:
     return value
   zero = jnp.zeros_like(value)
-  return value + jnp.abs((zero if tail_q is None else tail_q) - (zero if tail_p is None else tail_p))
+  tail_q = zero if tail_q is None else tail_q
+  tail_p = zero if tail_p is None else tail_p
+  return value + jnp.abs(tail_q - tail_p)
 
 
 @jit_after_checks(positive_value('temperature'), _top_k_value, static_argnames=('top_k',))
