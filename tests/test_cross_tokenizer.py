@@ -1,5 +1,6 @@
 """Distillation across tokenizers: ULD, byte-offset chunk alignment, GOLD's hybrid."""
 
+import doctest
 import glob
 
 import jax
@@ -15,6 +16,7 @@ from kdjax import objective
 from kdjax import Outputs
 from kdjax import zoo
 from kdjax.step import init_train_state
+from kdjax.losses import _cross_tokenizer
 from kdjax.step import make_train_step
 
 
@@ -379,3 +381,8 @@ def test_train_step_byte_student_bpe_teacher(aligned, bpe):
     kd_sum, kd_count = metrics['loss/kd']
     assert int(kd_count) == int(losses.chunk_end_mask(batch['student_chunk']).sum())
   assert np.all(np.isfinite(totals)) and totals[-1] < totals[0], totals
+
+
+def test_doctests():
+  result = doctest.testmod(_cross_tokenizer, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0 and result.failed == 0
