@@ -1,5 +1,12 @@
 """Datasets and grain input pipelines over TFDS sources, without TensorFlow."""
 
+from kdjax.data._cross_tokenizer import align_boundaries
+from kdjax.data._cross_tokenizer import encode_with_byte_lengths
+from kdjax.data._cross_tokenizer import make_cross_tokenizer_arrays
+from kdjax.data._cross_tokenizer import normalize_text
+from kdjax.data._cross_tokenizer import split_text
+from kdjax.data._cross_tokenizer import token_bytes
+from kdjax.data._cross_tokenizer import vocab_mapping
 from kdjax.data._digits import Digits
 from kdjax.data._digits import make_digits_arrays
 from kdjax.data._gettext import collect_pairs
@@ -61,6 +68,15 @@ __all__ += [
     'python_stdlib_dir',
     'read_byte_documents',
     'split_files',
+]
+__all__ += [
+    'align_boundaries',
+    'encode_with_byte_lengths',
+    'make_cross_tokenizer_arrays',
+    'normalize_text',
+    'split_text',
+    'token_bytes',
+    'vocab_mapping',
 ]
 __all__ += [
     'GETTEXT_PACKAGES',

@@ -19,6 +19,10 @@ from kdjax.losses._relational import rkd_distance as rkd_distance
 from kdjax.losses._relational import similarity_preserving as similarity_preserving
 
 from kdjax.losses._chunked import chunked_divergence as chunked_divergence
+from kdjax.losses._cross_tokenizer import chunk_end_mask as chunk_end_mask
+from kdjax.losses._cross_tokenizer import chunk_log_probs as chunk_log_probs
+from kdjax.losses._cross_tokenizer import cross_tokenizer_divergence as cross_tokenizer_divergence
+from kdjax.losses._cross_tokenizer import uld_loss as uld_loss
 from kdjax.losses._logit import cross_entropy as cross_entropy
 from kdjax.losses._logit import decoupled_kd as decoupled_kd
 from kdjax.losses._logit import dkd_terms as dkd_terms
@@ -57,7 +61,10 @@ __all__ = [
     'vid',
     'DIVERGENCE_NAMES',
     'align_vocab',
+    'chunk_end_mask',
+    'chunk_log_probs',
     'chunked_divergence',
+    'cross_tokenizer_divergence',
     'cross_entropy',
     'decoupled_kd',
     'divergence_fn',
@@ -73,4 +80,5 @@ __all__ = [
     'token_divergence',
     'token_mean',
     'total_variation_distance',
+    'uld_loss',
 ]

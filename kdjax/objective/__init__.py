@@ -21,7 +21,9 @@ from kdjax.objective._core import StatefulTerm as StatefulTerm
 from kdjax.objective._core import Teacher as Teacher
 from kdjax.objective._core import Term as Term
 from kdjax.objective._lm import chunked_distill as chunked_distill
+from kdjax.objective._lm import cross_tokenizer_distill as cross_tokenizer_distill
 from kdjax.objective._lm import token_distill as token_distill
+from kdjax.objective._lm import uld_distill as uld_distill
 from kdjax.objective._policy import minillm_distill as minillm_distill
 from kdjax.objective._multi import MULTI_TEACHER_MODES as MULTI_TEACHER_MODES
 from kdjax.objective._multi import multi_teacher_distill as multi_teacher_distill
@@ -51,6 +53,7 @@ __all__ = [
     'accuracy_metric',
     'chunked_distill',
     'crd',
+    'cross_tokenizer_distill',
     'distill',
     'ema_teacher_distill',
     'feature',
@@ -62,6 +65,7 @@ __all__ = [
     'schedule_value',
     'supervised',
     'token_distill',
+    'uld_distill',
 ]
 
 # Names that moved or were renamed; they keep working for one release.

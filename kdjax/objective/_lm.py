@@ -1,10 +1,10 @@
-"""Language-model terms: token-level and chunked large-vocabulary divergences."""
+"""Language-model terms: token-level, chunked large-vocabulary and cross-tokenizer divergences."""
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax import _checks
 from kdjax import losses
@@ -181,3 +181,136 @@ def chunked_distill(
           vocab_size=vocab_size, token_chunk=token_chunk, vocab_chunk=vocab_chunk,
           **kwargs),
       divergence, temperature, beta, alpha, mask_key, reduction_hint=True)
+
+
+def uld_distill(
+    *,
+    temperature: Schedule = 1.0,
+    top_k: int | None = None,
+    teacher_mask_key: str | None = None,
+    mask_key: str | None = None,
+) -> Term:
+  """Universal Logit Distillation aligned by position, as in the paper.
+
+  :func:`kdjax.losses.uld_loss` between ``student.logits`` ``[batch,
+  student_time, student_vocab]`` and ``teacher.logits`` ``[batch,
+  teacher_time, teacher_vocab]``: position ``t`` of the student against
+  position ``t`` of the teacher, for ``t`` below the shorter of the two
+  lengths (Boizard et al. align both sequences at the start of the answer
+  and cut them to the shorter; put the answer at position 0 of both).
+  Student positions past the teacher's length are masked. The paper adds
+  the student's cross entropy on its labels (weight 1): an
+  :func:`supervised` term in the same :class:`Objective`.
+
+  Args:
+    temperature: a constant or a schedule of the step.
+    top_k: compare only the top ``k`` ranks (see
+      :func:`kdjax.losses.uld_loss`).
+    teacher_mask_key: optional batch entry ``[batch, teacher_time]`` marking
+      the teacher's real positions (1 = real).
+    mask_key: a student token mask of the term's own, on top of the
+      objective's padding mask.
+
+  Returns:
+    A :class:`Term` giving ``[batch, student_time]`` values and their mask.
+  """
+  check_schedule('temperature', temperature, positive=True)
+  if top_k is not None:
+    _checks.check_positive_int('top_k', top_k)
+
+  def term(student, teacher, batch, step):
+    teacher = require_teacher(teacher)
+    student_logits, teacher_logits = student.logits, teacher.logits
+    student_time, teacher_time = student_logits.shape[1], teacher_logits.shape[1]
+    time = min(student_time, teacher_time)
+    mask = jnp.ones(student_logits.shape[:2], jnp.float32).at[:, time:].set(0.0)
+    if teacher_mask_key is not None:
+      teacher_mask = jnp.asarray(
+          _checks.batch_entry(batch, teacher_mask_key, 'teacher_mask_key'), jnp.float32)
+      mask = mask.at[:, :time].multiply(teacher_mask[:, :time])
+    own = _own_token_mask(batch, mask_key)
+    if own is not None:
+      mask = mask * _checks.align_mask('mask_key', own, mask.shape, what='student tokens')
+    values = losses.uld_loss(
+        student_logits[:, :time], teacher_logits[:, :time],
+        temperature=schedule_value(temperature, step), top_k=top_k,
+        token_mask=mask[:, :time])
+    values = jnp.pad(values, [(0, 0), (0, student_time - time)])
+    return values, mask
+
+  return term
+
+
+def cross_tokenizer_distill(
+    *,
+    vocab_mapping: np.ndarray | jax.Array | None = None,
+    temperature: Schedule = 1.0,
+    top_k: int | None = None,
+    student_labels_key: str = 'labels',
+    teacher_labels_key: str = 'teacher_labels',
+    student_chunk_key: str = 'student_chunk',
+    teacher_chunk_key: str = 'teacher_chunk',
+    mask_key: str | None = None,
+) -> Term:
+  """Distillation from a teacher with another tokenizer, aligned by byte offsets.
+
+  :func:`kdjax.losses.cross_tokenizer_divergence` between
+  ``student.logits`` and ``teacher.logits``, each model having read the
+  same text in its own tokens, with the chunk ids and targets of both
+  sides read from the batch (as
+  :func:`kdjax.data.make_cross_tokenizer_arrays` writes them). One value
+  per chunk, at the chunk's last student position; the term's mask is
+  those positions, so the objective's mean is over chunks. Without
+  `vocab_mapping` each chunk is compared by ULD; with it (from
+  :func:`kdjax.data.vocab_mapping`), by GOLD's hybrid: KL over the shared
+  tokens where the tokens coincide, ULD elsewhere.
+
+  The teacher's apply reads its own tokens, e.g.
+  ``zoo.lm_apply(teacher_lm, inputs='teacher_tokens')``.
+
+  Args:
+    vocab_mapping: optional int ``[student_vocab]``: the teacher id of the
+      student token with the same bytes, or -1.
+    temperature: a constant or a schedule of the step.
+    top_k: ranks compared by ULD's sorted L1 (see
+      :func:`kdjax.losses.uld_loss`).
+    student_labels_key: batch entry with the student's targets ``[batch,
+      student_time]``.
+    teacher_labels_key: batch entry with the teacher's targets ``[batch,
+      teacher_time]``.
+    student_chunk_key: batch entry with the chunk id of each student target.
+    teacher_chunk_key: batch entry with the chunk id of each teacher target.
+    mask_key: a student token mask of the term's own, on top of the
+      objective's padding mask.
+
+  Returns:
+    A :class:`Term` giving ``[batch, student_time]`` values and their mask.
+  """
+  check_schedule('temperature', temperature, positive=True)
+  if top_k is not None:
+    _checks.check_positive_int('top_k', top_k)
+  if vocab_mapping is not None:
+    vocab_mapping = np.asarray(vocab_mapping)
+    if vocab_mapping.ndim != 1 or not np.issubdtype(vocab_mapping.dtype, np.integer):
+      raise ValueError(
+          'vocab_mapping must be a 1-D integer array [student_vocab], got '
+          f'{vocab_mapping.dtype} with shape {vocab_mapping.shape}.')
+
+  def term(student, teacher, batch, step):
+    teacher = require_teacher(teacher)
+    student_chunk = _checks.batch_entry(batch, student_chunk_key, 'student_chunk_key')
+    values = losses.cross_tokenizer_divergence(
+        student.logits, teacher.logits,
+        student_labels=_checks.batch_entry(batch, student_labels_key, 'student_labels_key'),
+        teacher_labels=_checks.batch_entry(batch, teacher_labels_key, 'teacher_labels_key'),
+        student_chunk=student_chunk,
+        teacher_chunk=_checks.batch_entry(batch, teacher_chunk_key, 'teacher_chunk_key'),
+        vocab_mapping=vocab_mapping, temperature=schedule_value(temperature, step),
+        top_k=top_k, token_mask=_own_token_mask(batch, mask_key))
+    mask = losses.chunk_end_mask(student_chunk).astype(jnp.float32)
+    own = _own_token_mask(batch, mask_key)
+    if own is not None:
+      mask = mask * _checks.align_mask('mask_key', own, mask.shape, what='student tokens')
+    return values, mask
+
+  return term
