@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -206,14 +207,91 @@ def token_divergence(
       student_logits, teacher_logits, vocab_size=vocab_size
   )
   mask = aligned_token_mask(token_mask, 'student_logits', student_logits.shape[:-1])
-  if mask is not None:
-    # Masked tokens get zero logits: finite values, zero gradient, no NaN.
-    student_logits = jnp.where(mask[..., None], student_logits, 0)
-    teacher_logits = jnp.where(mask[..., None], teacher_logits, 0)
-  values = fn(student_logits, teacher_logits, temperature=temperature, **kwargs)
-  if mask is not None:
-    values = jnp.where(mask, values, 0.0)
-  return values
+  if mask is None:
+    return _row_fused(fn, student_logits, teacher_logits, temperature, kwargs)
+  # Masked tokens may hold garbage (even NaN) logits: their values and their
+  # gradients are selected away, never multiplied by 0, so nothing leaks.
+  return _row_fused_masked(fn, student_logits, teacher_logits, temperature, kwargs, mask)
+
+
+# Each token's value depends on its own row of logits only, so its gradient
+# with respect to that row, computed in the forward pass with a unit
+# cotangent, times the token's cotangent is the exact gradient for any
+# cotangent. Computing it there lets every logits-sized intermediate of the
+# divergence (log-softmaxes, probabilities, mixtures) die in the forward
+# pass: only the [..., vocab] gradient crosses to the backward pass, instead
+# of autodiff's residuals. The teacher's logits get no gradient (the
+# divergences cut them with stop_gradient anyway). First-order reverse mode
+# only, like any custom_vjp.
+# Rows of logits per block of the fused forward pass: the divergence's
+# temporaries are [_ROW_BLOCK, vocab] blocks, not [tokens, vocab] arrays.
+_ROW_BLOCK = 256
+
+
+def _unit_grad(fn, student_logits, teacher_logits, temperature, hyper):
+  """Values and d(values)/d(student_logits) with a unit cotangent, block by block."""
+  shape = student_logits.shape
+  rows = int(np.prod(shape[:-1]))
+
+  def block(pair):
+    s, t = pair
+    values, vjp = jax.vjp(lambda x: fn(x, t, temperature=temperature, **hyper), s)
+    (unit_grad,) = vjp(jnp.ones_like(values))
+    return values, unit_grad
+
+  if rows <= _ROW_BLOCK:
+    return block((student_logits, teacher_logits))
+  blocks = -(-rows // _ROW_BLOCK)
+  padding = blocks * _ROW_BLOCK - rows
+
+  def split(x):
+    x = x.reshape(rows, shape[-1])
+    x = jnp.pad(x, ((0, padding), (0, 0)))
+    return x.reshape(blocks, _ROW_BLOCK, shape[-1])
+
+  values, unit_grad = jax.lax.map(block, (split(student_logits), split(teacher_logits)))
+  values = values.reshape(-1)[:rows].reshape(shape[:-1])
+  unit_grad = unit_grad.reshape(-1, shape[-1])[:rows].reshape(shape)
+  return values, unit_grad
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _row_fused(fn, student_logits, teacher_logits, temperature, hyper):
+  return fn(student_logits, teacher_logits, temperature=temperature, **hyper)
+
+
+def _row_fused_fwd(fn, student_logits, teacher_logits, temperature, hyper):
+  return _unit_grad(fn, student_logits, teacher_logits, temperature, hyper)
+
+
+def _row_fused_bwd(fn, unit_grad, cotangent):
+  del fn
+  grad = (cotangent[..., None] * unit_grad).astype(unit_grad.dtype)
+  return grad, None, None, None
+
+
+_row_fused.defvjp(_row_fused_fwd, _row_fused_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _row_fused_masked(fn, student_logits, teacher_logits, temperature, hyper, mask):
+  values = fn(student_logits, teacher_logits, temperature=temperature, **hyper)
+  return jnp.where(mask, values, 0.0)
+
+
+def _row_fused_masked_fwd(fn, student_logits, teacher_logits, temperature, hyper, mask):
+  values, unit_grad = _unit_grad(fn, student_logits, teacher_logits, temperature, hyper)
+  unit_grad = jnp.where(mask[..., None], unit_grad, jnp.zeros((), unit_grad.dtype))
+  return jnp.where(mask, values, 0.0), unit_grad
+
+
+def _row_fused_masked_bwd(fn, unit_grad, cotangent):
+  del fn
+  grad = (cotangent[..., None] * unit_grad).astype(unit_grad.dtype)
+  return grad, None, None, None, None
+
+
+_row_fused_masked.defvjp(_row_fused_masked_fwd, _row_fused_masked_bwd)
 
 
 @_checks.renamed_argument('where', 'token_mask')
