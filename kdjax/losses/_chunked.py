@@ -447,7 +447,9 @@ def chunked_divergence(
     vocab_size: the true vocabulary when the unembeddings carry padding
       columns (e.g. 32,000 of 32,064); the columns past it take no part in
       either softmax. None requires equal vocabularies.
-    beta: the JSD's teacher weight (``'jsd'`` only; default 0.5).
+    beta: the JSD's teacher weight in the mixture (``'jsd'`` only; default
+      0.5): 0 = forward KL(teacher || student), 1 = reverse KL, as in the
+      GKD paper, TRL and Liger; EasyDeL's ``beta`` is ``1 - beta``.
     alpha: the skew (``'skew_kl'``/``'skew_reverse_kl'`` only; default 0.1).
     token_chunk: tokens per chunk; the last chunk is padded.
     vocab_chunk: if set and smaller than the vocabulary, the vocabulary is

@@ -382,7 +382,10 @@ def generalized_jsd(
     where: optional boolean mask broadcastable to ``[..., classes]``
       selecting the classes that take part.
     axis: the class axis.
-    beta: mixture weight of the teacher in ``[0, 1]`` (may be traced).
+    beta: mixture weight of the teacher in ``[0, 1]`` (may be traced): 0 =
+      forward KL(teacher || student), 1 = reverse KL, as in the GKD paper,
+      TRL and Liger; EasyDeL's ``beta`` is ``1 - beta`` (see the table in
+      "Distilling language models").
 
   Returns:
     ``[...]`` per-example divergences; 0 for a row with no class left.

@@ -175,7 +175,9 @@ def token_divergence(
       release with a DeprecationWarning; ``where=`` is a class mask in
       kdjax.)
     vocab_size: the true vocabulary size when the logits carry padding.
-    beta: the JSD's teacher weight (``'jsd'`` only; default 0.5).
+    beta: the JSD's teacher weight in the mixture (``'jsd'`` only; default
+      0.5): 0 = forward KL(teacher || student), 1 = reverse KL, as in the
+      GKD paper, TRL and Liger; EasyDeL's ``beta`` is ``1 - beta``.
     alpha: the skew (``'skew_kl'`` / ``'skew_reverse_kl'`` only; default 0.1).
 
   Returns:

@@ -111,7 +111,9 @@ def token_distill(
     mask_key: a token mask of the term's own (e.g. the completion tokens
       only), applied on top of the objective's padding mask; ``None``
       (default): the padding mask alone.
-    beta: the JSD's teacher weight (``'jsd'`` only), constant or schedule.
+    beta: the JSD's teacher weight in the mixture (``'jsd'`` only), constant
+      or schedule: 0 = forward KL(teacher || student), 1 = reverse KL, as in
+      the GKD paper, TRL and Liger; EasyDeL's ``beta`` is ``1 - beta``.
     alpha: the skew (``'skew_kl'``/``'skew_reverse_kl'`` only).
 
   Returns:
@@ -164,7 +166,9 @@ def chunked_distill(
     mask_key: a token mask of the term's own (e.g. the completion tokens
       only), applied on top of the objective's padding mask; ``None``
       (default): the padding mask alone.
-    beta: the JSD's teacher weight (``'jsd'`` only), constant or schedule.
+    beta: the JSD's teacher weight in the mixture (``'jsd'`` only), constant
+      or schedule: 0 = forward KL(teacher || student), 1 = reverse KL, as in
+      the GKD paper, TRL and Liger; EasyDeL's ``beta`` is ``1 - beta``.
     alpha: the skew (``'skew_kl'``/``'skew_reverse_kl'`` only).
     token_chunk: tokens per chunk.
     vocab_chunk: optional vocabulary block size (see
