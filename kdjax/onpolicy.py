@@ -327,3 +327,73 @@ def make_on_policy_train_step(
     return train_step(state, teacher_variables, batch)
 
   return step
+
+
+def make_continuation_scorer(
+    sampler: Callable[..., dict[str, Any]],
+    teacher_apply: Apply,
+    *,
+    teacher_decoder: bool = False,
+) -> Callable[..., dict[str, jax.Array]]:
+  """``fn(variables, teacher_variables, batch, rng) -> scores``: the teacher's NLL of samples.
+
+  The generation-based evaluation of on-policy distillation (GKD, Sec. 4;
+  MiniLLM scores with the teacher too): the model continues each held-out
+  prompt with `sampler` (:func:`make_on_policy_batch`, normally with
+  ``fraction=1``), and the teacher, teacher-forced on prompt +
+  continuation, scores every generated token. Lower is better: the
+  continuations are likelier under the teacher.
+
+  Args:
+    sampler: the batch rewriter that generates (its ``fraction`` should be
+      1, so every row is a continuation).
+    teacher_apply: the teacher's ``apply`` (logits).
+    teacher_decoder: the sampler's decoder also takes the teacher's
+      variables (a :func:`mixture_decoder`).
+
+  Returns:
+    A pure function (jit it) returning ``'teacher_nll'`` float32 ``[batch]``
+    (nats summed over each row's generated tokens), ``'lengths'`` int32
+    ``[batch]`` (generated tokens, EOS included), ``'tokens'`` (the rewritten
+    ``[batch, time]`` inputs) and ``'mask'`` (1 on the generated labels).
+  """
+
+  def score(variables, teacher_variables, batch, rng):
+    model_variables = (variables, teacher_variables) if teacher_decoder else variables
+    rewritten = sampler(model_variables, batch, rng, jnp.zeros((), jnp.int32))
+    outputs, _ = teacher_apply(teacher_variables, rewritten, train=False)
+    log_probs = jax.nn.log_softmax(outputs.logits.astype(jnp.float32))
+    labels = jnp.asarray(rewritten['labels'], jnp.int32)
+    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    mask = jnp.asarray(rewritten['mask'], jnp.float32)
+    return {
+        'teacher_nll': jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1),
+        'lengths': jnp.sum(mask, axis=-1).astype(jnp.int32),
+        'tokens': rewritten['tokens'],
+        'mask': mask,
+    }
+
+  return score
+
+
+def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
+  """Distinct-n: unique n-grams over all n-grams of a set of generations.
+
+  Li, Galley, Brockett, Gao and Dolan, "A Diversity-Promoting Objective
+  Function for Neural Conversation Models", NAACL 2016,
+  https://arxiv.org/abs/1510.03055. 1 when no n-gram repeats, small for
+  repetitive or mode-collapsed samples; 0 when no sequence has ``n``
+  tokens. Computed on the host.
+
+  Args:
+    sequences: token ids, one sequence per generation (their own lengths).
+    n: the n-gram order, ``>= 1``.
+  """
+  _checks.check_positive_int('n', n)
+  grams, total = set(), 0
+  for sequence in sequences:
+    sequence = [int(t) for t in sequence]
+    for i in range(len(sequence) - n + 1):
+      grams.add(tuple(sequence[i:i + n]))
+      total += 1
+  return len(grams) / total if total else 0.0

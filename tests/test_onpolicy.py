@@ -369,3 +369,21 @@ def test_bad_input_is_named():
   with pytest.raises(ValueError, match='teacher_mix'):
     losses.minillm_surrogate(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4)), jnp.zeros((2, 3), int),
                              teacher_mix=1.5)
+
+
+def test_continuation_scorer_and_distinct_n(models):
+  state, teacher = models
+  sampler = _sampler(fraction=1.0, method=generate.Greedy())
+  score = jax.jit(onpolicy.make_continuation_scorer(sampler, zoo.lm_apply(zoo.DecoderLM(TEACHER))))
+  batch = _batch(3)
+  scores = score(state.variables, teacher, batch, jax.random.PRNGKey(0))
+  # By hand: the teacher's log-probs of the generated labels.
+  rewritten = sampler(state.variables, batch, jax.random.PRNGKey(0), 0)
+  log_probs = np.asarray(jax.nn.log_softmax(zoo.DecoderLM(TEACHER).apply(teacher, rewritten['tokens'])))
+  picked = np.take_along_axis(log_probs, np.asarray(rewritten['labels'])[..., None], -1)[..., 0]
+  mask = np.asarray(rewritten['mask'])
+  np.testing.assert_allclose(scores['teacher_nll'], -(picked * mask).sum(-1), rtol=1e-5)
+  np.testing.assert_array_equal(scores['lengths'], mask.sum(-1))
+  assert onpolicy.distinct_n([[1, 2, 3], [1, 2, 4]], 2) == 3 / 4
+  assert onpolicy.distinct_n([[5, 5, 5, 5]], 1) == 1 / 4
+  assert onpolicy.distinct_n([[1]], 2) == 0.0
