@@ -187,6 +187,12 @@ def chunked_distill(
       divergence, temperature, beta, alpha, mask_key, reduction_hint=True)
 
 
+def _check_uld_arguments(temperature: Schedule, top_k: int | None) -> None:
+  check_schedule('temperature', temperature, positive=True)
+  if top_k is not None:
+    _checks.check_positive_int('top_k', top_k)
+
+
 def uld_distill(
     *,
     temperature: Schedule = 1.0,
@@ -218,9 +224,7 @@ def uld_distill(
   Returns:
     A :class:`Term` giving ``[batch, student_time]`` values and their mask.
   """
-  check_schedule('temperature', temperature, positive=True)
-  if top_k is not None:
-    _checks.check_positive_int('top_k', top_k)
+  _check_uld_arguments(temperature, top_k)
 
   def term(student, teacher, batch, step):
     teacher = require_teacher(teacher)
@@ -290,9 +294,7 @@ def cross_tokenizer_distill(
   Returns:
     A :class:`Term` giving ``[batch, student_time]`` values and their mask.
   """
-  check_schedule('temperature', temperature, positive=True)
-  if top_k is not None:
-    _checks.check_positive_int('top_k', top_k)
+  _check_uld_arguments(temperature, top_k)
   if vocab_mapping is not None:
     vocab_mapping = np.asarray(vocab_mapping)
     if vocab_mapping.ndim != 1 or not np.issubdtype(vocab_mapping.dtype, np.integer):
