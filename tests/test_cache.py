@@ -64,7 +64,7 @@ def test_tail_kl_is_a_lower_bound_with_the_chain_rule_gap(temperature):
   # The reference in float64 NumPy: a tail mass near 0 must not round to 0.
   p = _softmax64(teacher / temperature)
   q = _softmax64(student / temperature)
-  for k in (1, 3, 10, VOCAB - 1):
+  for k in (1, 10):
     tail = _sparse(student, teacher, k, 'tail', temperature) / temperature**2
     renorm = _sparse(student, teacher, k, 'renormalize', temperature) / temperature**2
     _, indices, _ = losses.teacher_topk(teacher, k, temperature=temperature)
@@ -411,11 +411,11 @@ def test_cached_step_equals_the_live_topk_step(tmp_path, mode):
 
 def test_full_k_float32_cache_step_equals_token_distill(tmp_path):
   batch, variables = _cached_batch(tmp_path, VOCAB, temperature=2.0)
+  full = _one_step(_teacher_apply, variables,
+                   objective.token_distill('forward_kl', temperature=2.0), batch)
   for mode in losses.TOPK_MODES:
     cached = _one_step(cache.cached_teacher_apply, None,
                        objective.cached_token_distill(mode, temperature=2.0), batch)
-    full = _one_step(_teacher_apply, variables,
-                     objective.token_distill('forward_kl', temperature=2.0), batch)
     np.testing.assert_allclose(cached[0], full[0], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), cached[1], full[1])
 
