@@ -1,5 +1,6 @@
 """kdjax.cache and the sparse top-k losses: bounds, formats, writer, reader, steps."""
 
+import doctest
 import os
 
 import grain
@@ -15,6 +16,7 @@ from kdjax import objective
 from kdjax import Outputs
 from kdjax.cache import _format
 from kdjax.cache import _store
+from kdjax.losses import _topk
 from kdjax.step import init_train_state
 from kdjax.step import make_train_step
 
@@ -428,3 +430,8 @@ def test_cached_term_errors():
     term(Outputs(_logits(0)), Outputs(_logits(1)), {}, 0)
   with pytest.raises(KeyError, match="'teacher_topk_log_probs' is not in the batch"):
     cache.cached_teacher_apply(None, {'tokens': np.zeros((1, 2))}, train=False)
+
+
+def test_doctests():
+  result = doctest.testmod(_topk, optionflags=doctest.ELLIPSIS)
+  assert result.attempted >= 2 and result.failed == 0
