@@ -326,7 +326,9 @@ def report(out, args, argv) -> str:
       'Per token, mean over the real tokens; the caches were written by `write_cache` and '
       'read back by `TeacherCache` (index encoding `bytes`; the values do not depend on it). '
       'The tail KL is a lower bound of the full KL (tail / full <= 1); the renormalised KL '
-      'is neither bound.', '',
+      'is neither bound. *On disk* is the shard files\' size over the tokens: array_record '
+      'compresses every chunk (one record each) with its default compressor and pads the file '
+      'to 64 KiB, so it is below the format\'s bytes where the codes compress.', '',
       bias_table, '',
       f'### Step time (batch {args.batch} x {out["context"]})', '',
       f'Median of the same run. The cached step reads the {args.formats[0]} cache; reading and '
