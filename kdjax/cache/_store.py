@@ -151,7 +151,8 @@ def write_cache(
     examples_per_shard: examples per shard file.
     vocab_size: the true vocabulary when the teacher's logits are padded.
     teacher_id: a name for the teacher recorded in the spec; None: a SHA-256
-      fingerprint of `teacher_variables`.
+      fingerprint of `teacher_variables` (which reads them all to the host:
+      give a name for a teacher sharded over hosts, or a large one).
     tokens_key: the entry of `arrays` with the int ``[num_examples, time]``
       tokens.
     mask_key: the entry with the ``[num_examples, time]`` mask (None: no mask).
