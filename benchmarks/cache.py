@@ -311,9 +311,10 @@ def report(out, args, argv) -> str:
       f'* Date: {common.now()}',
       f'* {common.versions()}',
       f'* Machine: {common.machine()}',
-      f'* Load average at the start {loads[0]}, at the end {loads[1]}'
-      + (' (above 1.5: the times are not a result; rerun on a quiet machine)'
-         if max(out['load_before'][0], out['load_after'][0]) > 1.5 else ''),
+      f'* Load average at the start {loads[0]}, at the end {loads[1]} (the end includes '
+      'this benchmark\'s own threads)'
+      + ('; above 1.5 at the start: the times are not a result, rerun on a quiet machine'
+         if out['load_before'][0] > 1.5 else ''),
       f"* Wall time: {out['seconds']:.0f} s", '',
       '### Bytes per token', '',
       'Computed from the format (`kdjax.cache.bytes_per_token`): k log-probs, the tail '
