@@ -40,6 +40,9 @@ from kdjax.losses._divergences import divergence_kwargs as divergence_kwargs
 from kdjax.losses._sequence import align_vocab as align_vocab
 from kdjax.losses._sequence import token_divergence as token_divergence
 from kdjax.losses._sequence import token_mean as token_mean
+from kdjax.losses._topk import teacher_topk as teacher_topk
+from kdjax.losses._topk import TOPK_MODES as TOPK_MODES
+from kdjax.losses._topk import topk_kl_divergence as topk_kl_divergence
 
 __all__ = [
     'CRDHead',
@@ -60,6 +63,7 @@ __all__ = [
     'similarity_preserving',
     'vid',
     'DIVERGENCE_NAMES',
+    'TOPK_MODES',
     'align_vocab',
     'chunk_end_mask',
     'chunk_log_probs',
@@ -78,7 +82,9 @@ __all__ = [
     'skew_kl_divergence',
     'skew_reverse_kl_divergence',
     'token_divergence',
+    'teacher_topk',
     'token_mean',
+    'topk_kl_divergence',
     'total_variation_distance',
     'uld_loss',
 ]

@@ -20,6 +20,7 @@ from kdjax.objective._core import schedule_value as schedule_value
 from kdjax.objective._core import StatefulTerm as StatefulTerm
 from kdjax.objective._core import Teacher as Teacher
 from kdjax.objective._core import Term as Term
+from kdjax.objective._lm import cached_token_distill as cached_token_distill
 from kdjax.objective._lm import chunked_distill as chunked_distill
 from kdjax.objective._lm import cross_tokenizer_distill as cross_tokenizer_distill
 from kdjax.objective._lm import token_distill as token_distill
@@ -51,6 +52,7 @@ __all__ = [
     'Teacher',
     'Term',
     'accuracy_metric',
+    'cached_token_distill',
     'chunked_distill',
     'crd',
     'cross_tokenizer_distill',

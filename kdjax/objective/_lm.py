@@ -319,4 +319,59 @@ def cross_tokenizer_distill(
       mask = mask * _checks.align_mask('mask_key', own, mask.shape, what='student tokens')
     return values, mask
 
+
+# The features a top-k teacher hands over (kdjax.cache.cached_teacher_apply,
+# kdjax.cache.topk_teacher_apply): log-probs, indices, tail log-mass.
+TOPK_LOG_PROBS = 'topk_log_probs'
+TOPK_INDICES = 'topk_indices'
+TAIL_LOG_MASS = 'tail_log_mass'
+
+
+def cached_token_distill(
+    mode: str = 'tail',
+    *,
+    temperature: Schedule = 1.0,
+    vocab_size: int | None = None,
+    mask_key: str | None = None,
+) -> Term:
+  """A token-level forward-KL term against a teacher's top-k log-probs.
+
+  :func:`kdjax.losses.topk_kl_divergence` between the student's logits and
+  the teacher's ``'topk_log_probs'``, ``'topk_indices'`` and
+  ``'tail_log_mass'`` features, as :func:`kdjax.cache.cached_teacher_apply`
+  reads them from a batch joined with a teacher cache (or
+  :func:`kdjax.cache.topk_teacher_apply` computes them from a live
+  teacher), so that :func:`kdjax.step.make_train_step` runs unchanged with
+  the cache as its teacher. ``mode='tail'`` is the KL over the top-k plus
+  one tail bucket (a lower bound of the full forward KL, equal at k = V);
+  ``'renormalize'`` renormalises both sides over the teacher's top-k
+  (MaxText); the docstring of :func:`~kdjax.losses.topk_kl_divergence`
+  gives the bias of each.
+
+  Args:
+    mode: ``'tail'`` or ``'renormalize'``.
+    temperature: a constant or a schedule; it divides the student's logits
+      and multiplies the value by T². It must be the temperature the
+      teacher's log-probs were computed at (``TeacherCache.spec.temperature``):
+      a top-k cannot be re-tempered.
+    vocab_size: the student's true vocabulary when its logits are padded.
+    mask_key: a token mask of the term's own, on top of the objective's
+      padding mask; None: the padding mask alone.
+
+  Returns:
+    A :class:`Term` giving ``[batch, time]`` values and ``batch[mask_key]``
+    (or ``None``) as their mask.
+  """
+  if mode not in losses.TOPK_MODES:
+    raise ValueError(f'mode must be one of {list(losses.TOPK_MODES)}, got {mode!r}.')
+  check_schedule('temperature', temperature, positive=True)
+
+  def term(student, teacher, batch, step):
+    teacher = require_teacher(teacher)
+    tail = teacher.feature(TAIL_LOG_MASS) if mode == 'tail' else None
+    values = losses.topk_kl_divergence(
+        student.logits, teacher.feature(TOPK_LOG_PROBS), teacher.feature(TOPK_INDICES), tail,
+        mode=mode, temperature=schedule_value(temperature, step), vocab_size=vocab_size)
+    return values, _own_token_mask(batch, mask_key)
+
   return term
