@@ -149,6 +149,8 @@ def test_errors_name_the_problem():
     objective_lib.Objective({'kd': kd}, weights={'kld': 1.0})
   with pytest.raises(ValueError, match='at least one term'):
     objective_lib.Objective({})
+  with pytest.raises(TypeError, match="term 'kd' must be callable.*NoneType"):
+    objective_lib.Objective({'kd': None})
   with pytest.raises(ValueError, match='temperature must be > 0'):
     objective_lib.distill(losses.kl_divergence, temperature=0.0)
   with pytest.raises(ValueError, match='temperature must be > 0'):
@@ -242,3 +244,18 @@ def test_deprecated_names_warn_and_still_work():
     assert objective_lib.mixture_log_probs is losses.mixture_log_probs
   with pytest.raises(AttributeError, match='no attribute'):
     objective_lib.no_such_name  # noqa: B018
+
+
+def test_language_model_term_constructors_return_terms():
+  """Every LM term constructor returns a callable term that an Objective takes."""
+  terms = {
+      'token': objective_lib.token_distill(),
+      'chunked': objective_lib.chunked_distill(),
+      'uld': objective_lib.uld_distill(),
+      'cross_tokenizer': objective_lib.cross_tokenizer_distill(),
+      'cached': objective_lib.cached_token_distill(),
+      'minillm': objective_lib.minillm_distill(),
+  }
+  for name, term in terms.items():
+    assert callable(term), name
+  objective_lib.Objective(terms)

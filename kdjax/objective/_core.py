@@ -210,6 +210,11 @@ class Objective:
   def __post_init__(self):
     if not self.terms:
       raise ValueError('an Objective needs at least one term.')
+    for name, term in self.terms.items():
+      if not callable(term):
+        raise TypeError(
+            f'term {name!r} must be callable (a Term or StatefulTerm), got '
+            f'{type(term).__name__}; a term constructor returned nothing?')
     unknown = sorted(set(self.weights) - set(self.terms))
     if unknown:
       raise KeyError(

@@ -319,6 +319,8 @@ def cross_tokenizer_distill(
       mask = mask * _checks.align_mask('mask_key', own, mask.shape, what='student tokens')
     return values, mask
 
+  return term
+
 
 # The features a top-k teacher hands over (kdjax.cache.cached_teacher_apply,
 # kdjax.cache.topk_teacher_apply): log-probs, indices, tail log-mass.
