@@ -194,6 +194,16 @@ def test_sharded_over_data_and_vocabulary():
     np.testing.assert_allclose(s_values, values, rtol=1e-5, atol=1e-6)
     for grad, s_grad in zip(grads[:2], s_grads[:2]):
       np.testing.assert_allclose(s_grad, grad, rtol=1e-5, atol=1e-6)
+  # A masked mean's cotangent: the fused path, with the gradients summed in
+  # the forward pass over a sharded vocabulary.
+  mean_cotangent = 0.25 * mask.astype(jnp.float32)
+  _, grads = _values_and_grads(
+      losses.chunked_divergence, arrays, mean_cotangent, token_mask=mask, **kwargs)
+  _, s_grads = _values_and_grads(
+      losses.chunked_divergence, sharded, jax.device_put(mean_cotangent, tokens),
+      token_mask=jax.device_put(mask, tokens), **kwargs)
+  for grad, s_grad in zip(grads[:2], s_grads[:2]):
+    np.testing.assert_allclose(s_grad, grad, rtol=1e-5, atol=1e-6)
 
 
 def test_memory_far_below_the_logits():
