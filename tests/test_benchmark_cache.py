@@ -4,12 +4,14 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'))
 
 import cache as cache_benchmark  # noqa: E402
 
 
+@pytest.mark.slow  # ~30 s of train-step compiles; run with `make test-slow`
 def test_cache_benchmark_runs_at_toy_size(tmp_path, capsys):
   out = cache_benchmark.main([
       '--tiny', '--workdir', str(tmp_path), '--teacher-steps', '0', '--student-steps', '0',

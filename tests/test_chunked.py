@@ -98,9 +98,12 @@ def test_equals_plain_form(divergence):
   arrays, mask, cotangent = _inputs()
   vocab_chunks = (None, 8) if divergence in FAST_VOCAB_CHUNKED else (None,)
   # A masked mean's cotangent (a multiple of the mask) takes the fused path
-  # of the default layout; a random one its recomputing fallback.
-  _assert_equal_to_plain(arrays, mask, 0.37 * mask.astype(jnp.float32), divergence, (None,),
-                         rtol=1e-4, atol=1e-5)
+  # of the default layout; a random one its recomputing fallback. (The fused
+  # path's only divergence-specific code is the values it differentiates,
+  # shared with the fallback: three kinds of divergence check it.)
+  if divergence in FAST_VOCAB_CHUNKED:
+    _assert_equal_to_plain(arrays, mask, 0.37 * mask.astype(jnp.float32), divergence, (None,),
+                           rtol=1e-4, atol=1e-5)
   _assert_equal_to_plain(arrays, mask, cotangent, divergence, vocab_chunks,
                          rtol=1e-4, atol=1e-5)
 
