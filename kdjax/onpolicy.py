@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from kdjax import _checks
+from kdjax import losses
 from kdjax import step as step_lib
 from kdjax.adapters import Apply
 from kdjax.generate import Decoder
@@ -105,7 +106,7 @@ def mixture_decoder(student: Decoder, teacher: Decoder, teacher_weight: float) -
                  max_length=min(student.max_length, teacher.max_length))
 
 
-def _check_batch(batch: Batch, keys: Sequence[str], prompt_width: int, time: int | None):
+def _check_batch(batch: Batch, keys: Sequence[str], prompt_width: int) -> None:
   for key in keys:
     if key not in batch:
       raise KeyError(f'the on-policy batch needs {key!r}; it has {sorted(batch)}.')
@@ -133,7 +134,6 @@ def _check_batch(batch: Batch, keys: Sequence[str], prompt_width: int, time: int
       raise ValueError(
           f'batch[{lengths_key!r}] must be in [1, prompt_width={prompt_width}], got values '
           f'in [{lengths.min()}, {lengths.max()}].')
-  del time
 
 
 def _splice(tokens, labels, prompt_lengths, generated, generated_lengths, pad_id):
@@ -226,7 +226,7 @@ def make_on_policy_batch(
   tokens_key, labels_key, mask_key, lengths_key = keys
 
   def sample_batch(variables, batch, rng, step):
-    _check_batch(batch, keys, prompt_width, None)
+    _check_batch(batch, keys, prompt_width)
     tokens = jnp.asarray(batch[tokens_key], jnp.int32)
     labels = jnp.asarray(batch[labels_key], jnp.int32)
     prompt_lengths = jnp.asarray(batch[lengths_key], jnp.int32)
@@ -362,9 +362,7 @@ def make_continuation_scorer(
     model_variables = (variables, teacher_variables) if teacher_decoder else variables
     rewritten = sampler(model_variables, batch, rng, jnp.zeros((), jnp.int32))
     outputs, _ = teacher_apply(teacher_variables, rewritten, train=False)
-    log_probs = jax.nn.log_softmax(outputs.logits.astype(jnp.float32))
-    labels = jnp.asarray(rewritten['labels'], jnp.int32)
-    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    nll = losses.cross_entropy(outputs.logits, rewritten['labels'])
     mask = jnp.asarray(rewritten['mask'], jnp.float32)
     return {
         'teacher_nll': jnp.sum(jnp.where(mask > 0, nll, 0.0), axis=-1),

@@ -209,11 +209,9 @@ def token_divergence(
       student_logits, teacher_logits, vocab_size=vocab_size
   )
   mask = aligned_token_mask(token_mask, 'student_logits', student_logits.shape[:-1])
-  if mask is None:
-    return _row_fused(fn, student_logits, teacher_logits, temperature, kwargs)
   # Masked tokens may hold garbage (even NaN) logits: their values and their
   # gradients are selected away, never multiplied by 0, so nothing leaks.
-  return _row_fused_masked(fn, student_logits, teacher_logits, temperature, kwargs, mask)
+  return _row_fused(fn, student_logits, teacher_logits, temperature, kwargs, mask)
 
 
 # Each token's value depends on its own row of logits only, so its gradient
@@ -258,42 +256,27 @@ def _unit_grad(fn, student_logits, teacher_logits, temperature, hyper):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _row_fused(fn, student_logits, teacher_logits, temperature, hyper):
-  return fn(student_logits, teacher_logits, temperature=temperature, **hyper)
+def _row_fused(fn, student_logits, teacher_logits, temperature, hyper, mask):
+  """``fn``'s per-row values, 0 where `mask` (None: every row counts) is False."""
+  values = fn(student_logits, teacher_logits, temperature=temperature, **hyper)
+  return values if mask is None else jnp.where(mask, values, 0.0)
 
 
-def _row_fused_fwd(fn, student_logits, teacher_logits, temperature, hyper):
-  return _unit_grad(fn, student_logits, teacher_logits, temperature, hyper)
+def _row_fused_fwd(fn, student_logits, teacher_logits, temperature, hyper, mask):
+  values, unit_grad = _unit_grad(fn, student_logits, teacher_logits, temperature, hyper)
+  if mask is None:
+    return values, unit_grad
+  unit_grad = jnp.where(mask[..., None], unit_grad, jnp.zeros((), unit_grad.dtype))
+  return jnp.where(mask, values, 0.0), unit_grad
 
 
 def _row_fused_bwd(fn, unit_grad, cotangent):
   del fn
   grad = (cotangent[..., None] * unit_grad).astype(unit_grad.dtype)
-  return grad, None, None, None
-
-
-_row_fused.defvjp(_row_fused_fwd, _row_fused_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _row_fused_masked(fn, student_logits, teacher_logits, temperature, hyper, mask):
-  values = fn(student_logits, teacher_logits, temperature=temperature, **hyper)
-  return jnp.where(mask, values, 0.0)
-
-
-def _row_fused_masked_fwd(fn, student_logits, teacher_logits, temperature, hyper, mask):
-  values, unit_grad = _unit_grad(fn, student_logits, teacher_logits, temperature, hyper)
-  unit_grad = jnp.where(mask[..., None], unit_grad, jnp.zeros((), unit_grad.dtype))
-  return jnp.where(mask, values, 0.0), unit_grad
-
-
-def _row_fused_masked_bwd(fn, unit_grad, cotangent):
-  del fn
-  grad = (cotangent[..., None] * unit_grad).astype(unit_grad.dtype)
   return grad, None, None, None, None
 
 
-_row_fused_masked.defvjp(_row_fused_masked_fwd, _row_fused_masked_bwd)
+_row_fused.defvjp(_row_fused_fwd, _row_fused_bwd)
 
 
 @_checks.renamed_argument('where', 'token_mask')

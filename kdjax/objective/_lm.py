@@ -51,12 +51,11 @@ def _reduction_mask(batch: Batch, own_mask):
     return None
   if len(masks) == 1:
     return masks[0]
-  own, padding = (jnp.asarray(m, jnp.float32) for m in masks)
-  if own.ndim < padding.ndim:
-    own = own.reshape(own.shape + (1,) * (padding.ndim - own.ndim))
-  elif padding.ndim < own.ndim:
-    padding = padding.reshape(padding.shape + (1,) * (own.ndim - padding.ndim))
-  return own * padding
+  own, padding = masks
+  # Both cover the leading axes of the values (kdjax's one mask rule).
+  shape = max(jnp.shape(own), jnp.shape(padding), key=len)
+  return (_checks.align_mask('mask_key', own, shape, what='the tokens')
+          * _checks.align_mask('batch mask', padding, shape, what='the tokens'))
 
 
 def _token_term(per_token, divergence, temperature, beta, alpha, mask_key,
