@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax.data._translation import write_json
+
 Array = np.ndarray
 
 FORMAT_VERSION = 1
@@ -176,12 +178,7 @@ def read_spec(directory: str | os.PathLike[str]) -> CacheSpec | None:
 
 def write_spec(directory: str | os.PathLike[str], spec: CacheSpec) -> None:
   """Writes ``cache_spec.json`` atomically (a temporary file renamed)."""
-  path = os.path.join(directory, SPEC_FILE)
-  temporary = f'{path}.tmp{os.getpid()}'
-  with open(temporary, 'w', encoding='utf-8') as f:
-    json.dump(spec.to_json(), f, indent=1, sort_keys=True)
-    f.write('\n')
-  os.replace(temporary, path)
+  write_json(os.path.join(directory, SPEC_FILE), spec.to_json())
 
 
 def fingerprint(tree: Any) -> str:
