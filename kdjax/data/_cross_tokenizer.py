@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from kdjax import _checks
 from kdjax.data._text import BYTE_VOCAB_SIZE
 
 #: A byte-level tokenizer: None (one token per byte) or a byte-level BPE.
@@ -268,9 +269,8 @@ def make_cross_tokenizer_arrays(
     ValueError: for non-positive lengths, or a tokenizer whose tokens do not
       spell the text.
   """
-  for name, value in (('student_length', student_length), ('teacher_length', teacher_length)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-      raise ValueError(f'{name} must be a positive int, got {value!r}')
+  _checks.check_positive_int('student_length', student_length)
+  _checks.check_positive_int('teacher_length', teacher_length)
   rows = {key: [] for key in ('tokens', 'labels', 'mask', 'teacher_tokens', 'teacher_labels',
                               'teacher_mask', 'student_chunk', 'teacher_chunk')}
   student_vocab = None if student_tokenizer is None else token_bytes(student_tokenizer)
