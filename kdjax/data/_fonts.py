@@ -244,11 +244,11 @@ def collect_faces(font_files: Mapping[str, str]) -> tuple[list[FontFace], dict[s
   for name in sorted(font_files):
     path = font_files[name]
     try:
-      font = tt_lib.TTFont(path, lazy=True)
-      names = font['name']
-      family = names.getDebugName(16) or names.getDebugName(1) or ''
-      style = names.getDebugName(17) or names.getDebugName(2) or ''
-      cmap = font.getBestCmap() or {}
+      with tt_lib.TTFont(path, lazy=True) as font:
+        names = font['name']
+        family = names.getDebugName(16) or names.getDebugName(1) or ''
+        style = names.getDebugName(17) or names.getDebugName(2) or ''
+        cmap = dict(font.getBestCmap() or {})
     except Exception as e:  # pylint: disable=broad-except
       dropped[name] = f'unreadable: {type(e).__name__}: {e}'
       continue
@@ -436,6 +436,8 @@ def make_font_arrays(
   arrays = {}
   for number, split in enumerate(FONT_SPLITS):
     split_units_ = sorted(units[split])
+    if not split_units_:
+      raise ValueError(f'units: {split} has no unit for its {sizes[split]} images')
     missing = [u for u in split_units_ if u not in face_rows]
     if missing:
       raise ValueError(f'units: {split} names units with no face: {missing}')
