@@ -93,7 +93,7 @@ def test_render_is_a_blend_of_two_contrasting_colours(faces):
   jitter = kdata.GlyphJitter(noise=0.0)
   luma = np.array([0.299, 0.587, 0.114])
   for seed, char in enumerate('A.g@'):
-    image = kdata.render_glyph(faces[seed].path, char, np.random.default_rng(seed), jitter)
+    image = kdata.render_glyph(faces[seed].path, char, np.random.default_rng(seed), jitter=jitter)
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     # The colours are the generator's first draws (render_glyph's documented order).
     foreground, background = _fonts._contrasting_colours(  # pylint: disable=protected-access

@@ -358,7 +358,7 @@ def _contrasting_colours(rng: np.random.Generator, min_contrast: float) -> tuple
 
 
 def render_glyph(
-    path: str, char: str, rng: np.random.Generator, jitter: GlyphJitter = GlyphJitter(),
+    path: str, char: str, rng: np.random.Generator, *, jitter: GlyphJitter = GlyphJitter(),
 ) -> np.ndarray:
   """One image of `char` in the face at `path`, randomised by `rng`.
 
@@ -450,7 +450,7 @@ def make_font_arrays(
       rng = np.random.default_rng((seed, number, i))
       members = face_rows[split_units_[order[(i // len(FONT_CLASSES)) % len(order)]]]
       rows[i] = members[rng.integers(len(members))]
-      images[i] = render_glyph(faces[rows[i]].path, FONT_CLASSES[labels[i]], rng, jitter)
+      images[i] = render_glyph(faces[rows[i]].path, FONT_CLASSES[labels[i]], rng, jitter=jitter)
     arrays[split] = {'image': images, 'label': labels, 'face': rows}
   return arrays
 
