@@ -12,6 +12,7 @@ import pytest
 from kdjax import losses
 from kdjax import Outputs
 from kdjax import objective
+from kdjax import recipes
 from kdjax import step as step_lib
 from kdjax import zoo
 
@@ -276,3 +277,57 @@ def test_distilbert_cosine_term_uses_the_mask():
   np.testing.assert_allclose(values, per_example(np_cosine, HIDDEN_S.astype(np.float64),
                                                  HIDDEN_T4.astype(np.float64)), rtol=2e-5,
                              atol=2e-6)
+
+
+# ----------------------------------------------------------------------------
+# Recipes.
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_tinybert_recipes_sum_the_mapped_losses():
+  layer_map = objective.LayerMap.uniform(1, 2)
+  student = Outputs(None, {'scores_0': SCORES_S, 'projected_0': HIDDEN_S @ W,
+                           'projected_1': HIDDEN_S[::-1] @ W})
+  teacher = Outputs(None, {'scores_1': SCORES_T, 'hidden_0': HIDDEN_T,
+                           'hidden_2': HIDDEN_T[::-1] * 2})
+  general = recipes.tinybert_intermediate_objective(layer_map)
+  assert sorted(general.terms) == ['attention', 'embedding', 'hidden']
+  _, metrics = general(student, teacher, {'token_mask': MASK})
+  mean = lambda pair: float(pair[0] / pair[1])
+  n = MASK.sum()
+  expected = {
+      'attention': per_example(np_attention_mse, SCORES_S, SCORES_T).sum() / n,
+      'embedding': per_example(np_hidden_mse, HIDDEN_S @ W, HIDDEN_T).sum() / n,
+      'hidden': per_example(np_hidden_mse, HIDDEN_S[::-1] @ W, HIDDEN_T[::-1] * 2).sum() / n,
+  }
+  for name, value in expected.items():
+    np.testing.assert_allclose(mean(metrics[f'loss/{name}']), value, rtol=1e-5)
+  logits_s, logits_t = RNG.normal(size=(B, 5)), RNG.normal(size=(B, 5))
+  prediction = recipes.tinybert_prediction_objective()
+  loss, _ = prediction(Outputs(logits_s.astype(np.float32)), Outputs(logits_t), {})
+  ce = -(_softmax(logits_t) * _log_softmax(logits_s)).sum(-1).mean()
+  np.testing.assert_allclose(loss, ce, rtol=1e-5)
+
+
+def test_distilbert_objective_matches_numpy():
+  vocab = 7
+  logits_s = RNG.normal(size=(B, T, vocab)).astype(np.float32)
+  logits_t = RNG.normal(size=(B, T, vocab)).astype(np.float32)
+  labels = RNG.integers(0, vocab, (B, T)).astype(np.int32)
+  mlm = (RNG.random((B, T)) < 0.5).astype(np.int32) * MASK
+  mlm[0, 0] = 1
+  batch = {'token_mask': MASK, 'mlm_mask': mlm, 'mlm_labels': labels}
+  student = Outputs(logits_s, {'sequence': HIDDEN_S})
+  teacher = Outputs(logits_t, {'sequence': HIDDEN_T4})
+  loss, metrics = recipes.distilbert_objective()(student, teacher, batch)
+  selected = mlm.astype(bool)
+  log_s, log_t = _log_softmax(logits_s / 2.0), _log_softmax(logits_t / 2.0)
+  kd = (np.exp(log_t) * (log_t - log_s)).sum(-1)[selected].mean() * 4.0
+  ce = -np.take_along_axis(_log_softmax(logits_s), labels[..., None], -1)[..., 0][selected]
+  cos = per_example(np_cosine, HIDDEN_S.astype(np.float64), HIDDEN_T4.astype(np.float64))
+  cos = cos.sum() / MASK.sum()
+  np.testing.assert_allclose(loss, 5.0 * kd + 2.0 * ce.mean() + 1.0 * cos, rtol=1e-5)

@@ -41,6 +41,7 @@ from kdjax.objective._stateful import ema_teacher_distill as ema_teacher_distill
 from kdjax.objective._stateful import EMATeacherTerm as EMATeacherTerm
 from kdjax.objective._transformer import distilbert_cosine as distilbert_cosine
 from kdjax.objective._transformer import LayerMap as LayerMap
+from kdjax.objective._transformer import masked_lm as masked_lm
 from kdjax.objective._transformer import minilm_attention as minilm_attention
 from kdjax.objective._transformer import minilm_relations as minilm_relations
 from kdjax.objective._transformer import tinybert_attention as tinybert_attention
@@ -79,6 +80,7 @@ __all__ = [
     'uld_distill',
     'LayerMap',
     'distilbert_cosine',
+    'masked_lm',
     'minilm_attention',
     'minilm_relations',
     'tinybert_attention',

@@ -259,6 +259,33 @@ def distilbert_cosine(
   return term
 
 
+def masked_lm(*, label_key: str = 'mlm_labels', mask_key: str = 'mlm_mask') -> Term:
+  """The masked-LM cross entropy on the masked positions only.
+
+  ``losses.cross_entropy(student.logits, batch[label_key])`` per token,
+  masked by ``batch[mask_key]`` (1 on the positions the MLM masked), so the
+  Objective's mean is over those positions (BERT's and DistilBERT's MLM
+  loss). Labels at other positions are ignored but must be valid ids (e.g. 0).
+
+  Args:
+    label_key: the batch entry of int ``[batch, time]`` original tokens.
+    mask_key: the batch entry of the ``[batch, time]`` MLM positions.
+
+  Returns:
+    A :class:`Term` of ``[batch, time]`` values.
+
+  References:
+    Devlin et al., "BERT", NAACL 2019, arXiv:1810.04805.
+  """
+
+  def term(student, teacher, batch, step):
+    del teacher, step
+    labels = _checks.batch_entry(batch, label_key, 'label_key')
+    return losses.cross_entropy(student.logits, labels), _mask(batch, mask_key)
+
+  return term
+
+
 def minilm_attention(
     *, student_block: int, teacher_block: int, mask_key: str | None = 'token_mask'
 ) -> Term:
