@@ -150,7 +150,7 @@ def test_logical_axes_and_rules(tiny_params):
 
 def test_input_errors(tiny_params):
   model = zoo.BertEncoder(TINY)
-  with pytest.raises(ValueError, match=r'11 positions.*max_len=10'):
+  with pytest.raises(ValueError, match=r'11 time steps, more than max_len=10'):
     model.apply({'params': tiny_params}, np.zeros((1, 11), np.int32))
   with pytest.raises(ValueError, match=r'vocab_size=23'):
     model.apply({'params': tiny_params}, np.full((1, 3), 23, np.int32))
@@ -259,6 +259,41 @@ def test_loader_errors(tmp_path, tiny_params):
   checkpoint = zoo.load_bert(tmp_path / 'ok')
   with pytest.raises(ValueError, match=r'length=11.*max_len=10'):
     checkpoint.encode(['w1'], length=11)
+
+
+def test_sentence_transformers_layout(tmp_path, tiny_params):
+  """An older sentence-transformers folder: the BERT in 0_Transformer/, CLS pooling."""
+  p = jax.tree.map(np.asarray, tiny_params)
+  write_checkpoint(tmp_path / '0_Transformer', hf_tensors(p, TINY), TINY)
+  (tmp_path / '1_Pooling').mkdir()
+  (tmp_path / '1_Pooling' / 'config.json').write_text(json.dumps(
+      {'word_embedding_dimension': 8, 'pooling_mode_cls_token': True,
+       'pooling_mode_mean_tokens': False}))
+  (tmp_path / 'modules.json').write_text(json.dumps([
+      {'idx': 0, 'name': '0', 'path': '0_Transformer',
+       'type': 'sentence_transformers.models.Transformer'},
+      {'idx': 1, 'name': '1', 'path': '1_Pooling', 'type': 'sentence_transformers.models.Pooling'},
+      {'idx': 2, 'name': '2', 'path': '2_Normalize',
+       'type': 'sentence_transformers.models.Normalize'}]))
+  (tmp_path / 'sentence_bert_config.json').write_text(json.dumps({'max_seq_length': 4}))
+  checkpoint = zoo.load_bert(tmp_path)
+  assert (checkpoint.pooling, checkpoint.normalize, checkpoint.max_length) == ('cls', True, 4)
+  batch = checkpoint.encode(['w1 w2 w3 w4 w5'])
+  np.testing.assert_array_equal(batch['tokens'], [[2, 5, 6, 7]])  # truncated to 4
+  p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  states, _, _ = numpy_bert(p64, TINY, batch['tokens'], batch['token_mask'],
+                            batch['token_types'])
+  first = states[-1][:, 0]
+  np.testing.assert_allclose(checkpoint.embed(['w1 w2 w3 w4 w5']),
+                             first / np.linalg.norm(first, axis=-1, keepdims=True), atol=1e-5)
+
+
+def test_untied_decoder_is_refused(tmp_path, tiny_params):
+  tensors = hf_tensors(jax.tree.map(np.asarray, tiny_params), TINY, 'bert.')
+  tensors['cls.predictions.decoder.weight'] = tensors['cls.predictions.decoder.weight'] + 1
+  write_checkpoint(tmp_path, tensors, TINY)
+  with pytest.raises(ValueError, match='not tied'):
+    zoo.load_bert(tmp_path)
 
 
 def test_student_from_every_other_layer(tiny_params):

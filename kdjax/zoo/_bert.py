@@ -20,6 +20,7 @@ from kdjax import adapters
 from kdjax._outputs import Outputs
 from kdjax.losses._feature import l2_normalize
 from kdjax.zoo._features import expose_feature
+from kdjax.zoo._seq2seq import _check_tokens
 from kdjax.zoo._transformer import TRANSFORMER_LOGICAL_AXES
 from kdjax.zoo._transformer import _param
 
@@ -273,15 +274,7 @@ class BertEncoder(nn.Module):
 
   def _check_inputs(self, tokens, token_mask, token_types) -> None:
     cfg = self.config
-    _checks.check_integer('tokens', tokens)
-    shape = tuple(jnp.shape(tokens))
-    if len(shape) != 2:
-      raise ValueError(f'tokens must be [batch, time], got tokens with shape {shape}.')
-    if shape[1] > cfg.max_len:
-      raise ValueError(
-          f'tokens with shape {shape} has {shape[1]} positions but the position table has '
-          f'max_len={cfg.max_len} rows; truncate the sequences to at most {cfg.max_len}.')
-    _checks.check_index_range('tokens', tokens, cfg.vocab_size, 'vocab_size')
+    _check_tokens('tokens', tokens, cfg.vocab_size, 'vocab_size', cfg.max_len, 'max_len')
     if token_mask is not None:
       _checks.check_same_shape('tokens', tokens, 'token_mask', token_mask)
     if token_types is not None:
@@ -532,6 +525,13 @@ def bert_params_from_hf(
       every tensor whose shape is not the config's.
   """
   renamed = {_hf_name(k): v for k, v in tensors.items()}
+  decoder = renamed.get('cls.predictions.decoder.weight')
+  word = renamed.get('embeddings.word_embeddings.weight')
+  if decoder is not None and word is not None and not np.array_equal(decoder, word):
+    raise ValueError(
+        'cls.predictions.decoder.weight differs from embeddings.word_embeddings.weight: '
+        'the checkpoint\'s masked-LM decoder is not tied to the word embeddings, which '
+        'BertEncoder\'s head assumes (as BERT).')
   required, optional = _tensor_map(config)
   groups = {name: bool(set(keys) & set(renamed)) for name, keys in optional.items()}
   wanted = dict(required)
@@ -625,7 +625,11 @@ class BertCheckpoint:
     return batch
 
   def embed(self, texts: Sequence[str]) -> np.ndarray:
-    """sentence-transformers' embeddings of `texts`, float32 ``[len(texts), hidden]``."""
+    """sentence-transformers' embeddings of `texts`, float32 ``[len(texts), hidden]``.
+
+    One batch, compiled for its shape at each call; for many batches, jit
+    :func:`bert_apply` and :func:`sentence_embedding` once yourself.
+    """
     batch = self.encode(texts)
     apply = bert_apply(self.model, types_key='token_types')
 
