@@ -33,6 +33,11 @@ ArrayLike = Any
 #   values of the unpadded sequences (mask == slice).
 
 
+def _positive_int_value(name: str):
+  """A value check: ``arguments[name]`` is a positive int (it is static under jit)."""
+  return lambda arguments: _checks.check_positive_int(name, arguments[name])
+
+
 def _token_mask(token_mask: ArrayLike | None, batch: int, time: int) -> Array | None:
   """``token_mask`` checked against ``[batch, time]``, as bool (None stays None)."""
   if token_mask is None:
@@ -59,6 +64,7 @@ def _check_scores(student_scores: ArrayLike, teacher_scores: ArrayLike) -> tuple
   return student, teacher
 
 
+@jit_after_checks()
 def attention_score_mse(
     student_scores: ArrayLike, teacher_scores: ArrayLike, *,
     token_mask: ArrayLike | None = None,
@@ -122,6 +128,7 @@ def _row_kl(student_logits: Array, teacher_logits: Array, mask: Array | None) ->
   return _masked_tokens(jnp.mean(jnp.sum(pointwise, axis=-1), axis=1), mask)
 
 
+@jit_after_checks()
 def attention_kl(
     student_scores: ArrayLike, teacher_scores: ArrayLike, *,
     token_mask: ArrayLike | None = None,
@@ -164,6 +171,8 @@ def _relation_logits(x: Array, num_heads: int, name: str) -> Array:
       x.dtype)
 
 
+@jit_after_checks(_positive_int_value('num_relation_heads'),
+                  static_argnames=('num_relation_heads',))
 def relation_kl(
     student_vectors: ArrayLike, teacher_vectors: ArrayLike, *, num_relation_heads: int,
     token_mask: ArrayLike | None = None,
@@ -199,7 +208,6 @@ def relation_kl(
     for Compressing Pretrained Transformers", Findings of ACL 2021,
     arXiv:2012.15828 (Eq. 1-4).
   """
-  _checks.check_positive_int('num_relation_heads', num_relation_heads)
   student, teacher = prepare_features(student_vectors, teacher_vectors, min_ndim=3,
                                       layout='[batch, time, width]')
   student = student.reshape(*student.shape[:2], -1)
@@ -231,6 +239,7 @@ def _projection_hint(student_width: int, teacher_width: int, what: str) -> Value
       "'projected_<i>' features.")
 
 
+@jit_after_checks()
 def hidden_mse(
     student_hidden: ArrayLike, teacher_hidden: ArrayLike, *,
     projection: ArrayLike | None = None, token_mask: ArrayLike | None = None,
@@ -278,6 +287,7 @@ def hidden_mse(
   return _masked_tokens(jnp.mean(jnp.square(student - teacher), axis=-1), mask)
 
 
+@jit_after_checks()
 def cosine_embedding_loss(
     student_hidden: ArrayLike, teacher_hidden: ArrayLike, *,
     token_mask: ArrayLike | None = None,
