@@ -14,7 +14,9 @@ import pytest
 from flax import linen as nn
 from safetensors import numpy as safetensors_numpy
 import tokenizers
+from jax.sharding import PartitionSpec as P
 
+from kdjax import parallel
 from kdjax import zoo
 
 PARITY = pathlib.Path(__file__).parent / 'data' / 'minilm_parity.npz'
@@ -146,6 +148,34 @@ def test_logical_axes_and_rules(tiny_params):
            for n in spec if n is not None}
   assert names <= set(zoo.BERT_LOGICAL_AXES), names
   assert {'vocab', 'embed', 'heads', 'kv', 'mlp', 'position', 'token_type'} <= names
+
+
+def test_tensor_parallel_forward_equals_one_device(tiny_params, tiny_outputs):
+  """The logical axis names shard the model: tensor parallel over heads, MLP and vocabulary."""
+  rules = [('batch', 'data'), ('heads', 'model'), ('mlp', 'model'), ('vocab', None),
+           ('embed', None), ('kv', None), ('length', None), ('position', None),
+           ('token_type', None)]
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ('data', 'model'))
+  boxed = jax.eval_shape(zoo.BertEncoder(TINY).init, jax.random.PRNGKey(0),
+                         jnp.zeros((1, 1), jnp.int32))
+  shardings = parallel.param_shardings(boxed['params'], rules, mesh)
+  assert shardings['layer_0']['intermediate']['kernel'].spec == P(None, 'model')
+  apply = zoo.bert_apply(zoo.BertEncoder(TINY), features=('scores',), types_key='token_types')
+  batch = {k: np.concatenate([v, v[:1]]) for k, v in tiny_batch().items()}  # 4 rows
+
+  def forward(params, batch):
+    with nn.logical_axis_rules(rules):
+      outputs, _ = apply({'params': params}, batch, train=False)
+    return outputs.features['sequence'], outputs.features['scores_1'], outputs.logits
+
+  with jax.set_mesh(mesh):
+    sharded = jax.jit(forward)(jax.device_put(tiny_params, shardings), batch)
+  real = batch['token_mask'][:3].astype(bool)
+  np.testing.assert_allclose(np.asarray(sharded[0])[:3][real],
+                             np.asarray(tiny_outputs.features['sequence'])[real], atol=1e-5)
+  np.testing.assert_allclose(sharded[1][:3], tiny_outputs.features['scores_1'], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(sharded[2])[:3][real],
+                             np.asarray(tiny_outputs.logits)[real], atol=1e-4)
 
 
 def test_input_errors(tiny_params):
