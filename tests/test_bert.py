@@ -18,18 +18,17 @@ from jax.sharding import PartitionSpec as P
 
 from kdjax import parallel
 from kdjax import zoo
+from zoo_variables import numpy_variables
 
 PARITY = pathlib.Path(__file__).parent / 'data' / 'minilm_parity.npz'
 TINY = zoo.BertConfig(vocab_size=23, num_layers=2, hidden=8, num_heads=2, mlp_dim=12,
                       max_len=10, type_vocab_size=2, mlm_head=True)
 
 
-def random_params(config, seed=0):
+def random_params(config):
   """NumPy-drawn params of the config's shapes (no model.init compile)."""
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(zoo.BertEncoder(config).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))['params']))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: rng.normal(0.0, 0.5, s.shape).astype(np.float32), shapes)
+  return nn.meta.unbox(numpy_variables(zoo.BertEncoder(config), np.zeros((1, 1), np.int32)))[
+      'params']
 
 
 def _erf(x):

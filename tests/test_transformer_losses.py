@@ -15,6 +15,7 @@ from kdjax import objective
 from kdjax import recipes
 from kdjax import step as step_lib
 from kdjax import zoo
+from zoo_variables import numpy_variables
 
 RNG = np.random.default_rng(0)
 B, H, T = 3, 2, 6
@@ -207,11 +208,9 @@ STUDENT = zoo.BertConfig(vocab_size=20, num_layers=1, hidden=4, num_heads=2, mlp
                          max_len=8, mlm_head=True, pooler=False, projection_width=8)
 
 
-def _numpy_params(config, seed):
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(zoo.BertEncoder(config).init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))['params']))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape), jnp.float32), shapes)
+def _numpy_params(config):
+  return nn.meta.unbox(numpy_variables(zoo.BertEncoder(config), np.zeros((1, 1), np.int32)))[
+      'params']
 
 
 def test_terms_in_a_train_step():
@@ -230,8 +229,8 @@ def test_terms_in_a_train_step():
                                  features=('projected', 'scores', 'query', 'key', 'value'))
   teacher_apply = zoo.bert_apply(zoo.BertEncoder(TEACHER),
                                  features=('hidden', 'scores', 'query', 'key', 'value'))
-  student_params = _numpy_params(STUDENT, 1)
-  teacher_variables = {'params': _numpy_params(TEACHER, 2)}
+  student_params = _numpy_params(STUDENT)
+  teacher_variables = {'params': _numpy_params(TEACHER)}
   tokens = np.random.default_rng(3).integers(0, 20, (2, 5)).astype(np.int32)
   batch = {'tokens': tokens, 'token_mask': np.array([[1] * 5, [1, 1, 1, 0, 0]], np.int32)}
 
