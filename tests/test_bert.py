@@ -338,6 +338,7 @@ def test_student_from_every_other_layer(tiny_params):
       assert same(student[key], p[key])
   picked = zoo.bert_student_from_teacher(p, (1,))
   assert same(picked['layer_0'], p['layer_1'])
+  assert same(zoo.bert_student_from_teacher({'params': p}, (1,))['params'], picked)
   # The student built with num_layers=1 runs on the copied params.
   small = zoo.BertEncoder(zoo.BertConfig(**{**TINY.__dict__, 'num_layers': 1}))
   jax.jit(small.apply)({'params': picked}, tiny_batch()['tokens'])

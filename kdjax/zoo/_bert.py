@@ -100,6 +100,9 @@ class BertConfig:
   def from_hf(cls, config: Mapping[str, Any], **overrides: Any) -> 'BertConfig':
     """The config of a Hugging Face ``config.json`` of a BERT model.
 
+    The dropout probabilities are not read: ``dropout_rate`` stays 0 unless
+    given (BERT fine-tunes with ``dropout_rate=0.1``).
+
     Args:
       config: the parsed ``config.json``.
       **overrides: fields to set (``pooler``, ``mlm_head``, ``dtype``, ...).
@@ -401,18 +404,21 @@ def bert_student_from_teacher(
   4, 7, 9, 11 of 12: pass them explicitly).
 
   Args:
-    teacher_params: the teacher's ``params`` (unboxed), a
-      :class:`BertEncoder`'s.
+    teacher_params: the teacher's ``params`` (boxed or not), a
+      :class:`BertEncoder`'s, or its variables ``{'params': ...}``.
     teacher_layers: the teacher blocks to keep, in order.
 
   Returns:
-    The student's params (the arrays themselves, not copies): build the
-    student with the teacher's config and ``num_layers=len(teacher_layers)``.
+    The student's params, or ``{'params': ...}`` when given variables (the
+    arrays themselves, not copies): build the student with the teacher's
+    config and ``num_layers=len(teacher_layers)``.
 
   References:
     Sanh, Debut, Chaumond & Wolf, "DistilBERT, a distilled version of BERT",
     2019, arXiv:1910.01108.
   """
+  if 'params' in teacher_params:
+    return {'params': bert_student_from_teacher(teacher_params['params'], teacher_layers)}
   params = nn.meta.unbox(dict(teacher_params))
   blocks = sorted((k for k in params if k.startswith('layer_')),
                   key=lambda k: int(k.split('_')[1]))
