@@ -142,9 +142,8 @@ def test_padding_changes_no_real_token(tiny_params, tiny_outputs):
 def test_logical_axes_and_rules(tiny_params):
   boxed = jax.eval_shape(zoo.BertEncoder(TINY).init, jax.random.PRNGKey(0),
                          jnp.zeros((1, 2), jnp.int32))
-  names = {n for spec in jax.tree.leaves(nn.get_partition_spec(boxed),
-                                         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-           for n in spec if n is not None}
+  specs = jax.tree.leaves(nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, P))
+  names = {n for spec in specs for n in spec if n is not None}
   assert names <= set(zoo.BERT_LOGICAL_AXES), names
   assert {'vocab', 'embed', 'heads', 'kv', 'mlp', 'position', 'token_type'} <= names
 

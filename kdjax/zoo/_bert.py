@@ -9,6 +9,7 @@ import pathlib
 from typing import Any
 
 from flax import linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -557,11 +558,11 @@ def bert_params_from_hf(
       value = value.reshape(shape) if value.size == int(np.prod(shape)) else value
     _place(params, path, value.astype(config.param_dtype))
   config = dataclasses.replace(config, **groups)
-  expected = dict(_flatten(jax.eval_shape(
+  expected = traverse_util.flatten_dict(jax.eval_shape(
       lambda: nn.meta.unbox(BertEncoder(config).init(
-          jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))['params']))))
+          jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))['params'])), sep='/')
   problems = [f'{path}: checkpoint {value.shape}, config {expected[path].shape}'
-              for path, value in _flatten(params)
+              for path, value in traverse_util.flatten_dict(params, sep='/').items()
               if tuple(value.shape) != tuple(expected[path].shape)]
   if missing or unexpected or problems:
     raise ValueError(
@@ -570,15 +571,6 @@ def bert_params_from_hf(
         f'{len(unexpected)} unexpected tensor(s) {unexpected}; {len(problems)} of another '
         f'shape {problems}.')
   return params, config
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = ''):
-  for key, value in tree.items():
-    path = f'{prefix}/{key}' if prefix else key
-    if isinstance(value, Mapping):
-      yield from _flatten(value, path)
-    else:
-      yield path, value
 
 
 @dataclasses.dataclass(frozen=True)
