@@ -330,3 +330,28 @@ def test_distilbert_objective_matches_numpy():
   cos = per_example(np_cosine, HIDDEN_S.astype(np.float64), HIDDEN_T4.astype(np.float64))
   cos = cos.sum() / MASK.sum()
   np.testing.assert_allclose(loss, 5.0 * kd + 2.0 * ce.mean() + 1.0 * cos, rtol=1e-5)
+
+
+def test_minilm_terms_sum_the_relations():
+  vectors = {kind: RNG.normal(size=(B, T, 2, 3)).astype(np.float32)
+             for kind in ('query', 'key', 'value')}
+  teacher_vectors = {kind: RNG.normal(size=(B, T, 3, 4)).astype(np.float32)
+                     for kind in ('query', 'key', 'value')}
+  student = Outputs(None, {f'{k}_0': v for k, v in vectors.items()} | {'scores_0': SCORES_S})
+  teacher = Outputs(None, {f'{k}_2': v for k, v in teacher_vectors.items()}
+                    | {'scores_2': SCORES_T})
+  term = objective.minilm_relations(student_block=0, teacher_block=2, num_relation_heads=2)
+  values, mask = term(student, teacher, {'token_mask': MASK}, 0)
+  expected = sum(per_example(np_relation_kl, vectors[k].reshape(B, T, 6).astype(np.float64),
+                             teacher_vectors[k].reshape(B, T, 12).astype(np.float64), r=2)
+                 for k in ('query', 'key', 'value'))
+  np.testing.assert_allclose(values, expected, rtol=2e-5, atol=2e-6)
+  np.testing.assert_array_equal(mask, MASK)
+  values, _ = objective.minilm_attention(student_block=0, teacher_block=2)(
+      student, teacher, {'token_mask': MASK}, 0)
+  np.testing.assert_allclose(values, per_example(np_attention_kl, SCORES_S.astype(np.float64),
+                                                 SCORES_T.astype(np.float64)), rtol=2e-5,
+                             atol=2e-6)
+  with pytest.raises(ValueError, match='relations must be among'):
+    objective.minilm_relations(student_block=0, teacher_block=2, num_relation_heads=2,
+                               relations=('keys',))

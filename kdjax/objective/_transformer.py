@@ -345,7 +345,7 @@ def minilm_relations(
            for kind in relations]
 
   def term(student, teacher, batch, step):
-    results = [t(student, teacher, batch, step) for t in terms]
-    return sum(values for values, _ in results[1:]) + results[0][0], results[0][1]
+    total = sum(relation(student, teacher, batch, step)[0] for relation in terms)
+    return total, _mask(batch, mask_key)
 
   return term
