@@ -40,6 +40,7 @@ from kdjax.data._sentences import rst_paragraphs
 from kdjax.data._sentences import split_sentences
 from kdjax.data._speech import default_cache_dir as speech_cache_dir
 from kdjax.data._speech import encode_phonemes
+from kdjax.data._speech import featurize_recording
 from kdjax.data._speech import ljspeech_examples
 from kdjax.data._speech import PHONEMES
 from kdjax.data._speech import phoneme_vocabulary
@@ -139,6 +140,7 @@ __all__ += [
     'collect_sentences',
     'encode_phonemes',
     'estimate_pitch',
+    'featurize_recording',
     'fetch_speech_tools',
     'frame_durations',
     'keep_sentence',

@@ -154,9 +154,10 @@ def estimate_pitch(
 
   Each frame (``2.5 / fmin`` seconds centred on ``t * hop_length``) is
   mean-removed and Hann-windowed; its autocorrelation, divided by the
-  window's own, peaks at the period. The highest peak between ``1 / fmax``
-  and ``1 / fmin`` (refined by a parabola through it) gives F0 where its
-  normalised height exceeds `threshold`; other frames are unvoiced.
+  window's own, peaks at the period and its multiples. The shortest lag
+  between ``1 / fmax`` and ``1 / fmin`` whose peak is at least 0.9 of the
+  highest (refined by a parabola through it) gives F0 where its normalised
+  height exceeds `threshold`; other frames are unvoiced.
 
   Args:
     audio: float ``[samples]``.
@@ -186,7 +187,15 @@ def estimate_pitch(
   window_auto = np.fft.irfft(np.abs(np.fft.rfft(np.hanning(size), fft_size)) ** 2, fft_size)[:size]
   normalised = auto / np.maximum(auto[:, :1], 1e-12) / np.maximum(window_auto / window_auto[0], 1e-3)
   low, high = int(rate / fmax), int(np.ceil(rate / fmin))
-  lag = low + np.argmax(normalised[:, low:high + 1], axis=1)
+  search = normalised[:, low:high + 1]
+  # The period is the shortest lag whose peak is near the highest: multiples
+  # of the period peak nearly as high (octave errors).
+  is_peak = np.zeros_like(search, bool)
+  is_peak[:, 1:-1] = (search[:, 1:-1] >= search[:, :-2]) & (search[:, 1:-1] >= search[:, 2:])
+  near_best = search >= 0.9 * search.max(axis=1, keepdims=True)
+  candidates = is_peak & near_best
+  lag = low + np.where(candidates.any(axis=1), np.argmax(candidates, axis=1),
+                       np.argmax(search, axis=1))
   peak = normalised[np.arange(frames), lag]
   left = normalised[np.arange(frames), lag - 1]
   right = normalised[np.arange(frames), np.minimum(lag + 1, size - 1)]

@@ -61,6 +61,7 @@ def private_apt_options(
     components: Sequence[str] = DEFAULT_COMPONENTS,
     mirror: str = DEFAULT_MIRROR,
     update: bool = True,
+    retries: int = 3,
 ) -> list[str]:
   """apt ``-o`` options for a private sources list and state, updated once.
 
@@ -75,6 +76,7 @@ def private_apt_options(
     components: the archive components.
     mirror: the Debian mirror.
     update: run ``apt-get update`` when the lists are missing.
+    retries: apt's retries of a failed download (``Acquire::Retries``).
 
   Returns:
     The options to put after ``apt-get`` / ``apt-cache``.
@@ -84,15 +86,17 @@ def private_apt_options(
   """
   root = os.path.join(os.path.abspath(os.fspath(cache_dir)), 'apt')
   lists = os.path.join(root, 'lists')
-  for directory in (os.path.join(lists, 'partial'),
+  parts = os.path.join(root, 'sources.list.d')  # empty: no other sources
+  for directory in (parts, os.path.join(lists, 'partial'),
                     os.path.join(root, 'cache', 'archives', 'partial')):
     os.makedirs(directory, exist_ok=True)
   sources = os.path.join(root, 'sources.list')
   line = f'deb {mirror} {suite or system_suite()} {" ".join(components)}\n'
   options = [
-      '-o', f'Dir::Etc::sourcelist={sources}', '-o', 'Dir::Etc::sourceparts=-',
+      '-o', f'Dir::Etc::sourcelist={sources}', '-o', f'Dir::Etc::sourceparts={parts}',
       '-o', f'Dir::State::Lists={lists}', '-o', f'Dir::Cache={os.path.join(root, "cache")}',
       '-o', 'Acquire::Languages=en', '-o', 'APT::Get::List-Cleanup=0',
+      '-o', f'Acquire::Retries={retries}',
   ]
   marker = os.path.join(root, 'updated')
   current = open(sources, encoding='utf-8').read() if os.path.exists(sources) else None

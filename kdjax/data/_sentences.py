@@ -60,7 +60,7 @@ def rst_paragraphs(text: str) -> list[str]:
     lines = block.strip('\n').splitlines()
     if not lines or any(
         line[:1].isspace() or line.startswith(('..', '+-', '|', '>>>')) or _UNDERLINE.match(line)
-        or _BULLET.match(line) for line in lines):
+        or _BULLET.match(line) for line in lines) or not any(c.isalpha() for c in block):
       continue
     paragraphs.append(_inline_text(' '.join(line.strip() for line in lines)))
   return paragraphs

@@ -39,12 +39,10 @@ from kdjax.data import _synthesis
 from kdjax.data import _text
 
 #: Phoneme ids: 0 pads, then silence and MBROLA's us voices' SAMPA phones.
-PHONEMES = (
-    '<pad>', '_', 'p', 'p_h', 't', 't_h', '4', 'k', 'k_h', 'b', 'd', 'g', 'f', 's', 'S', 'tS',
-    'T', 'v', 'z', 'Z', 'dZ', 'D', 'm', 'n', 'N', 'l', 'r', 'j', 'w', 'h', 'r=', 'i', 'A',
-    'O', 'u', 'I', 'E', '{', 'V', 'U', '@', 'EI', 'AI', 'OI', '@U', 'aU',
-)
+PHONEMES = ('<pad>', *_synthesis.VOICE_PHONES)
 PHONEME_PAD_ID = 0
+#: Bumped when synthesis or featurisation changes, so older chunks are not reused.
+SYNTHESIS_VERSION = 1
 SPEECH_SPLITS = ('train', 'validation', 'test')
 VOCAB_FILE = 'phonemes.json'
 METADATA_FILE = 'speech_metadata.json'
@@ -176,7 +174,7 @@ def chunk_fingerprint(
     config: _audio.FeatureConfig = _audio.FeatureConfig()) -> str:
   """A digest of everything a build's chunks depend on (the tools' versions included)."""
   return hashlib.sha256(json.dumps(
-      [list(map(list, utterances)), seed, chunk_size, list(voices), config.to_json(),
+      [SYNTHESIS_VERSION, list(map(list, utterances)), seed, chunk_size, list(voices), config.to_json(),
        sorted(tools.versions.items())]).encode()).hexdigest()[:16]
 
 
@@ -263,6 +261,53 @@ def split_examples(examples: Sequence[dict[str, Any]], *, val_fraction: float,
 # ------------------------------------------------------------ full: LJSpeech
 
 
+def featurize_recording(
+    speech: np.ndarray,
+    text: str,
+    *,
+    document: str,
+    sample_rate: int,
+    tools: _synthesis.SpeechTools,
+    config: _audio.FeatureConfig = _audio.FeatureConfig(),
+) -> dict[str, Any]:
+  """A recording without alignment featurised as the synthesised examples.
+
+  The audio is resampled to the config's rate (``scipy.signal.resample_poly``);
+  mel and energy as for the synthesised data; pitch estimated from the
+  audio (:func:`kdjax.data.estimate_pitch`, 0 where unvoiced) with its
+  voicing; phonemes are espeak-ng's for the text (``mb-us1``, pauses
+  merged, no leading silence), durations zeros (unknown: they must come
+  from an aligner or a teacher's attention).
+
+  Args:
+    speech: int16 ``[samples]``.
+    text: the (normalised) transcript.
+    document: the unit the splits keep whole.
+    sample_rate: the recording's rate.
+    tools: espeak-ng for the phonemes.
+    config: the feature options.
+
+  Returns:
+    An example dict, as :func:`unpack_chunk` gives them.
+  """
+  step = int(np.gcd(sample_rate, config.sample_rate))
+  audio = scipy.signal.resample_poly(np.asarray(speech, np.float32) / 32768.0,
+                                     config.sample_rate // step, sample_rate // step)
+  mel, energy = _audio.log_mel_and_energy(audio.astype(np.float32), config)
+  pitch, voiced = _audio.estimate_pitch(audio, config)
+  phones = _synthesis.merge_silences(_synthesis.espeak_phones(
+      text, tools=tools, voice=_synthesis.VOICES[0], speed=175, pitch=50), leading_ms=0)
+  phonemes = encode_phonemes([p.name for p in phones if p.duration_ms > 0])
+  return {
+      'phonemes': phonemes, 'durations': np.zeros(len(phonemes), np.int32),
+      'mel': mel, 'energy': energy, 'pitch': pitch, 'voiced': voiced,
+      'text': text, 'document': document,
+      'num_phonemes': len(phonemes), 'num_frames': len(energy), 'speaker': 0,
+      'speed': 0, 'pitch_base': 0, 'pitch_range': 0.0, 'duration_sigma': 0.0,
+      'pause_scale': 0.0,
+  }
+
+
 def ljspeech_examples(
     *,
     tools: _synthesis.SpeechTools,
@@ -271,14 +316,10 @@ def ljspeech_examples(
     download: bool = True,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-  """LJSpeech (``tfds.data_source('ljspeech')``) featurised as the offline examples.
+  """LJSpeech (``tfds.data_source('ljspeech')``) featurised by :func:`featurize_recording`.
 
-  The 22,050 Hz audio is resampled to the config's rate
-  (``scipy.signal.resample_poly``); mel and energy as for the synthesised
-  data; pitch estimated from the audio (:func:`kdjax.data.estimate_pitch`,
-  0 where unvoiced) with its voicing; phonemes are espeak-ng's for the
-  normalised text (``mb-us1``), durations zeros (LJSpeech has no
-  alignment). The document is the recording's chapter (``LJ001``), so a
+  For users with network; TFDS's ``Audio`` feature needs TensorFlow
+  installed. The document of a recording is its chapter (``LJ001``), so a
   chapter goes to one split.
 
   Args:
@@ -289,30 +330,16 @@ def ljspeech_examples(
     limit: read only the first `limit` recordings.
 
   Returns:
-    One example dict per recording, as :func:`unpack_chunk` gives them.
+    One example dict per recording.
   """
   source = tfds.data_source('ljspeech', split='train', data_dir=data_dir, download=download)
-  rate = 22050
-  step = np.gcd(rate, config.sample_rate)
   examples = []
   for i in range(len(source) if limit is None else min(limit, len(source))):
     record = source[i]
-    audio = np.asarray(record['speech'], np.float32) / 32768.0
-    audio = scipy.signal.resample_poly(audio, config.sample_rate // step, rate // step)
-    mel, energy = _audio.log_mel_and_energy(audio.astype(np.float32), config)
-    pitch, voiced = _audio.estimate_pitch(audio, config)
-    text = _text_of(record['text_normalized'])
-    phones = _synthesis.merge_silences(_synthesis.espeak_phones(
-        text, tools=tools, voice=_synthesis.VOICES[0], speed=175, pitch=50), leading_ms=0)
-    phonemes = encode_phonemes([p.name for p in phones if p.duration_ms > 0])
-    examples.append({
-        'phonemes': phonemes, 'durations': np.zeros(len(phonemes), np.int32),
-        'mel': mel, 'energy': energy, 'pitch': pitch, 'voiced': voiced,
-        'text': text, 'document': _text_of(record['id']).split('-')[0],
-        'num_phonemes': len(phonemes), 'num_frames': len(energy), 'speaker': 0,
-        'speed': 0, 'pitch_base': 0, 'pitch_range': 0.0, 'duration_sigma': 0.0,
-        'pause_scale': 0.0,
-    })
+    examples.append(featurize_recording(
+        record['speech'], _text_of(record['text_normalized']),
+        document=_text_of(record['id']).split('-')[0], sample_rate=22050, tools=tools,
+        config=config))
   return examples
 
 

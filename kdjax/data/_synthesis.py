@@ -38,6 +38,19 @@ UNVOICED_PHONES = frozenset(
     ('_', 'p', 'p_h', 't', 't_h', 'k', 'k_h', 'f', 'T', 's', 'S', 'tS', 'h'))
 _TOOL_PACKAGES = ('espeak-ng', 'espeak-ng-data', 'libespeak-ng1', 'mbrola')
 _PACKAGES_FILE = 'speech_packages.json'
+#: The phones of MBROLA's us1/us2 voices (SAMPA, from ``mbrola -i``) and silence.
+VOICE_PHONES = (
+    '_', 'p', 'p_h', 't', 't_h', '4', 'k', 'k_h', 'b', 'd', 'g', 'f', 's', 'S', 'tS', 'T', 'v',
+    'z', 'Z', 'dZ', 'D', 'm', 'n', 'N', 'l', 'r', 'j', 'w', 'h', 'r=', 'i', 'A', 'O', 'u', 'I',
+    'E', '{', 'V', 'U', '@', 'EI', 'AI', 'OI', '@U', 'aU',
+)
+#: Phones espeak-ng writes for foreign words (about 1 in 5,000 phones) that
+#: the us voices lack, and the voices' phone that stands in; any other
+#: unknown phone becomes '@'.
+PHONE_SUBSTITUTES = {
+    'l/': 'l', 'e': 'EI', 'o': '@U', 'a': 'A', 'C': 'h', 'x': 'k', 'y': 'u', 'Y': 'U',
+    '2': '@', '9': 'V', '?': 't',
+}
 #: The shortest phone MBROLA is given after editing, in ms.
 MIN_PHONE_MS = 10
 LEADING_SILENCE_MS = 100
@@ -193,6 +206,10 @@ def format_pho(phones: Sequence[Phone]) -> str:
 def merge_silences(phones: Sequence[Phone], *, leading_ms: float = LEADING_SILENCE_MS) -> list[Phone]:
   """One silence phone per pause: runs of ``_`` merged, a leading silence added.
 
+  Phones the voices lack are replaced (:data:`PHONE_SUBSTITUTES`, else
+  ``@``) too, so
+  the script MBROLA gets is the phone sequence recorded.
+
   espeak ends each clause with a pause and a 1 ms ``_``; a run of silences
   becomes one (durations summed, pitch targets dropped: silence has none).
   A silence is put first (MBROLA synthesises from the middle of the first
@@ -205,7 +222,8 @@ def merge_silences(phones: Sequence[Phone], *, leading_ms: float = LEADING_SILEN
     elif phone.name == SILENCE:
       merged.append(Phone(SILENCE, phone.duration_ms))
     else:
-      merged.append(phone)
+      name = phone.name if phone.name in VOICE_PHONES else PHONE_SUBSTITUTES.get(phone.name, '@')
+      merged.append(dataclasses.replace(phone, name=name))
   return merged
 
 
