@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -300,12 +301,22 @@ def test_a_recording_without_alignment_is_featurised(tools):
   assert not example['durations'].any()  # no alignment
 
 
-def test_full_config_reads_ljspeech_with_mock_data(tools):
+def test_full_config_reads_ljspeech_with_mock_data(tools, tmp_path, monkeypatch):
   pytest.importorskip('tensorflow', reason="TFDS's Audio feature (ljspeech) needs TensorFlow")
   import tensorflow_datasets.datasets.ljspeech.ljspeech_dataset_builder  # noqa: F401  pylint: disable=g-import-not-at-top
 
-  with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
-    examples = kdata.ljspeech_examples(tools=tools, limit=2)
-  assert len(examples) == 2
+  with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+    examples = kdata.ljspeech_examples(tools=tools, limit=3)
+  assert len(examples) == 3
   for example in examples:
     assert example['mel'].shape == (example['num_frames'], 80)
+  # mock_data fakes every builder, ours too: build the 'full' config outside
+  # it, from the mock LJSpeech examples.
+  monkeypatch.setattr(_speech, 'ljspeech_examples', lambda **kwargs: examples)
+  builder = kdata.SpeechFeatures(config='full', data_dir=str(tmp_path), val_fraction=0.0,
+                                 test_fraction=0.0)
+  builder.download_and_prepare()
+  with open(os.path.join(builder.data_dir, 'speech_metadata.json'), encoding='utf-8') as f:
+    metadata = json.load(f)
+  assert metadata['examples'] == {'train': 3, 'validation': 0, 'test': 0}
+  assert metadata['pitch'] == 'audio estimate'
