@@ -16,8 +16,9 @@ from a teacher's attention (FastSpeech).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 import concurrent.futures
+import functools
 import glob
 import hashlib
 import itertools
@@ -245,17 +246,18 @@ def read_chunks(paths: Sequence[str]) -> list[dict[str, Any]]:
   return examples
 
 
-def split_examples(examples: Sequence[dict[str, Any]], *, val_fraction: float,
-                   test_fraction: float) -> dict[str, list[dict[str, Any]]]:
-  """Examples to train/validation/test by their document (:func:`kdjax.data.split_files`)."""
-  documents = sorted({str(e['document']) for e in examples})
-  by_name = _text.split_files(documents, val_fraction=val_fraction, test_fraction=test_fraction)
-  split_of = {d: split for split, names in by_name.items() for d in names}
+def document_splits(documents: Sequence[str], *, val_fraction: float,
+                    test_fraction: float) -> dict[str, str]:
+  """``{document: 'train' | 'validation' | 'test'}`` by a hash of its name (:func:`kdjax.data.split_files`)."""
+  by_name = _text.split_files(sorted(set(documents)), val_fraction=val_fraction,
+                              test_fraction=test_fraction)
   names = dict(zip(_text.TEXT_SPLITS, SPEECH_SPLITS))
-  splits = {name: [] for name in SPEECH_SPLITS}
-  for example in examples:
-    splits[names[split_of[str(example['document'])]]].append(example)
-  return splits
+  return {d: names[split] for split, docs in by_name.items() for d in docs}
+
+
+def _chunk_documents(path: str) -> list[str]:
+  with np.load(path) as saved:
+    return [str(d) for d in saved['document']]
 
 
 # ------------------------------------------------------------ full: LJSpeech
@@ -461,13 +463,21 @@ class SpeechFeatures(_builder.OfflineArrayBuilder):
       features[key] = tfds.features.Scalar(dtype=np.float32)
     return tfds.features.FeaturesDict(features)
 
-  def _examples(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The examples and the build record."""
+  def _sources(self) -> tuple[list[Callable[[], list[dict[str, Any]]]], list[str], dict]:
+    """Loaders of the examples (one per chunk), their documents in order, and the build record."""
     if self.builder_config.name == 'full':
       tools = _synthesis.fetch_speech_tools(self._cache_dir, voices=_synthesis.VOICES[:1])
-      return ljspeech_examples(tools=tools, **self._ljspeech), {'source': 'ljspeech'}
+      examples = ljspeech_examples(tools=tools, **self._ljspeech)
+      return [lambda: examples], [e['document'] for e in examples], {'source': 'ljspeech'}
     if self._chunk_files is not None:
-      return read_chunks(self._chunk_files), {'chunk_files': self._chunk_files}
+      paths, record = self._chunk_files, {'chunk_files': self._chunk_files}
+    else:
+      paths, record = self._synthesize()
+    loaders = [functools.partial(read_chunks, [path]) for path in paths]
+    return loaders, [d for path in paths for d in _chunk_documents(path)], record
+
+  def _synthesize(self) -> tuple[list[str], dict[str, Any]]:
+    """Fetches the tools and sentences and makes the chunks; their paths and the build record."""
     tools = _synthesis.fetch_speech_tools(self._cache_dir, voices=self._options['voices'])
     record = {'packages': tools.versions}
     sentences = self._sentences
@@ -482,11 +492,15 @@ class SpeechFeatures(_builder.OfflineArrayBuilder):
                              chunk_fingerprint(utterances, tools=tools, **keys))
     paths = synthesize_chunks(utterances, chunk_dir, tools=tools, workers=options['workers'],
                               log=self._log, **keys)
-    return read_chunks(paths), {**record, **options}
+    return paths, {**record, **options}
 
-  def _split_arrays(self) -> _builder.SplitArrays:
-    examples, record = self._examples()
-    splits = split_examples(examples, **self._fractions)
+  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+    # Examples stream from the chunks, one chunk in memory at a time, so a
+    # build's size is not bounded by memory.
+    del dl_manager
+    loaders, documents, record = self._sources()
+    split_of = document_splits(documents, **self._fractions)
+    counts = {name: sum(split_of[d] == name for d in documents) for name in SPEECH_SPLITS}
     # self.data_dir is TFDS's temporary build directory here: the files
     # appear with the dataset when it is renamed into place.
     os.makedirs(self.data_dir, exist_ok=True)
@@ -494,9 +508,19 @@ class SpeechFeatures(_builder.OfflineArrayBuilder):
     _builder.write_json(os.path.join(self.data_dir, METADATA_FILE), {
         'config': self.builder_config.name, 'features': _audio.FeatureConfig().to_json(),
         'pitch': 'audio estimate' if self.builder_config.name == 'full' else '.pho targets',
-        'examples': {split: len(rows) for split, rows in splits.items()}, **record})
-    return {split: {key: [np.asarray(row[key]) for row in rows] for key in rows[0]}
-            for split, rows in splits.items() if rows}
+        'examples': counts, **record})
+    return {name: self._split_examples(loaders, split_of, name)
+            for name in SPEECH_SPLITS if counts[name]}
+
+  def _split_examples(self, loaders, split_of, split) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields (key, example) of one split, in build order, key the example's position."""
+    index = 0
+    for load in loaders:
+      for example in load():
+        if split_of[str(example['document'])] == split:
+          yield index, {k: np.asarray(v).item() if np.ndim(v) == 0 else v
+                        for k, v in example.items()}
+          index += 1
 
 
 def phoneme_vocabulary(source_or_dir: Any) -> list[str]:
