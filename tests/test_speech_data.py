@@ -76,7 +76,6 @@ def test_a_sine_lands_in_its_bins_and_energy_is_the_frame_norm():
   log_mel, energy = kdata.log_mel_and_energy(audio, config)
   assert magnitude.shape == (1 + 16000 // 160, 513) and log_mel.shape == (101, 80)
   assert np.all(np.argmax(magnitude[5:-5], axis=1) == 64)  # 1000 Hz / (16000 / 1024)
-  centres = kdata.FeatureConfig().sample_rate / 2  # noqa: F841
   filters = kdata.mel_filterbank(config)
   assert np.all(np.argmax(log_mel[5:-5], axis=1) == np.argmax(filters[:, 64]))
   np.testing.assert_allclose(energy, np.sqrt((magnitude ** 2).sum(axis=1)), rtol=1e-5)
@@ -255,6 +254,24 @@ def test_resume_after_a_crash_equals_a_clean_build(tools, tmp_path, monkeypatch)
   with pytest.raises(ValueError, match='another build'):
     kdata.synthesize_speech_chunks(utterances, str(tmp_path / 'resumed'), tools=tools, seed=4,
                                    chunk_size=2)
+
+
+def test_a_failing_utterance_is_recorded_and_left_out(tools, tmp_path, monkeypatch):
+  real = _synthesis.synthesize_utterance
+
+  def failing(text, **kwargs):
+    if text == SENTENCES[1][1]:
+      raise RuntimeError('mbrola exited with status 1')
+    return real(text, **kwargs)
+
+  monkeypatch.setattr(_synthesis, 'synthesize_utterance', failing)
+  # One utterance per chunk: chunk 1 has no utterance left.
+  paths = kdata.synthesize_speech_chunks(list(SENTENCES[:3]), str(tmp_path), tools=tools, seed=0,
+                                         chunk_size=1, workers=1)
+  assert [e['text'] for e in kdata.read_speech_chunks(paths)] == [
+      SENTENCES[0][1], SENTENCES[2][1]]
+  assert _speech.chunk_failures(paths) == [
+      f"utterance 1 ({SENTENCES[1][1]!r}): mbrola exited with status 1"]
 
 
 # ----------------------------------------------------------------- builder

@@ -99,7 +99,10 @@ def private_apt_options(
       '-o', f'Acquire::Retries={retries}',
   ]
   marker = os.path.join(root, 'updated')
-  current = open(sources, encoding='utf-8').read() if os.path.exists(sources) else None
+  current = None
+  if os.path.exists(sources):
+    with open(sources, encoding='utf-8') as f:
+      current = f.read()
   if current != line or not os.path.exists(marker):
     with open(sources, 'w', encoding='utf-8') as f:
       f.write(line)

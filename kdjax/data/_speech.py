@@ -43,7 +43,7 @@ from kdjax.data import _text
 PHONEMES = ('<pad>', *_synthesis.VOICE_PHONES)
 PHONEME_PAD_ID = 0
 #: Bumped when synthesis or featurisation changes, so older chunks are not reused.
-SYNTHESIS_VERSION = 1
+SYNTHESIS_VERSION = 2
 SPEECH_SPLITS = ('train', 'validation', 'test')
 VOCAB_FILE = 'phonemes.json'
 METADATA_FILE = 'speech_metadata.json'
@@ -123,13 +123,20 @@ def select_utterances(
 # ------------------------------------------------------------------- chunks
 
 
-def _pack(utterances: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-  """Utterances as one chunk's flat arrays (variable lengths concatenated)."""
+def _pack(made: Sequence[dict[str, Any] | str]) -> dict[str, np.ndarray]:
+  """Utterances as one chunk's flat arrays (variable lengths concatenated), failures apart."""
+  utterances = [u for u in made if not isinstance(u, str)]
+  num_mels = _audio.FeatureConfig().num_mels
+  empty = {'phones': [], 'durations': np.zeros(0, np.int32),
+           'mel': np.zeros((0, num_mels), np.float32), 'energy': np.zeros(0, np.float32),
+           'pitch': np.zeros(0, np.float32), 'voiced': np.zeros(0, np.bool_)}
+  rows = utterances or [empty]  # a chunk whose every utterance failed
   packed = {
+      'failed': np.asarray([u for u in made if isinstance(u, str)], str),
       'text': np.asarray([u['text'] for u in utterances], str),
       'document': np.asarray([u['document'] for u in utterances], str),
-      'phonemes': np.concatenate([encode_phonemes(u['phones']) for u in utterances]),
-      'durations': np.concatenate([u['durations'] for u in utterances]).astype(np.int32),
+      'phonemes': np.concatenate([encode_phonemes(u['phones']) for u in rows]),
+      'durations': np.concatenate([u['durations'] for u in rows]).astype(np.int32),
       'num_phonemes': np.asarray([len(u['phones']) for u in utterances], np.int32),
       'num_frames': np.asarray([len(u['energy']) for u in utterances], np.int32),
       'audio_frames': np.asarray([u['audio_frames'] for u in utterances], np.int32),
@@ -137,7 +144,7 @@ def _pack(utterances: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
                             np.int32),
   }
   for key in _FRAME_KEYS:
-    packed[key] = np.concatenate([u[key] for u in utterances])
+    packed[key] = np.concatenate([u[key] for u in rows])
   names = ('speed', 'pitch', 'pitch_range', 'duration_sigma', 'pause_scale')
   for key, name in zip(_PROSODY_KEYS, names):
     packed[key] = np.asarray([getattr(u['prosody'], name) for u in utterances],
@@ -162,10 +169,14 @@ def unpack_chunk(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def _synthesize_row(row: int, document: str, text: str, *, tools: _synthesis.SpeechTools,
-                    seed: int, voices: Sequence[str], config: _audio.FeatureConfig) -> dict:
+                    seed: int, voices: Sequence[str], config: _audio.FeatureConfig) -> dict | str:
+  """The utterance, or (when espeak-ng or mbrola fail on it) a line saying why."""
   rng = np.random.default_rng([seed, row])
-  utterance = _synthesis.synthesize_utterance(text, tools=tools, rng=rng, voices=voices,
-                                               config=config)
+  try:
+    utterance = _synthesis.synthesize_utterance(text, tools=tools, rng=rng, voices=voices,
+                                                 config=config)
+  except (RuntimeError, ValueError) as e:
+    return f'utterance {row} ({text!r}): {e}'
   return {**utterance, 'text': text, 'document': document}
 
 
@@ -197,7 +208,10 @@ def synthesize_chunks(
   it is written whole (a temporary file renamed) and skipped when already
   there, so a rebuild continues from the first missing chunk. Utterance
   ``j`` draws its prosody from ``np.random.default_rng([seed, j])``: a
-  chunk's content does not depend on which chunks were made before it.
+  chunk's content does not depend on which chunks were made before it. An
+  utterance that espeak-ng or mbrola fail on (or whose audio disagrees with
+  its script) is left out and recorded in the chunk's ``failed`` array,
+  so one bad sentence cannot stop a long build on every rerun.
   `chunk_dir` remembers a fingerprint of everything the chunks depend on
   and refuses chunks of another build.
 
@@ -235,6 +249,15 @@ def synthesize_chunks(
           log(f'speech chunk {lo // chunk_size + 1}/{-(-len(utterances) // chunk_size)}')
       paths.append(path)
   return paths
+
+
+def chunk_failures(paths: Sequence[str]) -> list[str]:
+  """The utterances left out of chunk files, with the reason."""
+  failed = []
+  for path in paths:
+    with np.load(path) as saved:
+      failed.extend(str(line) for line in saved['failed'])
+  return failed
 
 
 def read_chunks(paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -492,7 +515,7 @@ class SpeechFeatures(_builder.OfflineArrayBuilder):
                              chunk_fingerprint(utterances, tools=tools, **keys))
     paths = synthesize_chunks(utterances, chunk_dir, tools=tools, workers=options['workers'],
                               log=self._log, **keys)
-    return paths, {**record, **options}
+    return paths, {**record, **options, 'failed': chunk_failures(paths)}
 
   def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
     # Examples stream from the chunks, one chunk in memory at a time, so a
