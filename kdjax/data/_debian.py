@@ -140,6 +140,13 @@ def missing_packages(packages: Sequence[str], *, apt_options: Sequence[str] = ()
   return sorted({m[1] for m in re.finditer(r'^Inst (\S+) (?!\[)', out, re.M)})
 
 
+def package_depends(package: str, *, apt_options: Sequence[str] = ()) -> list[str]:
+  """The packages `package` directly depends on (``apt-cache depends``), in apt's order."""
+  out = _run_apt(['apt-cache', *apt_options, 'depends', package],
+                 what=f'reading the dependencies of {package!r}')
+  return [m[1] for m in re.finditer(r'^\s+\|?(?:Pre)?Depends: (\S+)', out, re.M)]
+
+
 def _deb_of(debs_dir: str, package: str) -> str | None:
   found = sorted(glob.glob(os.path.join(debs_dir, f'{package}_*.deb')))
   return found[-1] if found else None

@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from typing import Any
 import zlib
 
@@ -47,7 +48,8 @@ SYNTHESIS_VERSION = 2
 SPEECH_SPLITS = ('train', 'validation', 'test')
 VOCAB_FILE = 'phonemes.json'
 METADATA_FILE = 'speech_metadata.json'
-PYTHON_DOC_PACKAGE = 'python3.11-doc'
+#: The Python documentation's metapackage; its python3.X-doc dependency holds the text.
+PYTHON_DOC_PACKAGE = 'python3-doc'
 _FRAME_KEYS = ('mel', 'energy', 'pitch', 'voiced')
 _PROSODY_KEYS = ('speed', 'pitch_base', 'pitch_range', 'duration_sigma', 'pause_scale')
 
@@ -75,18 +77,23 @@ def speech_sentences(
 ) -> tuple[list[tuple[str, str]], dict[str, int]]:
   """The machine's English sentences: Python docs, licences, Debian descriptions.
 
-  Downloads and unpacks :data:`PYTHON_DOC_PACKAGE` into `cache_dir` and
-  reads the ``Translation-en`` lists of the private apt state.
+  Downloads and unpacks the suite's python3.X-doc (the dependency of
+  :data:`PYTHON_DOC_PACKAGE`) into `cache_dir` and reads the
+  ``Translation-en`` lists of the private apt state.
 
   Returns:
     ``([(document, sentence)], {source: sentences})``.
   """
-  deb = _debian.download_packages([PYTHON_DOC_PACKAGE], cache_dir=cache_dir,
-                                  apt_options=apt_options)[PYTHON_DOC_PACKAGE]
-  root = _debian.extract_package(deb, cache_dir=cache_dir, package=PYTHON_DOC_PACKAGE)
+  versioned = [p for p in _debian.package_depends(PYTHON_DOC_PACKAGE, apt_options=apt_options)
+               if re.fullmatch(r'python3\.\d+-doc', p)]
+  if not versioned:
+    raise RuntimeError(f'{PYTHON_DOC_PACKAGE} depends on no python3.X-doc package')
+  deb = _debian.download_packages(versioned[:1], cache_dir=cache_dir,
+                                  apt_options=apt_options)[versioned[0]]
+  root = _debian.extract_package(deb, cache_dir=cache_dir, package=versioned[0])
   sources = glob.glob(os.path.join(root, 'usr', 'share', 'doc', 'python3*', 'html', '_sources'))
   if not sources:
-    raise RuntimeError(f'{PYTHON_DOC_PACKAGE} has no html/_sources directory under {root}')
+    raise RuntimeError(f'{versioned[0]} has no html/_sources directory under {root}')
   lists = sorted(glob.glob(os.path.join(_debian.lists_dir(apt_options), '*_i18n_Translation-en*')))
   if not lists:
     raise RuntimeError(f'no Translation-en package list in {_debian.lists_dir(apt_options)}')
