@@ -6,8 +6,13 @@ with the data iterator's position and whatever metadata the caller adds. The
 teacher is never part of it: it is read from its own checkpoint with
 :func:`load_teacher` and passed to the step as an argument.
 
-Orbax writes each checkpoint to a temporary directory and renames it when
-complete, so a run killed mid-save keeps its previous checkpoint.
+Orbax writes each checkpoint to a temporary directory
+(``<step>.orbax-checkpoint-tmp``) and renames it to ``<step>`` only when every
+file is written, so a run killed mid-save keeps its previous checkpoint as the
+latest; :func:`make_manager` removes such leftovers when it opens the
+directory. A latest checkpoint that cannot be read (files truncated or
+deleted afterwards) is set aside with a warning and the one before it is
+restored (:func:`restore`). docs/reliability.md says what is tested.
 """
 
 from __future__ import annotations
@@ -15,16 +20,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 import os
 from typing import Any
+import warnings
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from kdjax import parallel
 from kdjax import provenance
 from kdjax.step import TrainState
 
 _STATE = 'state'
 _META = 'meta'
 _TEACHER = 'teacher'
+# Unreadable checkpoints are moved here, out of the manager's sight.
+CORRUPT_DIR = 'corrupt'
+
+
+class CorruptCheckpointWarning(UserWarning):
+  """The latest checkpoint could not be read; an older one was restored."""
 
 
 def make_manager(
@@ -46,19 +60,27 @@ def make_manager(
       before reading or exiting).
 
   Returns:
-    The manager; close it with ``manager.close()`` when done.
+    The manager; close it with ``manager.close()`` when done. Temporary
+    directories of saves that never finished (a killed process) are removed
+    when it opens `directory`.
   """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
       save_interval_steps=save_interval_steps,
       create=True,
       enable_async_checkpointing=enable_async,
+      cleanup_tmp_directories=True,
   )
-  return ocp.CheckpointManager(
+  manager = ocp.CheckpointManager(
       os.path.abspath(os.fspath(directory)),
       options=options,
       item_names=(_STATE, _META),
   )
+  # Orbax removes the leftovers in a background thread and waits for it only
+  # in its next save; a process that restores and exits at once would leave
+  # that thread behind, so wait here (the method is private: skip it if gone).
+  getattr(manager, '_maybe_await_cleanup_tmp_directory', lambda: None)()
+  return manager
 
 
 def save(
@@ -114,11 +136,20 @@ def restore(
 ) -> tuple[TrainState, Any, dict] | None:
   """Restores the latest (or a given) student checkpoint.
 
+  Without `step`, a latest checkpoint that cannot be read (a file truncated,
+  zeroed or deleted: orbax's JSON and OCDBT readers check lengths and
+  checksums) is moved to ``<directory>/corrupt/<step>``, a
+  :class:`CorruptCheckpointWarning` names it and the error, and the next
+  older checkpoint is tried, until one restores. With several processes
+  they agree (:func:`kdjax.parallel.any_process`): a checkpoint that fails
+  in any process is skipped by all.
+
   Args:
     manager: from :func:`make_manager`.
     target: a state with the right structure (e.g. a freshly initialised
       one); its shapes, dtypes and shardings are used, its values ignored.
-    step: the step to restore; ``None`` for the latest.
+    step: the step to restore (no fallback); ``None`` for the latest
+      readable one.
     config: the current run's config; if given, the checkpoint must have been
       saved with a config of the same hash.
 
@@ -129,10 +160,35 @@ def restore(
     ConfigMismatchError: `config` was given and the checkpoint was saved
       with another config (the error names the keys that changed) or
       with none.
+    ValueError: no checkpoint in the directory could be read (each was moved
+      to ``corrupt/`` with a warning).
   """
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    return None
+  if step is not None:
+    return _restore_step(manager, target, step, config)
+  steps = sorted(manager.all_steps(), reverse=True)
+  for candidate in steps:
+    try:
+      restored, error = _restore_step(manager, target, candidate, config), None
+    except ConfigMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      restored, error = None, e
+    if not parallel.any_process(error is not None):
+      return restored
+    moved = _set_aside(manager, candidate)
+    warnings.warn(
+        f'checkpoint {candidate} in {manager.directory} could not be read '
+        f'({type(error).__name__ if error else "in another process"}: '
+        f'{str(error)[:300] if error else ""}); moved to {moved}, trying an older one',
+        CorruptCheckpointWarning, stacklevel=2)
+  if steps:
+    raise ValueError(
+        f'none of the checkpoints {steps} in {manager.directory} could be read; '
+        f'they were moved to {os.path.join(manager.directory, CORRUPT_DIR)}')
+  return None
+
+
+def _restore_step(manager, target, step, config):
   if config is not None:
     _check_config(manager, step, config)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -144,6 +200,23 @@ def restore(
   )
   meta = restored[_META]
   return restored[_STATE], meta.get('data_state'), meta.get('metadata', {})
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves `step`'s directory to ``corrupt/<step>[.n]`` so a new save can take its place."""
+  corrupt = os.path.join(os.fspath(manager.directory), CORRUPT_DIR)
+  source = os.path.join(os.fspath(manager.directory), str(step))
+  destination, n = os.path.join(corrupt, str(step)), 0
+  while os.path.exists(destination):
+    n += 1
+    destination = os.path.join(corrupt, f'{step}.{n}')
+  if jax.process_index() == 0:
+    os.makedirs(corrupt, exist_ok=True)
+    os.rename(source, destination)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'kdjax_set_aside_{step}')
+  manager.reload()
+  return destination
 
 
 class ConfigMismatchError(ValueError):
