@@ -138,9 +138,11 @@ def restore(
 
   Without `step`, a latest checkpoint that cannot be read (a file truncated,
   zeroed or deleted: orbax's JSON and OCDBT readers check lengths and
-  checksums) is moved to ``<directory>/corrupt/<step>``, a
-  :class:`CorruptCheckpointWarning` names it and the error, and the next
-  older checkpoint is tried, until one restores. With several processes
+  checksums) is skipped for the next older one, until one restores; then
+  each skipped one is moved to ``<directory>/corrupt/<step>`` and a
+  :class:`CorruptCheckpointWarning` names it and its error. If none
+  restores (a damaged directory, or a `target` of another structure),
+  nothing is moved and ``ValueError`` is raised. With several processes
   they agree (:func:`kdjax.parallel.any_process`): a checkpoint that fails
   in any process is skipped by all.
 
@@ -160,12 +162,13 @@ def restore(
     ConfigMismatchError: `config` was given and the checkpoint was saved
       with another config (the error names the keys that changed) or
       with none.
-    ValueError: no checkpoint in the directory could be read (each was moved
-      to ``corrupt/`` with a warning).
+    ValueError: no checkpoint in the directory could be restored into
+      `target` (the error of the latest is chained).
   """
   if step is not None:
     return _restore_step(manager, target, step, config)
   steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
   for candidate in steps:
     try:
       restored, error = _restore_step(manager, target, candidate, config), None
@@ -173,18 +176,26 @@ def restore(
       raise
     except Exception as e:  # pylint: disable=broad-except
       restored, error = None, e
-    if not parallel.any_process(error is not None):
-      return restored
-    moved = _set_aside(manager, candidate)
-    warnings.warn(
-        f'checkpoint {candidate} in {manager.directory} could not be read '
-        f'({type(error).__name__ if error else "in another process"}: '
-        f'{str(error)[:300] if error else ""}); moved to {moved}, trying an older one',
-        CorruptCheckpointWarning, stacklevel=2)
-  if steps:
+    if parallel.any_process(error is not None):
+      failures.append((candidate, error))
+      continue
+    # An older checkpoint of this run restored into the same target, so the
+    # newer ones are damaged (not a target of another structure): set them aside.
+    for failed, failure in failures:
+      moved = _set_aside(manager, failed)
+      warnings.warn(
+          f'checkpoint {failed} in {manager.directory} could not be read '
+          f'({type(failure).__name__ if failure else "in another process"}: '
+          f'{str(failure)[:300] if failure else ""}); moved to {moved}; '
+          f'restored checkpoint {candidate}', CorruptCheckpointWarning, stacklevel=2)
+    return restored
+  if failures:
+    first = failures[0][1]
     raise ValueError(
-        f'none of the checkpoints {steps} in {manager.directory} could be read; '
-        f'they were moved to {os.path.join(manager.directory, CORRUPT_DIR)}')
+        f'none of the checkpoints {steps} in {manager.directory} could be restored into '
+        f'this target (nothing was moved); the latest failed with '
+        f'{type(first).__name__ if first else "an error in another process"}: '
+        f'{str(first)[:300] if first else ""}') from first
   return None
 
 
@@ -204,6 +215,8 @@ def _restore_step(manager, target, step, config):
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves `step`'s directory to ``corrupt/<step>[.n]`` so a new save can take its place."""
+  if jax.process_count() > 1:  # every process names the same destination
+    multihost_utils.sync_global_devices(f'kdjax_set_aside_{step}_begin')
   corrupt = os.path.join(os.fspath(manager.directory), CORRUPT_DIR)
   source = os.path.join(os.fspath(manager.directory), str(step))
   destination, n = os.path.join(corrupt, str(step)), 0
@@ -214,7 +227,7 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
     os.makedirs(corrupt, exist_ok=True)
     os.rename(source, destination)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f'kdjax_set_aside_{step}')
+    multihost_utils.sync_global_devices(f'kdjax_set_aside_{step}_end')
   manager.reload()
   return destination
 

@@ -65,12 +65,14 @@ class _StopRequests:
   """Turns the given signals into a flag while active (main thread only).
 
   A second SIGINT raises ``KeyboardInterrupt`` at once, for a user who does
-  not want to wait for the current epoch.
+  not want to wait for the current epoch. A signal received after the last
+  check is raised again on exit, for the handlers restored.
   """
 
   def __init__(self, signals: Sequence[int]):
     self.signals = tuple(signals) if threading.current_thread() is threading.main_thread() else ()
     self.received: str | None = None
+    self.acted = False
     self._previous = {}
 
   def _handle(self, signum, frame):
@@ -87,6 +89,9 @@ class _StopRequests:
   def __exit__(self, *exc_info):
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
+    if self.received is not None and not self.acted and exc_info[0] is None:
+      # It came after the last check: pass it on to the handler it was meant for.
+      signal.raise_signal(signal.Signals[self.received])
 
 
 def _num_examples(data: Arrays) -> int:
@@ -268,13 +273,15 @@ def fit(
       key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
       state, metrics = epoch_fn(state, teacher_variables, data, key)
       step = _log_epoch(state, metrics, epoch, num_epochs, evaluate_fn, eval_every, writer, bar)
+      due = (epoch + 1) % save_every == 0 or epoch + 1 == num_epochs
+      if manager is not None and due:
+        _save(manager, state, epoch, writer, config)
+      # Checked after the save, so that a signal during it is seen now.
       stopping = bool(stops.signals) and parallel.any_process(stops.received is not None)
-      if manager is not None and (
-          stopping or (epoch + 1) % save_every == 0 or epoch + 1 == num_epochs):
-        metadata = {_METRICS_POSITION: writer.position() if writer is not None else None}
-        checkpoint_lib.save(manager, state, data_state={'epoch': epoch + 1}, config=config,
-                            metadata=metadata, force=True)
       if stopping:  # even after the last epoch: the caller's next phase must not start
+        stops.acted = True
+        if not due:
+          _save(manager, state, epoch, writer, config)
         manager.wait_until_finished()
         if writer is not None:
           writer.flush()
@@ -285,6 +292,12 @@ def fit(
   if manager is not None:
     manager.wait_until_finished()
   return state
+
+
+def _save(manager, state, epoch, writer, config) -> None:
+  metadata = {_METRICS_POSITION: writer.position() if writer is not None else None}
+  checkpoint_lib.save(manager, state, data_state={'epoch': epoch + 1}, config=config,
+                      metadata=metadata, force=True)
 
 
 def _log_epoch(state, metrics, epoch, num_epochs, evaluate_fn, eval_every, writer, bar) -> int:

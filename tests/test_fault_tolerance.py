@@ -7,7 +7,6 @@ The subprocess tests send real signals to real training processes
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import pathlib
@@ -34,16 +33,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT_S = 240
 
 
-def _load_script():
-  spec = importlib.util.spec_from_file_location(
-      'fault_injection', ROOT / 'benchmarks' / 'fault_injection.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
-
-
-fault_injection = _load_script()
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import fault_injection  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope='module')
@@ -101,22 +92,26 @@ def test_a_corrupted_latest_checkpoint_is_set_aside_and_the_previous_restored(ti
     where = re.escape(str(directory))
     with pytest.warns(checkpoint.CorruptCheckpointWarning,
                       match=rf'checkpoint 12 in {where} could not be read .*moved to '
-                            rf'{where}/corrupt/12'):
+                            rf'{where}/corrupt/12; restored checkpoint 8'):
       resumed = _fit(tiny, directory, 4, save_every=2)  # resumes at step 8: 2 epochs
     _assert_same(resumed, straight)
     assert sorted(os.listdir(directory / 'corrupt')) == ['12'], name
     assert sorted(int(p) for p in os.listdir(directory) if p.isdigit()) == [4, 8, 16], name
 
 
-def test_restore_fails_clearly_when_no_checkpoint_is_readable(tiny, tmp_path):
-  _fit(tiny, tmp_path, 2, max_to_keep=2)
+def test_restore_fails_clearly_and_moves_nothing_when_no_checkpoint_restores(tiny, tmp_path):
+  _fit(tiny, tmp_path / 'damaged', 2, max_to_keep=2)
   for step in (4, 8):
-    os.remove(tmp_path / str(step) / 'meta' / 'metadata')
-  manager = checkpoint.make_manager(tmp_path)
-  with pytest.warns(checkpoint.CorruptCheckpointWarning), pytest.raises(
-      ValueError, match=r'none of the checkpoints \[8, 4\] .* could be read'):
-    checkpoint.restore(manager, tiny[1])
-  manager.close()
+    os.remove(tmp_path / 'damaged' / str(step) / 'meta' / 'metadata')
+  _fit(tiny, tmp_path / 'intact', 2, max_to_keep=2)
+  other_model = tiny[1].replace(params={'w': np.zeros(3, np.float32)})
+  for name, target in (('damaged', tiny[1]), ('intact', other_model)):
+    manager = checkpoint.make_manager(tmp_path / name)
+    with pytest.raises(ValueError, match=r'none of the checkpoints \[8, 4\] .* could be '
+                                         r'restored into this target \(nothing was moved\)'):
+      checkpoint.restore(manager, target)
+    manager.close()
+    assert sorted(os.listdir(tmp_path / name)) == ['4', '8'], name
 
 
 def _raise_signal_after(calls, signum):
@@ -151,6 +146,25 @@ def test_a_signal_finishes_the_epoch_checkpoints_flushes_and_raises(tiny, tmp_pa
       f'stopped by {name} at step 8; checkpoint {tmp_path}/ckpt/8 written, '
       'rerun the same command to resume')
   _assert_same(_fit(tiny, tmp_path / 'ckpt', 5), straight)
+
+
+def test_a_signal_in_the_last_epoch_still_stops_the_program(tiny, tmp_path):
+  with pytest.raises(loop.Preempted) as stopped:
+    _fit(tiny, tmp_path, 3, evaluate_fn=_raise_signal_after(3, signal.SIGTERM))
+  assert stopped.value.step == 12  # the run's end, saved: nothing more to do on resume
+  assert sorted(os.listdir(tmp_path)) == ['12', '4', '8']
+
+
+def test_a_signal_after_the_last_check_goes_to_the_previous_handler():
+  received = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+  try:
+    with loop._StopRequests([signal.SIGTERM]) as stops:
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert stops.received == 'SIGTERM' and not received  # held while active
+    assert received == [signal.SIGTERM]  # passed on at exit, nobody having acted on it
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_second_sigint_interrupts_at_once(tiny, tmp_path):
