@@ -273,10 +273,14 @@ def _env(cache_dir: pathlib.Path) -> dict[str, str]:
 
 
 def _metrics_lines(workdir: pathlib.Path) -> int:
+  """Lines in all the metrics files of a (running) task's directory."""
   total = 0
-  for path in workdir.rglob('metrics.jsonl'):
-    with open(path, 'rb') as f:
-      total += f.read().count(b'\n')
+  # os.walk skips directories that vanish under it (orbax renames its own).
+  for root, dirs, files in os.walk(workdir):
+    dirs[:] = [d for d in dirs if d not in ('checkpoints', 'tensorboard', 'final', 'jax_cache')]
+    if 'metrics.jsonl' in files:
+      with open(os.path.join(root, 'metrics.jsonl'), 'rb') as f:
+        total += f.read().count(b'\n')
   return total
 
 
@@ -529,8 +533,12 @@ def summary_rows(records: list[dict[str, Any]]) -> list[list[str]]:
       hit = [life for life in lives if life['landed'] != 'finished before the fault']
       in_save = sum(life['landed'].startswith('during') for life in hit)
       if fault == 'sigterm':
-        outcome = (f"{sum(life['rc'] == 0 and bool(life['message']) for life in hit)} exited 0 "
-                   'naming the checkpoint')
+        clean = sum(life['rc'] == 0 and bool(life['message']) for life in hit)
+        outcome = f'{clean} exited 0 naming the checkpoint'
+        if clean < len(hit):  # the signal came outside fit: its default effect
+          outcome += (f'; {len(hit) - clean} ended by it outside `fit` (status '
+                      + ', '.join(str(life['rc']) for life in hit
+                                  if not (life['rc'] == 0 and life['message'])) + ')')
       else:
         outcome = f"{sum(life['rc'] == -signal.SIGKILL for life in hit)} killed"
       lost = 'nothing' if not record['problems'] else '; '.join(record['problems'][:3])
@@ -550,8 +558,11 @@ def markdown(records, command: str, load: tuple[float, float, float], seconds: f
   lines = ['| task | fault | times | during a checkpoint write | outcome | lost |',
            '|---|---|---|---|---|---|']
   lines += ['| ' + ' | '.join(row) + ' |' for row in summary_rows(records)]
-  total = sum(len(r['lives']) for r in records)
-  lines += ['', f'{total} faults in all, {seconds / 60:.0f} minutes; command '
+  tried = sum(len(r['lives']) for r in records)
+  landed = sum(life['landed'] != 'finished before the fault' for r in records
+               for life in r['lives'])
+  lines += ['', f'{landed} faults landed ({tried} tried; the others came after the run had '
+            f'finished), {seconds / 60:.0f} minutes; command '
             f'`{command}`; load average before the run {load[0]:.1f}, {load[1]:.1f}, '
             f'{load[2]:.1f} (timings do not matter here, only bits).']
   return '\n'.join(lines)

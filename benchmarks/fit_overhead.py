@@ -79,7 +79,8 @@ def main(argv=None) -> None:
 
   timed_fit(1)  # compiles
   rates = [timed_fit(args.epochs) for _ in range(args.repeats)]
-  print(json.dumps({'label': args.label, 'steps_per_s': [round(r, 1) for r in rates],
+  print(json.dumps({'label': args.label, 'kdjax': os.path.dirname(loop.__file__),
+                    'steps_per_s': [round(r, 1) for r in rates],
                     'load': [round(v, 2) for v in os.getloadavg()]}))
 
 
