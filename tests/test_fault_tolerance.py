@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -97,6 +98,54 @@ def test_a_corrupted_latest_checkpoint_is_set_aside_and_the_previous_restored(ti
     _assert_same(resumed, straight)
     assert sorted(os.listdir(directory / 'corrupt')) == ['12'], name
     assert sorted(int(p) for p in os.listdir(directory) if p.isdigit()) == [4, 8, 16], name
+
+
+def _zero_second_half(path):
+  size = os.path.getsize(path)
+  with open(path, 'r+b') as f:
+    f.seek(size // 2)
+    f.write(b'\0' * (size - size // 2))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_no_damage_to_any_file_restores_wrong_values(tiny, tmp_path):
+  """Every file of the latest checkpoint truncated, zeroed or deleted in turn.
+
+  Either the damage is detected (the previous checkpoint is restored, with a
+  warning) or the file is not read by a restore (the latest restores with
+  its own values): never other values.
+  """
+  epoch, state, teacher_vars, data = tiny
+  _fit(tiny, tmp_path / 'saved', 2)  # steps 4 and 8
+  after = {n: loop.fit(epoch, state, teacher_vars, data, num_epochs=n, seed=1, progress=False)
+           for n in (1, 2)}
+  files = sorted(os.path.relpath(os.path.join(root, name), tmp_path / 'saved' / '8')
+                 for root, _, names in os.walk(tmp_path / 'saved' / '8') for name in names)
+  detected = set()
+  for k, (rel, damage) in enumerate(
+      (rel, damage) for rel in files for damage in (_truncate, _zero_second_half, os.remove)):
+    directory = tmp_path / str(k)
+    shutil.copytree(tmp_path / 'saved', directory)
+    damage(directory / '8' / rel)
+    manager = checkpoint.make_manager(directory)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always', checkpoint.CorruptCheckpointWarning)
+      restored, data_state, _ = checkpoint.restore(manager, state)
+    manager.close()
+    epochs = data_state['epoch']
+    assert (epochs == 1) == bool(caught), (rel, damage.__name__)
+    if epochs == 1:
+      detected.add((rel, damage.__name__))
+    _assert_same(restored, after[epochs])
+  # The arrays' data and index, their tree metadata and the data position:
+  # any damage to them is seen.
+  read = [rel for rel in files
+          if rel in ('meta/metadata', 'state/_METADATA', 'state/manifest.ocdbt')
+          or rel.startswith('state/d/')]
+  assert len(read) == 4, files
+  assert {(rel, d.__name__) for rel in read
+          for d in (_truncate, _zero_second_half, os.remove)} <= detected
 
 
 def test_restore_fails_clearly_and_moves_nothing_when_no_checkpoint_restores(tiny, tmp_path):
