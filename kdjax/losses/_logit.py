@@ -138,13 +138,18 @@ def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
   """``sum_c p_c (log p_c - log q_c)`` over classes where p > 0.
 
   Entries outside `valid_p` are replaced before any arithmetic, so that no
-  0 * inf reaches the value or the gradient. Where q = 0 but p > 0 the result
-  is +inf, as the divergence is.
+  0 * inf reaches the value or the gradient. Where q = 0 (``log_q`` -inf) but
+  p > 0 the result is +inf, as the divergence is, even when p underflows to
+  0; that term is a constant, so the gradient is the finite part's (no NaN).
   """
-  log_p = jnp.where(valid_p, log_p, 0.0)
-  log_q = jnp.where(valid_p, log_q, 0.0)
-  p = jnp.where(valid_p, jnp.exp(log_p), 0.0)
-  return jnp.sum(jnp.where(valid_p, p * (log_p - log_q), 0.0), axis=-1)
+  finite = valid_p & (log_q != -jnp.inf)
+  log_p = jnp.where(finite, log_p, 0.0)
+  log_q = jnp.where(finite, log_q, 0.0)
+  p = jnp.where(finite, jnp.exp(log_p), 0.0)
+  value = jnp.sum(jnp.where(finite, p * (log_p - log_q), 0.0), axis=-1)
+  unbounded = jnp.any(valid_p & ~finite, axis=-1)
+  # Added, not selected: the gradient stays that of the finite part.
+  return value + jnp.where(unbounded, jnp.inf, 0.0)
 
 
 def _log_mixture(
