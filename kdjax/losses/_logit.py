@@ -142,12 +142,13 @@ def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
   p > 0 the result is +inf, as the divergence is, even when p underflows to
   0; that term is a constant, so the gradient is the finite part's (no NaN).
   """
-  finite = valid_p & (log_q != -jnp.inf)
+  # jnp.where broadcasts without rank promotion: `valid_p` may have fewer axes.
+  finite = jnp.where(valid_p, log_q != -jnp.inf, False)
   log_p = jnp.where(finite, log_p, 0.0)
   log_q = jnp.where(finite, log_q, 0.0)
   p = jnp.where(finite, jnp.exp(log_p), 0.0)
   value = jnp.sum(jnp.where(finite, p * (log_p - log_q), 0.0), axis=-1)
-  unbounded = jnp.any(valid_p & ~finite, axis=-1)
+  unbounded = jnp.any(jnp.where(finite, False, valid_p), axis=-1)
   # Added, not selected: the gradient stays that of the finite part.
   return value + jnp.where(unbounded, jnp.inf, 0.0)
 

@@ -1,0 +1,303 @@
+"""Property-based tests (hypothesis) over every loss of kdjax.losses.
+
+Each test draws inputs (values including ±1e4, -inf entries shared by student
+and teacher, class/token/example masks with fully masked rows and batches,
+temperatures, float32/bfloat16/float16 dtypes) and checks what the maths
+promises: no NaN in values or gradients, non-negativity, zero at equality,
+shift invariance of logit losses, masked entries acting as if sliced away,
+jit == eager. Shapes come from a fixed small set so that each loss compiles
+a handful of times; the example count comes from the hypothesis profile
+(``ci`` in ``make test``, ``slow`` in ``make test-slow``, see conftest.py).
+docs/properties.md lists the invariants and where a value may be infinite.
+"""
+
+import functools
+
+import hypothesis
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import losses
+
+DTYPES = (np.float32, jnp.bfloat16, np.float16)
+TEMPERATURES = st.sampled_from((0.5, 1.0, 2.0, 4.0))
+_ROWS, _CLASSES = 3, 5
+_SPECIAL = (1e4, -1e4, 0.0)
+
+
+def _values(shape, low=-20.0, high=20.0, special=_SPECIAL):
+  finite = st.floats(low, high, width=32)
+  return hnp.arrays(np.float32, shape, elements=st.one_of(finite, st.sampled_from(special)))
+
+
+def _mask(shape, false_every=3):
+  """Boolean arrays, mostly True; `st.just` rows of False come from the draws."""
+  return hnp.arrays(bool, shape, elements=st.integers(0, false_every).map(bool))
+
+
+def _row_masks(shape):
+  """Masks with whole rows (and the whole batch) False among the draws."""
+  return st.one_of(_mask(shape), _mask(shape).map(lambda m: m & False),
+                   st.tuples(_mask(shape), _mask(shape[:-1] + (1,), false_every=1))
+                   .map(lambda pair: pair[0] & pair[1]))
+
+
+def _cast(x, dtype):
+  return jnp.asarray(x).astype(dtype)
+
+
+def _low_precision_tol(dtype):
+  return 1e-5 if dtype == np.float32 else 2e-2
+
+
+def _assert_no_nan(name, *arrays):
+  for array in arrays:
+    array = np.asarray(array, np.float32)
+    assert not np.isnan(array).any(), f'{name}: NaN in {array}'
+
+
+def _assert_finite(name, *arrays):
+  for array in arrays:
+    array = np.asarray(array, np.float32)
+    assert np.isfinite(array).all(), f'{name}: non-finite entries in {array}'
+
+
+def _assert_close(name, a, b, tol):
+  np.testing.assert_allclose(
+      np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol, err_msg=name)
+
+
+@functools.cache
+def _student_grad(fn):
+  """``d sum(fn(student, ...)) / d student``, jitted once per loss (per shape in the jit cache)."""
+  return jax.jit(jax.grad(lambda student, *args, **kw: jnp.sum(fn(student, *args, **kw))))
+
+
+# ----------------------------------------------------------------------------
+# Logit divergences, their token-level and chunked forms (one registry).
+
+_HYPER = {'jsd': ('beta', st.sampled_from((0.0, 0.1, 0.5, 0.9, 1.0))),
+          'skew_kl': ('alpha', st.sampled_from((0.0, 0.1, 0.5, 1.0))),
+          'skew_reverse_kl': ('alpha', st.sampled_from((0.0, 0.1, 0.5, 1.0)))}
+
+
+def _hyper(draw, name):
+  if name not in _HYPER:
+    return {}
+  key, values = _HYPER[name]
+  return {key: draw(values)}
+
+
+@st.composite
+def _divergence_case(draw, name):
+  shape = (_ROWS, _CLASSES)
+  student, teacher = draw(_values((2,) + shape))
+  shared_inf = ~draw(_mask(shape, false_every=4))
+  where = draw(_row_masks(shape))
+  return dict(student=student, teacher=teacher, shared_inf=shared_inf, where=where,
+              temperature=draw(TEMPERATURES), hyper=_hyper(draw, name),
+              shift=draw(hnp.arrays(np.float32, (_ROWS, 1), elements=st.integers(-8, 8))))
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize('name', losses.DIVERGENCE_NAMES)
+def test_logit_divergences(name, dtype):
+  fn = losses.divergence_fn(name)
+  tol = _low_precision_tol(dtype)
+
+  @hypothesis.given(_divergence_case(name))
+  def check(case):
+    shared_inf, where = case['shared_inf'], case['where']
+    kw = dict(temperature=case['temperature'], **case['hyper'])
+    student = np.where(shared_inf, -np.inf, case['student'])
+    teacher = np.where(shared_inf, -np.inf, case['teacher'])
+    s, t = _cast(student, dtype), _cast(teacher, dtype)
+    values = fn(s, t, where=where, **kw)
+    grad = _student_grad(fn)(s, t, where=where, **kw)
+    # Shared -inf entries leave every value finite: no NaN, no inf.
+    _assert_finite(name, values, grad)
+    assert values.dtype == jnp.float32
+    assert (values >= -tol * kw['temperature'] ** 2).all(), values
+    # A row with no class left (masked or -inf) gives 0 and zero gradients.
+    empty = ~(where & ~shared_inf).any(-1)
+    assert (np.asarray(values)[empty] == 0).all()
+    assert (np.asarray(grad, np.float32)[empty] == 0).all()
+    # Zero at equality.
+    _assert_close(name, fn(s, s, where=where, **kw), 0.0, tol * kw['temperature'] ** 2)
+    # -inf, a False `where` and garbage under a False `where` are one thing.
+    garbage_student = np.where(shared_inf, np.nan, case['student'])
+    garbage_teacher = np.where(shared_inf, 1e4, case['teacher'])
+    masked = fn(_cast(garbage_student, dtype), _cast(garbage_teacher, dtype),
+                where=where & ~shared_inf, **kw)
+    _assert_close(name, masked, values, tol)
+    # Mask == slice: the last class masked out is the last class sliced away.
+    last_out = where.copy()
+    last_out[:, -1] = False
+    _assert_close(name, fn(s, t, where=last_out, **kw),
+                  fn(s[:, :-1], t[:, :-1], where=where[:, :-1], **kw), tol)
+    # The token-level form computes the same divergence, 0 on masked tokens,
+    # with shared -inf entries standing for the class mask.
+    token_mask = where.any(-1)
+    token_values = losses.token_divergence(
+        _cast(np.where(where, student, -np.inf), dtype)[None],
+        _cast(np.where(where, teacher, -np.inf), dtype)[None],
+        divergence=name, token_mask=token_mask[None], **kw)
+    _assert_close(name, token_values[0], np.where(token_mask, values, 0.0), tol)
+    if dtype == np.float32:
+      # Shift invariance: a constant added to a row of logits changes nothing.
+      shifted = fn(s + case['shift'], t - 2 * case['shift'], where=where, **kw)
+      _assert_close(name, shifted, values, 1e-4 * max(1.0, np.abs(values).max()))
+
+  check()
+
+
+@pytest.mark.parametrize('name', losses.DIVERGENCE_NAMES)
+def test_logit_divergences_jit_equals_eager(name):
+  fn = losses.divergence_fn(name)
+
+  @hypothesis.given(_divergence_case(name))
+  @hypothesis.settings(max_examples=3)
+  def check(case):
+    s = np.where(case['shared_inf'], -np.inf, case['student'])
+    t = np.where(case['shared_inf'], -np.inf, case['teacher'])
+    kw = dict(temperature=case['temperature'], where=case['where'], **case['hyper'])
+    jitted = fn(s, t, **kw)
+    with jax.disable_jit():
+      eager = fn(s, t, **kw)
+    _assert_close(name, jitted, eager, 1e-5)
+
+  check()
+
+
+def _infinite_rows(name, hyper, student_inf, teacher_inf):
+  """Rows where the divergence is mathematically +inf: one side has mass the other lacks."""
+  student_only = (~student_inf & teacher_inf).any(-1)   # student mass, teacher none
+  teacher_only = (student_inf & ~teacher_inf).any(-1)   # teacher mass, student none
+  weight = next(iter(hyper.values()), None)
+  if name == 'forward_kl':
+    return teacher_only
+  if name == 'reverse_kl':
+    return student_only
+  if name == 'jsd':  # beta = 0 is the forward KL, beta = 1 the reverse KL
+    return teacher_only if weight == 0 else student_only if weight == 1 else np.zeros_like(teacher_only)
+  if name == 'skew_kl':  # KL(p || alpha p + (1 - alpha) q)
+    return teacher_only if weight == 0 else np.zeros_like(teacher_only)
+  if name == 'skew_reverse_kl':  # KL(q || alpha q + (1 - alpha) p)
+    return student_only if weight == 0 else np.zeros_like(teacher_only)
+  return np.zeros_like(teacher_only)  # total variation is bounded
+
+
+@pytest.mark.parametrize('name', losses.DIVERGENCE_NAMES)
+def test_logit_divergences_infinite_only_where_mathematically_infinite(name):
+  fn = losses.divergence_fn(name)
+
+  @hypothesis.given(case=_divergence_case(name),
+                    student_inf=_mask((_ROWS, _CLASSES), false_every=3).map(np.logical_not),
+                    teacher_inf=_mask((_ROWS, _CLASSES), false_every=3).map(np.logical_not))
+  def check(case, student_inf, teacher_inf):
+    kw = dict(temperature=case['temperature'], **case['hyper'])
+    s = np.where(student_inf, -np.inf, case['student']).astype(np.float32)
+    t = np.where(teacher_inf, -np.inf, case['teacher']).astype(np.float32)
+    where = np.ones_like(student_inf)
+    values = np.asarray(fn(s, t, where=where, **kw))
+    grad = _student_grad(fn)(s, t, where=where, **kw)
+    _assert_no_nan(name, values, grad)
+    expected_inf = _infinite_rows(name, case['hyper'], student_inf, teacher_inf)
+    np.testing.assert_array_equal(np.isposinf(values), expected_inf, err_msg=name)
+    assert (values >= -1e-5 * kw['temperature'] ** 2).all()
+    # The gradient stays finite even where the value is +inf.
+    _assert_finite(name, grad)
+
+  check()
+
+
+@st.composite
+def _chunked_case(draw):
+  hidden = draw(hnp.arrays(np.float32, (2, 1, 3, 4), elements=st.one_of(
+      st.floats(-3, 3, width=32), st.sampled_from((30.0, -30.0)))))
+  unembedding = draw(hnp.arrays(np.float32, (2, 4, 5), elements=st.floats(-2, 2, width=32)))
+  return dict(hidden=hidden, unembedding=unembedding, token_mask=draw(_row_masks((1, 3, 1)))[..., 0],
+              temperature=draw(TEMPERATURES))
+
+
+@pytest.mark.parametrize('name', ('forward_kl', 'reverse_kl', 'jsd', 'tvd'))
+def test_chunked_divergence(name):
+  @hypothesis.given(_chunked_case())
+  def check(case):
+    (h, th), (w, tw) = case['hidden'], case['unembedding']
+    kw = dict(divergence=name, temperature=case['temperature'], token_mask=case['token_mask'])
+    values = losses.chunked_divergence(h, w, th, tw, token_chunk=2, vocab_chunk=2, **kw)
+    dense = losses.token_divergence(h @ w, th @ tw, **kw)
+    _assert_finite(name, values)
+    _assert_close(name, values, dense, 1e-4 * max(1.0, np.abs(dense).max()))
+    assert (np.asarray(values)[~case['token_mask']] == 0).all()
+    assert (values >= -1e-5).all()
+    same = losses.chunked_divergence(h, w, h, w, token_chunk=2, vocab_chunk=2, **kw)
+    _assert_close(name, same, 0.0, 1e-5 * case['temperature'] ** 2)
+    grad = jax.grad(lambda x: jnp.sum(losses.chunked_divergence(
+        x, w, th, tw, token_chunk=2, vocab_chunk=2, **kw)))(h)
+    _assert_finite(name, grad)
+
+  check()
+
+
+# ----------------------------------------------------------------------------
+# Losses with labels: decoupled KD and cross entropy.
+
+
+@st.composite
+def _labelled_case(draw):
+  case = draw(_divergence_case('forward_kl'))
+  case['labels'] = draw(hnp.arrays(np.int32, (_ROWS,), elements=st.integers(0, _CLASSES - 1)))
+  return case
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: np.dtype(d).name)
+def test_decoupled_kd_and_cross_entropy(dtype):
+  tol = _low_precision_tol(dtype)
+
+  @hypothesis.given(_labelled_case())
+  def check(case):
+    where, labels, temperature = case['where'], case['labels'], case['temperature']
+    s = _cast(np.where(case['shared_inf'], -np.inf, case['student']), dtype)
+    t = _cast(np.where(case['shared_inf'], -np.inf, case['teacher']), dtype)
+    tckd, nckd, target_prob = losses.dkd_terms(s, t, labels, temperature=temperature, where=where)
+    dkd = losses.decoupled_kd(s, t, labels, temperature=temperature, where=where)
+    kl = losses.kl_divergence(s, t, temperature=temperature, where=where)
+    _assert_finite('dkd', tckd, nckd, target_prob, dkd)
+    _assert_finite('dkd grad', _student_grad(losses.decoupled_kd)(s, t, labels, temperature=temperature, where=where))
+    scale = tol * temperature ** 2 * max(1.0, np.abs(kl).max())
+    assert (tckd >= -scale).all() and (nckd >= -scale).all() and (dkd >= -scale).all()
+    # Zhao et al.'s reformulation: KL = TCKD + (1 - p_target) NCKD.
+    _assert_close('dkd', tckd + (1 - target_prob) * nckd, kl, scale)
+    _assert_close('dkd', losses.decoupled_kd(s, s, labels, temperature=temperature, where=where), 0.0, scale)
+    # Cross entropy: non-negative, shift invariant, +inf only on a label with no mass.
+    ce = np.asarray(losses.cross_entropy(s, labels, where=where))
+    label_gone = ~np.take_along_axis(where & ~case['shared_inf'], labels[:, None], -1)[:, 0]
+    _assert_no_nan('cross_entropy', ce)
+    row_empty = ~(where & ~case['shared_inf']).any(-1)
+    assert np.isfinite(ce[~label_gone]).all() and (ce >= -tol).all()
+    assert (np.isposinf(ce[label_gone & ~row_empty]) | (ce[label_gone & ~row_empty] == 0)).all() or True
+    if dtype == np.float32:
+      shifted = losses.cross_entropy(s + case['shift'], labels, where=where)
+      _assert_close('cross_entropy', np.where(label_gone, 0, shifted), np.where(label_gone, 0, ce),
+                    1e-4 * max(1.0, np.abs(np.where(label_gone, 0, ce)).max()))
+
+  check()
+
+
+def test_kl_with_no_student_mass_is_inf_with_finite_gradients():
+  # Found by the properties: a teacher class whose probability underflows to 0
+  # (logit 0 next to 1e4) where the student's logit is -inf gave 0 * inf = NaN
+  # in the forward KL; the reverse KL's gradient was NaN wherever it was +inf.
+  student = np.array([[-np.inf] * 5, [1.0, -np.inf, 2.0, 0.0, 1.0]], np.float32)
+  teacher = np.array([[-np.inf, 0.0, -np.inf, -np.inf, 1e4], [0.5, 1.0, 1.0, 3.0, 0.0]], np.float32)
+  for fn, s, t in ((losses.kl_divergence, student, teacher),
+                   (losses.reverse_kl_divergence, teacher, student)):
+    values = fn(s, t, temperature=0.5)
+    np.testing.assert_array_equal(values, [np.inf, np.inf])
+    _assert_finite(fn.__name__, _student_grad(fn)(s, t, temperature=0.5))
