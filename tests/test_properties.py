@@ -71,10 +71,15 @@ def _assert_close(name, a, b, tol):
       np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol, err_msg=name)
 
 
+def _student_grad(fn, **static):
+  """``d sum(fn(student, ...)) / d student`` (the jit caches one per shape and dtype)."""
+  return _jitted_student_grad(fn, tuple(sorted(static.items())))
+
+
 @functools.cache
-def _student_grad(fn):
-  """``d sum(fn(student, ...)) / d student``, jitted once per loss (per shape in the jit cache)."""
-  return jax.jit(jax.grad(lambda student, *args, **kw: jnp.sum(fn(student, *args, **kw))))
+def _jitted_student_grad(fn, static):
+  loss = functools.partial(fn, **dict(static))
+  return jax.jit(jax.grad(lambda student, *args, **kw: jnp.sum(loss(student, *args, **kw))))
 
 
 # ----------------------------------------------------------------------------
@@ -301,3 +306,114 @@ def test_kl_with_no_student_mass_is_inf_with_finite_gradients():
     values = fn(s, t, temperature=0.5)
     np.testing.assert_array_equal(values, [np.inf, np.inf])
     _assert_finite(fn.__name__, _student_grad(fn)(s, t, temperature=0.5))
+
+
+# ----------------------------------------------------------------------------
+# Top-k KL against a sparse teacher, cross-tokenizer losses, MiniLLM.
+
+_TOKENS = (1, 3)  # [batch, time] of the token-level losses
+
+
+@st.composite
+def _token_case(draw):
+  shape = _TOKENS + (_CLASSES,)
+  student, teacher = draw(_values((2,) + shape))
+  shared_inf = ~draw(_mask(shape, false_every=4))
+  shared_inf[..., 0] = False  # every token keeps a class: a real model's logits
+  return dict(student=np.where(shared_inf, -np.inf, student),
+              teacher=np.where(shared_inf, -np.inf, teacher),
+              token_mask=draw(_row_masks(shape))[..., 0], temperature=draw(TEMPERATURES),
+              k=draw(st.sampled_from((2, _CLASSES))), dtype=draw(st.sampled_from(DTYPES)))
+
+
+def _with_garbage(logits, token_mask):
+  """Masked tokens hold NaN: they must give 0 and never leak."""
+  return np.where(token_mask[..., None], logits, np.nan)
+
+
+@pytest.mark.parametrize('mode', losses.TOPK_MODES)
+def test_topk_kl_divergence(mode):
+  @hypothesis.given(_token_case())
+  def check(case):
+    mask, temperature, k = case['token_mask'], case['temperature'], case['k']
+    s = _cast(case['student'], case['dtype'])
+    t = _cast(case['teacher'], case['dtype'])
+    log_probs, indices, tail = losses.teacher_topk(t, k, temperature=temperature)
+    kw = dict(temperature=temperature, token_mask=mask)
+    values = losses.topk_kl_divergence(_with_garbage(s, mask), log_probs, indices, tail, mode=mode, **kw)
+    grad = _student_grad(losses.topk_kl_divergence, mode=mode)(s, log_probs, indices, tail, **kw)
+    _assert_finite(mode, values, grad)
+    assert (np.asarray(values)[~mask] == 0).all()
+    full = losses.token_divergence(s, t, temperature=temperature, token_mask=mask)
+    scale = 1e-4 * temperature ** 2 * max(1.0, float(np.abs(full).max()))
+    assert (values >= -scale).all()
+    if mode == 'tail':  # a lower bound of the full KL, equal at k = V
+      assert (values <= full + scale).all()
+    if k == _CLASSES:
+      _assert_close(mode, values, full, scale)
+    same = losses.topk_kl_divergence(t, log_probs, indices, tail, mode=mode, **kw)
+    _assert_close(mode, same, 0.0, scale)
+
+  check()
+
+
+def test_uld_loss():
+  @hypothesis.given(_token_case())
+  def check(case):
+    mask, temperature = case['token_mask'], case['temperature']
+    s = _cast(case['student'], case['dtype'])
+    t = _cast(case['teacher'], case['dtype'])
+    kw = dict(temperature=temperature, token_mask=mask)
+    values = losses.uld_loss(_with_garbage(s, mask), t[..., :-1], **kw)
+    grad = _student_grad(losses.uld_loss)(s, t[..., :-1], **kw)
+    _assert_finite('uld', values, grad)
+    assert (np.asarray(values)[~mask] == 0).all()
+    # Sorted L1 of two distributions: in [0, 2] (times T²).
+    assert (values >= -1e-6).all() and (values <= 2 * temperature ** 2 + 1e-4).all()
+    _assert_close('uld', losses.uld_loss(s, s, **kw), 0.0, 1e-5)
+    # Invariant to a permutation of either vocabulary.
+    _assert_close('uld', losses.uld_loss(s[..., ::-1], t[..., :-1], **kw), values, 1e-5)
+
+  check()
+
+
+def test_cross_tokenizer_divergence_with_one_tokenizer_is_the_forward_kl():
+  @hypothesis.given(_token_case(), st.booleans())
+  def check(case, mapped):
+    mask, temperature = case['token_mask'], case['temperature']
+    s, t = case['student'].astype(np.float32), case['teacher'].astype(np.float32)
+    labels = np.argmax(t, -1).astype(np.int32)
+    chunks = np.where(mask, np.arange(_TOKENS[1]), -1).astype(np.int32)
+    kw = dict(student_labels=labels, teacher_labels=labels, student_chunk=chunks,
+              teacher_chunk=chunks, temperature=temperature, token_mask=mask,
+              vocab_mapping=np.arange(_CLASSES, dtype=np.int32) if mapped else None)
+    values = losses.cross_tokenizer_divergence(_with_garbage(s, mask), t, **kw)
+    _assert_finite('cross_tokenizer', values)
+    assert (np.asarray(values)[~mask] == 0).all() and (values >= -1e-5).all()
+    if mapped:
+      expected = losses.token_divergence(s, t, temperature=temperature, token_mask=mask)
+      _assert_close('cross_tokenizer', values, expected, 1e-4 * max(1.0, float(np.abs(expected).max())))
+    _assert_close('cross_tokenizer', losses.cross_tokenizer_divergence(t, t, **kw), 0.0, 1e-5)
+
+  check()
+
+
+def test_minillm_surrogate():
+  @hypothesis.given(_token_case(), st.sampled_from((0.0, 0.2)), st.booleans())
+  def check(case, teacher_mix, single_step):
+    mask, temperature = case['token_mask'], case['temperature']
+    s = _cast(case['student'], case['dtype'])
+    t = _cast(case['teacher'], case['dtype'])
+    tokens = np.argmax(case['student'], -1).astype(np.int32)  # a class the student can sample
+    kw = dict(temperature=temperature, token_mask=mask, teacher_mix=teacher_mix)
+    values = losses.minillm_surrogate(_with_garbage(s, mask), t, tokens, single_step=single_step, **kw)
+    grad = _student_grad(losses.minillm_surrogate, single_step=single_step)(s, t, tokens, **kw)
+    _assert_finite('minillm', values, grad)
+    assert (np.asarray(values)[~mask] == 0).all()
+    if single_step:  # importance-weighted per-position reverse KL
+      assert (values >= -1e-5 * temperature ** 2).all()
+    _assert_close('minillm', losses.minillm_surrogate(s, s, tokens, single_step=single_step, **kw),
+                  0.0, 1e-4)
+
+  check()
+

@@ -142,7 +142,9 @@ def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
   p > 0 the result is +inf, as the divergence is, even when p underflows to
   0; that term is a constant, so the gradient is the finite part's (no NaN).
   """
-  # jnp.where broadcasts without rank promotion: `valid_p` may have fewer axes.
+  # A -inf `log_p` is no mass even where `valid_p` is True. jnp.where
+  # broadcasts without rank promotion: `valid_p` may have fewer axes.
+  valid_p = jnp.where(valid_p, log_p != -jnp.inf, False)
   finite = jnp.where(valid_p, log_q != -jnp.inf, False)
   log_p = jnp.where(finite, log_p, 0.0)
   log_q = jnp.where(finite, log_q, 0.0)
