@@ -417,3 +417,13 @@ def test_minillm_surrogate():
 
   check()
 
+
+def test_log_softmax_keeps_shift_invariance_at_large_logits():
+  # Found by the properties: x - (max + log_sum) rounded to float32's spacing
+  # at 2e4 (1e4 / T), so the KL moved by 3e-4 relative under a shift of 1e4.
+  student = np.array([[0.0, -np.inf, 0.0, 0.0]], np.float32)
+  teacher = np.array([[0.0, -np.inf, -1e4, 0.0]], np.float32)
+  expected = np.log(1.5) * 0.25  # p = (1/2, 0, 0, 1/2), q = (1/3, 0, 1/3, 1/3)
+  for shift in (0.0, 1e4):
+    values = losses.kl_divergence(student + shift, teacher + shift, temperature=0.5)
+    np.testing.assert_allclose(values, [expected], rtol=1e-6)

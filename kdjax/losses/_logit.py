@@ -98,10 +98,11 @@ def _scale_by_temperature(divergence: Array, temperature: ArrayLike) -> Array:
   return divergence * jnp.square(jnp.asarray(temperature, divergence.dtype))
 
 
-def _masked_logsumexp(x: Array, valid: Array) -> Array:
-  """``log(sum(exp(x)))`` over valid entries of the last axis, keepdims.
+def _masked_max_and_log_sum(x: Array, valid: Array) -> tuple[Array, Array]:
+  """``(m, l)`` with ``log(sum(exp(x)))`` = ``m + l`` over valid entries, keepdims.
 
-  Gives -inf where a row has no valid entry, with zero gradients there.
+  `m` is the row's largest valid entry (0 in a row with none, no gradient)
+  and `l` is -inf in a row with no valid entry, with zero gradients there.
   """
   row_max = jnp.max(jnp.where(valid, x, -jnp.inf), axis=-1, keepdims=True)
   row_max = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
@@ -110,7 +111,16 @@ def _masked_logsumexp(x: Array, valid: Array) -> Array:
   sum_exp = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
   has_mass = sum_exp > 0
   log_sum = jnp.log(jnp.where(has_mass, sum_exp, 1.0))
-  return jnp.where(has_mass, row_max + log_sum, -jnp.inf)
+  return row_max, jnp.where(has_mass, log_sum, -jnp.inf)
+
+
+def _masked_logsumexp(x: Array, valid: Array) -> Array:
+  """``log(sum(exp(x)))`` over valid entries of the last axis, keepdims.
+
+  Gives -inf where a row has no valid entry, with zero gradients there.
+  """
+  row_max, log_sum = _masked_max_and_log_sum(x, valid)
+  return row_max + log_sum
 
 
 def _masked_log_softmax(
@@ -130,8 +140,11 @@ def _masked_log_softmax(
   valid = logits != -jnp.inf
   if mask is not None:
     valid = valid & mask
-  log_norm = _masked_logsumexp(logits, valid)
-  return jnp.where(valid, logits - log_norm, -jnp.inf), valid
+  row_max, log_sum = _masked_max_and_log_sum(logits, valid)
+  # (x - max) - log_sum, not x - (max + log_sum): at logits of 1e4 the sum
+  # max + log_sum would round to float32's spacing there (~1e-3), and the
+  # result would no longer be invariant to a shift of the logits.
+  return jnp.where(valid, (logits - row_max) - log_sum, -jnp.inf), valid
 
 
 def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
