@@ -427,3 +427,128 @@ def test_log_softmax_keeps_shift_invariance_at_large_logits():
   for shift in (0.0, 1e4):
     values = losses.kl_divergence(student + shift, teacher + shift, temperature=0.5)
     np.testing.assert_allclose(values, [expected], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Feature and batch-relational losses, VID and CRD.
+
+_BATCH = 4
+_FEATURE_LOSSES = {
+    # name: (fn, per-example feature shape)
+    'hint_loss': (losses.hint_loss, (2, 2, 3)),
+    'attention_transfer': (losses.attention_transfer, (2, 2, 3)),
+    'nst': (losses.nst, (2, 2, 3)),
+    'similarity_preserving': (losses.similarity_preserving, (3,)),
+    'pkt': (losses.pkt, (3,)),
+    'rkd_distance': (losses.rkd_distance, (3,)),
+    'rkd_angle': (losses.rkd_angle, (3,)),
+    'correlation_congruence': (losses.correlation_congruence, (3,)),
+}
+
+
+@st.composite
+def _feature_case(draw, shape):
+  student, teacher = draw(_values((2, _BATCH) + shape, low=-3.0, high=3.0))
+  mask = draw(st.one_of(_mask((_BATCH,)), st.just(np.zeros(_BATCH, bool))))
+  garbage = draw(_values((_BATCH,) + shape, special=(1e4, -1e4)))
+  return dict(student=student, teacher=teacher, example_mask=mask, garbage=garbage,
+              dtype=draw(st.sampled_from(DTYPES)))
+
+
+@pytest.mark.parametrize('name', sorted(_FEATURE_LOSSES))
+def test_feature_losses(name):
+  fn, shape = _FEATURE_LOSSES[name]
+
+  @hypothesis.given(_feature_case(shape))
+  def check(case):
+    mask, dtype = case['example_mask'], case['dtype']
+    tol = 1e-4 if dtype == np.float32 else 5e-2
+    s, t = _cast(case['student'], dtype), _cast(case['teacher'], dtype)
+    values = fn(s, t, example_mask=mask)
+    grad = _student_grad(fn)(s, t, example_mask=mask)
+    _assert_finite(name, values, grad)
+    assert values.shape == (_BATCH,) and values.dtype == jnp.float32
+    assert (values >= -tol).all()
+    assert (np.asarray(values)[~mask] == 0).all()
+    if not mask.any():  # a fully masked batch: zeros and zero gradients
+      assert (np.asarray(grad, np.float32) == 0).all()
+    _assert_close(name, fn(s, s, example_mask=mask), 0.0, tol)
+    # Padding takes part in nothing: garbage there changes no value.
+    pad = (slice(None),) + (None,) * len(shape)
+    s_padded = _cast(np.where(mask[pad], case['student'], case['garbage']), dtype)
+    t_padded = _cast(np.where(mask[pad], case['teacher'], -case['garbage']), dtype)
+    scale = tol * max(1.0, float(np.abs(values).max()))
+    _assert_close(name, fn(s_padded, t_padded, example_mask=mask), values, scale)
+    # Mask == slice: the last example masked out is the last example dropped.
+    kept = mask.copy()
+    kept[-1] = False
+    _assert_close(name, fn(s, t, example_mask=kept)[:-1],
+                  fn(s[:-1], t[:-1], example_mask=mask[:-1]), scale)
+
+  check()
+
+
+@pytest.mark.parametrize('name', sorted(_FEATURE_LOSSES))
+def test_feature_losses_jit_equals_eager(name):
+  fn, shape = _FEATURE_LOSSES[name]
+
+  @hypothesis.given(_feature_case(shape))
+  @hypothesis.settings(max_examples=2)
+  def check(case):
+    kw = dict(example_mask=case['example_mask'])
+    jitted = jax.jit(fn)(case['student'], case['teacher'], **kw)
+    with jax.disable_jit():
+      eager = fn(case['student'], case['teacher'], **kw)
+    _assert_close(name, jitted, eager, 1e-4 * max(1.0, float(np.abs(eager).max())))
+
+  check()
+
+
+def test_vid():
+  @hypothesis.given(_feature_case((2, 2, 3)),
+                    hnp.arrays(np.float32, (3,), elements=st.sampled_from((1e-3, 0.1, 1.0, 10.0, 1e3))))
+  def check(case, variance):
+    mask, dtype = case['example_mask'], case['dtype']
+    mean, t = _cast(case['student'], dtype), _cast(case['teacher'], dtype)
+    values = losses.vid((mean, variance), t, example_mask=mask)
+    grad = jax.grad(lambda m: jnp.sum(losses.vid((m, variance), t, example_mask=mask)))(mean)
+    _assert_finite('vid', values, grad)
+    assert (np.asarray(values)[~mask] == 0).all()
+    # A perfect mean leaves only the log-variance term, the minimum over the mean.
+    best = losses.vid((t, variance), t, example_mask=mask)
+    _assert_close('vid', best, np.where(mask, 0.5 * np.mean(np.log(variance)), 0.0), 1e-3)
+    assert (values >= best - 1e-3).all()
+
+  check()
+
+
+def test_crd():
+  num_data, dim = 8, 3
+
+  @hypothesis.given(_feature_case((dim,)),
+                    hnp.arrays(np.int32, (_BATCH,), elements=st.integers(0, num_data - 1)),
+                    st.integers(0, 2**16))
+  def check(case, indices, seed):
+    mask, dtype = case['example_mask'], case['dtype']
+    key = jax.random.PRNGKey(seed)
+    memory = losses.crd_memory_init(key, num_data, dim)
+    negatives = losses.crd_negatives(key, indices, num_data, 5)
+    s, t = _cast(case['student'], dtype), _cast(case['teacher'], dtype)
+    values, new_memory = losses.crd(s, t, memory, indices, negatives, example_mask=mask)
+    grad = jax.grad(lambda x: jnp.sum(losses.crd(x, t, memory, indices, negatives,
+                                                 example_mask=mask)[0]))(s)
+    _assert_finite('crd', values, grad, new_memory.student, new_memory.teacher)
+    # Each side is -log of NCE posteriors, probabilities: non-negative.
+    assert (values >= -1e-5).all()
+    assert (np.asarray(values)[~mask] == 0).all()
+
+  check()
+
+
+def test_pkt_gradient_is_finite_at_zero_features():
+  # Found by the properties: the norm's sqrt at an all-zero feature vector
+  # had an infinite derivative, and the gradient was NaN.
+  zeros = np.zeros((3, 4), np.float32)
+  features = np.arange(12, dtype=np.float32).reshape(3, 4)
+  for student, teacher in ((zeros, features), (features, zeros), (zeros, zeros)):
+    _assert_finite('pkt', _student_grad(losses.pkt)(student, teacher))
