@@ -533,7 +533,9 @@ def test_crd():
     key = jax.random.PRNGKey(seed)
     memory = losses.crd_memory_init(key, num_data, dim)
     negatives = losses.crd_negatives(key, indices, num_data, 5)
-    s, t = _cast(case['student'], dtype), _cast(case['teacher'], dtype)
+    # CRD takes unit-norm embeddings (a CRDHead's); the draws are normalised.
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+    s, t = _cast(unit(case['student']), dtype), _cast(unit(case['teacher']), dtype)
     values, new_memory = losses.crd(s, t, memory, indices, negatives, example_mask=mask)
     grad = jax.grad(lambda x: jnp.sum(losses.crd(x, t, memory, indices, negatives,
                                                  example_mask=mask)[0]))(s)
@@ -552,3 +554,21 @@ def test_pkt_gradient_is_finite_at_zero_features():
   features = np.arange(12, dtype=np.float32).reshape(3, 4)
   for student, teacher in ((zeros, features), (features, zeros), (zeros, zeros)):
     _assert_finite('pkt', _student_grad(losses.pkt)(student, teacher))
+
+
+def test_crd_fully_masked_first_batch_leaves_the_normalisers_unset():
+  # Found by the properties: a first batch of padding only set Z = 0, so the
+  # scores were divided by 0 and the gradient was NaN.
+  key = jax.random.PRNGKey(0)
+  memory = losses.crd_memory_init(key, 8, 3)
+  indices = np.arange(4, dtype=np.int32)
+  negatives = losses.crd_negatives(key, indices, 8, 5)
+  embedding = np.ones((4, 3), np.float32) / np.sqrt(3.0)
+  mask = np.zeros(4, bool)
+  values, new_memory = losses.crd(embedding, embedding, memory, indices, negatives,
+                                  example_mask=mask)
+  grad = jax.grad(lambda x: jnp.sum(losses.crd(x, embedding, memory, indices, negatives,
+                                               example_mask=mask)[0]))(embedding)
+  np.testing.assert_array_equal(values, 0.0)
+  _assert_finite('crd', grad)
+  assert new_memory.z_student <= 0 and new_memory.z_teacher <= 0
