@@ -46,6 +46,8 @@ fixed before the run, the same for every student.
 
 import ml_collections
 
+from kdjax import config as config_lib
+
 
 def _model(num_layers, hidden, num_heads, mlp_dim, dropout):
   return ml_collections.ConfigDict({
@@ -121,3 +123,40 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   elif scale != 'cpu':
     raise ValueError(f"unknown scale {scale!r}; use 'cpu' or 'full'")
   return c
+
+
+def schema() -> config_lib.Schema:
+  """What ``experiments/lm_kd.py`` accepts: keys and types of the defaults,
+  these bounds, and the rules below."""
+  cl = config_lib
+  bounds = {
+      'teacher.positions': cl.one_of('rope', 'learned'),
+      'student.positions': cl.one_of('rope', 'learned'),
+      'scale': cl.one_of('cpu', 'full'),
+      'seeds': cl.nonnegative(each=True),
+      'teacher_seed': cl.nonnegative(),
+      'variants': cl.one_of('labels', 'forward_kl', 'reverse_kl', 'jsd', 'skew_kl', each=True),
+      'data.val_fraction': cl.unit_interval(high_open=True),
+      'data.test_fraction': cl.unit_interval(high_open=True),
+      'data.train_bytes': cl.nonnegative(),
+      'data.val_bytes': cl.nonnegative(),
+      'data.test_bytes': cl.nonnegative(),
+      'data.context': cl.positive(),
+      'data.eval_batch_size': cl.positive(),
+      'kd.temperature': cl.positive(),
+      'kd.kd_weight_grid': cl.unit_interval(each=True),
+      'kd.jsd_beta': cl.unit_interval(),
+      'kd.skew_alpha': cl.unit_interval(),
+  }
+  for model in ('teacher', 'student'):
+    positive = ('num_layers', 'hidden', 'num_heads', 'mlp_dim', 'epochs', 'batch_size',
+                'learning_rate')
+    bounds.update(cl.bounds_under(model, cl.positive(), positive))
+    bounds.update(cl.bounds_under(model, cl.nonnegative(), ('warmup_steps', 'weight_decay')))
+    bounds[f'{model}.dropout'] = cl.unit_interval(high_open=True)
+  rules = (cl.non_empty('seeds'), cl.distinct('seeds'), cl.non_empty('variants'),
+           cl.distinct('variants'), cl.non_empty('kd.kd_weight_grid'),
+           cl.divisible('teacher.hidden', 'teacher.num_heads'),
+           cl.divisible('student.hidden', 'student.num_heads'),
+           cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0))
+  return cl.Schema(get_config('cpu'), bounds, rules)
