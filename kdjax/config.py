@@ -149,8 +149,8 @@ class ConfigError(ValueError):
 class Bound:
   """The allowed values of one key: an interval and/or a set of choices.
 
-  With ``each=True`` the bound applies to every element of a tuple value
-  (``subset=True`` with choices: the elements must be distinct choices).
+  With ``each=True`` the bound applies to every element of a tuple value.
+  A NaN is never allowed.
   """
 
   low: float | None = None
@@ -190,24 +190,41 @@ class Bound:
 
 
 def positive(*, each: bool = False) -> Bound:
+  """``> 0`` (of every element with ``each=True``)."""
   return Bound(low=0, low_open=True, each=each)
 
 
 def nonnegative(*, each: bool = False) -> Bound:
+  """``>= 0`` (of every element with ``each=True``)."""
   return Bound(low=0, each=each)
 
 
 def unit_interval(*, each: bool = False, high_open: bool = False) -> Bound:
+  """In ``[0, 1]``, or ``[0, 1)`` with ``high_open=True``."""
   return Bound(low=0, high=1, high_open=high_open, each=each)
 
 
 def one_of(*choices: Any, each: bool = False) -> Bound:
+  """One of `choices` (every element one of them with ``each=True``)."""
   return Bound(choices=tuple(choices), each=each)
 
 
 def bounds_under(prefix: str, bound: Bound, keys: Iterable[str]) -> dict[str, Bound]:
   """The same `bound` for each ``prefix.key``: ``{f'{prefix}.{key}': bound}``."""
   return {f'{prefix}.{key}': bound for key in keys}
+
+
+def recipe_bounds(prefix: str, sizes: Iterable[str]) -> dict[str, Bound]:
+  """Bounds of a model group trained with a warm-up recipe.
+
+  `sizes` (layer counts, widths, heads), ``epochs``, ``batch_size`` and
+  ``learning_rate`` > 0; ``warmup_steps`` and ``weight_decay`` >= 0;
+  ``dropout`` in ``[0, 1)``, all under `prefix`.
+  """
+  bounds = bounds_under(prefix, positive(), (*sizes, 'epochs', 'batch_size', 'learning_rate'))
+  bounds.update(bounds_under(prefix, nonnegative(), ('warmup_steps', 'weight_decay')))
+  bounds[f'{prefix}.dropout'] = unit_interval(high_open=True)
+  return bounds
 
 
 Problem = tuple[str, Any, str]
@@ -430,3 +447,8 @@ def sum_below(keys: Sequence[str], limit: float) -> Rule:
         yield (key, value_at(config, key), f'{" + ".join(keys)} = {total:g} must be < {limit:g}')
 
   return rule
+
+
+def distinct_non_empty(*keys: str) -> list[Rule]:
+  """:func:`non_empty` and :func:`distinct` for each of `keys`."""
+  return [rule(key) for key in keys for rule in (non_empty, distinct)]

@@ -139,6 +139,8 @@ def test_logit_divergences(name, dtype):
     masked = fn(_cast(garbage_student, dtype), _cast(garbage_teacher, dtype),
                 where=where & ~shared_inf, **kw)
     _assert_close(name, masked, values, tol)
+    if dtype != np.float32:
+      return  # the rest compiles new shapes: checked once, in float32
     # Mask == slice: the last class masked out is the last class sliced away.
     last_out = where.copy()
     last_out[:, -1] = False
@@ -152,10 +154,9 @@ def test_logit_divergences(name, dtype):
         _cast(np.where(where, teacher, -np.inf), dtype)[None],
         divergence=name, token_mask=token_mask[None], **kw)
     _assert_close(name, token_values[0], np.where(token_mask, values, 0.0), tol)
-    if dtype == np.float32:
-      # Shift invariance: a constant added to a row of logits changes nothing.
-      shifted = fn(s + case['shift'], t - 2 * case['shift'], where=where, **kw)
-      _assert_close(name, shifted, values, 1e-4 * max(1.0, np.abs(values).max()))
+    # Shift invariance: a constant added to a row of logits changes nothing.
+    shifted = fn(s + case['shift'], t - 2 * case['shift'], where=where, **kw)
+    _assert_close(name, shifted, values, 1e-4 * max(1.0, np.abs(values).max()))
 
   check()
 
@@ -280,13 +281,16 @@ def test_decoupled_kd_and_cross_entropy(dtype):
     # Zhao et al.'s reformulation: KL = TCKD + (1 - p_target) NCKD.
     _assert_close('dkd', tckd + (1 - target_prob) * nckd, kl, scale)
     _assert_close('dkd', losses.decoupled_kd(s, s, labels, temperature=temperature, where=where), 0.0, scale)
-    # Cross entropy: non-negative, shift invariant, +inf only on a label with no mass.
+    # Cross entropy: non-negative and shift invariant; +inf exactly on a label
+    # with no mass (masked out or -inf) in a row that has a class left.
     ce = np.asarray(losses.cross_entropy(s, labels, where=where))
-    label_gone = ~np.take_along_axis(where & ~case['shared_inf'], labels[:, None], -1)[:, 0]
+    present = where & ~case['shared_inf']
+    label_gone = ~np.take_along_axis(present, labels[:, None], -1)[:, 0]
+    row_empty = ~present.any(-1)
     _assert_no_nan('cross_entropy', ce)
-    row_empty = ~(where & ~case['shared_inf']).any(-1)
-    assert np.isfinite(ce[~label_gone]).all() and (ce >= -tol).all()
-    assert (np.isposinf(ce[label_gone & ~row_empty]) | (ce[label_gone & ~row_empty] == 0)).all() or True
+    _assert_finite('cross_entropy grad', _student_grad(losses.cross_entropy)(s, labels, where=where))
+    np.testing.assert_array_equal(np.isposinf(ce), label_gone & ~row_empty)
+    assert (ce[row_empty] == 0).all() and (ce >= -tol).all()
     if dtype == np.float32:
       shifted = losses.cross_entropy(s + case['shift'], labels, where=where)
       _assert_close('cross_entropy', np.where(label_gone, 0, shifted), np.where(label_gone, 0, ce),

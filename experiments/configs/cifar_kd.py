@@ -312,7 +312,7 @@ def schema() -> config_lib.Schema:
     bounds[f'{model}.train.decay_fractions'] = cl.Bound(low=0, high=1, low_open=True,
                                                         high_open=True, each=True)
   rules = (
-      cl.non_empty('seeds'), cl.distinct('seeds'), cl.non_empty('methods'), cl.distinct('methods'),
+      *cl.distinct_non_empty('seeds', 'methods'),
       _features_exist((('fitnets.student_feature', ('student',)),
                        ('fitnets.teacher_feature', ('teacher',)),
                        ('at.features', ('teacher', 'student')),

@@ -151,6 +151,6 @@ def schema() -> config_lib.Schema:
       'kd.soft_weight': cl.unit_interval(),
       'omitted.label': cl.one_of(*range(10)),
   }
-  rules = (cl.non_empty('seeds'), cl.distinct('seeds'), cl.non_empty('student.hidden_sizes'),
+  rules = (*cl.distinct_non_empty('seeds'), cl.non_empty('student.hidden_sizes'),
            cl.non_empty('teacher.hidden_sizes'))
   return cl.Schema(get_config('cpu'), bounds, rules)

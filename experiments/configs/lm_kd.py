@@ -138,9 +138,7 @@ def schema() -> config_lib.Schema:
       'variants': cl.one_of('labels', 'forward_kl', 'reverse_kl', 'jsd', 'skew_kl', each=True),
       'data.val_fraction': cl.unit_interval(high_open=True),
       'data.test_fraction': cl.unit_interval(high_open=True),
-      'data.train_bytes': cl.nonnegative(),
-      'data.val_bytes': cl.nonnegative(),
-      'data.test_bytes': cl.nonnegative(),
+      **cl.bounds_under('data', cl.nonnegative(), ('train_bytes', 'val_bytes', 'test_bytes')),
       'data.context': cl.positive(),
       'data.eval_batch_size': cl.positive(),
       'kd.temperature': cl.positive(),
@@ -149,13 +147,8 @@ def schema() -> config_lib.Schema:
       'kd.skew_alpha': cl.unit_interval(),
   }
   for model in ('teacher', 'student'):
-    positive = ('num_layers', 'hidden', 'num_heads', 'mlp_dim', 'epochs', 'batch_size',
-                'learning_rate')
-    bounds.update(cl.bounds_under(model, cl.positive(), positive))
-    bounds.update(cl.bounds_under(model, cl.nonnegative(), ('warmup_steps', 'weight_decay')))
-    bounds[f'{model}.dropout'] = cl.unit_interval(high_open=True)
-  rules = (cl.non_empty('seeds'), cl.distinct('seeds'), cl.non_empty('variants'),
-           cl.distinct('variants'), cl.non_empty('kd.kd_weight_grid'),
+    bounds.update(cl.recipe_bounds(model, ('num_layers', 'hidden', 'num_heads', 'mlp_dim')))
+  rules = (*cl.distinct_non_empty('seeds', 'variants'), cl.non_empty('kd.kd_weight_grid'),
            cl.divisible('teacher.hidden', 'teacher.num_heads'),
            cl.divisible('student.hidden', 'student.num_heads'),
            cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0))

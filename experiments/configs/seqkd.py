@@ -115,9 +115,7 @@ def schema() -> config_lib.Schema:
       'data.min_eval_pairs': cl.nonnegative(),
       'data.max_source_len': cl.positive(),
       'data.max_target_len': cl.positive(),
-      'data.max_train': cl.nonnegative(),
-      'data.max_val': cl.nonnegative(),
-      'data.max_test': cl.nonnegative(),
+      **cl.bounds_under('data', cl.nonnegative(), ('max_train', 'max_val', 'max_test')),
       'data.subset_seed': cl.nonnegative(),
       'kd.temperature': cl.positive(),
       'kd.kd_weight_grid': cl.unit_interval(each=True),
@@ -128,13 +126,9 @@ def schema() -> config_lib.Schema:
       'eval.batch_size': cl.positive(),
   }
   for model in ('teacher', 'student'):
-    positive = ('encoder_layers', 'decoder_layers', 'hidden', 'num_heads', 'mlp_dim', 'epochs',
-                'batch_size', 'learning_rate')
-    bounds.update(cl.bounds_under(model, cl.positive(), positive))
-    bounds.update(cl.bounds_under(model, cl.nonnegative(), ('warmup_steps', 'weight_decay')))
-    bounds[f'{model}.dropout'] = cl.unit_interval(high_open=True)
-  rules = (cl.non_empty('seeds'), cl.distinct('seeds'), cl.non_empty('variants'),
-           cl.distinct('variants'), cl.non_empty('kd.kd_weight_grid'),
+    bounds.update(cl.recipe_bounds(model, ('encoder_layers', 'decoder_layers', 'hidden', 'num_heads',
+                                         'mlp_dim')))
+  rules = (*cl.distinct_non_empty('seeds', 'variants'), cl.non_empty('kd.kd_weight_grid'),
            cl.divisible('teacher.hidden', 'teacher.num_heads'),
            cl.divisible('student.hidden', 'student.num_heads'),
            cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0))
