@@ -19,7 +19,7 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 import hypothesis  # noqa: E402
 
 hypothesis.settings.register_profile(
-    'ci', max_examples=6, deadline=None, derandomize=True, database=None,
+    'ci', max_examples=5, deadline=None, derandomize=True, database=None,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 hypothesis.settings.register_profile(
     'slow', max_examples=300, deadline=None,
