@@ -247,9 +247,14 @@ def test_chunked_divergence(name):
     _assert_finite(name, values)
     _assert_close(name, values, dense, 1e-4 * max(1.0, np.abs(dense).max()))
     assert (np.asarray(values)[~case['token_mask']] == 0).all()
-    assert (values >= -1e-5).all()
+    # The vocabulary-blocked form subtracts max + log_sum in one step: its
+    # log-probabilities round to float32's spacing at the tempered logits.
+    temperature = case['temperature']
+    logits = max(np.abs(h @ w).max(), np.abs(th @ tw).max()) / temperature
+    rounding = 4e-6 * temperature ** 2 * max(1.0, float(logits))
+    assert (values >= -rounding).all()
     same = losses.chunked_divergence(h, w, h, w, token_chunk=2, vocab_chunk=2, **kw)
-    _assert_close(name, same, 0.0, 1e-5 * case['temperature'] ** 2)
+    _assert_close(name, same, 0.0, rounding)
     grad = jax.grad(lambda x: jnp.sum(losses.chunked_divergence(
         x, w, th, tw, token_chunk=2, vocab_chunk=2, **kw)))(h)
     _assert_finite(name, grad)
