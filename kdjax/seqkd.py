@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import hashlib
-import json
 import os
 import zipfile
 from typing import Any
@@ -38,8 +37,9 @@ import tensorflow_datasets as tfds
 
 from kdjax import _checks
 from kdjax.data._builder import OfflineArrayBuilder
+from kdjax.data._builder import atomic_savez
+from kdjax.data._builder import claim_chunk_dir
 from kdjax.data._builder import import_optional
-from kdjax.data._translation import write_json
 
 SELECTIONS = ('beam', 'bleu')
 _CHUNK_KEYS = ('tokens', 'lengths', 'scores')
@@ -87,12 +87,6 @@ def _fingerprint(source: np.ndarray, source_mask: np.ndarray, batch_size: int,
   return digest.hexdigest()[:16]
 
 
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
 def generate_teacher_chunks(
     decode: Decode,
     source: np.ndarray,
@@ -134,24 +128,8 @@ def generate_teacher_chunks(
         f'{source.shape} and source_mask with shape {source_mask.shape}.'
     )
   _checks.check_positive_int('batch_size', batch_size)
-  os.makedirs(chunk_dir, exist_ok=True)
   stamp = _fingerprint(source, source_mask, batch_size, fingerprint)
-  spec_path = os.path.join(chunk_dir, 'spec.json')
-  if os.path.exists(spec_path):
-    try:
-      with open(spec_path, encoding='utf-8') as f:
-        found = json.load(f)['fingerprint']
-    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
-      raise ValueError(f'{spec_path}: not a chunk spec ({e!r}); delete {chunk_dir!r} to '
-                       'decode again.') from None
-    if found != stamp:
-      raise ValueError(
-          f'chunk_dir {chunk_dir!r} holds chunks of another build (fingerprint {found}, '
-          f'this build {stamp}): use a new directory or delete it.'
-      )
-  else:
-    write_json(spec_path, {'fingerprint': stamp, 'num_sources': len(source),
-                           'batch_size': int(batch_size)})
+  claim_chunk_dir(chunk_dir, stamp, {'num_sources': len(source), 'batch_size': int(batch_size)})
   num = len(source)
   num_chunks = -(-num // batch_size)
   parts = []
@@ -168,7 +146,7 @@ def generate_teacher_chunks(
             'decode must return beam search output (tokens [batch, width, length]), got '
             f"tokens with shape {arrays['tokens'].shape}."
         )
-      _atomic_savez(path, **arrays)
+      atomic_savez(path, **arrays)
       if log:
         log(f'teacher chunk {i + 1}/{num_chunks} ({hi} of {num} sources)')
     parts.append(_load_chunk(path, hi - lo))

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax.data._translation import write_json
+from kdjax.data._builder import write_json
 
 Array = np.ndarray
 

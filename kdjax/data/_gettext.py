@@ -56,10 +56,9 @@ import gettext
 import glob
 import os
 import re
-import subprocess
-import tempfile
 import unicodedata
 
+from kdjax.data import _debian
 from kdjax.data import _text
 
 
@@ -487,36 +486,11 @@ def fetch_catalogs(
   Returns:
     ``({catalog (domain): [.mo paths]}, {package: version})``.
   """
-  cache_dir = os.fspath(cache_dir)
-  debs_dir = os.path.join(cache_dir, 'debs')
-  os.makedirs(debs_dir, exist_ok=True)
-
-  def deb_of(package: str) -> str | None:
-    found = sorted(glob.glob(os.path.join(debs_dir, f'{package}_*.deb')))
-    return found[-1] if found else None
-
-  missing = [p for p in packages if deb_of(p) is None]
-  if missing:
-    proc = subprocess.run(
-        ['apt-get', 'download', *missing], cwd=debs_dir, capture_output=True,
-        text=True, check=False)
-    if proc.returncode != 0:
-      raise RuntimeError(
-          f'apt-get download failed for packages {missing}: {proc.stderr.strip()}')
+  debs = _debian.download_packages(packages, cache_dir=cache_dir)
   versions, catalog_files = {}, collections.defaultdict(list)
   for package in sorted(packages):
-    deb = deb_of(package)
-    if deb is None:
-      raise RuntimeError(f'packages: {package!r} was not downloaded into {debs_dir}')
-    versions[package] = subprocess.run(
-        ['dpkg-deb', '-f', deb, 'Version'], capture_output=True, text=True,
-        check=True).stdout.strip()
-    root = os.path.join(cache_dir, 'extracted', package)
-    if not os.path.isdir(root):
-      tmp = tempfile.mkdtemp(dir=os.path.join(cache_dir), prefix='.extract-')
-      subprocess.run(['dpkg-deb', '-x', deb, tmp], check=True)
-      os.makedirs(os.path.dirname(root), exist_ok=True)
-      os.replace(tmp, root)
+    versions[package] = _debian.package_version(debs[package])
+    root = _debian.extract_package(debs[package], cache_dir=cache_dir, package=package)
     seen = set()
     for locale_dir in _locale_dirs(root, lang):
       for path in sorted(glob.glob(os.path.join(locale_dir, 'LC_MESSAGES', '*.mo'))):
