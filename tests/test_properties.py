@@ -615,3 +615,68 @@ def test_crd_fully_masked_first_batch_leaves_the_normalisers_unset():
   np.testing.assert_array_equal(values, 0.0)
   _assert_finite('crd', grad)
   assert new_memory.z_student <= 0 and new_memory.z_teacher <= 0
+
+
+# ----------------------------------------------------------------------------
+# Transformer (TinyBERT, DistilBERT, MiniLM) losses: per-token values.
+
+_TRANSFORMER_LOSSES = {
+    # name: (fn, per-example shape, static options)
+    'attention_score_mse': (losses.attention_score_mse, (2, 3, 3), {}),
+    'attention_kl': (losses.attention_kl, (2, 3, 3), {}),
+    'relation_kl': (losses.relation_kl, (3, 4), {'num_relation_heads': 2}),
+    'hidden_mse': (losses.hidden_mse, (3, 4), {}),
+    'cosine_embedding_loss': (losses.cosine_embedding_loss, (3, 4), {}),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_TRANSFORMER_LOSSES))
+def test_transformer_losses(name):
+  fn, shape, static = _TRANSFORMER_LOSSES[name]
+
+  @hypothesis.given(_values((2, 1) + shape, low=-3.0, high=3.0), _row_masks((1, 3, 1)),
+                    DRAWN_DTYPES)
+  def check(features, token_mask, dtype):
+    token_mask = token_mask[..., 0]
+    tol = 1e-4 if dtype == np.float32 else 5e-2
+    s, t = _cast(features[0], dtype), _cast(features[1], dtype)
+    values = fn(s, t, token_mask=token_mask, **static)
+    grad = _student_grad(fn, **static)(s, t, token_mask=token_mask)
+    _assert_finite(name, values)
+    _assert_finite_gradient(name, grad, lambda: _student_grad(fn, **static)(
+        s.astype(np.float32), t.astype(np.float32), token_mask=token_mask))
+    assert values.shape == (1, 3) and (values >= -tol).all()
+    assert (np.asarray(values)[~token_mask] == 0).all()
+    scale = tol * max(1.0, float(np.abs(values).max()))
+    _assert_close(name, fn(t, t, token_mask=token_mask, **static), 0.0, scale)
+
+  check()
+
+
+def test_soft_cross_entropy():
+  @hypothesis.given(_divergence_case('forward_kl'), DRAWN_DTYPES)
+  def check(case, dtype):
+    s = _cast(np.where(case['shared_inf'], -np.inf, case['student']), dtype)
+    t = _cast(np.where(case['shared_inf'], -np.inf, case['teacher']), dtype)
+    temperature = case['temperature']
+    values = losses.soft_cross_entropy(s, t, temperature=temperature)
+    _assert_finite('soft_cross_entropy', values,
+                   _student_grad(losses.soft_cross_entropy)(s, t, temperature=temperature))
+    # Cross entropy = H(p) + KL(p || q) >= H(p), the value at equality.
+    entropy = losses.soft_cross_entropy(t, t, temperature=temperature)
+    tol = _low_precision_tol(dtype) * max(1.0, float(np.abs(values).max()))
+    assert (values >= entropy - tol).all() and (entropy >= -tol).all()
+
+  check()
+
+
+def test_soft_cross_entropy_with_shared_minus_inf_logits_is_finite():
+  # Found by the properties: a -inf logit shared by student and teacher gave
+  # 0 * -inf = NaN, and so did a row of -inf logits (now 0).
+  student = np.array([[1.0, -np.inf, 2.0], [-np.inf] * 3], np.float32)
+  teacher = np.array([[0.5, -np.inf, 1.0], [-np.inf] * 3], np.float32)
+  values = losses.soft_cross_entropy(student, teacher)
+  p = np.exp([0.5, 1.0]) / np.exp([0.5, 1.0]).sum()
+  log_q = np.array([1.0, 2.0]) - np.log(np.exp([1.0, 2.0]).sum())
+  np.testing.assert_allclose(values, [-(p * log_q).sum(), 0.0], rtol=1e-6)
+  _assert_finite('soft_cross_entropy', _student_grad(losses.soft_cross_entropy)(student, teacher))
