@@ -58,8 +58,10 @@ cifar-demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(WORKERS) -m 'not slow' tests
 
+# The slow tests, then the property-based tests with many examples each.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow tests
+	KDJAX_HYPOTHESIS_PROFILE=slow $(BIN)/python -m pytest tests/test_properties.py
 
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W -b html docs docs/_build/html

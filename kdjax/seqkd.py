@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 import hashlib
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -148,9 +149,30 @@ def generate_teacher_chunks(
       atomic_savez(path, **arrays)
       if log:
         log(f'teacher chunk {i + 1}/{num_chunks} ({hi} of {num} sources)')
-    with np.load(path) as saved:
-      parts.append({key: saved[key] for key in _CHUNK_KEYS})
+    parts.append(_load_chunk(path, hi - lo))
   return {key: np.concatenate([p[key] for p in parts]) for key in _CHUNK_KEYS}
+
+
+def _load_chunk(path: str, rows: int) -> dict[str, np.ndarray]:
+  """A chunk of teacher outputs, never unpickled, its keys and row count checked.
+
+  Raises:
+    ValueError: naming the file when it is truncated, corrupt, or holds
+      other arrays or another number of rows than its chunk (delete it to
+      decode it again).
+  """
+  try:
+    # Opened here, so the file is closed even when np.load fails on it.
+    with open(path, 'rb') as f, np.load(f, allow_pickle=False) as saved:
+      arrays = {key: saved[key] for key in _CHUNK_KEYS}
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+    raise ValueError(f'{path}: not a readable chunk of teacher outputs ({e}); delete it to '
+                     'decode the chunk again.') from None
+  shapes = {key: value.shape for key, value in arrays.items()}
+  if arrays['tokens'].ndim != 3 or any(shape[:1] != (rows,) for shape in shapes.values()):
+    raise ValueError(f'{path}: arrays of shapes {shapes}, where the chunk has {rows} sources '
+                     '(tokens [rows, width, length]); delete it to decode the chunk again.')
+  return arrays
 
 
 class SequenceKDData(OfflineArrayBuilder, skip_registration=True):

@@ -36,6 +36,21 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
 
 
+# Hypothesis (tests/test_properties.py): `ci`, the default, runs few examples
+# with a fixed seed, so `make test` is quick and never flaky; `make test-slow`
+# selects `slow` through KDJAX_HYPOTHESIS_PROFILE. No deadline: the first
+# example of each test pays for the compilation.
+import hypothesis  # noqa: E402
+
+hypothesis.settings.register_profile(
+    'ci', max_examples=5, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.register_profile(
+    'slow', max_examples=300, deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile(os.environ.get('KDJAX_HYPOTHESIS_PROFILE', 'ci'))
+
+
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if _OWNS_CACHE:

@@ -57,8 +57,12 @@ def claim_chunk_dir(chunk_dir: str, fingerprint: str, spec: dict[str, object]) -
   os.makedirs(chunk_dir, exist_ok=True)
   spec_path = os.path.join(chunk_dir, 'spec.json')
   if os.path.exists(spec_path):
-    with open(spec_path, encoding='utf-8') as f:
-      found = json.load(f)['fingerprint']
+    try:
+      with open(spec_path, encoding='utf-8') as f:
+        found = json.load(f)['fingerprint']
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+      raise ValueError(f'{spec_path}: not a chunk spec ({e!r}); delete {chunk_dir!r} to '
+                       'build again.') from None
     if found != fingerprint:
       raise ValueError(
           f'chunk_dir {chunk_dir!r} holds chunks of another build (fingerprint {found}, '

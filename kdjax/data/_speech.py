@@ -262,7 +262,7 @@ def chunk_failures(paths: Sequence[str]) -> list[str]:
   """The utterances left out of chunk files, with the reason."""
   failed = []
   for path in paths:
-    with np.load(path) as saved:
+    with np.load(path, allow_pickle=False) as saved:
       failed.extend(str(line) for line in saved['failed'])
   return failed
 
@@ -271,7 +271,7 @@ def read_chunks(paths: Sequence[str]) -> list[dict[str, Any]]:
   """The examples of chunk files, in order."""
   examples = []
   for path in paths:
-    with np.load(path) as saved:
+    with np.load(path, allow_pickle=False) as saved:
       examples.extend(unpack_chunk({key: saved[key] for key in saved.files}))
   return examples
 
@@ -286,7 +286,7 @@ def document_splits(documents: Sequence[str], *, val_fraction: float,
 
 
 def _chunk_documents(path: str) -> list[str]:
-  with np.load(path) as saved:
+  with np.load(path, allow_pickle=False) as saved:
     return [str(d) for d in saved['document']]
 
 

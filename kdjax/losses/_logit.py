@@ -98,13 +98,14 @@ def _scale_by_temperature(divergence: Array, temperature: ArrayLike) -> Array:
   return divergence * jnp.square(jnp.asarray(temperature, divergence.dtype))
 
 
-def _masked_logsumexp(x: Array, valid: Array | None) -> Array:
-  """``log(sum(exp(x)))`` over valid entries of the last axis, keepdims.
+def _masked_max_and_log_sum(x: Array, valid: Array | None) -> tuple[Array, Array]:
+  """``(m, l)`` with ``log(sum(exp(x)))`` = ``m + l`` over valid entries, keepdims.
 
   `valid` None means every entry; a -inf entry then adds ``exp(-inf) = 0``
   with a zero derivative by itself, so no select is spent on it (the train
-  step's hot path: see ``benchmarks/step_overhead.py``). Gives -inf where a
-  row has no valid entry, with zero gradients there.
+  step's hot path: see ``benchmarks/step_overhead.py``). `m` is the row's
+  largest valid entry (0 in a row with none, no gradient) and `l` is -inf
+  in a row with no valid entry, with zero gradients there.
   """
   # -inf (not x) on invalid entries: exp(-inf) = 0 has a zero derivative.
   masked = x if valid is None else jnp.where(valid, x, -jnp.inf)
@@ -114,7 +115,17 @@ def _masked_logsumexp(x: Array, valid: Array | None) -> Array:
   sum_exp = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
   has_mass = sum_exp > 0
   log_sum = jnp.log(jnp.where(has_mass, sum_exp, 1.0))
-  return jnp.where(has_mass, row_max + log_sum, -jnp.inf)
+  return row_max, jnp.where(has_mass, log_sum, -jnp.inf)
+
+
+def _masked_logsumexp(x: Array, valid: Array | None) -> Array:
+  """``log(sum(exp(x)))`` over valid entries of the last axis, keepdims.
+
+  `valid` None means every entry (see :func:`_masked_max_and_log_sum`).
+  Gives -inf where a row has no valid entry, with zero gradients there.
+  """
+  row_max, log_sum = _masked_max_and_log_sum(x, valid)
+  return row_max + log_sum
 
 
 def _masked_log_softmax(
@@ -136,23 +147,32 @@ def _masked_log_softmax(
     valid = valid & mask
   # Without a class mask the -inf logits are the only invalid entries, which
   # the log-sum-exp leaves out by itself.
-  log_norm = _masked_logsumexp(logits, None if mask is None else valid)
-  return jnp.where(valid, logits - log_norm, -jnp.inf), valid
+  row_max, log_sum = _masked_max_and_log_sum(logits, None if mask is None else valid)
+  # (x - max) - log_sum, not x - (max + log_sum): at logits of 1e4 the sum
+  # max + log_sum would round to float32's spacing there (~1e-3), and the
+  # result would no longer be invariant to a shift of the logits.
+  return jnp.where(valid, (logits - row_max) - log_sum, -jnp.inf), valid
 
 
 def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
   """``sum_c p_c (log p_c - log q_c)`` over classes where p > 0.
 
-  Entries outside `valid_p` (where `log_p` is -inf) have ``p = exp(-inf) =
-  0`` with a zero derivative; their logs are replaced by 0 before any
-  arithmetic, so that no 0 * inf reaches the value or the gradient and the
-  product is 0 there without a select of its own. Where q = 0 but p > 0 the
-  result is +inf, as the divergence is.
+  Entries outside `valid_p` are replaced before any arithmetic, so that no
+  0 * inf reaches the value or the gradient. Where q = 0 (``log_q`` -inf) but
+  p > 0 the result is +inf, as the divergence is, even when p underflows to
+  0; that term is a constant, so the gradient is the finite part's (no NaN).
   """
-  p = jnp.exp(log_p)
-  log_p = jnp.where(valid_p, log_p, 0.0)
-  log_q = jnp.where(valid_p, log_q, 0.0)
-  return jnp.sum(p * (log_p - log_q), axis=-1)
+  # A -inf `log_p` is no mass even where `valid_p` is True. jnp.where
+  # broadcasts without rank promotion: `valid_p` may have fewer axes.
+  valid_p = jnp.where(valid_p, log_p != -jnp.inf, False)
+  finite = jnp.where(valid_p, log_q != -jnp.inf, False)
+  log_p = jnp.where(finite, log_p, 0.0)
+  log_q = jnp.where(finite, log_q, 0.0)
+  p = jnp.where(finite, jnp.exp(log_p), 0.0)
+  value = jnp.sum(p * (log_p - log_q), axis=-1)  # 0 * (0 - 0) outside `finite`
+  unbounded = jnp.any(jnp.where(finite, False, valid_p), axis=-1)
+  # Added, not selected: the gradient stays that of the finite part.
+  return value + jnp.where(unbounded, jnp.inf, 0.0)
 
 
 def _log_mixture(

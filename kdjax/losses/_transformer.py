@@ -14,6 +14,8 @@ from kdjax.losses._common import jit_after_checks
 from kdjax.losses._common import positive_value
 from kdjax.losses._feature import l2_normalize
 from kdjax.losses._feature import prepare_features
+from kdjax.losses._logit import _kl
+from kdjax.losses._logit import _masked_log_softmax
 
 Array = jax.Array
 ArrayLike = Any
@@ -351,5 +353,11 @@ def soft_cross_entropy(
   temperature = jnp.asarray(temperature, dtype)
   student = jnp.asarray(student_logits, dtype) / temperature
   teacher = lax.stop_gradient(jnp.asarray(teacher_logits, dtype)) / temperature
-  return -jnp.sum(jax.nn.softmax(teacher, axis=-1) * jax.nn.log_softmax(student, axis=-1),
-                  axis=-1)
+  # H(p) + KL(p || q): -inf logits (no mass) give no 0 * -inf, a row with no
+  # class gives 0, and the value is +inf only where the teacher has mass the
+  # student lacks, as the cross entropy is.
+  log_q, _ = _masked_log_softmax(student, None)
+  log_p, valid_p = _masked_log_softmax(teacher, None)
+  log_p_or_0 = jnp.where(valid_p, log_p, 0.0)
+  entropy = -jnp.sum(jnp.where(valid_p, jnp.exp(log_p_or_0) * log_p_or_0, 0.0), axis=-1)
+  return entropy + _kl(log_p, valid_p, log_q)
