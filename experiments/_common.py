@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import contextlib
 import json
 import os
 import sys
@@ -73,12 +74,15 @@ class Trainer:
 
     `config` (from :func:`run_config`) and `seed` identify the run: they are
     saved with each checkpoint, and a checkpoint saved under another
-    identity is refused rather than resumed.
+    identity is refused rather than resumed. A SIGTERM or SIGINT ends the
+    program with status 0 after a checkpoint (:class:`kdjax.loop.Preempted`
+    propagates; the writer and manager are closed on the way out).
     """
     if state is None:
       state = self.init(jax.random.PRNGKey(seed))
-    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=1)
-    with writers.MetricWriter(workdir) as writer:
+    # Two kept: if the latest is found unreadable, the one before it restores.
+    manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'), max_to_keep=2)
+    with contextlib.closing(manager), writers.MetricWriter(workdir) as writer:
       state = loop.fit(
           self.epoch_fn, state, teacher_variables, train,
           num_epochs=self.epochs, seed=seed, evaluate_fn=self.evaluate,
@@ -89,7 +93,6 @@ class Trainer:
       metrics = self.final_evaluate(state)
       if self.write_final:
         writer.write(int(state.step), metrics, split='final')
-    manager.close()
     return state, metrics
 
 

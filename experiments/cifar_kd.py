@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from experiments import _common
+from experiments.configs import cifar_kd as cifar_kd_configs
 from kdjax import adapters
 from kdjax import config as config_lib
 from kdjax import data as data_lib
@@ -854,7 +855,9 @@ def _results(config, arrays, params, per_seed, seconds, phase_seconds, gradcam, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  config, workdir = config_lib.parse_args(argv, description=__doc__)
+  # Checked against the schema before anything is built or compiled.
+  config, workdir = config_lib.parse_args(argv, description=__doc__,
+                                          schema=cifar_kd_configs.schema())
   results = run(config, workdir, _common.command(MODULE, argv))
   print(describe(results['config'], results['params']))
   print()

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from experiments import _common
+from experiments.configs import hinton as hinton_configs
 from kdjax import adapters
 from kdjax import config as config_lib
 from kdjax import data as data_lib
@@ -434,7 +435,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  config, workdir = config_lib.parse_args(argv, description=__doc__)
+  # Checked against the schema before anything is built or compiled.
+  config, workdir = config_lib.parse_args(argv, description=__doc__,
+                                          schema=hinton_configs.schema())
   results = run(config, workdir, _common.command(MODULE, argv))
   print(format_table(results['summary'], results['num_test']))
   print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "

@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from experiments import _common
+from experiments.configs import hinton as hinton_configs
 from experiments import hinton
 from kdjax import config as config_lib
 
@@ -294,7 +295,9 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  config, workdir = config_lib.parse_args(argv, description=__doc__)
+  # Checked against the schema before anything is built or compiled.
+  config, workdir = config_lib.parse_args(argv, description=__doc__,
+                                          schema=hinton_configs.schema())
   results = run(config, workdir, _common.command(MODULE, argv))
   print(format_table(results))
   print(f"\nSweep (seed {results['seed']}) in {results['wall_seconds']:.0f} s; "

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from experiments import _common
+from experiments.configs import lm_kd as lm_kd_configs
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import losses
@@ -380,7 +381,9 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  config, workdir = config_lib.parse_args(argv, description=__doc__)
+  # Checked against the schema before anything is built or compiled.
+  config, workdir = config_lib.parse_args(argv, description=__doc__,
+                                          schema=lm_kd_configs.schema())
   results = run(config, workdir, _common.command(MODULE, argv))
   print(format_table(results))
   print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "

@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from experiments import _common
+from experiments.configs import seqkd as seqkd_configs
 from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import generate as gen
@@ -602,7 +603,9 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  config, workdir = config_lib.parse_args(argv, description=__doc__)
+  # Checked against the schema before anything is built or compiled.
+  config, workdir = config_lib.parse_args(argv, description=__doc__,
+                                          schema=seqkd_configs.schema())
   results = run(config, workdir, _common.command(MODULE, argv))
   print(format_table(results))
   print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "

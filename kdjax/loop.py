@@ -4,13 +4,17 @@ For data sets that fit in device memory (MNIST-1D, digits, CIFAR on an
 accelerator) an epoch is one compiled program: a seeded permutation, a
 ``lax.scan`` of the train step over minibatches, and metrics summed as
 ``(sum, count)`` pairs. :func:`fit` drives epochs with a progress bar,
-JSONL/TensorBoard metrics, evaluation and checkpoints, and resumes from the
-latest checkpoint.
+JSONL/TensorBoard metrics, evaluation and checkpoints, resumes from the
+latest checkpoint, and stops cleanly on SIGTERM or SIGINT (:class:`Preempted`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import logging
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -21,11 +25,73 @@ import tqdm
 
 from kdjax import checkpoint as checkpoint_lib
 from kdjax import metrics as metrics_lib
+from kdjax import parallel
 from kdjax.step import TrainState
 from kdjax.writers import MetricWriter
 
 Arrays = Mapping[str, jax.Array]
 TrainStep = Callable[[TrainState, Any, Arrays], tuple[TrainState, dict]]
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The checkpoint's metadata key for the metrics file's size when it was saved.
+_METRICS_POSITION = 'metrics_position'
+
+logger = logging.getLogger(__name__)
+
+
+class Preempted(SystemExit):
+  """:func:`fit` stopped on a signal after writing a checkpoint.
+
+  A ``SystemExit`` with status 0: left uncaught it ends the program quietly
+  with status 0 once ``finally`` blocks and context managers have run (a
+  preempted job is not a failed one), while ``except Exception`` does not
+  swallow it. A caller that wants to go on catches ``Preempted``.
+
+  Attributes:
+    signal_name: the signal received, e.g. ``'SIGTERM'``.
+    step: the step of the checkpoint written.
+    checkpoint: that checkpoint's directory.
+  """
+
+  def __init__(self, signal_name: str, step: int, checkpoint: str):
+    super().__init__(0)
+    self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+  def __str__(self) -> str:
+    return (f'stopped by {self.signal_name} at step {self.step}; '
+            f'checkpoint {self.checkpoint} written, rerun the same command to resume')
+
+
+class _StopRequests:
+  """Turns the given signals into a flag while active (main thread only).
+
+  A second SIGINT raises ``KeyboardInterrupt`` at once, for a user who does
+  not want to wait for the current epoch. A signal received after the last
+  check is raised again on exit, for the handlers restored.
+  """
+
+  def __init__(self, signals: Sequence[int]):
+    self.signals = tuple(signals) if threading.current_thread() is threading.main_thread() else ()
+    self.received: str | None = None
+    self.acted = False
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signal.Signals(signum).name
+
+  def __enter__(self):
+    for signum in self.signals:
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    if self.received is not None and not self.acted and exc_info[0] is None:
+      # It came after the last check: pass it on to the handler it was meant for.
+      signal.raise_signal(signal.Signals[self.received])
 
 
 def _num_examples(data: Arrays) -> int:
@@ -128,6 +194,7 @@ def fit(
     desc: str = 'train',
     progress: bool = True,
     config: Any = None,
+    stop_signals: Sequence[int] = STOP_SIGNALS,
 ) -> TrainState:
   """Runs `num_epochs` epochs, resuming from `manager`'s latest checkpoint.
 
@@ -136,10 +203,25 @@ def fit(
   metrics (and every `eval_every` epochs the `evaluate_fn` metrics, split
   ``'eval'``) go to `writer`, and the state is saved with the epoch as its
   data position every `save_every` epochs and at the end; an interrupted run
-  resumes from the last save. Given a `config`, every save records it and a
-  resume refuses a checkpoint saved with another config
-  (:class:`kdjax.checkpoint.ConfigMismatchError`, naming the keys that
-  changed).
+  resumes from the last save (the latest readable one:
+  :func:`kdjax.checkpoint.restore`). With a `manager`, the `writer`'s
+  ``metrics.jsonl`` belongs to the run: a resume cuts it back to what was
+  written when the checkpoint was saved, and a fresh start (no checkpoint)
+  empties it (:meth:`~kdjax.writers.MetricWriter.rewind`), so the final
+  state and metrics file equal an uninterrupted run's bit for bit.
+  Given a `config`, every save records it and a resume refuses a checkpoint
+  saved with another config (:class:`kdjax.checkpoint.ConfigMismatchError`,
+  naming the keys that changed).
+
+  With a `manager`, a signal in `stop_signals` (SIGTERM, SIGINT) does not
+  kill the run: the epoch under way finishes (an epoch is one compiled
+  program), a checkpoint is written, the writer is flushed, and
+  :class:`Preempted` is raised (a ``SystemExit`` with status 0) naming the
+  checkpoint, also after the last epoch (so that a script's next phase does
+  not start). With several processes they agree after each epoch
+  (:func:`kdjax.parallel.any_process`) and all stop after the same one, even
+  if only some got the signal. A single process checks a Python flag: no
+  device sync is added.
 
   Args:
     epoch_fn: a jitted function from :func:`make_epoch_fn`.
@@ -159,40 +241,77 @@ def fit(
     config: what identifies this run (a ``ConfigDict`` or JSON-like tree,
       e.g. the experiment's config and the seed); ``None`` saves none and
       checks nothing.
+    stop_signals: the signals that stop the run cleanly (only with a
+      `manager`, and only when called from the main thread); ``()`` leaves
+      signal handling alone.
 
   Returns:
     The final state.
+
+  Raises:
+    Preempted: a stop signal arrived; the checkpoint is written.
   """
   start = 0
   if manager is not None:
     restored = checkpoint_lib.restore(manager, state, config=config)
+    if restored is None and writer is not None:
+      writer.rewind(0, step=0)  # lines of a run that died before its first save
     if restored is not None:
-      state, data_state, _ = restored
+      state, data_state, metadata = restored
       if not data_state or 'epoch' not in data_state:
         raise ValueError(
             f"the latest checkpoint in {manager.directory} has no epoch in its data "
             f"position ({data_state!r}); it was not written by fit()"
         )
       start = int(data_state['epoch'])
-  bar = tqdm.trange(start, num_epochs, desc=desc, disable=not progress, leave=False)
-  for epoch in bar:
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
-    state, metrics = epoch_fn(state, teacher_variables, data, key)
-    means = metrics_lib.compute(metrics)
-    step = int(jax.device_get(state.step))
-    postfix = {'loss': f"{means.get('loss/total', float('nan')):.4f}"}
-    if writer is not None:
-      writer.write(step, means, split='train')
-    if evaluate_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs):
-      eval_means = dict(evaluate_fn(state))
-      if writer is not None:
-        writer.write(step, eval_means, split='eval')
-      if 'acc/student' in eval_means:
-        postfix['eval_acc'] = f"{eval_means['acc/student']:.4f}"
-    bar.set_postfix(postfix)
-    if manager is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == num_epochs):
-      checkpoint_lib.save(manager, state, data_state={'epoch': epoch + 1}, config=config,
-                          force=True)
+      if writer is not None and metadata.get(_METRICS_POSITION) is not None:
+        writer.rewind(metadata[_METRICS_POSITION], step=int(jax.device_get(state.step)))
+  stops = _StopRequests(stop_signals if manager is not None else ())
+  with stops, contextlib.closing(
+      tqdm.tqdm(range(start, num_epochs), desc=desc, disable=not progress, leave=False)) as bar:
+    for epoch in bar:
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+      state, metrics = epoch_fn(state, teacher_variables, data, key)
+      step = _log_epoch(state, metrics, epoch, num_epochs, evaluate_fn, eval_every, writer, bar)
+      due = (epoch + 1) % save_every == 0 or epoch + 1 == num_epochs
+      if manager is not None and due:
+        _save(manager, state, epoch, writer, config)
+      # Checked after the save, so that a signal during it is seen now.
+      stopping = bool(stops.signals) and parallel.any_process(stops.received is not None)
+      if stopping:  # even after the last epoch: the caller's next phase must not start
+        stops.acted = True
+        if not due:
+          _save(manager, state, epoch, writer, config)
+        manager.wait_until_finished()
+        if writer is not None:
+          writer.flush()
+        preempted = Preempted(stops.received or 'a signal in another process', step,
+                              str(manager.directory / str(step)))
+        logger.warning('%s', preempted)
+        raise preempted
   if manager is not None:
     manager.wait_until_finished()
   return state
+
+
+def _save(manager, state, epoch, writer, config) -> None:
+  metadata = {_METRICS_POSITION: writer.position() if writer is not None else None}
+  checkpoint_lib.save(manager, state, data_state={'epoch': epoch + 1}, config=config,
+                      metadata=metadata, force=True)
+
+
+def _log_epoch(state, metrics, epoch, num_epochs, evaluate_fn, eval_every, writer, bar) -> int:
+  """Writes an epoch's train (and eval) metrics; returns the step reached."""
+  means = metrics_lib.compute(metrics)
+  step = int(jax.device_get(state.step))
+  postfix = {'loss': f"{means.get('loss/total', float('nan')):.4f}"}
+  if writer is not None:
+    writer.write(step, means, split='train')
+  if evaluate_fn is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == num_epochs):
+    eval_means = dict(evaluate_fn(state))
+    if writer is not None:
+      writer.write(step, eval_means, split='eval')
+    if 'acc/student' in eval_means:
+      postfix['eval_acc'] = f"{eval_means['acc/student']:.4f}"
+  bar.set_postfix(postfix)
+  return step

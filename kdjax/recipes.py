@@ -136,3 +136,111 @@ def fitnets_stage2_objective(
       weights={'kd': kd_weight},
       metrics=dict(metrics or {}),
   )
+
+
+def tinybert_intermediate_objective(
+    layer_map: objective.LayerMap,
+    *,
+    student_kind: str = 'projected',
+    mask_key: str | None = 'token_mask',
+) -> objective.Objective:
+  """TinyBERT's intermediate-layer distillation: attention + hidden + embedding terms.
+
+  The objective of both stages' layer-wise part: GENERAL distillation
+  (the pre-trained teacher, a large unlabelled corpus) and the first step of
+  TASK-SPECIFIC distillation (the fine-tuned teacher, augmented task data);
+  the second step is :func:`tinybert_prediction_objective`. Terms
+  ``'attention'`` (:func:`~kdjax.objective.tinybert_attention`),
+  ``'hidden'`` (:func:`~kdjax.objective.tinybert_hidden`) and
+  ``'embedding'`` (:func:`~kdjax.objective.tinybert_embedding`), weight 1
+  each as in the paper. The teacher must expose ``'hidden'`` and
+  ``'scores'`` and the student ``'scores'`` and ``student_kind``
+  (:func:`kdjax.zoo.bert_apply` with ``features=``).
+
+  Args:
+    layer_map: student layer ``m`` learns from teacher layer ``g(m)``.
+    student_kind: ``'projected'`` (the student's ``W_h``, for a narrower
+      student) or ``'hidden'`` (equal widths).
+    mask_key: the batch entry of the ``[batch, time]`` token mask.
+
+  Returns:
+    An :class:`~kdjax.objective.Objective`.
+
+  References:
+    Jiao et al., "TinyBERT: Distilling BERT for Natural Language
+    Understanding", Findings of EMNLP 2020, arXiv:1909.10351 (Section 3.2).
+  """
+  return objective.Objective(terms={
+      'attention': objective.tinybert_attention(layer_map, mask_key=mask_key),
+      'hidden': objective.tinybert_hidden(layer_map, student_kind=student_kind,
+                                          mask_key=mask_key),
+      'embedding': objective.tinybert_embedding(student_kind=student_kind, mask_key=mask_key),
+  })
+
+
+def tinybert_prediction_objective(
+    *, temperature: objective.Schedule = 1.0, mask_key: str | None = None
+) -> objective.Objective:
+  """TinyBERT's prediction-layer distillation (the last step of the task-specific stage).
+
+  One term ``'prediction'``: :func:`~kdjax.objective.tinybert_prediction`,
+  the soft cross entropy of the student's logits against the fine-tuned
+  teacher's, on the (augmented) task data.
+
+  Args:
+    temperature: constant or schedule (the paper's runs use 1).
+    mask_key: a batch entry masking the values (MLM positions for
+      token-level logits); ``None`` for classification logits.
+
+  Returns:
+    An :class:`~kdjax.objective.Objective`.
+
+  References:
+    Jiao et al., "TinyBERT", arXiv:1909.10351 (Section 3.2, Eq. 10).
+  """
+  return objective.Objective(terms={
+      'prediction': objective.tinybert_prediction(temperature=temperature, mask_key=mask_key),
+  })
+
+
+def distilbert_objective(
+    *,
+    temperature: objective.Schedule = 2.0,
+    weights: Mapping[str, objective.Schedule] | None = None,
+    label_key: str = 'mlm_labels',
+    mlm_mask_key: str = 'mlm_mask',
+    token_mask_key: str | None = 'token_mask',
+) -> objective.Objective:
+  """DistilBERT's triple loss: soft targets at temperature, masked LM and cosine.
+
+  Terms ``'kd'`` (:func:`~kdjax.objective.token_distill`: forward KL times
+  ``T²`` at the masked positions, the script's ``KLDivLoss``), ``'mlm'``
+  (:func:`~kdjax.objective.masked_lm`) and ``'cos'``
+  (:func:`~kdjax.objective.distilbert_cosine` on the last hidden states
+  ``'sequence'``, over the real tokens). Default weights 5.0 / 2.0 / 1.0
+  and ``T = 2``, the values of the public training script's README run.
+  Both models need the masked-LM head (``BertConfig(mlm_head=True)``).
+  Start the student with :func:`kdjax.zoo.bert_student_from_teacher`.
+
+  Args:
+    temperature: ``T``.
+    weights: ``{'kd', 'mlm', 'cos'}`` weights (constants or schedules).
+    label_key: the batch entry of the original tokens at masked positions.
+    mlm_mask_key: the batch entry marking the masked positions.
+    token_mask_key: the batch entry of the padding mask for the cosine.
+
+  Returns:
+    An :class:`~kdjax.objective.Objective`.
+
+  References:
+    Sanh et al., "DistilBERT, a distilled version of BERT: smaller,
+    faster, cheaper and lighter", 2019, arXiv:1910.01108.
+  """
+  return objective.Objective(
+      terms={
+          'kd': objective.token_distill(temperature=temperature, mask_key=mlm_mask_key),
+          'mlm': objective.masked_lm(label_key=label_key, mask_key=mlm_mask_key),
+          'cos': objective.distilbert_cosine(mask_key=token_mask_key),
+      },
+      weights=dict(weights or {'kd': 5.0, 'mlm': 2.0, 'cos': 1.0}),
+  )

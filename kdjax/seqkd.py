@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import hashlib
-import json
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,9 @@ import tensorflow_datasets as tfds
 
 from kdjax import _checks
 from kdjax.data._builder import OfflineArrayBuilder
+from kdjax.data._builder import atomic_savez
+from kdjax.data._builder import claim_chunk_dir
 from kdjax.data._builder import import_optional
-from kdjax.data._translation import write_json
 
 SELECTIONS = ('beam', 'bleu')
 _CHUNK_KEYS = ('tokens', 'lengths', 'scores')
@@ -86,12 +87,6 @@ def _fingerprint(source: np.ndarray, source_mask: np.ndarray, batch_size: int,
   return digest.hexdigest()[:16]
 
 
-def _atomic_savez(path: str, **arrays: np.ndarray) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
 def generate_teacher_chunks(
     decode: Decode,
     source: np.ndarray,
@@ -133,20 +128,8 @@ def generate_teacher_chunks(
         f'{source.shape} and source_mask with shape {source_mask.shape}.'
     )
   _checks.check_positive_int('batch_size', batch_size)
-  os.makedirs(chunk_dir, exist_ok=True)
   stamp = _fingerprint(source, source_mask, batch_size, fingerprint)
-  spec_path = os.path.join(chunk_dir, 'spec.json')
-  if os.path.exists(spec_path):
-    with open(spec_path) as f:
-      found = json.load(f)['fingerprint']
-    if found != stamp:
-      raise ValueError(
-          f'chunk_dir {chunk_dir!r} holds chunks of another build (fingerprint {found}, '
-          f'this build {stamp}): use a new directory or delete it.'
-      )
-  else:
-    write_json(spec_path, {'fingerprint': stamp, 'num_sources': len(source),
-                           'batch_size': int(batch_size)})
+  claim_chunk_dir(chunk_dir, stamp, {'num_sources': len(source), 'batch_size': int(batch_size)})
   num = len(source)
   num_chunks = -(-num // batch_size)
   parts = []
@@ -163,12 +146,33 @@ def generate_teacher_chunks(
             'decode must return beam search output (tokens [batch, width, length]), got '
             f"tokens with shape {arrays['tokens'].shape}."
         )
-      _atomic_savez(path, **arrays)
+      atomic_savez(path, **arrays)
       if log:
         log(f'teacher chunk {i + 1}/{num_chunks} ({hi} of {num} sources)')
-    with np.load(path) as saved:
-      parts.append({key: saved[key] for key in _CHUNK_KEYS})
+    parts.append(_load_chunk(path, hi - lo))
   return {key: np.concatenate([p[key] for p in parts]) for key in _CHUNK_KEYS}
+
+
+def _load_chunk(path: str, rows: int) -> dict[str, np.ndarray]:
+  """A chunk of teacher outputs, never unpickled, its keys and row count checked.
+
+  Raises:
+    ValueError: naming the file when it is truncated, corrupt, or holds
+      other arrays or another number of rows than its chunk (delete it to
+      decode it again).
+  """
+  try:
+    # Opened here, so the file is closed even when np.load fails on it.
+    with open(path, 'rb') as f, np.load(f, allow_pickle=False) as saved:
+      arrays = {key: saved[key] for key in _CHUNK_KEYS}
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+    raise ValueError(f'{path}: not a readable chunk of teacher outputs ({e}); delete it to '
+                     'decode the chunk again.') from None
+  shapes = {key: value.shape for key, value in arrays.items()}
+  if arrays['tokens'].ndim != 3 or any(shape[:1] != (rows,) for shape in shapes.values()):
+    raise ValueError(f'{path}: arrays of shapes {shapes}, where the chunk has {rows} sources '
+                     '(tokens [rows, width, length]); delete it to decode the chunk again.')
+  return arrays
 
 
 class SequenceKDData(OfflineArrayBuilder, skip_registration=True):

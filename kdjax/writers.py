@@ -15,6 +15,14 @@ from tensorboardX import SummaryWriter
 from kdjax import provenance
 
 
+def _event_writer(logdir: str, purge_step: int | None = None) -> SummaryWriter:
+  # tensorboardX names event files by the second they are opened in and
+  # opens them with 'wb': the suffix keeps a writer from replacing the file
+  # of another opened in the same second (a rewind, a restarted process).
+  return SummaryWriter(logdir, purge_step=purge_step,
+                       filename_suffix=f'.{os.getpid()}.{time.monotonic_ns()}')
+
+
 class MetricWriter:
   """Writes scalar metrics to ``<workdir>/metrics.jsonl`` and TensorBoard.
 
@@ -25,6 +33,10 @@ class MetricWriter:
   TensorFlow). Lines are flushed at once, so a run that dies keeps every
   line it wrote. Use as a context manager or call :meth:`close`.
 
+  A run resumed from a checkpoint calls :meth:`rewind` with the
+  :meth:`position` recorded in that checkpoint (:func:`kdjax.loop.fit` does
+  both), so the lines of steps that are trained again are not doubled.
+
   Args:
     workdir: the run's directory (created if missing).
     tensorboard: also write TensorBoard event files.
@@ -33,10 +45,44 @@ class MetricWriter:
   def __init__(self, workdir: str | os.PathLike[str], *, tensorboard: bool = True):
     self.workdir = os.fspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(self.workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    self._path = os.path.join(self.workdir, 'metrics.jsonl')
+    self._jsonl = open(self._path, 'a', encoding='utf-8')
     self._tb = None
     if tensorboard:
-      self._tb = SummaryWriter(os.path.join(self.workdir, 'tensorboard'))
+      self._tb = _event_writer(os.path.join(self.workdir, 'tensorboard'))
+
+  def position(self) -> int:
+    """The size in bytes of ``metrics.jsonl`` written so far (flushed)."""
+    self._jsonl.flush()
+    return self._jsonl.tell()
+
+  def rewind(self, position: int, *, step: int) -> None:
+    """Forgets what was written after a checkpoint, for a resumed run.
+
+    Cuts ``metrics.jsonl`` back to `position` (a :meth:`position` read when
+    the checkpoint was written; nothing happens if the file is not longer),
+    and tells TensorBoard to drop the events of steps after `step` (its
+    ``purge_step``), so that steps trained again are not shown twice.
+
+    Args:
+      position: the byte size of ``metrics.jsonl`` to keep.
+      step: the checkpoint's step.
+    """
+    if self.position() > position:
+      self._jsonl.close()
+      with open(self._path, 'r+b') as f:
+        f.truncate(position)
+      self._jsonl = open(self._path, 'a', encoding='utf-8')
+    if self._tb is not None:
+      logdir = self._tb.logdir
+      self._tb.close()
+      self._tb = _event_writer(logdir, purge_step=int(step) + 1)
+
+  def flush(self) -> None:
+    """Flushes both files (:meth:`write` already flushes after each call)."""
+    self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.flush()
 
   def write(self, step: int, metrics: Mapping[str, Any], *, split: str = 'train') -> None:
     """Writes `metrics` (name -> number) for `step` under `split`."""

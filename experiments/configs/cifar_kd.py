@@ -65,6 +65,8 @@ and on the validation split.
 
 import ml_collections
 
+from kdjax import config as config_lib
+
 # (teacher, student) pairs of the tables whose models are all in kdjax.zoo,
 # with mdistiller's per-pair DKD beta (configs/cifar100/dkd/*.yaml).
 FULL_PAIRS = {
@@ -221,3 +223,104 @@ def _parse_pair(scale: str) -> tuple[str, str]:
       return teacher, student
   known = ['cpu', 'full'] + [f'full_{t}_{s}' for t, s in FULL_PAIRS]
   raise ValueError(f'unknown scale {scale!r}; use one of {known}')
+
+
+def _feature_count(model: ml_collections.ConfigDict) -> int:
+  """How many ``feat_<i>`` a zoo model sows: one per stage, plus the stem."""
+  if model.name == 'CifarResNet':
+    return len(model.widths)
+  return 5 if _family(model.name) in ('vgg', 'Mobile') else 4
+
+
+def _features_exist(keys_and_models):
+  """A rule: each feature name at these keys is ``'pooled'`` or a ``feat_<i>`` its model sows."""
+
+  def rule(config, context):
+    for key, models in keys_and_models:
+      names = config_lib.value_at(config, key)
+      for model in models:
+        count = _feature_count(config_lib.value_at(config, model))
+        allowed = {'pooled', *(f'feat_{i}' for i in range(count))}
+        bad = [n for n in (names if isinstance(names, tuple) else (names,)) if n not in allowed]
+        if bad:
+          yield (key, names, f'{bad} out of range for the {model} model: '
+                 f'one of {sorted(allowed)}')
+
+  return rule
+
+
+def _learning_rates(model: str):
+  """The step schedule of `model`'s recipe: its learning rate before and after each decay."""
+
+  def values(config):
+    train = config_lib.value_at(config, f'{model}.train')
+    return [train.learning_rate * train.decay_rate ** k
+            for k in range(len(train.decay_fractions) + 1)]
+
+  return values
+
+
+def schema() -> config_lib.Schema:
+  """What ``experiments/cifar_kd.py`` accepts: keys and types of the ``cpu``
+  defaults (every scale has the same keys), these bounds, and the rules below."""
+  cl = config_lib
+  bounds = {
+      'seeds': cl.nonnegative(each=True),
+      'methods': cl.one_of(*METHODS, each=True),
+      'conv_impl': cl.one_of('lax', 'im2col'),
+      'data.name': cl.one_of('digits', 'cifar100', 'cifar10'),
+      'data.crop_padding': cl.nonnegative(),
+      'num_teachers': cl.positive(),
+      'fitnets.regressor_kernel': cl.positive(),
+      'fitnets.stage1_epochs': cl.nonnegative(),
+      'fitnets.hint_weight': cl.nonnegative(),
+      'fitnets.reduction': cl.one_of('sum', 'mean'),
+      'fitnets.temperature': cl.positive(),
+      'fitnets.resize': cl.one_of('', 'avg_pool', 'bilinear'),
+      'at.weight': cl.nonnegative(),
+      'at.p': cl.positive(),
+      'at.resize': cl.one_of('', 'avg_pool', 'bilinear'),
+      'dkd.alpha': cl.nonnegative(),
+      'dkd.beta': cl.nonnegative(),
+      'dkd.temperature': cl.positive(),
+      'dkd.ce_weight': cl.nonnegative(),
+      'dkd.warmup_epochs': cl.nonnegative(),
+      'crd.dim': cl.positive(),
+      'crd.num_negatives': cl.positive(),
+      'crd.temperature': cl.positive(),
+      'crd.momentum': cl.unit_interval(),
+      'crd.weight': cl.nonnegative(),
+      'crd.ce_weight': cl.nonnegative(),
+      'dml.num_students': cl.Bound(low=2),
+      'dml.temperature': cl.positive(),
+      'dml.kl_weight': cl.nonnegative(),
+      'multi_teacher.temperature': cl.positive(),
+      'multi_teacher.ce_weight': cl.nonnegative(),
+      'multi_teacher.kd_weight': cl.nonnegative(),
+      'gradcam.examples': cl.positive(),
+      'gradcam.method': cl.one_of(*METHODS),
+  }
+  for key in ('kd.temperature', 'kd.ce_weight', 'kd.kd_weight'):
+    bounds[key] = cl.positive() if key.endswith('temperature') else cl.nonnegative()
+  for model in ('teacher', 'student'):
+    bounds[f'{model}.name'] = cl.one_of('CifarResNet', *sorted({m for p in FULL_PAIRS for m in p}))
+    bounds[f'{model}.depth'] = cl.nonnegative()
+    bounds[f'{model}.widths'] = cl.positive(each=True)
+    bounds.update(cl.bounds_under(f'{model}.train', cl.positive(),
+                                  ('epochs', 'batch_size', 'learning_rate')))
+    bounds.update(cl.bounds_under(f'{model}.train', cl.nonnegative(), ('momentum', 'weight_decay')))
+    bounds[f'{model}.train.decay_fractions'] = cl.Bound(low=0, high=1, low_open=True,
+                                                        high_open=True, each=True)
+  rules = (
+      *cl.distinct_non_empty('seeds', 'methods'),
+      _features_exist((('fitnets.student_feature', ('student',)),
+                       ('fitnets.teacher_feature', ('teacher',)),
+                       ('at.features', ('teacher', 'student')),
+                       ('crd.feature', ('teacher', 'student')),
+                       ('gradcam.feature', ('teacher', 'student')))),
+      cl.schedule_nonnegative(('teacher.train.learning_rate', 'teacher.train.decay_rate'),
+                              _learning_rates('teacher'), 'the teacher\'s learning rate'),
+      cl.schedule_nonnegative(('student.train.learning_rate', 'student.train.decay_rate'),
+                              _learning_rates('student'), 'the student\'s learning rate'),
+  )
+  return cl.Schema(get_config('cpu'), bounds, rules)

@@ -30,6 +30,8 @@ selection.
 
 import ml_collections
 
+from kdjax import config as config_lib
+
 
 def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -115,3 +117,40 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   elif scale != 'cpu':
     raise ValueError(f"unknown scale {scale!r}; use 'cpu' or 'full'")
   return c
+
+
+def schema() -> config_lib.Schema:
+  """What ``experiments/hinton.py`` (and ``hinton_sweep.py``) accept: keys and
+  types of the defaults, these bounds, and the rules below."""
+  cl = config_lib
+  models = {}
+  for model in ('teacher', 'student'):
+    models.update({
+        f'{model}.kind': cl.one_of('cnn1d', 'mlp'),
+        f'{model}.hidden_sizes': cl.positive(each=True),
+        f'{model}.dropout': cl.unit_interval(high_open=True),
+        f'{model}.input_dropout': cl.unit_interval(high_open=True),
+        f'{model}.epochs': cl.positive(),
+        f'{model}.batch_size': cl.positive(),
+    })
+  bounds = {
+      **models,
+      'scale': cl.one_of('cpu', 'full'),
+      'seeds': cl.nonnegative(each=True),
+      'data.name': cl.one_of('mnist1d', 'mnist'),
+      'data.jitter.shift': cl.nonnegative(),
+      'data.jitter.scale': cl.unit_interval(high_open=True),
+      'data.jitter.noise': cl.nonnegative(),
+      'teacher.learning_rate': cl.positive(),
+      'teacher.weight_decay': cl.nonnegative(),
+      'baseline.learning_rate': cl.positive(),
+      'baseline.weight_decay': cl.nonnegative(),
+      'kd.learning_rate': cl.positive(),
+      'kd.weight_decay': cl.nonnegative(),
+      'kd.temperature': cl.positive(),
+      'kd.soft_weight': cl.unit_interval(),
+      'omitted.label': cl.one_of(*range(10)),
+  }
+  rules = (*cl.distinct_non_empty('seeds'), cl.non_empty('student.hidden_sizes'),
+           cl.non_empty('teacher.hidden_sizes'))
+  return cl.Schema(get_config('cpu'), bounds, rules)

@@ -46,6 +46,8 @@ fixed before the run, the same for every student.
 
 import ml_collections
 
+from kdjax import config as config_lib
+
 
 def _model(num_layers, hidden, num_heads, mlp_dim, dropout):
   return ml_collections.ConfigDict({
@@ -121,3 +123,33 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   elif scale != 'cpu':
     raise ValueError(f"unknown scale {scale!r}; use 'cpu' or 'full'")
   return c
+
+
+def schema() -> config_lib.Schema:
+  """What ``experiments/lm_kd.py`` accepts: keys and types of the defaults,
+  these bounds, and the rules below."""
+  cl = config_lib
+  bounds = {
+      'teacher.positions': cl.one_of('rope', 'learned'),
+      'student.positions': cl.one_of('rope', 'learned'),
+      'scale': cl.one_of('cpu', 'full'),
+      'seeds': cl.nonnegative(each=True),
+      'teacher_seed': cl.nonnegative(),
+      'variants': cl.one_of('labels', 'forward_kl', 'reverse_kl', 'jsd', 'skew_kl', each=True),
+      'data.val_fraction': cl.unit_interval(high_open=True),
+      'data.test_fraction': cl.unit_interval(high_open=True),
+      **cl.bounds_under('data', cl.nonnegative(), ('train_bytes', 'val_bytes', 'test_bytes')),
+      'data.context': cl.positive(),
+      'data.eval_batch_size': cl.positive(),
+      'kd.temperature': cl.positive(),
+      'kd.kd_weight_grid': cl.unit_interval(each=True),
+      'kd.jsd_beta': cl.unit_interval(),
+      'kd.skew_alpha': cl.unit_interval(),
+  }
+  for model in ('teacher', 'student'):
+    bounds.update(cl.recipe_bounds(model, ('num_layers', 'hidden', 'num_heads', 'mlp_dim')))
+  rules = (*cl.distinct_non_empty('seeds', 'variants'), cl.non_empty('kd.kd_weight_grid'),
+           cl.divisible('teacher.hidden', 'teacher.num_heads'),
+           cl.divisible('student.hidden', 'student.num_heads'),
+           cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0))
+  return cl.Schema(get_config('cpu'), bounds, rules)

@@ -28,6 +28,8 @@ greedy BLEU. The test catalogs are decoded once, at the end.
 
 import ml_collections
 
+from kdjax import config as config_lib
+
 
 def _model(encoder_layers, decoder_layers, hidden, num_heads, mlp_dim, dropout, epochs,
            batch_size, learning_rate, warmup_steps):
@@ -94,3 +96,40 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   elif scale != 'cpu':
     raise ValueError(f"unknown scale {scale!r}; use 'cpu' or 'full'")
   return c
+
+
+def schema() -> config_lib.Schema:
+  """What ``experiments/seqkd.py`` accepts: keys and types of the defaults,
+  these bounds, and the rules below."""
+  cl = config_lib
+  bounds = {
+      'scale': cl.one_of('cpu', 'full'),
+      'seeds': cl.nonnegative(each=True),
+      'teacher_seed': cl.nonnegative(),
+      'variants': cl.one_of('baseline', 'word_kd', 'seq_kd', 'seq_interp', 'seq_kd_word_kd',
+                            each=True),
+      'data.source': cl.one_of('gettext', 'wmt14'),
+      'data.vocab_size': cl.Bound(low=8),
+      'data.val_fraction': cl.unit_interval(high_open=True),
+      'data.test_fraction': cl.unit_interval(high_open=True),
+      'data.min_eval_pairs': cl.nonnegative(),
+      'data.max_source_len': cl.positive(),
+      'data.max_target_len': cl.positive(),
+      **cl.bounds_under('data', cl.nonnegative(), ('max_train', 'max_val', 'max_test')),
+      'data.subset_seed': cl.nonnegative(),
+      'kd.temperature': cl.positive(),
+      'kd.kd_weight_grid': cl.unit_interval(each=True),
+      'kd.data_beam_width': cl.positive(),
+      'kd.data_batch_size': cl.positive(),
+      'eval.beam_width': cl.positive(),
+      'eval.beam_alpha': cl.nonnegative(),
+      'eval.batch_size': cl.positive(),
+  }
+  for model in ('teacher', 'student'):
+    bounds.update(cl.recipe_bounds(model, ('encoder_layers', 'decoder_layers', 'hidden', 'num_heads',
+                                         'mlp_dim')))
+  rules = (*cl.distinct_non_empty('seeds', 'variants'), cl.non_empty('kd.kd_weight_grid'),
+           cl.divisible('teacher.hidden', 'teacher.num_heads'),
+           cl.divisible('student.hidden', 'student.num_heads'),
+           cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0))
+  return cl.Schema(get_config('cpu'), bounds, rules)

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax.data._translation import write_json
+from kdjax.data._builder import write_json
 
 Array = np.ndarray
 
@@ -159,6 +159,28 @@ class CacheSpec:
 
   @classmethod
   def from_json(cls, value: Mapping[str, Any]) -> CacheSpec:
+    """The spec of a parsed ``cache_spec.json``, every field checked.
+
+    Raises:
+      ValueError: naming every missing, unknown or ill-typed field, and
+        values out of range (a spec is read from disk: it is untrusted).
+    """
+    if not isinstance(value, Mapping):
+      raise ValueError(f'a cache spec must be a JSON object, got {type(value).__name__}.')
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+    problems = [f'missing field {n!r}' for n in required if n not in value]
+    problems += [f'unknown field {n!r}' for n in value if n not in fields]
+    for name, item in value.items():
+      if name in _SPEC_CHECKS and not _SPEC_CHECKS[name][0](item):
+        problems.append(f'{name}={item!r} must be {_SPEC_CHECKS[name][1]}')
+    if not problems:
+      if value.get('version', FORMAT_VERSION) != FORMAT_VERSION:
+        problems.append(f'version={value["version"]} is not this reader\'s {FORMAT_VERSION}')
+      if value['k'] > value['vocab_size']:
+        problems.append(f'k={value["k"]} exceeds vocab_size={value["vocab_size"]}')
+    if problems:
+      raise ValueError('invalid cache spec: ' + '; '.join(problems) + '.')
     return cls(**value)
 
   def differences(self, other: CacheSpec) -> dict[str, tuple[Any, Any]]:
@@ -167,13 +189,38 @@ class CacheSpec:
     return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
 
 
+def _positive_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# Field checks of a spec read from disk: (test, what it must be).
+_SPEC_CHECKS = {
+    **{name: (_positive_int, 'a positive integer')
+       for name in ('k', 'vocab_size', 'time', 'num_examples', 'examples_per_shard', 'version')},
+    'temperature': (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and v > 0, 'a finite number > 0'),
+    'log_prob_format': (lambda v: v in LOG_PROB_FORMATS, f'one of {list(LOG_PROB_FORMATS)}'),
+    'index_encoding': (lambda v: v in INDEX_ENCODINGS, f'one of {list(INDEX_ENCODINGS)}'),
+    'teacher_id': (lambda v: isinstance(v, str), 'a string'),
+    'data_id': (lambda v: isinstance(v, str), 'a string'),
+}
+
+
 def read_spec(directory: str | os.PathLike[str]) -> CacheSpec | None:
-  """The spec stored in `directory`, or None when there is none."""
+  """The spec stored in `directory`, or None when there is none.
+
+  Raises:
+    ValueError: naming the file, when it is not valid JSON or not a valid
+      spec (missing, unknown or ill-typed fields, values out of range).
+  """
   path = os.path.join(directory, SPEC_FILE)
   if not os.path.exists(path):
     return None
-  with open(path, encoding='utf-8') as f:
-    return CacheSpec.from_json(json.load(f))
+  try:
+    with open(path, encoding='utf-8') as f:
+      return CacheSpec.from_json(json.load(f))
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise ValueError(f'{path}: {e}') from None
 
 
 def write_spec(directory: str | os.PathLike[str], spec: CacheSpec) -> None:
@@ -299,7 +346,18 @@ def encode_record(spec: CacheSpec, log_probs: Array, indices: Array, tail: Array
 
 
 def decode_record(spec: CacheSpec, record: bytes) -> tuple[Array, Array, Array]:
-  """``(log_probs float32 [time, k], indices int32 [time, k], tail float32 [time])``."""
+  """``(log_probs float32 [time, k], indices int32 [time, k], tail float32 [time])``.
+
+  Raises:
+    ValueError: when the record's size is not the spec's, or an index is
+      outside the spec's vocabulary (a record of another cache or a corrupt
+      one): never a silently wrong shape.
+  """
+  if len(record) != spec.record_bytes:
+    raise ValueError(
+        f'a record of {len(record)} bytes, where the spec (time={spec.time}, k={spec.k}, '
+        f'{spec.log_prob_format}, {spec.index_encoding} indices of vocab_size='
+        f'{spec.vocab_size}) makes {spec.record_bytes}.')
   log_prob_dtype, tail_dtype = _STORAGE[spec.log_prob_format]
   count = spec.time * spec.k
   buffer = memoryview(record)
@@ -313,4 +371,8 @@ def decode_record(spec: CacheSpec, record: bytes) -> tuple[Array, Array, Array]:
   end = offset + spec.time * tail_dtype.itemsize
   tail = np.frombuffer(buffer[offset:end], tail_dtype).astype(np.float32)
   indices = decode_indices(buffer[end:], spec.vocab_size, spec.index_encoding, count)
+  if indices.size and (indices.min() < 0 or indices.max() >= spec.vocab_size):
+    raise ValueError(
+        f'a record holds token index {indices.max()}, outside the spec\'s vocab_size='
+        f'{spec.vocab_size}.')
   return (dequantize_log_probs(codes, ranges), indices.reshape(spec.time, spec.k), tail)

@@ -16,6 +16,7 @@ from kdjax import _checks
 from kdjax import losses
 from kdjax.cache import _format
 from kdjax.cache._format import CacheSpec
+from kdjax.data._pipeline import array_record_count
 from kdjax.losses._topk import check_k
 
 Apply = Callable[..., Any]
@@ -84,14 +85,6 @@ def _vocab_of(teacher_apply, teacher_variables, batch, vocab_size) -> int:
         f'vocab_size={vocab_size} must be in [1, {logits_vocab}], the teacher logits\' '
         f'last axis (logits shape {outputs.logits.shape}).')
   return int(vocab_size)
-
-
-def _shard_record_count(path: str) -> int:
-  reader = array_record_module.ArrayRecordReader(path)
-  try:
-    return reader.num_records()
-  finally:
-    reader.close()
 
 
 def write_cache(
@@ -208,7 +201,7 @@ def write_cache(
     path = os.path.join(directory, spec.shard_name(shard))
     examples = spec.shard_examples(shard)
     if os.path.exists(path):
-      count = _shard_record_count(path)
+      count = array_record_count(path)
       if count != len(examples):
         raise ValueError(
             f'{path} holds {count} records but shard {shard} has {len(examples)} examples: '
@@ -289,17 +282,26 @@ class TeacherCache:
       raise FileNotFoundError(
           f'the teacher cache in {self.directory} is incomplete: {len(missing)} of '
           f'{len(paths)} shards missing ({missing[:3]}...); rerun write_cache to finish it.')
+    # Each shard's footer is read here, so a truncated or corrupt file is
+    # named now rather than failing inside the C++ reader at some later step.
+    for shard, path in enumerate(paths):
+      records = array_record_count(path)
+      if records != len(spec.shard_examples(shard)):
+        raise ValueError(
+            f'{path}: holds {records} records, where the spec of the teacher cache in '
+            f'{self.directory} puts {len(spec.shard_examples(shard))} examples in this shard.')
+    self._paths = paths
     self._source = grain.sources.ArrayRecordDataSource(paths)
-    if len(self._source) != spec.num_examples:
-      raise ValueError(
-          f'the teacher cache in {self.directory} holds {len(self._source)} records, its '
-          f'spec {spec.num_examples}.')
 
   def __len__(self) -> int:
     return self.spec.num_examples
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    log_probs, indices, tail = _format.decode_record(self.spec, self._source[index])
+    path = self._paths[index // self.spec.examples_per_shard]
+    try:
+      log_probs, indices, tail = _format.decode_record(self.spec, self._source[index])
+    except (RuntimeError, ValueError) as e:
+      raise ValueError(f'{path}: example {index} of the teacher cache is unreadable: {e}') from None
     return {LOG_PROBS_KEY: log_probs, INDICES_KEY: indices, TAIL_KEY: tail}
 
   def __repr__(self) -> str:

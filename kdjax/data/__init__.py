@@ -1,5 +1,10 @@
 """Datasets and grain input pipelines over TFDS sources, without TensorFlow."""
 
+from kdjax.data._audio import estimate_pitch
+from kdjax.data._audio import FeatureConfig
+from kdjax.data._audio import log_mel_and_energy
+from kdjax.data._audio import mel_filterbank
+from kdjax.data._audio import stft_magnitude
 from kdjax.data._cross_tokenizer import align_boundaries
 from kdjax.data._cross_tokenizer import encode_with_byte_lengths
 from kdjax.data._cross_tokenizer import make_cross_tokenizer_arrays
@@ -7,6 +12,7 @@ from kdjax.data._cross_tokenizer import normalize_text
 from kdjax.data._cross_tokenizer import split_text
 from kdjax.data._cross_tokenizer import token_bytes
 from kdjax.data._cross_tokenizer import vocab_mapping
+from kdjax.data._debian import AptError
 from kdjax.data._digits import Digits
 from kdjax.data._digits import make_digits_arrays
 from kdjax.data._fonts import collect_faces
@@ -42,6 +48,27 @@ from kdjax.data._pipeline import load_source
 from kdjax.data._pipeline import make_loader
 from kdjax.data._pipeline import MASK_KEY
 from kdjax.data._pipeline import num_classes
+from kdjax.data._sentences import collect_sentences
+from kdjax.data._sentences import keep_sentence
+from kdjax.data._sentences import rst_paragraphs
+from kdjax.data._sentences import split_sentences
+from kdjax.data._speech import default_cache_dir as speech_cache_dir
+from kdjax.data._speech import encode_phonemes
+from kdjax.data._speech import featurize_recording
+from kdjax.data._speech import ljspeech_examples
+from kdjax.data._speech import PHONEMES
+from kdjax.data._speech import phoneme_vocabulary
+from kdjax.data._speech import read_chunks as read_speech_chunks
+from kdjax.data._speech import select_utterances
+from kdjax.data._speech import SpeechFeatures
+from kdjax.data._speech import speech_sentences
+from kdjax.data._speech import synthesize_chunks as synthesize_speech_chunks
+from kdjax.data._synthesis import fetch_speech_tools
+from kdjax.data._synthesis import frame_durations
+from kdjax.data._synthesis import parse_pho
+from kdjax.data._synthesis import Phone
+from kdjax.data._synthesis import SpeechTools
+from kdjax.data._synthesis import synthesize_utterance
 from kdjax.data._text import BYTE_VOCAB_SIZE
 from kdjax.data._text import list_text_files
 from kdjax.data._text import make_text_lm_arrays
@@ -132,4 +159,33 @@ __all__ += [
     'make_font_arrays',
     'render_glyph',
     'split_units',
+]
+__all__ += [
+    'PHONEMES',
+    'AptError',
+    'FeatureConfig',
+    'Phone',
+    'SpeechFeatures',
+    'SpeechTools',
+    'collect_sentences',
+    'encode_phonemes',
+    'estimate_pitch',
+    'featurize_recording',
+    'fetch_speech_tools',
+    'frame_durations',
+    'keep_sentence',
+    'ljspeech_examples',
+    'log_mel_and_energy',
+    'mel_filterbank',
+    'parse_pho',
+    'phoneme_vocabulary',
+    'read_speech_chunks',
+    'rst_paragraphs',
+    'select_utterances',
+    'speech_cache_dir',
+    'speech_sentences',
+    'split_sentences',
+    'stft_magnitude',
+    'synthesize_speech_chunks',
+    'synthesize_utterance',
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 from types import ModuleType
 from typing import Any, Iterator
 
@@ -21,6 +23,53 @@ def import_optional(module: str, *, needed_for: str, package: str) -> ModuleType
         f'{needed_for} needs the `{package}` package: `pip install kdjax[data]` '
         f'(or `pip install {package}`).'
     ) from e
+
+
+def write_json(path: str | os.PathLike[str], value: object) -> None:
+  """Writes JSON atomically (a temporary file of this process, renamed).
+
+  The temporary file's name holds the process id, so processes of one
+  multi-host job writing the same file never write into each other's
+  temporary file.
+  """
+  path = os.fspath(path)
+  temporary = f'{path}.tmp{os.getpid()}'
+  with open(temporary, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=1, ensure_ascii=False, sort_keys=True)
+    f.write('\n')
+  os.replace(temporary, path)
+
+
+def atomic_savez(path: str, **arrays: np.ndarray) -> None:
+  """``np.savez`` to a temporary file of this process, renamed: the file is whole or absent."""
+  tmp = f'{path}.tmp-{os.getpid()}.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def claim_chunk_dir(chunk_dir: str, fingerprint: str, spec: dict[str, object]) -> None:
+  """Makes `chunk_dir` the home of one resumable build's chunks, or refuses another build's.
+
+  The first call writes ``spec.json`` (`spec` and the `fingerprint`); a
+  later call with another fingerprint raises, so chunks of two builds are
+  never mixed.
+  """
+  os.makedirs(chunk_dir, exist_ok=True)
+  spec_path = os.path.join(chunk_dir, 'spec.json')
+  if os.path.exists(spec_path):
+    try:
+      with open(spec_path, encoding='utf-8') as f:
+        found = json.load(f)['fingerprint']
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+      raise ValueError(f'{spec_path}: not a chunk spec ({e!r}); delete {chunk_dir!r} to '
+                       'build again.') from None
+    if found != fingerprint:
+      raise ValueError(
+          f'chunk_dir {chunk_dir!r} holds chunks of another build (fingerprint {found}, '
+          f'this build {fingerprint}): use a new directory or delete it.'
+      )
+  else:
+    write_json(spec_path, {'fingerprint': fingerprint, **spec})
 
 
 class OfflineArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 import os
 from typing import Any
 
+from array_record.python import array_record_module
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
@@ -52,9 +53,46 @@ def load_source(
     `len()` and random access, and a `dataset_info` attribute holding the
     `tfds.core.DatasetInfo`. `grain.MapDataset.source` accepts it.
   """
-  return tfds.data_source(
-      name, split=split, data_dir=data_dir, download=download
-  )
+  source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+  # The reader opens its files lazily, and its C++ errors name no file:
+  # check every shard's footer and record count now, naming a bad one.
+  try:
+    instructions = source.dataset_info.splits[split].file_instructions
+  except KeyError:  # no split files to check (tfds.testing.mock_data)
+    instructions = []
+  problems = []
+  for instruction in instructions:
+    try:
+      count = array_record_count(instruction.filename)
+    except ValueError as bad:
+      problems.append(str(bad))
+      continue
+    if count != instruction.examples_in_shard:
+      problems.append(f'{instruction.filename}: {count} records, where the dataset info '
+                      f'says {instruction.examples_in_shard}')
+  if problems:
+    raise ValueError(
+        f'dataset {name!r}, split {split!r} is unreadable: {"; ".join(problems)}. Delete '
+        'its directory to prepare it again.')
+  return source
+
+
+def array_record_count(path: str) -> int:
+  """The number of records of the array_record file at `path`, its footer checked.
+
+  Raises:
+    ValueError: naming the file, when it is missing, truncated or corrupt
+      (instead of the C++ reader's RuntimeError, which names no file).
+  """
+  try:
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      return reader.num_records()
+    finally:
+      reader.close()
+  except RuntimeError as e:
+    raise ValueError(f'{path}: not a readable array_record file (missing, truncated or '
+                     f'corrupt: {str(e) or "the reader gave no reason"})') from None
 
 
 def dataset_info(name: str, data_dir: str | None = None) -> Any:

@@ -201,19 +201,7 @@ def make_translation_arrays(
   return arrays, dropped
 
 
-def write_json(path: str | os.PathLike[str], value: object) -> None:
-  """Writes JSON atomically (a temporary file of this process, renamed).
-
-  The temporary file's name holds the process id, so processes of one
-  multi-host job writing the same file never write into each other's
-  temporary file.
-  """
-  path = os.fspath(path)
-  temporary = f'{path}.tmp{os.getpid()}'
-  with open(temporary, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1, ensure_ascii=False, sort_keys=True)
-    f.write('\n')
-  os.replace(temporary, path)
+write_json = _builder.write_json
 
 
 # ------------------------------------------------------------------ builders

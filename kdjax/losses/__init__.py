@@ -43,6 +43,12 @@ from kdjax.losses._sequence import token_mean as token_mean
 from kdjax.losses._topk import teacher_topk as teacher_topk
 from kdjax.losses._topk import TOPK_MODES as TOPK_MODES
 from kdjax.losses._topk import topk_kl_divergence as topk_kl_divergence
+from kdjax.losses._transformer import attention_kl as attention_kl
+from kdjax.losses._transformer import attention_score_mse as attention_score_mse
+from kdjax.losses._transformer import cosine_embedding_loss as cosine_embedding_loss
+from kdjax.losses._transformer import hidden_mse as hidden_mse
+from kdjax.losses._transformer import relation_kl as relation_kl
+from kdjax.losses._transformer import soft_cross_entropy as soft_cross_entropy
 
 __all__ = [
     'CRDHead',
@@ -87,4 +93,10 @@ __all__ = [
     'topk_kl_divergence',
     'total_variation_distance',
     'uld_loss',
+    'attention_kl',
+    'attention_score_mse',
+    'cosine_embedding_loss',
+    'hidden_mse',
+    'relation_kl',
+    'soft_cross_entropy',
 ]

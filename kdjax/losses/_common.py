@@ -16,7 +16,11 @@ Array = jax.Array
 ValueCheck = Callable[[dict[str, Any]], None]
 
 
-def jit_after_checks(*checks: ValueCheck, static_argnames: Sequence[str] = ()):
+def jit_after_checks(
+    *checks: ValueCheck,
+    static_argnames: Sequence[str] = (),
+    static_if_python: Sequence[str] = (),
+):
   """Decorator: checks the caller's values, then runs `fn` under `jax.jit`.
 
   Inside jit, hyper-parameters and labels are tracers whose values cannot be
@@ -25,11 +29,18 @@ def jit_after_checks(*checks: ValueCheck, static_argnames: Sequence[str] = ()):
   trace time. The body compiles once per shape and dtype (and value of the
   `static_argnames`) instead of dispatching op by op when called eagerly;
   inside a caller's jit it is inlined.
+
+  The arguments named in `static_if_python` are static when the caller gives
+  a Python number (so `fn` can skip work a constant makes dead, e.g. label
+  smoothing of 0) and traced when it gives an array (a schedule's value).
   """
 
   def decorator(fn):
     signature = inspect.signature(fn)
     jitted = jax.jit(fn, static_argnames=tuple(static_argnames))
+    jitted_constants = (
+        jax.jit(fn, static_argnames=(*static_argnames, *static_if_python))
+        if static_if_python else None)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -37,6 +48,9 @@ def jit_after_checks(*checks: ValueCheck, static_argnames: Sequence[str] = ()):
       bound.apply_defaults()
       for check in checks:
         check(bound.arguments)
+      if jitted_constants is not None and all(
+          isinstance(bound.arguments[name], (int, float)) for name in static_if_python):
+        return jitted_constants(*args, **kwargs)
       return jitted(*args, **kwargs)
 
     return wrapper

@@ -256,8 +256,11 @@ def crd(
     scores = jnp.exp(jnp.einsum('bkd,bd->bk', weights, embedding) / temperature)
     count = jnp.maximum(jnp.sum(valid), 1) * scores.shape[1]
     first = jnp.sum(jnp.where(valid[:, None], scores, 0.0)) / count * num_data
-    z = jnp.where(z > 0, z.astype(dtype), lax.stop_gradient(first))
-    return _nce_values(scores / z, num_data), z
+    # A batch with no real example estimates nothing: an unset normaliser
+    # stays unset, and the (masked) values divide by 1 instead of 0.
+    z = z.astype(dtype)
+    z = jnp.where(z > 0, z, jnp.where(jnp.any(valid), lax.stop_gradient(first), z))
+    return _nce_values(scores / jnp.where(z > 0, z, 1.0), num_data), z
 
   student_values, z_student = side(memory.teacher, student, memory.z_student)
   teacher_values, z_teacher = side(memory.student, teacher, memory.z_teacher)

@@ -98,19 +98,34 @@ def _scale_by_temperature(divergence: Array, temperature: ArrayLike) -> Array:
   return divergence * jnp.square(jnp.asarray(temperature, divergence.dtype))
 
 
-def _masked_logsumexp(x: Array, valid: Array) -> Array:
-  """``log(sum(exp(x)))`` over valid entries of the last axis, keepdims.
+def _masked_max_and_log_sum(x: Array, valid: Array | None) -> tuple[Array, Array]:
+  """``(m, l)`` with ``log(sum(exp(x)))`` = ``m + l`` over valid entries, keepdims.
 
-  Gives -inf where a row has no valid entry, with zero gradients there.
+  `valid` None means every entry; a -inf entry then adds ``exp(-inf) = 0``
+  with a zero derivative by itself, so no select is spent on it (the train
+  step's hot path: see ``benchmarks/step_overhead.py``). `m` is the row's
+  largest valid entry (0 in a row with none, no gradient) and `l` is -inf
+  in a row with no valid entry, with zero gradients there.
   """
-  row_max = jnp.max(jnp.where(valid, x, -jnp.inf), axis=-1, keepdims=True)
-  row_max = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
   # -inf (not x) on invalid entries: exp(-inf) = 0 has a zero derivative.
-  shifted = jnp.where(valid, x - row_max, -jnp.inf)
+  masked = x if valid is None else jnp.where(valid, x, -jnp.inf)
+  row_max = jnp.max(masked, axis=-1, keepdims=True)
+  row_max = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  shifted = masked - row_max  # -inf - finite = -inf: invalid entries stay out
   sum_exp = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
   has_mass = sum_exp > 0
   log_sum = jnp.log(jnp.where(has_mass, sum_exp, 1.0))
-  return jnp.where(has_mass, row_max + log_sum, -jnp.inf)
+  return row_max, jnp.where(has_mass, log_sum, -jnp.inf)
+
+
+def _masked_logsumexp(x: Array, valid: Array | None) -> Array:
+  """``log(sum(exp(x)))`` over valid entries of the last axis, keepdims.
+
+  `valid` None means every entry (see :func:`_masked_max_and_log_sum`).
+  Gives -inf where a row has no valid entry, with zero gradients there.
+  """
+  row_max, log_sum = _masked_max_and_log_sum(x, valid)
+  return row_max + log_sum
 
 
 def _masked_log_softmax(
@@ -130,21 +145,34 @@ def _masked_log_softmax(
   valid = logits != -jnp.inf
   if mask is not None:
     valid = valid & mask
-  log_norm = _masked_logsumexp(logits, valid)
-  return jnp.where(valid, logits - log_norm, -jnp.inf), valid
+  # Without a class mask the -inf logits are the only invalid entries, which
+  # the log-sum-exp leaves out by itself.
+  row_max, log_sum = _masked_max_and_log_sum(logits, None if mask is None else valid)
+  # (x - max) - log_sum, not x - (max + log_sum): at logits of 1e4 the sum
+  # max + log_sum would round to float32's spacing there (~1e-3), and the
+  # result would no longer be invariant to a shift of the logits.
+  return jnp.where(valid, (logits - row_max) - log_sum, -jnp.inf), valid
 
 
 def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
   """``sum_c p_c (log p_c - log q_c)`` over classes where p > 0.
 
   Entries outside `valid_p` are replaced before any arithmetic, so that no
-  0 * inf reaches the value or the gradient. Where q = 0 but p > 0 the result
-  is +inf, as the divergence is.
+  0 * inf reaches the value or the gradient. Where q = 0 (``log_q`` -inf) but
+  p > 0 the result is +inf, as the divergence is, even when p underflows to
+  0; that term is a constant, so the gradient is the finite part's (no NaN).
   """
-  log_p = jnp.where(valid_p, log_p, 0.0)
-  log_q = jnp.where(valid_p, log_q, 0.0)
-  p = jnp.where(valid_p, jnp.exp(log_p), 0.0)
-  return jnp.sum(jnp.where(valid_p, p * (log_p - log_q), 0.0), axis=-1)
+  # A -inf `log_p` is no mass even where `valid_p` is True. jnp.where
+  # broadcasts without rank promotion: `valid_p` may have fewer axes.
+  valid_p = jnp.where(valid_p, log_p != -jnp.inf, False)
+  finite = jnp.where(valid_p, log_q != -jnp.inf, False)
+  log_p = jnp.where(finite, log_p, 0.0)
+  log_q = jnp.where(finite, log_q, 0.0)
+  p = jnp.where(finite, jnp.exp(log_p), 0.0)
+  value = jnp.sum(p * (log_p - log_q), axis=-1)  # 0 * (0 - 0) outside `finite`
+  unbounded = jnp.any(jnp.where(finite, False, valid_p), axis=-1)
+  # Added, not selected: the gradient stays that of the finite part.
+  return value + jnp.where(unbounded, jnp.inf, 0.0)
 
 
 def _log_mixture(
@@ -760,7 +788,8 @@ def decoupled_kd(
 
 
 @_jit_after_checks(
-    unit_interval_value('label_smoothing'), _label_values('logits')
+    unit_interval_value('label_smoothing'), _label_values('logits'),
+    static_if_python=('label_smoothing',),
 )
 def cross_entropy(
     logits: ArrayLike,
@@ -824,9 +853,14 @@ def cross_entropy(
   # Not masked by `valid`: a label on an excluded class gives +inf.
   target_nll = -jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
   num_valid = jnp.sum(valid, axis=-1)
-  safe_log_probs = jnp.where(valid, log_probs, 0.0)
-  uniform_nll = -jnp.sum(safe_log_probs, axis=-1) / jnp.maximum(num_valid, 1)
-  smoothing = jnp.asarray(label_smoothing, log_probs.dtype)
-  loss = (1.0 - smoothing) * target_nll + smoothing * uniform_nll
+  if isinstance(label_smoothing, (int, float)) and label_smoothing == 0:
+    # A constant 0 (static, see _jit_after_checks): the uniform part has
+    # weight 0 and a finite value, so leaving it out changes no bit.
+    loss = target_nll
+  else:
+    safe_log_probs = jnp.where(valid, log_probs, 0.0)
+    uniform_nll = -jnp.sum(safe_log_probs, axis=-1) / jnp.maximum(num_valid, 1)
+    smoothing = jnp.asarray(label_smoothing, log_probs.dtype)
+    loss = (1.0 - smoothing) * target_nll + smoothing * uniform_nll
   loss = jnp.where(num_valid > 0, loss, 0.0)
   return _nan_where_out_of_range(loss, in_range)

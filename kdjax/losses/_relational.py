@@ -149,7 +149,10 @@ def pkt(
   pair = _pair_mask(mask)
 
   def conditional(x):
-    x = x / (jnp.sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True)) + eps)
+    squared = jnp.sum(jnp.square(x), axis=1, keepdims=True)
+    # sqrt's derivative at 0 is inf (times 0: NaN): take it only where > 0.
+    norm = jnp.where(squared > 0, jnp.sqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
+    x = x / (norm + eps)
     kernel = jnp.where(pair, (x @ x.T + 1.0) / 2.0, 0.0)
     total = jnp.sum(kernel, axis=1, keepdims=True)
     return kernel / jnp.where(total > 0, total, 1.0)

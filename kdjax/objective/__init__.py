@@ -3,7 +3,8 @@
 The package's parts: :mod:`~kdjax.objective._core` (schedules, the term
 protocols, :class:`Objective`), single-teacher terms, multi-teacher terms,
 language-model terms (MiniLLM's on-policy term among them) and stateful
-terms. Paper recipes (FitNets' stages)
+terms, Transformer-encoder terms (TinyBERT, DistilBERT, MiniLM) with their
+layer maps. Paper recipes (FitNets' stages)
 live in :mod:`kdjax.recipes`.
 """
 
@@ -38,6 +39,15 @@ from kdjax.objective._stateful import crd as crd
 from kdjax.objective._stateful import CRDTerm as CRDTerm
 from kdjax.objective._stateful import ema_teacher_distill as ema_teacher_distill
 from kdjax.objective._stateful import EMATeacherTerm as EMATeacherTerm
+from kdjax.objective._transformer import distilbert_cosine as distilbert_cosine
+from kdjax.objective._transformer import LayerMap as LayerMap
+from kdjax.objective._transformer import masked_lm as masked_lm
+from kdjax.objective._transformer import minilm_attention as minilm_attention
+from kdjax.objective._transformer import minilm_relations as minilm_relations
+from kdjax.objective._transformer import tinybert_attention as tinybert_attention
+from kdjax.objective._transformer import tinybert_embedding as tinybert_embedding
+from kdjax.objective._transformer import tinybert_hidden as tinybert_hidden
+from kdjax.objective._transformer import tinybert_prediction as tinybert_prediction
 
 __all__ = [
     'Batch',
@@ -68,6 +78,15 @@ __all__ = [
     'supervised',
     'token_distill',
     'uld_distill',
+    'LayerMap',
+    'distilbert_cosine',
+    'masked_lm',
+    'minilm_attention',
+    'minilm_relations',
+    'tinybert_attention',
+    'tinybert_embedding',
+    'tinybert_hidden',
+    'tinybert_prediction',
 ]
 
 # Names that moved or were renamed; they keep working for one release.

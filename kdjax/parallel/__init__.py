@@ -4,6 +4,7 @@ from kdjax.parallel._batch import batch_sharding
 from kdjax.parallel._batch import batch_spec
 from kdjax.parallel._batch import process_rows
 from kdjax.parallel._batch import shard_batch
+from kdjax.parallel._distributed import any_process
 from kdjax.parallel._distributed import initialize_distributed
 from kdjax.parallel._mesh import DATA_AXES
 from kdjax.parallel._mesh import make_mesh
@@ -25,6 +26,7 @@ from kdjax.parallel._step import train_state_shardings
 
 __all__ = [
     'DATA_AXES',
+    'any_process',
     'batch_sharding',
     'batch_spec',
     'gather_batch',

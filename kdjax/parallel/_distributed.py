@@ -1,4 +1,4 @@
-"""Multi-host start-up: a thin pass-through to ``jax.distributed.initialize``."""
+"""Multi-host start-up (a thin pass-through to ``jax.distributed.initialize``) and agreement."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +53,25 @@ def initialize_distributed(
       jax.process_index(), jax.process_count(), jax.local_device_count(),
       jax.device_count(), jax.devices()[0].platform,
   )
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true in any process; every process gets the same answer.
+
+  One process alone returns `flag` at no cost. With several, each process's
+  flag is gathered over the devices (``multihost_utils.process_allgather``,
+  one small collective, so every process must call it at the same point):
+  it is how processes agree to stop after the same step when only some of
+  them got a preemption signal, or to skip a checkpoint that only some could
+  read.
+
+  Args:
+    flag: this process's value.
+
+  Returns:
+    The logical or of `flag` over all processes.
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+  return bool(np.any(flags))

@@ -49,3 +49,19 @@ __all__ += ['CIFAR_MODELS', 'cifar_model', 'Conv', 'conv2d', 'expose_feature',
             'ShuffleNetV2', 'resnet20', 'resnet32', 'resnet56', 'resnet110',
             'resnet8x4', 'resnet32x4', 'wrn_16_1', 'wrn_16_2', 'wrn_40_1', 'wrn_40_2',
             'vgg8', 'vgg13', 'mobile_half', 'shuffle_v1', 'shuffle_v2']
+from kdjax.zoo._bert import BERT_FEATURE_KINDS
+from kdjax.zoo._bert import BERT_LOGICAL_AXES
+from kdjax.zoo._bert import BertCheckpoint
+from kdjax.zoo._bert import BertConfig
+from kdjax.zoo._bert import BertEncoder
+from kdjax.zoo._bert import bert_apply
+from kdjax.zoo._bert import bert_feature_names
+from kdjax.zoo._bert import bert_params_from_hf
+from kdjax.zoo._bert import bert_student_from_teacher
+from kdjax.zoo._bert import load_bert
+from kdjax.zoo._bert import mean_pool
+from kdjax.zoo._bert import sentence_embedding
+
+__all__ += ['BERT_FEATURE_KINDS', 'BERT_LOGICAL_AXES', 'BertCheckpoint', 'BertConfig',
+            'BertEncoder', 'bert_apply', 'bert_feature_names', 'bert_params_from_hf',
+            'bert_student_from_teacher', 'load_bert', 'mean_pool', 'sentence_embedding']
