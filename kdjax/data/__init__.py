@@ -15,6 +15,20 @@ from kdjax.data._cross_tokenizer import vocab_mapping
 from kdjax.data._debian import AptError
 from kdjax.data._digits import Digits
 from kdjax.data._digits import make_digits_arrays
+from kdjax.data._fonts import collect_faces
+from kdjax.data._fonts import DEFAULT_PACKAGES as FONT_PACKAGES
+from kdjax.data._fonts import face_problem
+from kdjax.data._fonts import family_unit
+from kdjax.data._fonts import fetch_fonts
+from kdjax.data._fonts import FONT_CLASSES
+from kdjax.data._fonts import font_glyphs_metadata
+from kdjax.data._fonts import FontFace
+from kdjax.data._fonts import FontGlyphs
+from kdjax.data._fonts import GlyphJitter
+from kdjax.data._fonts import list_font_files
+from kdjax.data._fonts import make_font_arrays
+from kdjax.data._fonts import render_glyph
+from kdjax.data._fonts import split_units
 from kdjax.data._gettext import collect_pairs
 from kdjax.data._gettext import DEFAULT_PACKAGES as GETTEXT_PACKAGES
 from kdjax.data._gettext import fetch_catalogs
@@ -129,6 +143,22 @@ __all__ += [
     'train_tokenizer',
     'translation_metadata',
     'write_pairs',
+]
+__all__ += [
+    'FONT_CLASSES',
+    'FONT_PACKAGES',
+    'FontFace',
+    'FontGlyphs',
+    'GlyphJitter',
+    'collect_faces',
+    'face_problem',
+    'family_unit',
+    'fetch_fonts',
+    'font_glyphs_metadata',
+    'list_font_files',
+    'make_font_arrays',
+    'render_glyph',
+    'split_units',
 ]
 __all__ += [
     'PHONEMES',

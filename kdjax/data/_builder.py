@@ -126,11 +126,12 @@ class OfflineArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
     Args:
       arrays: one split of :meth:`_split_arrays`; scalar entries (labels,
-        indices) are passed on as Python numbers.
+        indices) are passed on as Python numbers, entries of object arrays
+        (strings) as they are.
     """
     names = tuple(arrays)
     for i, row in enumerate(zip(*(arrays[name] for name in names))):
       yield i, {
-          name: value.item() if np.ndim(value) == 0 else value
+          name: value.item() if isinstance(value, np.generic) else value
           for name, value in zip(names, row)
       }

@@ -6,7 +6,8 @@ system's package database. Packages outside the system's configured
 components (contrib, non-free) come through a private apt state: a sources
 list, package lists and an archive cache of our own, all under
 ``cache_dir/apt``, passed to apt with ``-o Dir::...`` options
-(:func:`private_apt_options`).
+(:func:`private_apt_options`). :func:`fetch_packages` does both steps for
+the gettext catalogs, the speech tools and the font packages.
 """
 
 from __future__ import annotations
@@ -206,3 +207,32 @@ def extract_package(deb: str, *, cache_dir: str | os.PathLike[str], package: str
     subprocess.run(['dpkg-deb', '-x', deb, tmp], check=True)
     os.replace(tmp, root)
   return root
+
+
+def fetch_packages(
+    packages: Sequence[str],
+    *,
+    cache_dir: str | os.PathLike[str],
+    apt_options: Sequence[str] = (),
+) -> dict[str, tuple[str, str]]:
+  """Downloads Debian packages and unpacks each into the cache, once.
+
+  :func:`download_packages` of those whose ``.deb`` is not in
+  ``cache_dir/debs`` yet (nothing is installed, no root is needed), then
+  :func:`extract_package` of each into ``cache_dir/extracted/<package>``.
+
+  Args:
+    packages: Debian package names.
+    cache_dir: the package cache.
+    apt_options: extra apt options (:func:`private_apt_options`).
+
+  Returns:
+    ``{package: (version, extracted root directory)}``, sorted by package.
+
+  Raises:
+    AptError: apt failed or a package was not downloaded.
+  """
+  debs = download_packages(packages, cache_dir=cache_dir, apt_options=apt_options)
+  return {package: (package_version(debs[package]),
+                    extract_package(debs[package], cache_dir=cache_dir, package=package))
+          for package in sorted(debs)}

@@ -471,9 +471,9 @@ def fetch_catalogs(
 ) -> tuple[dict[str, list[str]], dict[str, str]]:
   """Downloads Debian packages and extracts their `lang` catalogs.
 
-  Runs ``apt-get download`` (no root needed) in ``cache_dir/debs`` for the
-  packages not there yet, then ``dpkg-deb -x`` of each into
-  ``cache_dir/extracted/<package>`` (once). A domain found in
+  Fetches them with :func:`kdjax.data._debian.fetch_packages`
+  (``apt-get download`` into ``cache_dir/debs``, no root needed, then
+  ``dpkg-deb -x`` into ``cache_dir/extracted/<package>``, once). A domain found in
   ``locale/<lang>`` is used from there; the country variant
   ``locale/<lang>_<LANG>`` (de_DE, fr_FR) is used only for domains missing
   from ``locale/<lang>``.
@@ -486,11 +486,9 @@ def fetch_catalogs(
   Returns:
     ``({catalog (domain): [.mo paths]}, {package: version})``.
   """
-  debs = _debian.download_packages(packages, cache_dir=cache_dir)
   versions, catalog_files = {}, collections.defaultdict(list)
-  for package in sorted(packages):
-    versions[package] = _debian.package_version(debs[package])
-    root = _debian.extract_package(debs[package], cache_dir=cache_dir, package=package)
+  for package, (version, root) in _debian.fetch_packages(packages, cache_dir=cache_dir).items():
+    versions[package] = version
     seen = set()
     for locale_dir in _locale_dirs(root, lang):
       for path in sorted(glob.glob(os.path.join(locale_dir, 'LC_MESSAGES', '*.mo'))):

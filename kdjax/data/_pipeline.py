@@ -168,13 +168,20 @@ def _key_mapping(info: Any, features: Features) -> dict[str, str] | None:
 
 
 def _image_keys(info: Any) -> set[str] | None:
-  """Source keys holding `tfds.features.Image`s; None when unknown."""
+  """Source keys holding images; None when unknown.
+
+  Images are `tfds.features.Image`s and uint8 `tfds.features.Tensor`s of
+  rank >= 2 (raw images, as kdjax's offline builders store them: encoding
+  PNG needs TensorFlow).
+  """
   if info is None or info.features is None:
     return None
   return {
       k
       for k, f in info.features.items()
       if isinstance(f, tfds.features.Image)
+      or (isinstance(f, tfds.features.Tensor) and np.dtype(f.np_dtype) == np.uint8
+          and len(f.shape) >= 2)
   }
 
 

@@ -88,9 +88,8 @@ def speech_sentences(
                if re.fullmatch(r'python3\.\d+-doc', p)]
   if not versioned:
     raise RuntimeError(f'{PYTHON_DOC_PACKAGE} depends on no python3.X-doc package')
-  deb = _debian.download_packages(versioned[:1], cache_dir=cache_dir,
-                                  apt_options=apt_options)[versioned[0]]
-  root = _debian.extract_package(deb, cache_dir=cache_dir, package=versioned[0])
+  (_, root), = _debian.fetch_packages(versioned[:1], cache_dir=cache_dir,
+                                      apt_options=apt_options).values()
   sources = glob.glob(os.path.join(root, 'usr', 'share', 'doc', 'python3*', 'html', '_sources'))
   if not sources:
     raise RuntimeError(f'{versioned[0]} has no html/_sources directory under {root}')

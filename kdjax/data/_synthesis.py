@@ -133,8 +133,8 @@ def fetch_speech_tools(
     raise ValueError(f'voices must be a non-empty subset of {VOICES}, got {tuple(voices)}')
   cache_dir = os.path.abspath(os.fspath(cache_dir))
   packages, options = _package_set(voices, cache_dir, suite, mirror)
-  debs = _debian.download_packages(packages, cache_dir=cache_dir, apt_options=options)
-  roots = {p: _debian.extract_package(debs[p], cache_dir=cache_dir, package=p) for p in packages}
+  fetched = _debian.fetch_packages(packages, cache_dir=cache_dir, apt_options=options)
+  roots = {p: root for p, (_, root) in fetched.items()}
   data = glob.glob(os.path.join(roots['espeak-ng-data'], 'usr', 'lib', '*', 'espeak-ng-data'))
   if not data:
     raise RuntimeError(f'no espeak-ng-data directory under {roots["espeak-ng-data"]}')
@@ -155,7 +155,7 @@ def fetch_speech_tools(
       espeak=os.path.join(roots['espeak-ng'], 'usr', 'bin', 'espeak-ng'),
       mbrola=os.path.join(roots['mbrola'], 'usr', 'bin', 'mbrola'),
       voices=voice_files, env=env,
-      versions={p: _debian.package_version(debs[p]) for p in packages})
+      versions={p: version for p, (version, _) in fetched.items()})
   espeak_phones('Test.', tools=tools, voice=voices[0], speed=175, pitch=50)
   return tools
 

@@ -369,7 +369,8 @@ class GettextTranslation(_builder.OfflineArrayBuilder):
     return arrays
 
 
-def _dataset_dir(source_or_dir: Any) -> str:
+def dataset_dir(source_or_dir: Any) -> str:
+  """The version directory of a built dataset, from a data source of it or the directory."""
   info = getattr(source_or_dir, 'dataset_info', None)
   return os.fspath(info.data_dir if info is not None else source_or_dir)
 
@@ -381,7 +382,7 @@ def load_tokenizer(source_or_dir: Any) -> BpeTokenizer:
     source_or_dir: a data source from :func:`~kdjax.data.load_source`, or
       the dataset's version directory (``.../gettext_translation/de/1.0.0``).
   """
-  return BpeTokenizer.load(os.path.join(_dataset_dir(source_or_dir), TOKENIZER_FILE))
+  return BpeTokenizer.load(os.path.join(dataset_dir(source_or_dir), TOKENIZER_FILE))
 
 
 def translation_metadata(source_or_dir: Any) -> dict[str, Any]:
@@ -390,7 +391,7 @@ def translation_metadata(source_or_dir: Any) -> dict[str, Any]:
   Args:
     source_or_dir: as for :func:`load_tokenizer`.
   """
-  with open(os.path.join(_dataset_dir(source_or_dir), METADATA_FILE), encoding='utf-8') as f:
+  with open(os.path.join(dataset_dir(source_or_dir), METADATA_FILE), encoding='utf-8') as f:
     return json.load(f)
 
 
