@@ -265,7 +265,7 @@ DEFAULT_PROSE_CAPS = {'debian': 25_000_000, 'man': 35_000_000, 'python_doc': 15_
 MAN_PACKAGES = ('manpages', 'manpages-dev')
 PYTHON_DOC_PACKAGES = ('python3.11-doc',)
 FORTUNE_PACKAGES = ('fortunes-min', 'fortunes')
-SYSTEM_MAN_DIRS = tuple(f'/usr/share/man/man{n}' for n in '1245678')
+DPKG_INFO_DIR = '/var/lib/dpkg/info'
 MIN_PARAGRAPH_WORDS = 6
 _MAN_BATCH = 50
 
@@ -299,6 +299,22 @@ def render_man_pages(paths: Sequence[str]) -> str:
   return re.sub(r'.\x08', '', proc.stdout)
 
 
+def installed_man_pages(packages: Iterable[str], *, dpkg_info_dir: str = DPKG_INFO_DIR) -> list[str]:
+  """The English man pages (``/usr/share/man/man1``-``man8``) that installed `packages` own.
+
+  Read from dpkg's file lists (``<package>[:<arch>].list``); restricting
+  to the packages of the Debian lists leaves out pages of software from
+  other archives (thousands of near-identical cloud CLI pages on some
+  machines).
+  """
+  wanted, pages = set(packages), []
+  for path in sorted(glob.glob(os.path.join(dpkg_info_dir, '*.list'))):
+    if os.path.basename(path)[:-len('.list')].split(':')[0] in wanted:
+      pages += [line.strip() for line in _read(path).splitlines()
+                if re.match(r'^/usr/share/man/man[1-8]/[^/]+$', line.strip())]
+  return [p for p in pages if os.path.isfile(p) and not os.path.islink(p)]
+
+
 def _extracted(packages: Sequence[str], cache_dir: str, apt_options: Sequence[str]) -> list[str]:
   debs = _debian.download_packages(packages, cache_dir=cache_dir, apt_options=apt_options)
   return [_debian.extract_package(debs[p], cache_dir=cache_dir, package=p) for p in packages]
@@ -315,7 +331,8 @@ def prose_documents(
     cache_dir: str,
     apt_options: Sequence[str],
     descriptions: Sequence[PackageDescription] = (),
-    man_dirs: Sequence[str] = SYSTEM_MAN_DIRS,
+    installed_packages: Iterable[str] = (),
+    dpkg_info_dir: str = DPKG_INFO_DIR,
 ) -> Iterator[list[str]]:
   """The raw paragraphs of one prose source, a list per document (a package, page or file).
 
@@ -327,18 +344,20 @@ def prose_documents(
     cache_dir: where packages are downloaded and extracted.
     apt_options: from :func:`~kdjax.data._debian.private_apt_options`.
     descriptions: the Debian descriptions (source ``'debian'``).
-    man_dirs: directories of man pages besides those of :data:`MAN_PACKAGES`.
+    installed_packages: installed packages whose man pages join those of
+      :data:`MAN_PACKAGES` (:func:`installed_man_pages`).
+    dpkg_info_dir: dpkg's file lists.
   """
   if source == 'debian':
     for d in descriptions:
       yield _sentences.rst_paragraphs(d.text)
   elif source == 'man':
     roots = [os.path.join(r, 'usr/share/man') for r in _extracted(MAN_PACKAGES, cache_dir, apt_options)]
+    packaged = [p for r in roots for p in sorted(glob.glob(os.path.join(r, 'man[1-8]', '*')))
+                if os.path.isfile(p) and not os.path.islink(p)]
     pages = {}
-    for directory in [d for r in roots for d in sorted(glob.glob(os.path.join(r, 'man*')))] + list(man_dirs):
-      for path in sorted(glob.glob(os.path.join(directory, '*'))):
-        if os.path.isfile(path) and not os.path.islink(path):
-          pages.setdefault(os.path.basename(path), path)
+    for path in packaged + installed_man_pages(installed_packages, dpkg_info_dir=dpkg_info_dir):
+      pages.setdefault(os.path.basename(path), path)
     ordered = [pages[n] for n in sorted(pages, key=lambda n: (_text.unit_hash(n), n))]
     for start in range(0, len(ordered), _MAN_BATCH):
       yield text_blocks(render_man_pages(ordered[start:start + _MAN_BATCH]))
@@ -431,7 +450,7 @@ def write_prose_shards(
     sections: Sequence[str] = DEFAULT_SECTIONS,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
-    man_dirs: Sequence[str] = SYSTEM_MAN_DIRS,
+    dpkg_info_dir: str = DPKG_INFO_DIR,
 ) -> dict[str, Any]:
   """Writes the prose shards and the task-related transfer set, with ``manifest.json``.
 
@@ -443,6 +462,18 @@ def write_prose_shards(
   ``out_dir/transfer-*.txt``: the paragraphs of the descriptions of train
   source packages in `sections`, without labels (the unlabelled transfer
   set of pre-trained distillation).
+
+  Args:
+    out_dir: where the shards and ``manifest.json`` go.
+    descriptions: every Debian description (:func:`read_package_lists`).
+    cache_dir: where packages are downloaded and extracted.
+    apt_options: from :func:`~kdjax.data._debian.private_apt_options`.
+    sources: the prose sources, a subset of :data:`PROSE_SOURCES`.
+    caps: bytes per source, overriding :data:`DEFAULT_PROSE_CAPS`.
+    sections: the task's Sections (for the transfer set).
+    val_fraction: the task's split, as for :func:`make_section_splits`.
+    test_fraction: likewise.
+    dpkg_info_dir: dpkg's file lists (man pages of installed Debian packages).
 
   Returns:
     The manifest: per source the paragraphs, bytes and documents read, and
@@ -458,7 +489,8 @@ def write_prose_shards(
   seen, prose, report = set(), [], {}
   for source in sources:
     documents = prose_documents(source, cache_dir=cache_dir, apt_options=apt_options,
-                                descriptions=train, man_dirs=man_dirs)
+                                descriptions=train, dpkg_info_dir=dpkg_info_dir,
+                                installed_packages=[d.package for d in descriptions])
     kept, read = clean_paragraphs(documents, max_bytes=caps[source], seen=seen)
     prose += kept
     report[source] = {'paragraphs': len(kept), 'documents_read': read,
