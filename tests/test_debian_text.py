@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from kdjax import data as kdata
 from kdjax.data import _debian_text
+from kdjax.data import debian_text
 
 SAMPLE = pathlib.Path(__file__).parent / 'data' / 'debian_sections_sample.jsonl'
 # The sample's ~200 source packages need larger held-out shares than the real lists' 30,000.
@@ -152,6 +153,16 @@ def test_builder_on_the_sample_reads_back(sample, tmp_path):
     assert [(r['text'].decode(), int(r['label']), r['source'].decode()) for r in rows] == [
         (d.text, kdata.DEBIAN_SECTIONS.index(d.section), d.source) for d in items]
   assert kdata.num_classes(source) == len(kdata.DEBIAN_SECTIONS)
+
+
+def test_command_line_builds_task_and_prose_from_the_sample(tmp_path):
+  report = debian_text.main([
+      '--out', str(tmp_path), '--descriptions', str(SAMPLE), '--per-class', '20',
+      '--val-fraction', '0.2', '--test-fraction', '0.2', '--prose', '--prose-sources', 'debian',
+      '--max-prose-mb', '0.01'])
+  assert report['sections']['examples'] == {'train': 120, 'validation': 40, 'test': 40}
+  assert 0 < report['prose']['debian']['bytes'] <= 10_000
+  assert kdata.read_text_shards(tmp_path / 'debian_prose')
 
 
 # ------------------------------------------------------------------- prose

@@ -258,12 +258,15 @@ def read_descriptions(path: str | os.PathLike[str]) -> list[PackageDescription]:
 
 # ------------------------------------------------------------------ prose
 
-PROSE_SOURCES = ('debian', 'man', 'python_doc', 'fortunes')
-#: Per-source byte caps of the default prose build (about 80 MB in all).
+PROSE_SOURCES = ('debian', 'man', 'python_doc', 'linux_doc', 'fortunes')
+#: Per-source byte caps of the default prose build (100 MB in all; the
+#: sources hold less, see docs/data.md).
 DEFAULT_PROSE_CAPS = {'debian': 25_000_000, 'man': 35_000_000, 'python_doc': 15_000_000,
-                      'fortunes': 5_000_000}
-MAN_PACKAGES = ('manpages', 'manpages-dev')
-PYTHON_DOC_PACKAGES = ('python3.11-doc',)
+                      'linux_doc': 20_000_000, 'fortunes': 5_000_000}
+#: Packages of man pages (perl-doc: the perl*(1) manuals; manpages-posix*: non-free).
+MAN_PACKAGES = ('manpages', 'manpages-dev', 'perl-doc', 'manpages-posix', 'manpages-posix-dev')
+#: Sphinx documentation whose ``html/_sources/**/*.rst.txt`` are read, per source (Debian 12).
+RST_DOC_PACKAGES = {'python_doc': ('python3.11-doc',), 'linux_doc': ('linux-doc-6.1',)}
 FORTUNE_PACKAGES = ('fortunes-min', 'fortunes')
 DPKG_INFO_DIR = '/var/lib/dpkg/info'
 MIN_PARAGRAPH_WORDS = 6
@@ -361,8 +364,8 @@ def prose_documents(
     ordered = [pages[n] for n in sorted(pages, key=lambda n: (_text.unit_hash(n), n))]
     for start in range(0, len(ordered), _MAN_BATCH):
       yield text_blocks(render_man_pages(ordered[start:start + _MAN_BATCH]))
-  elif source == 'python_doc':
-    files = [p for r in _extracted(PYTHON_DOC_PACKAGES, cache_dir, apt_options)
+  elif source in RST_DOC_PACKAGES:
+    files = [p for r in _extracted(RST_DOC_PACKAGES[source], cache_dir, apt_options)
              for p in glob.glob(os.path.join(r, 'usr/share/doc/*/html/_sources/**/*.rst.txt'),
                                 recursive=True)]
     for path in sorted(files, key=lambda p: (_text.unit_hash(os.path.basename(p)), p)):
