@@ -16,6 +16,8 @@ from kdjax.data import _debian_text
 from kdjax.data import debian_text
 
 SAMPLE = pathlib.Path(__file__).parent / 'data' / 'debian_sections_sample.jsonl'
+# Three paragraphs of each prose source, from a real build's shards.
+PROSE_SAMPLE = pathlib.Path(__file__).parent / 'data' / 'debian_prose_sample.txt'
 # The sample's ~200 source packages need larger held-out shares than the real lists' 30,000.
 SPLIT_OPTIONS = dict(per_class=20, val_fraction=0.2, test_fraction=0.2)
 
@@ -177,6 +179,18 @@ def test_paragraph_rules():
   assert not kdata.keep_paragraph('Too short to keep.')
   assert not kdata.keep_paragraph('-a, --all do not ignore entries starting with')
   assert not kdata.keep_paragraph('0x00 0x01 0x02 0x03 0x04 0x05 0x06 0x07.')
+
+
+def test_text_shards_round_trip_the_prose_sample(tmp_path):
+  paragraphs = PROSE_SAMPLE.read_text(encoding='utf-8').splitlines()
+  assert len(paragraphs) == 3 * len(_debian_text.PROSE_SOURCES)
+  assert all(kdata.keep_paragraph(p) for p in paragraphs)
+  shards = _debian_text.write_text_shards(tmp_path, paragraphs, prefix='prose', shard_bytes=500)
+  assert len(shards) > 1 and sum(s['paragraphs'] for s in shards) == len(paragraphs)
+  assert all(s['bytes'] == (tmp_path / s['file']).stat().st_size for s in shards)
+  _debian_text._builder.write_json(tmp_path / 'manifest.json', {'prose': shards, 'transfer': []})
+  assert kdata.read_text_shards(tmp_path) == paragraphs
+  assert kdata.read_text_shards(tmp_path, kind='transfer') == []
 
 
 def test_prose_shards_exclude_held_out_sources(sample, tmp_path):
