@@ -176,6 +176,12 @@ def test_paragraph_rules():
   assert _debian_text.text_blocks('NAME\n   ls - list\n\n  Two  lines\n of text.\n') == [
       'NAME ls - list', 'Two lines of text.']
   assert kdata.keep_paragraph('This paragraph is made of plain English words.')
+  kept, read = _debian_text.clean_paragraphs(
+      [['Call it from a program like this::', 'Too short.'],
+       ['Call it from a  program\nlike this::', 'A second document of six words.']],
+      max_bytes=1000, seen=set())
+  assert kept == ['Call it from a program like this:', 'A second document of six words.']
+  assert read == 2
   assert not kdata.keep_paragraph('Too short to keep.')
   assert not kdata.keep_paragraph('-a, --all do not ignore entries starting with')
   assert not kdata.keep_paragraph('0x00 0x01 0x02 0x03 0x04 0x05 0x06 0x07.')

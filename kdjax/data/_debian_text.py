@@ -397,6 +397,8 @@ def clean_paragraphs(
     read += 1
     for paragraph in paragraphs:
       paragraph = ' '.join(paragraph.split())
+      if paragraph.endswith('::'):  # reST's introduction of a literal block: a colon in prose
+        paragraph = paragraph[:-1]
       if paragraph in seen or not keep_paragraph(paragraph):
         continue
       n = len(paragraph.encode('utf-8')) + 1
