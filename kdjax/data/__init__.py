@@ -13,6 +13,23 @@ from kdjax.data._cross_tokenizer import split_text
 from kdjax.data._cross_tokenizer import token_bytes
 from kdjax.data._cross_tokenizer import vocab_mapping
 from kdjax.data._debian import AptError
+from kdjax.data._debian_text import DEFAULT_SECTIONS as DEBIAN_SECTIONS
+from kdjax.data._debian_text import DebianSections
+from kdjax.data._debian_text import PackageDescription
+from kdjax.data._debian_text import deduplicate
+from kdjax.data._debian_text import fetch_descriptions
+from kdjax.data._debian_text import join_descriptions
+from kdjax.data._debian_text import keep_paragraph
+from kdjax.data._debian_text import long_description
+from kdjax.data._debian_text import make_glue_arrays
+from kdjax.data._debian_text import make_section_splits
+from kdjax.data._debian_text import parse_deb822
+from kdjax.data._debian_text import read_descriptions
+from kdjax.data._debian_text import read_package_lists
+from kdjax.data._debian_text import read_text_shards
+from kdjax.data._debian_text import split_of_source
+from kdjax.data._debian_text import write_descriptions
+from kdjax.data._debian_text import write_prose_shards
 from kdjax.data._digits import Digits
 from kdjax.data._digits import make_digits_arrays
 from kdjax.data._fonts import collect_faces
@@ -188,4 +205,23 @@ __all__ += [
     'stft_magnitude',
     'synthesize_speech_chunks',
     'synthesize_utterance',
+]
+__all__ += [
+    'DEBIAN_SECTIONS',
+    'DebianSections',
+    'PackageDescription',
+    'deduplicate',
+    'fetch_descriptions',
+    'join_descriptions',
+    'keep_paragraph',
+    'long_description',
+    'make_glue_arrays',
+    'make_section_splits',
+    'parse_deb822',
+    'read_descriptions',
+    'read_package_lists',
+    'read_text_shards',
+    'split_of_source',
+    'write_descriptions',
+    'write_prose_shards',
 ]
