@@ -164,15 +164,14 @@ def _kl(log_p: Array, valid_p: Array, log_q: Array) -> Array:
   """
   # A -inf `log_p` is no mass even where `valid_p` is True. jnp.where
   # broadcasts without rank promotion: `valid_p` may have fewer axes.
-  valid_p = jnp.where(valid_p, log_p != -jnp.inf, False)
-  finite = jnp.where(valid_p, log_q != -jnp.inf, False)
+  has_mass = jnp.where(valid_p, log_p != -jnp.inf, False)
+  finite = has_mass & (log_q != -jnp.inf)
   log_p = jnp.where(finite, log_p, 0.0)
   log_q = jnp.where(finite, log_q, 0.0)
-  p = jnp.where(finite, jnp.exp(log_p), 0.0)
-  value = jnp.sum(p * (log_p - log_q), axis=-1)  # 0 * (0 - 0) outside `finite`
-  unbounded = jnp.any(jnp.where(finite, False, valid_p), axis=-1)
-  # Added, not selected: the gradient stays that of the finite part.
-  return value + jnp.where(unbounded, jnp.inf, 0.0)
+  terms = jnp.exp(log_p) * (log_p - log_q)  # exp(0) * (0 - 0) = 0 outside `finite`
+  # One select and one reduction (the train step's hot path): +inf where p
+  # has mass and q none; selected, so the gradient is the finite terms'.
+  return jnp.sum(jnp.where(has_mass & ~finite, jnp.inf, terms), axis=-1)
 
 
 def _log_mixture(
