@@ -7,9 +7,10 @@ import tempfile
 # Must happen before jax initialises its backend. The tests check what the
 # programs compute, not how fast they run, and most of their time is XLA
 # compiling tiny programs: LLVM's optimisation level 0 compiles them about a
-# third faster (the seqkd smoke run: 47 s -> 31 s CPU). The HLO, and with it
-# every fusion and reduction order, is the same; set the flag yourself in
-# XLA_FLAGS to test at another level.
+# third faster (the seqkd smoke run: 47 s -> 31 s CPU). The flag is LLVM's:
+# the optimised HLO, and with it the fusions, stays the same (compared on a
+# sample program); set the flag yourself in XLA_FLAGS to test at another
+# level.
 _FLAGS = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 if 'xla_backend_optimization_level' not in _FLAGS:
   _FLAGS += ' --xla_backend_optimization_level=0'

@@ -664,3 +664,23 @@ def test_narrow_integer_labels_with_many_classes(dtype):
   np.testing.assert_allclose(
       losses.decoupled_kd(logits, teacher, labels),
       losses.decoupled_kd(logits, teacher, labels.astype(jnp.int32)), rtol=1e-6)
+
+
+def test_label_smoothing_as_constant_array_or_traced_value_agree():
+  # A Python number is static in cross_entropy (its 0 skips the smoothing
+  # half); an array or a traced schedule value takes the general path. Both
+  # must give the same losses and gradients.
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  labels = jnp.asarray([0, 5, 2, 3])
+  for smoothing in (0.0, 0.1):
+    constant = losses.cross_entropy(logits, labels, label_smoothing=smoothing)
+    as_array = losses.cross_entropy(logits, labels, label_smoothing=jnp.float32(smoothing))
+    traced = jax.jit(lambda s: losses.cross_entropy(logits, labels, label_smoothing=s))(
+        jnp.float32(smoothing))
+    np.testing.assert_allclose(as_array, constant, rtol=1e-6)
+    np.testing.assert_allclose(traced, constant, rtol=1e-6)
+    grad = lambda s: jax.grad(
+        lambda x: jnp.sum(losses.cross_entropy(x, labels, label_smoothing=s)))(logits)
+    np.testing.assert_allclose(grad(jnp.float32(smoothing)), grad(smoothing), rtol=1e-6,
+                               atol=1e-7)
