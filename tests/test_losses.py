@@ -684,3 +684,95 @@ def test_label_smoothing_as_constant_array_or_traced_value_agree():
         lambda x: jnp.sum(losses.cross_entropy(x, labels, label_smoothing=s)))(logits)
     np.testing.assert_allclose(grad(jnp.float32(smoothing)), grad(smoothing), rtol=1e-6,
                                atol=1e-7)
+
+
+def _awkward_rows():
+  """Student and teacher logits [6, 5] covering every -inf case of the losses."""
+  rng = np.random.default_rng(3)
+  student = rng.normal(size=(6, 5)).astype(np.float32) * 3
+  teacher = rng.normal(size=(6, 5)).astype(np.float32) * 3
+  student[1, 2] = teacher[1, 2] = -np.inf  # a class left out by both
+  student[2, 0] = -np.inf                  # teacher mass where q = 0: +inf
+  teacher[3, :] = -np.inf                  # no teacher mass: 0
+  student[4, :] = teacher[4, :] = -np.inf  # no class left: 0
+  teacher[5, 1], student[5, 1] = -200.0, -np.inf  # p underflows, q = 0: +inf
+  return student, teacher
+
+
+def test_unmasked_fast_paths_equal_the_masked_forms():
+  # Without `where`, kl_divergence and cross_entropy (label smoothing 0) take
+  # paths with their derivatives written out (custom_jvp); an all-True
+  # `where` takes the masked forms differentiated by autodiff. Values and
+  # per-row gradients must agree on every -inf case, and stay finite.
+  student, teacher = _awkward_rows()
+  everything = np.ones_like(student, bool)
+  for temperature in (0.5, 2.5):
+    fast = lambda s, i=None: losses.kl_divergence(s, teacher, temperature=temperature)
+    masked = lambda s: losses.kl_divergence(
+        s, teacher, temperature=temperature, where=everything)
+    np.testing.assert_array_equal(np.isinf(fast(student)), [0, 0, 1, 0, 0, 1])
+    np.testing.assert_allclose(fast(student), masked(student), rtol=1e-6)
+    for row in range(len(student)):
+      g_fast = jax.grad(lambda s: fast(s)[row])(student)
+      g_masked = jax.grad(lambda s: masked(s)[row])(student)
+      assert np.isfinite(g_fast).all(), row
+      np.testing.assert_allclose(g_fast, g_masked, rtol=1e-5, atol=1e-6, err_msg=row)
+  labels = np.array([0, 2, 1, 3, 4, 1])
+  student[0, 0] = -np.inf  # the label's own logit is -inf: +inf
+  fast = lambda x: losses.cross_entropy(x, labels)
+  masked = lambda x: losses.cross_entropy(x, labels, where=everything)
+  np.testing.assert_array_equal(fast(student), masked(student))
+  assert fast(student)[0] == np.inf and fast(student)[4] == 0
+  for row in range(len(student)):
+    g_fast = jax.grad(lambda x: fast(x)[row])(student)
+    assert np.isfinite(g_fast).all(), row
+    np.testing.assert_allclose(
+        g_fast, jax.grad(lambda x: masked(x)[row])(student), rtol=1e-6, atol=1e-7)
+  # An out-of-range label under jit: NaN, and no gradient for that row.
+  bad = jnp.array([0, 2, 1, 3, 4, 7])
+  finite_student = np.nan_to_num(student, neginf=-3.0)
+  values = jax.jit(losses.cross_entropy)(finite_student, bad)
+  assert np.isnan(values[5]) and np.isfinite(values[:5]).all()
+  grads = jax.jit(jax.grad(lambda x, y: jnp.nansum(losses.cross_entropy(x, y))))(
+      finite_student, bad)
+  np.testing.assert_array_equal(grads[5], 0.0)
+
+
+def test_unmasked_forward_kl_temperature_and_higher_derivatives():
+  # The temperature's derivative (a learnt or adversarial temperature, as in
+  # curriculum temperature KD) against central differences in float64, and
+  # second-order derivatives of the written-out rule against autodiff.
+  student, teacher = _awkward_rows()
+  with jax.enable_x64(True):
+    for row in (0, 1, 3):  # finite, a class left out by both, no teacher mass
+      s, t = student[row:row + 1].astype(np.float64), teacher[row:row + 1].astype(np.float64)
+      loss = lambda temperature: losses.kl_divergence(s, t, temperature=temperature)[0]
+      for temperature in (0.5, 2.5):
+        eps = 1e-5
+        numeric = (loss(temperature + eps) - loss(temperature - eps)) / (2 * eps)
+        np.testing.assert_allclose(jax.grad(loss)(temperature), numeric, rtol=1e-6,
+                                   atol=1e-9, err_msg=row)
+    s, t = _pair((3, 5))
+    s, t = s.astype(np.float64), t.astype(np.float64)
+    check_grads(lambda s, temperature: losses.kl_divergence(s, t, temperature=temperature),
+                (s, 1.7), order=2, modes=['fwd', 'rev'])
+    check_grads(lambda s: losses.cross_entropy(s, jnp.array([0, 4, 2])), (s,), order=2,
+                modes=['fwd', 'rev'])
+    everything = np.ones_like(s, bool)
+    hvp = lambda f, v: jax.jvp(jax.grad(lambda x: jnp.sum(f(x))), (s,), (v,))[1]
+    v = np.random.default_rng(1).normal(size=s.shape)
+    np.testing.assert_allclose(
+        hvp(lambda x: losses.kl_divergence(x, t, temperature=2.0), v),
+        hvp(lambda x: losses.kl_divergence(x, t, temperature=2.0, where=everything), v),
+        rtol=1e-10, atol=1e-12)
+
+
+def test_nan_logits_give_nan_on_every_path():
+  # A NaN must show, not be swallowed by the guard of an empty row.
+  nan_row = jnp.array([[np.nan, 1.0, 0.5]])
+  other = jnp.array([[0.2, 1.0, -1.0]])
+  everything = jnp.ones((1, 3), bool)
+  for where in (None, everything):
+    assert np.isnan(losses.cross_entropy(nan_row, jnp.array([1]), where=where)[0])
+    assert np.isnan(losses.kl_divergence(nan_row, other, where=where)[0])
+    assert np.isnan(losses.kl_divergence(other, nan_row, where=where)[0])

@@ -74,8 +74,13 @@ def _check_temperature(temperature: ArrayLike) -> None:
   _checks.check_positive('temperature', temperature)
 
 
-def _prepare_pair(student_logits, teacher_logits, temperature, where, axis):
-  """Checks arguments; returns tempered logits [..., classes] and the mask."""
+def _prepare_pair(
+    student_logits, teacher_logits, temperature, where, axis, tempered=True
+):
+  """Checks arguments; returns the logits [..., classes] and the mask.
+
+  The logits are divided by `temperature` unless `tempered` is False.
+  """
   _checks.check_floating('student_logits', student_logits)
   _checks.check_floating('teacher_logits', teacher_logits)
   _checks.check_same_shape(
@@ -89,8 +94,10 @@ def _prepare_pair(student_logits, teacher_logits, temperature, where, axis):
   teacher_logits = lax.stop_gradient(jnp.asarray(teacher_logits))
   dtype = compute_dtype(student_logits, teacher_logits)
   temperature = jnp.asarray(temperature, dtype)
-  student = jnp.moveaxis(student_logits.astype(dtype), axis, -1) / temperature
-  teacher = jnp.moveaxis(teacher_logits.astype(dtype), axis, -1) / temperature
+  student = jnp.moveaxis(student_logits.astype(dtype), axis, -1)
+  teacher = jnp.moveaxis(teacher_logits.astype(dtype), axis, -1)
+  if tempered:
+    student, teacher = student / temperature, teacher / temperature
   return student, teacher, mask
 
 
@@ -113,7 +120,7 @@ def _masked_max_and_log_sum(x: Array, valid: Array | None) -> tuple[Array, Array
   row_max = lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
   shifted = masked - row_max  # -inf - finite = -inf: invalid entries stay out
   sum_exp = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
-  has_mass = sum_exp > 0
+  has_mass = sum_exp != 0  # not `> 0`: a NaN sum must stay NaN
   log_sum = jnp.log(jnp.where(has_mass, sum_exp, 1.0))
   return row_max, jnp.where(has_mass, log_sum, -jnp.inf)
 
@@ -187,6 +194,131 @@ def _log_mixture(
       jnp.where(empty, 0.0, term_a), jnp.where(empty, 0.0, term_b)
   )
   return jnp.where(empty, -jnp.inf, mixed)
+
+
+# ----------------------------------------------------------------------------
+# Unmasked fast paths with their derivatives written out.
+#
+# The train step's common case: no class mask, so only -inf logits leave a
+# class out. Autodiff through the masked forms above differentiates every
+# select that keeps -inf and 0 * inf away from the gradient (about forty
+# selects in a KD + CE step); with the derivatives written out, the backward
+# pass is one elementwise expression per loss. Values, the rules for -inf
+# logits, NaN propagation and the gradients are the masked forms' (the tests
+# compare both ways on -inf rows, underflow and NaN; see
+# ``benchmarks/step_overhead.py`` for the cost).
+
+
+def _unmasked_log_softmax(x: Array) -> tuple[Array, Array, Array]:
+  """``(log_probs, shifted, row_max)``: -inf entries take no part.
+
+  `shifted` is ``x`` minus the row's largest finite-guarded entry (0 in a row
+  whose maximum is not finite) and `row_max` the unguarded maximum (-inf
+  exactly in a row of -inf entries, which gives -inf log-probabilities).
+  """
+  row_max = jnp.max(x, axis=-1, keepdims=True)
+  shifted = x - jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+  sum_exp = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
+  # A row of -inf: shifted = -inf and the sum 0; log(1) keeps it -inf.
+  # `== 0`, not `> 0`: a NaN logit makes the sum NaN, which must show.
+  log_probs = shifted - jnp.log(jnp.where(sum_exp == 0, 1.0, sum_exp))
+  return log_probs, shifted, row_max
+
+
+def _forward_kl_parts(student, teacher, temperature):
+  log_q, shifted_q, _ = _unmasked_log_softmax(student / temperature)
+  log_p, shifted_p, _ = _unmasked_log_softmax(teacher / temperature)
+  has_mass = log_p != -jnp.inf  # True on NaN: it propagates
+  finite = has_mass & (log_q != -jnp.inf)
+  p = jnp.exp(log_p)
+  # p > 0 where q = 0: +inf, even where p underflows (see _kl).
+  terms = jnp.where(
+      finite, p * (log_p - log_q), jnp.where(has_mass, jnp.inf, 0.0)
+  )
+  kl = jnp.sum(terms, axis=-1)
+  return kl, (log_q, log_p, p, finite, has_mass, shifted_q, shifted_p)
+
+
+@jax.custom_jvp
+def _unmasked_forward_kl(student: Array, teacher: Array, temperature: Array):
+  """``T² KL(softmax(t / T) || softmax(s / T))`` over the last axis, no mask.
+
+  The teacher is a constant (zero derivative), as under ``stop_gradient``.
+  """
+  kl, _ = _forward_kl_parts(student, teacher, temperature)
+  return kl * jnp.square(temperature)
+
+
+def _is_zero(tangent) -> bool:
+  return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+def _unmasked_forward_kl_jvp(primals, tangents):
+  student, teacher, temperature = primals
+  student_dot, _, temperature_dot = tangents  # the teacher is a constant
+  kl, (log_q, log_p, p, finite, has_mass, shifted_q, shifted_p) = (
+      _forward_kl_parts(student, teacher, temperature))
+  value = kl * jnp.square(temperature)
+  # With v = s / T and K the sum of the finite terms (the +inf of a class
+  # with p > 0 = q is a constant):
+  # dK/dv_k = P q_k - p_k [k finite], P = sum of p over the finite terms.
+  p_finite = jnp.where(finite, p, 0.0)
+  mass = jnp.sum(p_finite, axis=-1, keepdims=True)
+  grad_v = mass * jnp.exp(log_q) - p_finite
+  tangent = jnp.zeros_like(value)
+  if not _is_zero(student_dot):
+    # d/ds = (1 / T) d/dv, times T².
+    tangent = tangent + temperature * jnp.sum(grad_v * student_dot, axis=-1)
+  if not _is_zero(temperature_dot):
+    # u = t / T, dv/dT = -v / T, du/dT = -u / T (the masked form's
+    # autodiff differentiates through the teacher's tempering too):
+    # dK/du_k = [k finite] p_k (r_k + 1) - p_k (K + P), r = log p - log q.
+    ratio = jnp.where(finite, log_p - log_q, 0.0)
+    finite_kl = jnp.sum(p_finite * ratio, axis=-1, keepdims=True)
+    grad_u = p_finite * (ratio + 1.0) - p * (finite_kl + mass)
+    # Both gradients sum to 0 over a row, so the shifted logits give the
+    # same products with less cancellation at large logits.
+    slope = jnp.sum(jnp.where(has_mass, grad_u * shifted_p, 0.0), axis=-1)
+    slope = slope + jnp.sum(
+        jnp.where(log_q != -jnp.inf, grad_v * shifted_q, 0.0), axis=-1)
+    d_temperature = 2.0 * temperature * kl - temperature * slope
+    tangent = tangent + d_temperature * temperature_dot
+  return value, tangent
+
+
+_unmasked_forward_kl.defjvp(_unmasked_forward_kl_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
+def _unmasked_cross_entropy(logits: Array, labels: Array) -> Array:
+  """``-log softmax(logits)[label]`` over the last axis, no mask, no smoothing."""
+  return _cross_entropy_parts(logits, labels)[0]
+
+
+def _cross_entropy_parts(logits, labels):
+  log_probs, _, row_max = _unmasked_log_softmax(logits)
+  is_target, in_range = _label_one_hot(labels, logits.shape)
+  # Not masked: a label on a -inf logit gives +inf.
+  loss = -jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
+  loss = jnp.where(row_max[..., 0] == -jnp.inf, 0.0, loss)  # no class left
+  return _nan_where_out_of_range(loss, in_range), log_probs, is_target
+
+
+def _unmasked_cross_entropy_jvp(primals, tangents):
+  logits, labels = primals
+  logits_dot, _ = tangents
+  loss, log_probs, is_target = _cross_entropy_parts(logits, labels)
+  if _is_zero(logits_dot):
+    return loss, jnp.zeros_like(loss)
+  # d/dx_k = [label takes part] q_k - [k = label and takes part]: 0 on rows
+  # with no class left or an out-of-range label, like the masked form's.
+  target = is_target & (log_probs != -jnp.inf)
+  label_in = jnp.any(target, axis=-1, keepdims=True)
+  grad = jnp.where(label_in, jnp.exp(log_probs), 0.0) - target
+  return loss, jnp.sum(grad * logits_dot, axis=-1)
+
+
+_unmasked_cross_entropy.defjvp(_unmasked_cross_entropy_jvp, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------
@@ -317,6 +449,13 @@ def kl_divergence(
     Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network",
     2015, https://arxiv.org/abs/1503.02531.
   """
+  if where is None:  # the common case, with its derivatives written out
+    student, teacher, _ = _prepare_pair(
+        student_logits, teacher_logits, temperature, None, axis, tempered=False
+    )
+    return _unmasked_forward_kl(
+        student, teacher, jnp.asarray(temperature, student.dtype)
+    )
   return _tempered(
       log_space_forward_kl, student_logits, teacher_logits, temperature, where,
       axis,
@@ -618,8 +757,9 @@ def _label_one_hot(labels: Array, shape) -> tuple[Array, Array]:
   """Boolean one-hot ``[..., classes]`` and whether each label is in range."""
   # int32, not labels.dtype: a uint8 iota would wrap around past 255 classes.
   classes = lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
-  one_hot = classes == labels.astype(jnp.int32)[..., None]
-  return one_hot, jnp.any(one_hot, axis=-1)
+  labels = labels.astype(jnp.int32)
+  one_hot = classes == labels[..., None]
+  return one_hot, (labels >= 0) & (labels < shape[-1])
 
 
 def _nan_where_out_of_range(values: Array, in_range: Array) -> Array:
@@ -847,12 +987,15 @@ def cross_entropy(
   logits = jnp.asarray(logits)
   logits = jnp.moveaxis(logits.astype(compute_dtype(logits)), axis, -1)
 
+  smoothed = not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0)
+  if mask is None and not smoothed:  # the common case, derivatives written out
+    return _unmasked_cross_entropy(logits, labels)
   log_probs, valid = _masked_log_softmax(logits, mask)
   is_target, in_range = _label_one_hot(labels, logits.shape)
   # Not masked by `valid`: a label on an excluded class gives +inf.
   target_nll = -jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
   num_valid = jnp.sum(valid, axis=-1)
-  if isinstance(label_smoothing, (int, float)) and label_smoothing == 0:
+  if not smoothed:
     # A constant 0 (static, see _jit_after_checks): the uniform part has
     # weight 0 and a finite value, so leaving it out changes no bit.
     loss = target_nll
