@@ -4,7 +4,14 @@ from kdjax.data._audio import estimate_pitch
 from kdjax.data._audio import FeatureConfig
 from kdjax.data._audio import log_mel_and_energy
 from kdjax.data._audio import mel_filterbank
+from kdjax.data._audio import stft
 from kdjax.data._audio import stft_magnitude
+from kdjax.data._griffin_lim import griffin_lim
+from kdjax.data._griffin_lim import istft
+from kdjax.data._griffin_lim import mel_to_audio
+from kdjax.data._griffin_lim import mel_to_magnitude
+from kdjax.data._griffin_lim import spectral_convergence
+from kdjax.data._griffin_lim import write_wav
 from kdjax.data._cross_tokenizer import align_boundaries
 from kdjax.data._cross_tokenizer import encode_with_byte_lengths
 from kdjax.data._cross_tokenizer import make_cross_tokenizer_arrays
@@ -202,7 +209,14 @@ __all__ += [
     'speech_cache_dir',
     'speech_sentences',
     'split_sentences',
+    'stft',
     'stft_magnitude',
+    'griffin_lim',
+    'istft',
+    'mel_to_audio',
+    'mel_to_magnitude',
+    'spectral_convergence',
+    'write_wav',
     'synthesize_speech_chunks',
     'synthesize_utterance',
 ]

@@ -1,0 +1,1324 @@
+"""Text-to-speech models: a Transformer TTS teacher and a FastSpeech (2) student.
+
+The teacher is autoregressive (Li et al., 2019, "Neural Speech Synthesis with
+Transformer Network", https://arxiv.org/abs/1809.08895): a phoneme encoder,
+a mel decoder fed its previous frame through a pre-net, a stop-token head
+and a convolutional post-net; its encoder-decoder attention gives phoneme
+durations by the FastSpeech method (Ren et al., 2019,
+https://arxiv.org/abs/1905.09263). The student is non-autoregressive
+(FastSpeech 2, Ren et al., 2021, https://arxiv.org/abs/2006.04558): FFT
+blocks, a variance adaptor (duration, pitch, energy) and a length regulator;
+with pitch and energy off it is FastSpeech 1.
+
+Everything has static shapes: sources are padded to a phoneme count with a
+``phoneme_mask``, frames to ``max_frames`` with a ``frame_mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from typing import Any
+
+from flax import linen as nn
+from flax import struct
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax import _checks
+from kdjax import adapters
+from kdjax._outputs import Outputs
+from kdjax.zoo import _transformer
+from kdjax.zoo._seq2seq import _sinusoids
+from kdjax.zoo._transformer import CACHE_AXES
+
+# Logical axis names of the speech models: the Transformer's, plus these.
+TTS_LOGICAL_AXES = _transformer.TRANSFORMER_LOGICAL_AXES + (
+    'mel',  # mel bins
+    'bins',  # quantised pitch / energy bins
+    'speakers',  # rows of the speaker table
+)
+
+_SCALES = ('linear', 'log')
+_LEVELS = ('frame', 'phoneme')
+
+
+def _check_positive_fields(owner: str, obj: Any, names: Sequence[str]) -> None:
+  for name in names:
+    value = getattr(obj, name)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+      raise ValueError(f'{owner}.{name} must be a positive int, got {value!r}.')
+
+
+def _check_rate(owner: str, name: str, value: float) -> None:
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f'{owner}.{name} must be in [0, 1), got {value}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerTTSConfig:
+  """The shape and options of a :class:`TransformerTTS` teacher.
+
+  Attributes:
+    vocab_size: number of phoneme ids (0 pads).
+    num_mels: mel bins per frame.
+    hidden: the model width.
+    num_heads: attention heads.
+    encoder_layers: encoder blocks.
+    decoder_layers: decoder blocks.
+    mlp_dim: the blocks' ReLU MLP inner width.
+    max_source_len: the most phonemes a source may have.
+    max_frames: the most frames the decoder accepts and generates.
+    encoder_prenet: the paper's convolutional encoder pre-net (conv, norm,
+      ReLU, dropout, ``prenet_conv_layers`` times, then a linear
+      projection) over the phoneme embeddings.
+    prenet_conv_layers: convolutions of the encoder pre-net.
+    prenet_kernel: their kernel width.
+    decoder_prenet_dim: the width of the decoder pre-net's two dense layers.
+    prenet_dropout: dropout of the decoder pre-net (0.5 in the paper).
+    prenet_dropout_at_inference: keep the decoder pre-net's dropout on at
+      inference, as Tacotron 2 and Transformer TTS do (the noise helps the
+      autoregressive loop); then generation needs an rng.
+    postnet_layers: convolutions of the post-net.
+    postnet_channels: their width.
+    postnet_kernel: their kernel width.
+    num_speakers: 0 for one speaker; otherwise a speaker table is added to
+      the encoder output.
+    dropout_rate: dropout on embeddings and residual branches in training.
+    head_dim: the per-head width; ``None`` means ``hidden // num_heads``.
+    dtype: the compute dtype; outputs are float32.
+    param_dtype: the parameters' dtype.
+  """
+
+  vocab_size: int
+  num_mels: int = 80
+  hidden: int = 256
+  num_heads: int = 4
+  encoder_layers: int = 3
+  decoder_layers: int = 3
+  mlp_dim: int = 1024
+  max_source_len: int = 256
+  max_frames: int = 1024
+  encoder_prenet: bool = True
+  prenet_conv_layers: int = 3
+  prenet_kernel: int = 5
+  decoder_prenet_dim: int = 256
+  prenet_dropout: float = 0.5
+  prenet_dropout_at_inference: bool = True
+  postnet_layers: int = 5
+  postnet_channels: int = 256
+  postnet_kernel: int = 5
+  num_speakers: int = 0
+  dropout_rate: float = 0.1
+  head_dim: int | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  # What the shared Transformer pieces (kdjax.zoo._transformer) read.
+  positions = 'sinusoidal'
+  mlp = 'relu'
+  norm = 'layer'
+  rope_base = 10_000.0
+
+  def __post_init__(self):
+    owner = 'TransformerTTSConfig'
+    _check_positive_fields(owner, self, (
+        'vocab_size', 'num_mels', 'hidden', 'num_heads', 'encoder_layers', 'decoder_layers',
+        'mlp_dim', 'max_source_len', 'max_frames', 'prenet_kernel', 'decoder_prenet_dim',
+        'postnet_layers', 'postnet_channels', 'postnet_kernel'))
+    if self.encoder_prenet:
+      _check_positive_fields(owner, self, ('prenet_conv_layers',))
+    _check_head_dim(owner, self)
+    if self.hidden % 2:
+      raise ValueError(f'{owner}.hidden must be even (sinusoidal positions), got {self.hidden}.')
+    if self.num_speakers < 0:
+      raise ValueError(f'{owner}.num_speakers must be >= 0, got {self.num_speakers}.')
+    _check_rate(owner, 'dropout_rate', self.dropout_rate)
+    _check_rate(owner, 'prenet_dropout', self.prenet_dropout)
+
+  @property
+  def kv_dim(self) -> int:
+    """The per-head width: `head_dim`, or ``hidden // num_heads``."""
+    return self.head_dim if self.head_dim is not None else self.hidden // self.num_heads
+
+
+def _check_head_dim(owner: str, cfg: Any) -> None:
+  if cfg.head_dim is None and cfg.hidden % cfg.num_heads:
+    raise ValueError(f'{owner}.hidden={cfg.hidden} is not divisible by '
+                     f'num_heads={cfg.num_heads}; pass head_dim explicitly.')
+  if cfg.head_dim is not None and cfg.head_dim <= 0:
+    raise ValueError(f'{owner}.head_dim must be positive, got {cfg.head_dim}.')
+
+
+# ------------------------------------------------------------------ layers
+
+
+def _dense(cfg: Any, features: int, axes: tuple[str | None, str | None], name: str,
+           use_bias: bool = True) -> nn.Dense:
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)), name=name)
+
+
+def _conv(cfg: Any, features: int, kernel: int, axes: tuple[str | None, str | None],
+          name: str) -> nn.Conv:
+  """A 1-D convolution over ``[batch, time, channels]`` with SAME (zero) padding."""
+  return nn.Conv(
+      features, (kernel,), padding='SAME', dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, *axes)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)), name=name)
+
+
+def _layer_norm(cfg: Any, axis: str | None, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=1e-5, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)), name=name)
+
+
+def _masked(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Zeroes ``x [batch, time, ...]`` where ``mask [batch, time]`` is False."""
+  return x * mask.reshape(mask.shape + (1,) * (x.ndim - 2)).astype(x.dtype)
+
+
+class _Attention(_transformer._Attention):  # pylint: disable=protected-access
+  """The Transformer's attention, able to return its weights as well."""
+
+  def attend_with_weights(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: Any, *,
+                          cached: bool = False) -> tuple[jax.Array, jax.Array]:
+    """As ``attend``, and the float32 weights ``[batch, heads, queries, keys]``."""
+    cfg = self.config
+    kv = 'bhsk' if cached else 'bshk'
+    scores = jnp.einsum(f'bqhk,{kv}->bhqs', q, k, preferred_element_type=jnp.float32)
+    scores = scores / np.sqrt(cfg.kv_dim).astype(np.float32)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    mixed = jnp.einsum(f'bhqs,{kv}->bqhk', probs.astype(cfg.dtype), v)
+    mixed = nn.with_logical_constraint(mixed, ('batch', 'length', 'heads', 'kv'))
+    return jnp.einsum('bthk,hkd->btd', mixed, self.out.astype(cfg.dtype)), probs
+
+
+class _TTSBlock(nn.Module):
+  """A pre-norm Transformer block whose cross-attention returns its weights."""
+
+  config: Any
+  cross: bool = False
+
+  def setup(self):
+    cfg = self.config
+    self.attention_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+    self.attention = _Attention(cfg)
+    if self.cross:
+      self.cross_attention_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+      self.cross_attention = _Attention(cfg)
+    self.mlp_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+    self.mlp = _transformer._Mlp(cfg)  # pylint: disable=protected-access
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def _residual(self, x, branch, train):
+    x = x + self.dropout(branch, deterministic=not train)
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+  def _cross(self, x, keys, values, memory_mask, train, cached=False):
+    q = self.cross_attention.queries(self.cross_attention_norm(x))
+    attended, probs = self.cross_attention.attend_with_weights(
+        q, keys, values, memory_mask, cached=cached)
+    return self._residual(x, attended, train), probs
+
+  def cross_keys_values(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.cross_attention.keys_values(memory)
+
+  def __call__(self, x, train, *, mask, memory=None, memory_mask=None):
+    """``(x, cross-attention weights [batch, heads, time, source] or None)``."""
+    x = self._residual(x, self.attention(self.attention_norm(x), mask), train)
+    probs = None
+    if self.cross:
+      x, probs = self._cross(x, *self.cross_keys_values(memory), memory_mask, train)
+    return self._residual(x, self.mlp(self.mlp_norm(x)), train), probs
+
+  def decode(self, x, positions, cache, memory_mask):
+    """New frames at ``positions`` against the layer's cache: ``(x, cache, weights)``."""
+    attended, self_cache = self.attention.decode(self.attention_norm(x), positions, cache)
+    x = self._residual(x, attended, False)
+    x, probs = self._cross(x, cache['cross_key'], cache['cross_value'], memory_mask, False,
+                           cached=True)
+    return self._residual(x, self.mlp(self.mlp_norm(x)), False), dict(cache, **self_cache), probs
+
+
+def _frame_dropout(x: jax.Array, key: jax.Array, positions: jax.Array, rate: float) -> jax.Array:
+  """Dropout on ``x [batch, time, features]`` whose mask at frame ``p`` is drawn
+  from ``fold_in(key, p)``: a frame gets the same mask whether the decoder
+  runs all frames at once (teacher forcing) or one at a time (generation)."""
+  keep = 1.0 - rate
+  batch, _, features = x.shape
+  masks = jax.vmap(lambda p: jax.random.bernoulli(
+      jax.random.fold_in(key, p), keep, (batch, features)))(positions)
+  return jnp.where(jnp.swapaxes(masks, 0, 1), x / keep, 0.0).astype(x.dtype)
+
+
+class _DecoderPrenet(nn.Module):
+  """Two dense ReLU layers with dropout, then a projection to the model width."""
+
+  config: Any
+
+  @nn.compact
+  def __call__(self, frames: jax.Array, positions: jax.Array, key: jax.Array | None):
+    cfg = self.config
+    x = frames.astype(cfg.dtype)
+    for i in range(2):
+      x = nn.relu(_dense(cfg, cfg.decoder_prenet_dim, ('mel' if i == 0 else 'mlp', 'mlp'),
+                         f'dense_{i}')(x))
+      if key is not None:
+        x = _frame_dropout(x, jax.random.fold_in(key, i), positions, cfg.prenet_dropout)
+    return _dense(cfg, cfg.hidden, ('mlp', 'embed'), 'projection')(x)
+
+
+class _Postnet(nn.Module):
+  """``postnet_layers`` convolutions (LayerNorm, tanh but the last, dropout) -> a mel residual."""
+
+  config: Any
+
+  @nn.compact
+  def __call__(self, mels: jax.Array, frame_mask: jax.Array, train: bool) -> jax.Array:
+    cfg = self.config
+    x = mels.astype(cfg.dtype)
+    for i in range(cfg.postnet_layers):
+      last = i == cfg.postnet_layers - 1
+      width = cfg.num_mels if last else cfg.postnet_channels
+      axes = ('mel' if i == 0 else 'mlp', 'mel' if last else 'mlp')
+      x = _conv(cfg, width, cfg.postnet_kernel, axes, f'conv_{i}')(_masked(x, frame_mask))
+      if not last:
+        x = jnp.tanh(_layer_norm(cfg, 'mlp', f'norm_{i}')(x))
+      x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not train)
+    return _masked(x, frame_mask)
+
+
+def _check_phonemes(phonemes: Any, phoneme_mask: Any, vocab_size: int, max_len: int) -> None:
+  _checks.check_integer('phonemes', phonemes)
+  shape = tuple(jnp.shape(phonemes))
+  if len(shape) != 2:
+    raise ValueError(f'phonemes must be [batch, phonemes], got phonemes with shape {shape}.')
+  if shape[1] > max_len:
+    raise ValueError(f'phonemes with shape {shape} has {shape[1]} phonemes, more than '
+                     f'max_source_len={max_len}.')
+  _checks.check_index_range('phonemes', phonemes, vocab_size, 'vocab_size')
+  if jnp.result_type(phoneme_mask) != jnp.bool_:
+    raise TypeError(f'phoneme_mask must be bool (True on real phonemes), got '
+                    f'{jnp.result_type(phoneme_mask)} with shape {jnp.shape(phoneme_mask)}.')
+  _checks.check_same_shape('phonemes', phonemes, 'phoneme_mask', phoneme_mask)
+
+
+def _check_speaker(speaker: Any, batch: int, num_speakers: int) -> None:
+  if num_speakers == 0:
+    if speaker is not None:
+      raise ValueError('speaker given but the model has num_speakers=0.')
+    return
+  if speaker is None:
+    raise ValueError(f'the model has num_speakers={num_speakers}: pass speaker int [batch].')
+  _checks.check_integer('speaker', speaker)
+  if tuple(jnp.shape(speaker)) != (batch,):
+    raise ValueError(f'speaker must be [batch] = ({batch},), got shape {jnp.shape(speaker)}.')
+  _checks.check_index_range('speaker', speaker, num_speakers, 'num_speakers')
+
+
+def _check_frames(name: str, x: Any, batch: int, num_mels: int, max_frames: int) -> None:
+  _checks.check_floating(name, x)
+  shape = tuple(jnp.shape(x))
+  if len(shape) != 3 or shape[0] != batch or shape[2] != num_mels or shape[1] > max_frames:
+    raise ValueError(f'{name} must be [batch={batch}, frames <= max_frames={max_frames}, '
+                     f'num_mels={num_mels}], got shape {shape}.')
+
+
+def shift_frames_right(mels: jax.Array) -> jax.Array:
+  """The decoder's inputs under teacher forcing: a zero "go" frame, then ``mels[:, :-1]``."""
+  return jnp.pad(mels, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+
+
+# ----------------------------------------------------------------- teacher
+
+
+class TransformerTTS(nn.Module):
+  """An autoregressive Transformer TTS teacher (Li et al., 2019).
+
+  The encoder embeds phonemes, runs the optional convolutional pre-net, adds
+  sinusoidal positions scaled by a trained scalar (the paper's "scaled
+  positional encoding") and pre-norm self-attention blocks. The decoder
+  reads the previous mel frame through a pre-net (two dense ReLU layers
+  with dropout, kept on at inference if the config says so), adds its own
+  scaled positions, and runs pre-norm blocks of causal self-attention,
+  encoder-decoder attention and a ReLU MLP; a linear layer gives the mel
+  frame, another the stop-token logit, and a convolutional post-net adds a
+  residual to the whole spectrogram. The paper uses post-norm blocks and
+  BatchNorm in its pre- and post-nets; here the blocks are pre-norm and the
+  convolutions use LayerNorm (no batch statistics to carry).
+
+  Entry points:
+
+  * ``__call__(phonemes, phoneme_mask, mels, ...)``: teacher forcing, a dict
+    of ``'mel'`` and ``'mel_postnet'`` ``[batch, frames, num_mels]``,
+    ``'stop_logits'`` ``[batch, frames]`` and ``'attention'``, the
+    encoder-decoder attention ``[batch, decoder_layers, heads, frames,
+    phonemes]``;
+  * ``encode``, ``init_cache``, ``decode_step`` and ``postnet``: the pieces
+    of cached generation (:func:`make_tts_generate`).
+
+  Attributes:
+    config: the :class:`TransformerTTSConfig`.
+
+  References:
+    Li et al., "Neural Speech Synthesis with Transformer Network" (2019),
+    https://arxiv.org/abs/1809.08895; Shen et al., "Natural TTS Synthesis by
+    Conditioning WaveNet on Mel Spectrogram Predictions" (Tacotron 2, 2018),
+    https://arxiv.org/abs/1712.05884.
+  """
+
+  config: TransformerTTSConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = _transformer._param(  # pylint: disable=protected-access
+        self, 'embedding', nn.initializers.normal(cfg.hidden**-0.5),
+        (cfg.vocab_size, cfg.hidden), ('vocab', 'embed'))
+    if cfg.encoder_prenet:
+      self.prenet_convs = [_conv(cfg, cfg.hidden, cfg.prenet_kernel, ('embed', 'embed'),
+                                 f'prenet_conv_{i}') for i in range(cfg.prenet_conv_layers)]
+      self.prenet_norms = [_layer_norm(cfg, 'embed', f'prenet_norm_{i}')
+                           for i in range(cfg.prenet_conv_layers)]
+      self.prenet_projection = _dense(cfg, cfg.hidden, ('embed', 'embed'), 'prenet_projection')
+    self.encoder_alpha = self.param('encoder_alpha', nn.initializers.ones, (), cfg.param_dtype)
+    self.decoder_alpha = self.param('decoder_alpha', nn.initializers.ones, (), cfg.param_dtype)
+    if cfg.num_speakers:
+      self.speaker_embedding = _transformer._param(  # pylint: disable=protected-access
+          self, 'speaker_embedding', nn.initializers.normal(cfg.hidden**-0.5),
+          (cfg.num_speakers, cfg.hidden), ('speakers', 'embed'))
+    self.encoder_blocks = [_TTSBlock(cfg) for _ in range(cfg.encoder_layers)]
+    self.encoder_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+    self.decoder_prenet = _DecoderPrenet(cfg)
+    self.decoder_blocks = [_TTSBlock(cfg, cross=True) for _ in range(cfg.decoder_layers)]
+    self.decoder_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+    self.mel_projection = _dense(cfg, cfg.num_mels, ('embed', 'mel'), 'mel_projection')
+    self.stop_projection = _dense(cfg, 1, ('embed', None), 'stop_projection')
+    self.postnet_net = _Postnet(cfg)
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def _positions(self, positions: jax.Array, alpha: jax.Array, length: int) -> jax.Array:
+    table = jnp.asarray(_sinusoids(length, self.config.hidden))
+    return alpha.astype(self.config.dtype) * jnp.take(table, positions, axis=0).astype(
+        self.config.dtype)
+
+  def encode(self, phonemes: jax.Array, phoneme_mask: jax.Array, speaker: jax.Array | None = None,
+             train: bool = False) -> jax.Array:
+    """The encoder output ``[batch, phonemes, hidden]``, zero on padding.
+
+    Args:
+      phonemes: int ``[batch, phonemes]`` ids.
+      phoneme_mask: bool ``[batch, phonemes]``, True on real phonemes.
+      speaker: int ``[batch]`` when ``num_speakers > 0``.
+      train: enables dropout (a ``'dropout'`` rng is then needed).
+    """
+    cfg = self.config
+    _check_phonemes(phonemes, phoneme_mask, cfg.vocab_size, cfg.max_source_len)
+    _check_speaker(speaker, phonemes.shape[0], cfg.num_speakers)
+    x = jnp.take(self.embedding, phonemes, axis=0).astype(cfg.dtype)
+    if cfg.encoder_prenet:
+      for conv, norm in zip(self.prenet_convs, self.prenet_norms):
+        x = nn.relu(norm(conv(_masked(x, phoneme_mask))))
+        x = self.dropout(x, deterministic=not train)
+      x = self.prenet_projection(x)
+    x = x + self._positions(np.arange(phonemes.shape[1]), self.encoder_alpha, cfg.max_source_len)
+    x = nn.with_logical_constraint(self.dropout(x, deterministic=not train),
+                                   ('batch', 'length', 'embed'))
+    mask = _transformer._key_mask(phoneme_mask)  # pylint: disable=protected-access
+    for block in self.encoder_blocks:
+      x, _ = block(x, train, mask=mask)
+    x = self.encoder_norm(x)
+    if cfg.num_speakers:
+      x = x + jnp.take(self.speaker_embedding, speaker, axis=0)[:, None].astype(cfg.dtype)
+    return _masked(x, phoneme_mask)
+
+  def _prenet_key(self, train: bool, prenet_key: jax.Array | None) -> jax.Array | None:
+    cfg = self.config
+    if cfg.prenet_dropout == 0.0 or not (train or cfg.prenet_dropout_at_inference):
+      return None
+    return prenet_key if prenet_key is not None else self.make_rng('dropout')
+
+  def _head(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    hidden = nn.with_logical_constraint(self.decoder_norm(x), ('batch', 'length', 'embed'))
+    mel = self.mel_projection(hidden).astype(jnp.float32)
+    return mel, self.stop_projection(hidden)[..., 0].astype(jnp.float32)
+
+  def decode_frames(self, encoded: jax.Array, phoneme_mask: jax.Array, frame_inputs: jax.Array,
+                    train: bool = False, prenet_key: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The decoder over all frames at once (teacher forcing), without the post-net.
+
+    Args:
+      encoded: :meth:`encode`'s output ``[batch, phonemes, hidden]``.
+      phoneme_mask: bool ``[batch, phonemes]``.
+      frame_inputs: float ``[batch, frames, num_mels]``, the previous frames
+        (:func:`shift_frames_right` of the targets).
+      train: enables dropout.
+      prenet_key: the pre-net's dropout key (else the ``'dropout'`` rng).
+
+    Returns:
+      ``(mel [batch, frames, num_mels], stop_logits [batch, frames],
+      attention [batch, decoder_layers, heads, frames, phonemes])``, float32.
+    """
+    cfg = self.config
+    _check_frames('frame_inputs', frame_inputs, encoded.shape[0], cfg.num_mels, cfg.max_frames)
+    positions = jnp.arange(frame_inputs.shape[1])
+    x = self.decoder_prenet(frame_inputs, positions, self._prenet_key(train, prenet_key))
+    x = x + self._positions(positions, self.decoder_alpha, cfg.max_frames)
+    x = nn.with_logical_constraint(self.dropout(x, deterministic=not train),
+                                   ('batch', 'length', 'embed'))
+    causal = _transformer._causal_mask(frame_inputs.shape[1])  # pylint: disable=protected-access
+    memory_mask = _transformer._key_mask(phoneme_mask)  # pylint: disable=protected-access
+    weights = []
+    for block in self.decoder_blocks:
+      x, probs = block(x, train, mask=causal, memory=encoded, memory_mask=memory_mask)
+      weights.append(probs)
+    mel, stop_logits = self._head(x)
+    return mel, stop_logits, jnp.stack(weights, axis=1)
+
+  def postnet(self, mels: jax.Array, frame_mask: jax.Array, train: bool = False) -> jax.Array:
+    """``mels`` plus the post-net's residual, zero where ``frame_mask`` is False (float32)."""
+    residual = self.postnet_net(mels, frame_mask, train)
+    return _masked(mels + residual.astype(jnp.float32), frame_mask)
+
+  def __call__(self, phonemes: jax.Array, phoneme_mask: jax.Array, mels: jax.Array, *,
+               frame_mask: jax.Array | None = None, speaker: jax.Array | None = None,
+               train: bool = False, prenet_key: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Teacher forcing: frame ``t`` is predicted from the target frames before it.
+
+    Args:
+      phonemes: int ``[batch, phonemes]``.
+      phoneme_mask: bool ``[batch, phonemes]``.
+      mels: float ``[batch, frames, num_mels]``, the target spectrogram.
+      frame_mask: bool ``[batch, frames]`` (True on real frames) for the
+        post-net; ``None`` means all frames are real.
+      speaker: int ``[batch]`` when ``num_speakers > 0``.
+      train: enables dropout.
+      prenet_key: the decoder pre-net's dropout key (else the ``'dropout'`` rng).
+
+    Returns:
+      ``{'mel', 'mel_postnet': [batch, frames, num_mels], 'stop_logits':
+      [batch, frames], 'attention': [batch, decoder_layers, heads, frames,
+      phonemes]}``, float32.
+    """
+    encoded = self.encode(phonemes, phoneme_mask, speaker, train)
+    mel, stop_logits, attention = self.decode_frames(
+        encoded, phoneme_mask, shift_frames_right(mels), train, prenet_key)
+    if frame_mask is None:
+      frame_mask = jnp.ones(mel.shape[:2], bool)
+    _checks.check_same_shape('frame_mask', frame_mask, 'stop_logits', stop_logits)
+    return {'mel': mel, 'mel_postnet': self.postnet(mel, frame_mask, train),
+            'stop_logits': stop_logits, 'attention': attention}
+
+  def init_cache(self, encoded: jax.Array, phoneme_mask: jax.Array,
+                 cache_length: int) -> dict[str, Any]:
+    """The generation cache: the encoder-decoder keys and values, computed once.
+
+    The layout is :class:`~kdjax.zoo.Seq2SeqTransformer`'s: ``{'source_mask',
+    'layer_<i>': {'key', 'value' [batch, heads, cache_length, kv] zeros,
+    'cross_key', 'cross_value' [batch, heads, phonemes, kv]}}``.
+    """
+    cfg = self.config
+    _transformer._check_cache_length(cache_length, cfg.max_frames, 'max_frames')  # pylint: disable=protected-access
+    cache = {'source_mask': phoneme_mask}
+    for i, block in enumerate(self.decoder_blocks):
+      keys, values = block.cross_keys_values(encoded)
+      cache[f'layer_{i}'] = {
+          **_transformer._empty_cache(cfg, encoded.shape[0], cache_length),  # pylint: disable=protected-access
+          'cross_key': nn.with_logical_constraint(
+              _transformer.heads_first(keys).astype(cfg.dtype), CACHE_AXES),
+          'cross_value': nn.with_logical_constraint(
+              _transformer.heads_first(values).astype(cfg.dtype), CACHE_AXES),
+      }
+    return cache
+
+  def decode_step(self, frame: jax.Array, position: jax.Array, cache: dict[str, Any],
+                  prenet_key: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array, jax.Array, dict[str, Any]]:
+    """One frame for every row, all at the same `position` (inference: no dropout but the pre-net's).
+
+    Args:
+      frame: float ``[batch, 1, num_mels]``, the previous frame (zeros at 0).
+      position: int32 scalar, the frame index being predicted.
+      cache: from :meth:`init_cache` or the previous step.
+      prenet_key: the pre-net's dropout key when its dropout is on at inference.
+
+    Returns:
+      ``(mel [batch, 1, num_mels], stop_logits [batch, 1], attention
+      [batch, decoder_layers, heads, 1, phonemes], cache)``.
+    """
+    cfg = self.config
+    position = jnp.asarray(position, jnp.int32)
+    positions = jnp.full((frame.shape[0], 1), position, jnp.int32)
+    x = self.decoder_prenet(frame, position[None], self._prenet_key(False, prenet_key))
+    x = x + self._positions(position[None], self.decoder_alpha, cfg.max_frames)
+    memory_mask = _transformer._key_mask(cache['source_mask'])  # pylint: disable=protected-access
+    new_cache = {'source_mask': cache['source_mask']}
+    weights = []
+    for i, block in enumerate(self.decoder_blocks):
+      x, new_cache[f'layer_{i}'], probs = block.decode(x, positions, cache[f'layer_{i}'],
+                                                      memory_mask)
+      weights.append(probs)
+    mel, stop_logits = self._head(x)
+    return mel, stop_logits, jnp.stack(weights, axis=1), new_cache
+
+
+@struct.dataclass
+class SpeechGeneration:
+  """What :func:`make_tts_generate` returns.
+
+  Attributes:
+    mels: float32 ``[batch, max_frames, num_mels]``, the post-net output,
+      zero after each row's length.
+    mels_before_postnet: float32 ``[batch, max_frames, num_mels]``, the
+      frames the decoder fed itself, zero after each row's length.
+    lengths: int32 ``[batch]``, frames up to and including the first whose
+      stop probability exceeds the threshold (``max_frames`` if none does).
+    attention: float32 ``[batch, decoder_layers, heads, max_frames,
+      phonemes]``, the encoder-decoder attention of every generated frame
+      (zero after the length): the input of :func:`extract_durations`.
+    stop_probs: float32 ``[batch, max_frames]``.
+  """
+
+  mels: jax.Array
+  mels_before_postnet: jax.Array
+  lengths: jax.Array
+  attention: jax.Array
+  stop_probs: jax.Array
+
+  @property
+  def frame_mask(self) -> jax.Array:
+    """bool ``[batch, max_frames]``: True on the generated frames."""
+    return jnp.arange(self.mels.shape[1])[None] < self.lengths[:, None]
+
+
+def make_tts_generate(
+    model: TransformerTTS, *, max_frames: int, stop_threshold: float = 0.5,
+    min_frames: int = 1,
+) -> Callable[..., SpeechGeneration]:
+  """A jitted ``generate(variables, phonemes, phoneme_mask, *, speaker=None, rng=None)``.
+
+  The whole autoregressive loop is one ``jax.jit``, with the machinery of
+  :mod:`kdjax.generate`: the encoder runs once, the cross-attention keys and
+  values are cached once (:meth:`TransformerTTS.init_cache`, the cache
+  layout of the zoo's encoder-decoder), then a ``lax.while_loop`` runs one
+  frame per iteration, writing each layer's self-attention keys and values
+  at the frame's slot and feeding the predicted frame (before the post-net)
+  back. A row stops at the first frame whose stop probability exceeds
+  `stop_threshold` (not before `min_frames`); the loop ends when every row
+  has stopped or `max_frames` are made. The post-net then runs once over
+  the generated spectrogram.
+
+  Args:
+    model: the teacher.
+    max_frames: frames to allocate and the most to generate (``<=
+      config.max_frames``).
+    stop_threshold: the stop probability that ends a row.
+    min_frames: no row stops before this many frames.
+
+  Returns:
+    ``generate(variables, phonemes, phoneme_mask, *, speaker=None, rng=None)
+    -> SpeechGeneration``; `rng` is the pre-net's dropout key, needed when
+    ``config.prenet_dropout_at_inference`` (a frame's mask is drawn from
+    ``fold_in(rng, frame)``, as in teacher forcing with ``prenet_key=rng``).
+  """
+  cfg = model.config
+  _transformer._check_cache_length(max_frames, cfg.max_frames, 'config.max_frames')  # pylint: disable=protected-access
+  _checks.check_positive_int('min_frames', min_frames)
+  needs_rng = cfg.prenet_dropout_at_inference and cfg.prenet_dropout > 0.0
+
+  def run(variables, phonemes, phoneme_mask, speaker, rng):
+    batch, num_phonemes = phonemes.shape
+    encoded = model.apply(variables, phonemes, phoneme_mask, speaker,
+                          method=TransformerTTS.encode)
+    cache = model.apply(variables, encoded, phoneme_mask, max_frames,
+                        method=TransformerTTS.init_cache)
+
+    def body(carry):
+      t, frame, cache, mels, stops, attention, lengths, done = carry
+      mel, stop_logits, probs, cache = model.apply(
+          variables, frame, t, cache, rng, method=TransformerTTS.decode_step)
+      mels = lax.dynamic_update_slice(mels, mel, (0, t, 0))
+      stop = jax.nn.sigmoid(stop_logits[:, 0])
+      stops = lax.dynamic_update_slice(stops, stop[:, None], (0, t))
+      attention = lax.dynamic_update_slice(attention, probs, (0, 0, 0, t, 0))
+      lengths = lengths + (~done).astype(jnp.int32)
+      done = done | ((stop > stop_threshold) & (t + 1 >= min_frames))
+      return t + 1, mel, cache, mels, stops, attention, lengths, done
+
+    def cond(carry):
+      t, *_, done = carry
+      return (t < max_frames) & ~jnp.all(done)
+
+    carry = (
+        jnp.int32(0), jnp.zeros((batch, 1, cfg.num_mels), jnp.float32), cache,
+        jnp.zeros((batch, max_frames, cfg.num_mels), jnp.float32),
+        jnp.zeros((batch, max_frames), jnp.float32),
+        jnp.zeros((batch, cfg.decoder_layers, cfg.num_heads, max_frames, num_phonemes),
+                  jnp.float32),
+        jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool),
+    )
+    _, _, _, mels, stops, attention, lengths, _ = lax.while_loop(cond, body, carry)
+    frame_mask = jnp.arange(max_frames)[None] < lengths[:, None]
+    mels = _masked(mels, frame_mask)
+    attention = attention * frame_mask[:, None, None, :, None]
+    postnet = model.apply(variables, mels, frame_mask, method=TransformerTTS.postnet)
+    return SpeechGeneration(mels=postnet, mels_before_postnet=mels, lengths=lengths,
+                            attention=attention, stop_probs=stops)
+
+  jitted = jax.jit(run)
+
+  def generate(variables, phonemes, phoneme_mask, *, speaker=None, rng=None):
+    _check_phonemes(phonemes, phoneme_mask, cfg.vocab_size, cfg.max_source_len)
+    _check_speaker(speaker, jnp.shape(phonemes)[0], cfg.num_speakers)
+    if needs_rng and rng is None:
+      raise ValueError('the teacher keeps its pre-net dropout on at inference '
+                       '(prenet_dropout_at_inference=True): pass rng=jax.random.key(...).')
+    return jitted(variables, phonemes, phoneme_mask, speaker, rng if needs_rng else None)
+
+  return generate
+
+
+# ------------------------------------------------------- duration extraction
+
+
+def _check_attention(attention: Any, src_mask: Any) -> tuple[int, ...]:
+  _checks.check_floating('attention', attention)
+  shape = tuple(jnp.shape(attention))
+  if len(shape) != 5:
+    raise ValueError('attention must be [batch, layers, heads, frames, phonemes], got shape '
+                     f'{shape} (add axes for a single layer: attention[:, None]).')
+  if tuple(jnp.shape(src_mask)) != (shape[0], shape[4]):
+    raise ValueError(f'src_mask must be [batch, phonemes] = ({shape[0]}, {shape[4]}) for '
+                     f'attention with shape {shape}, got shape {jnp.shape(src_mask)}.')
+  return shape
+
+
+def _frame_mask_of(lengths: Any, batch: int, frames: int, name: str) -> jax.Array:
+  _checks.check_integer(name, lengths)
+  if tuple(jnp.shape(lengths)) != (batch,):
+    raise ValueError(f'{name} must be [batch] = ({batch},), got shape {jnp.shape(lengths)}.')
+  if _checks.is_concrete(lengths):
+    arr = np.asarray(lengths)
+    if np.any(arr < 0) or np.any(arr > frames):
+      raise ValueError(f'{name} must be in [0, frames={frames}], got {arr.tolist()}.')
+  return jnp.arange(frames)[None] < jnp.asarray(lengths)[:, None]
+
+
+def focus_rate(attention: jax.Array, src_mask: jax.Array, tgt_lengths: jax.Array) -> jax.Array:
+  r"""FastSpeech's focus rate of each attention head: how diagonal (sharp) it is.
+
+  .. math::
+     F = \frac{1}{S} \sum_{s=1}^{S} \max_{1 \le t \le T} a_{s,t}
+
+  where ``s`` runs over the ``S`` real frames (the paper's decoder steps)
+  and ``t`` over the real phonemes: the mean over frames of the largest
+  weight a frame puts on one phoneme. A head that attends to one phoneme
+  per frame scores 1.
+
+  Args:
+    attention: float ``[batch, layers, heads, frames, phonemes]``, the
+      encoder-decoder attention (:class:`SpeechGeneration`'s or teacher
+      forcing's ``'attention'``).
+    src_mask: bool ``[batch, phonemes]``, True on real phonemes.
+    tgt_lengths: int ``[batch]``, real frames per example.
+
+  Returns:
+    float32 ``[batch, layers, heads]`` (0 for an example with no frames).
+
+  References:
+    Ren et al., "FastSpeech: Fast, Robust and Controllable Text to Speech"
+    (2019), section 3.3, https://arxiv.org/abs/1905.09263.
+  """
+  batch, _, _, frames, _ = _check_attention(attention, src_mask)
+  frame_mask = _frame_mask_of(tgt_lengths, batch, frames, 'tgt_lengths')
+  weights = jnp.where(jnp.asarray(src_mask)[:, None, None, None, :],
+                      jnp.asarray(attention, jnp.float32), 0.0)
+  peaks = jnp.where(frame_mask[:, None, None, :], weights.max(axis=-1), 0.0)
+  count = jnp.maximum(frame_mask.sum(axis=-1), 1)[:, None, None]
+  return peaks.sum(axis=-1) / count
+
+
+def extract_durations(
+    attention: jax.Array, src_mask: jax.Array, tgt_lengths: jax.Array, *,
+    head: tuple[int, int] | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Phoneme durations from a teacher's encoder-decoder attention (FastSpeech).
+
+  The attention head with the highest :func:`focus_rate` (chosen per
+  example, or the fixed ``(layer, head)`` given, e.g. the best one averaged
+  over a dataset) gives the alignment: frame ``s`` belongs to the real
+  phoneme it attends to most, ``argmax_t a_{s,t}`` (the first on a tie), and
+  phoneme ``t``'s duration is the number of real frames that belong to it.
+  Every real frame belongs to exactly one real phoneme, so the durations of
+  a row sum to its length exactly, and padded phonemes get 0.
+
+  Args:
+    attention: float ``[batch, layers, heads, frames, phonemes]``.
+    src_mask: bool ``[batch, phonemes]``, True on real phonemes.
+    tgt_lengths: int ``[batch]``, real frames per example.
+    head: ``(layer, head)`` to use for every example; ``None`` picks the
+      highest focus rate per example.
+
+  Returns:
+    ``(durations int32 [batch, phonemes], chosen int32 [batch, 2])``: the
+    durations and the ``(layer, head)`` each row used.
+
+  References:
+    Ren et al., "FastSpeech: Fast, Robust and Controllable Text to Speech"
+    (2019), section 3.3, https://arxiv.org/abs/1905.09263.
+  """
+  batch, layers, heads, frames, phonemes = _check_attention(attention, src_mask)
+  frame_mask = _frame_mask_of(tgt_lengths, batch, frames, 'tgt_lengths')
+  if head is None:
+    flat = jnp.argmax(focus_rate(attention, src_mask, tgt_lengths).reshape(batch, -1), axis=-1)
+    chosen = jnp.stack([flat // heads, flat % heads], axis=-1).astype(jnp.int32)
+  else:
+    layer, index = head
+    if not (0 <= layer < layers and 0 <= index < heads):
+      raise ValueError(f'head=(layer, head) must be within ({layers}, {heads}), got {head}.')
+    chosen = jnp.broadcast_to(jnp.asarray([layer, index], jnp.int32), (batch, 2))
+  picked = jax.vmap(lambda a, c: a[c[0], c[1]])(jnp.asarray(attention, jnp.float32), chosen)
+  picked = jnp.where(jnp.asarray(src_mask)[:, None, :], picked, -1.0)
+  owner = jnp.argmax(picked, axis=-1)  # [batch, frames]
+  one_hot = jax.nn.one_hot(owner, phonemes, dtype=jnp.int32) * frame_mask[..., None]
+  return one_hot.sum(axis=1), chosen
+
+
+# ---------------------------------------------------------- length regulator
+
+
+def _check_durations(durations: Any, phoneme_mask: Any | None) -> None:
+  _checks.check_integer('durations', durations)
+  shape = tuple(jnp.shape(durations))
+  if len(shape) != 2:
+    raise ValueError(f'durations must be [batch, phonemes], got shape {shape}.')
+  if phoneme_mask is not None:
+    _checks.check_same_shape('durations', durations, 'phoneme_mask', phoneme_mask)
+  if _checks.is_concrete(durations):
+    arr = np.asarray(durations)
+    if np.any(arr < 0):
+      index = tuple(int(i) for i in np.argwhere(arr < 0)[0])
+      raise ValueError(f'durations must be >= 0 (frames per phoneme), got {arr[index]} at '
+                       f'index {index} of durations with shape {shape}.')
+
+
+def frame_phoneme_index(durations: jax.Array, max_frames: int,
+                        phoneme_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Which phoneme each frame expands: the length regulator's index.
+
+  Frame ``f`` of a row belongs to the phoneme ``t`` with ``sum(d[:t]) <= f <
+  sum(d[:t + 1])``. A row's real frames are the first ``min(sum(d),
+  max_frames)``: durations that add up to more than `max_frames` are cut at
+  the end (the last phonemes lose their frames, the first ones keep theirs),
+  as a spectrogram would be cropped. Durations of padded phonemes (where
+  `phoneme_mask` is False) count as 0; negative durations raise when known
+  at trace time and count as 0 under ``jit``.
+
+  Args:
+    durations: int ``[batch, phonemes]``, frames per phoneme.
+    max_frames: the frame count of the output (static).
+    phoneme_mask: optional bool ``[batch, phonemes]``.
+
+  Returns:
+    ``(index int32 [batch, max_frames], frame_mask bool [batch,
+    max_frames])``; `index` is 0 on padded frames.
+  """
+  _check_durations(durations, phoneme_mask)
+  _checks.check_positive_int('max_frames', max_frames)
+  durations = jnp.maximum(jnp.asarray(durations, jnp.int32), 0)
+  if phoneme_mask is not None:
+    durations = jnp.where(phoneme_mask, durations, 0)
+  ends = jnp.cumsum(durations, axis=-1)  # [batch, phonemes]
+  frames = jnp.arange(max_frames, dtype=jnp.int32)
+  index = (ends[:, None, :] <= frames[None, :, None]).sum(axis=-1).astype(jnp.int32)
+  frame_mask = frames[None] < ends[:, -1:]
+  return jnp.where(frame_mask, index, 0), frame_mask
+
+
+def length_regulate(hidden: jax.Array, durations: jax.Array, max_frames: int,
+                    phoneme_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """FastSpeech's length regulator: each phoneme's state repeated for its frames.
+
+  Equals ``np.repeat(hidden[b], durations[b], axis=0)`` row by row, cut or
+  zero-padded to `max_frames` (see :func:`frame_phoneme_index` for the rule
+  when the durations add up to more).
+
+  Args:
+    hidden: ``[batch, phonemes, features]``.
+    durations: int ``[batch, phonemes]``.
+    max_frames: the frame count of the output (static).
+    phoneme_mask: optional bool ``[batch, phonemes]`` (padded phonemes get 0 frames).
+
+  Returns:
+    ``(frames [batch, max_frames, features], frame_mask bool [batch,
+    max_frames])``, frames zero where the mask is False.
+
+  References:
+    Ren et al., "FastSpeech: Fast, Robust and Controllable Text to Speech"
+    (2019), section 3.2, https://arxiv.org/abs/1905.09263.
+  """
+  if jnp.ndim(hidden) != 3 or tuple(jnp.shape(hidden))[:2] != tuple(jnp.shape(durations)):
+    raise ValueError(f'hidden must be [batch, phonemes, features] matching durations '
+                     f'[batch, phonemes], got hidden {jnp.shape(hidden)} and durations '
+                     f'{jnp.shape(durations)}.')
+  index, frame_mask = frame_phoneme_index(durations, max_frames, phoneme_mask)
+  frames = jnp.take_along_axis(hidden, index[..., None], axis=1)
+  return _masked(frames, frame_mask), frame_mask
+
+
+def phoneme_average(values: jax.Array, durations: jax.Array,
+                    phoneme_mask: jax.Array | None = None) -> jax.Array:
+  """Frame-level values ``[batch, frames]`` averaged over each phoneme's frames.
+
+  The phoneme-level pitch and energy targets of FastSpeech 2's reference
+  implementation (``variance_level='phoneme'``); a phoneme with no frame
+  gets 0.
+
+  Args:
+    values: float ``[batch, frames]``.
+    durations: int ``[batch, phonemes]``.
+    phoneme_mask: optional bool ``[batch, phonemes]``.
+
+  Returns:
+    float32 ``[batch, phonemes]``.
+  """
+  _checks.check_floating('values', values)
+  index, frame_mask = frame_phoneme_index(durations, jnp.shape(values)[1], phoneme_mask)
+  one_hot = jax.nn.one_hot(index, jnp.shape(durations)[1], dtype=jnp.float32)
+  one_hot = one_hot * frame_mask[..., None]
+  sums = jnp.einsum('bf,bfp->bp', jnp.asarray(values, jnp.float32), one_hot)
+  return sums / jnp.maximum(one_hot.sum(axis=1), 1.0)
+
+
+def predicted_durations(log_durations: jax.Array, phoneme_mask: jax.Array,
+                        duration_scale: float | jax.Array = 1.0) -> jax.Array:
+  """Frames per phoneme from the duration predictor: ``round((exp(l) - 1) * scale)``, >= 0.
+
+  The predictor works on ``l = log(d + 1)``; `duration_scale` (> 1 slower,
+  < 1 faster) is FastSpeech's speed control. Padded phonemes get 0.
+  """
+  frames = jnp.round((jnp.exp(log_durations.astype(jnp.float32)) - 1.0) * duration_scale)
+  return jnp.where(phoneme_mask, jnp.maximum(frames, 0.0), 0.0).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------- student
+
+
+@dataclasses.dataclass(frozen=True)
+class FastSpeechConfig:
+  """The shape and options of a :class:`FastSpeech` student (FastSpeech 1 and 2).
+
+  Pitch and energy are predicted and embedded in the units the targets are
+  given in (z-scores of the training split are what the reference
+  implementations use); `pitch_range` and `energy_range` bound the bins.
+
+  Attributes:
+    vocab_size: number of phoneme ids (0 pads).
+    num_mels: mel bins per frame.
+    hidden: the model width.
+    num_heads: attention heads.
+    encoder_layers: FFT blocks of the phoneme encoder.
+    decoder_layers: FFT blocks of the mel decoder.
+    conv_filter: the inner width of the FFT blocks' convolutional FFN.
+    conv_kernels: the kernel widths of its two convolutions ((9, 1) as the
+      reference implementations; the FastSpeech paper used (3, 3)).
+    max_source_len: the most phonemes a source may have.
+    max_frames: the frame count of the output spectrogram.
+    dropout_rate: dropout in the FFT blocks.
+    predictor_filter: the variance predictors' convolution width.
+    predictor_kernel: their kernel width.
+    predictor_dropout: their dropout (0.5 in the reference implementations).
+    use_pitch: predict and embed pitch (FastSpeech 2).
+    use_energy: predict and embed energy (FastSpeech 2). With both off the
+      model is FastSpeech 1.
+    variance_level: ``'frame'`` (the paper: pitch and energy per frame,
+      after the length regulator) or ``'phoneme'`` (per phoneme, before it,
+      targets from :func:`phoneme_average`).
+    num_bins: quantisation bins of the pitch and energy embeddings.
+    pitch_range: ``(low, high)``, the pitch bins' span.
+    energy_range: ``(low, high)``, the energy bins' span.
+    pitch_scale: ``'linear'`` or ``'log'`` (geometric) bin boundaries.
+    energy_scale: ``'linear'`` or ``'log'``.
+    num_speakers: 0 for one speaker; otherwise a speaker table is added to
+      the encoder output.
+    head_dim: the per-head width; ``None`` means ``hidden // num_heads``.
+    dtype: the compute dtype; outputs are float32.
+    param_dtype: the parameters' dtype.
+  """
+
+  vocab_size: int
+  num_mels: int = 80
+  hidden: int = 256
+  num_heads: int = 2
+  encoder_layers: int = 4
+  decoder_layers: int = 4
+  conv_filter: int = 1024
+  conv_kernels: tuple[int, int] = (9, 1)
+  max_source_len: int = 256
+  max_frames: int = 1024
+  dropout_rate: float = 0.2
+  predictor_filter: int = 256
+  predictor_kernel: int = 3
+  predictor_dropout: float = 0.5
+  use_pitch: bool = True
+  use_energy: bool = True
+  variance_level: str = 'frame'
+  num_bins: int = 256
+  pitch_range: tuple[float, float] = (-4.0, 4.0)
+  energy_range: tuple[float, float] = (-4.0, 4.0)
+  pitch_scale: str = 'linear'
+  energy_scale: str = 'linear'
+  num_speakers: int = 0
+  head_dim: int | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  positions = 'sinusoidal'
+  rope_base = 10_000.0
+
+  def __post_init__(self):
+    owner = 'FastSpeechConfig'
+    _check_positive_fields(owner, self, (
+        'vocab_size', 'num_mels', 'hidden', 'num_heads', 'encoder_layers', 'decoder_layers',
+        'conv_filter', 'max_source_len', 'max_frames', 'predictor_filter', 'predictor_kernel'))
+    _check_head_dim(owner, self)
+    if self.hidden % 2:
+      raise ValueError(f'{owner}.hidden must be even (sinusoidal positions), got {self.hidden}.')
+    if len(self.conv_kernels) != 2 or any(int(k) <= 0 for k in self.conv_kernels):
+      raise ValueError(f'{owner}.conv_kernels must be two positive ints, got {self.conv_kernels}.')
+    _check_rate(owner, 'dropout_rate', self.dropout_rate)
+    _check_rate(owner, 'predictor_dropout', self.predictor_dropout)
+    if self.variance_level not in _LEVELS:
+      raise ValueError(f'{owner}.variance_level must be one of {_LEVELS}, '
+                       f'got {self.variance_level!r}.')
+    if self.num_speakers < 0:
+      raise ValueError(f'{owner}.num_speakers must be >= 0, got {self.num_speakers}.')
+    if self.use_pitch or self.use_energy:
+      if not isinstance(self.num_bins, int) or self.num_bins < 2:
+        raise ValueError(f'{owner}.num_bins must be an int >= 2, got {self.num_bins!r}.')
+      for name in ('pitch', 'energy'):
+        variance_bins(*getattr(self, f'{name}_range'), self.num_bins,
+                      getattr(self, f'{name}_scale'), name=f'{owner}.{name}')
+
+  @property
+  def kv_dim(self) -> int:
+    """The per-head width: `head_dim`, or ``hidden // num_heads``."""
+    return self.head_dim if self.head_dim is not None else self.hidden // self.num_heads
+
+
+def variance_bins(low: float, high: float, num_bins: int, scale: str = 'linear', *,
+                  name: str = 'variance') -> np.ndarray:
+  """The ``num_bins - 1`` boundaries that quantise pitch or energy into `num_bins` bins.
+
+  ``'linear'``: equally spaced from `low` to `high`; ``'log'``: equally
+  spaced in log (needs ``low > 0``, e.g. pitch in Hz). A value below `low`
+  falls in bin 0, above `high` in the last (FastSpeech 2, section 2.3).
+
+  Returns:
+    float32 ``[num_bins - 1]``, increasing.
+  """
+  if scale not in _SCALES:
+    raise ValueError(f'{name} scale must be one of {_SCALES}, got {scale!r}.')
+  if not low < high:
+    raise ValueError(f'{name} range must have low < high, got ({low}, {high}).')
+  if scale == 'log':
+    if low <= 0:
+      raise ValueError(f"{name} range must be positive for scale='log', got ({low}, {high}).")
+    return np.geomspace(low, high, num_bins - 1).astype(np.float32)
+  return np.linspace(low, high, num_bins - 1).astype(np.float32)
+
+
+def quantize(values: jax.Array, boundaries: np.ndarray | jax.Array) -> jax.Array:
+  """Bin ids in ``[0, len(boundaries)]``: how many boundaries are ``< value``."""
+  return jnp.searchsorted(jnp.asarray(boundaries), values, side='left').astype(jnp.int32)
+
+
+class _FFTBlock(nn.Module):
+  """FastSpeech's feed-forward Transformer block (post-norm, as the paper).
+
+  ``x = LN(x + attn(x)); x = LN(x + conv(ReLU(conv(x))))``, padded positions
+  zeroed before each convolution so that they never leak into real ones.
+  """
+
+  config: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout_rate)
+    attended = _Attention(cfg, name='attention')(x, _transformer._key_mask(mask))  # pylint: disable=protected-access
+    x = _layer_norm(cfg, 'embed', 'attention_norm')(x + drop(attended, deterministic=not train))
+    x = _masked(x, mask)
+    first, second = cfg.conv_kernels
+    inner = nn.relu(_conv(cfg, cfg.conv_filter, first, ('embed', 'mlp'), 'conv_0')(x))
+    inner = _conv(cfg, cfg.hidden, second, ('mlp', 'embed'), 'conv_1')(_masked(inner, mask))
+    x = _layer_norm(cfg, 'embed', 'conv_norm')(x + drop(inner, deterministic=not train))
+    return nn.with_logical_constraint(_masked(x, mask), ('batch', 'length', 'embed'))
+
+
+class VariancePredictor(nn.Module):
+  """FastSpeech 2's duration / pitch / energy predictor.
+
+  Two times [Conv1D (ReLU) -> LayerNorm -> dropout], then a linear layer to
+  one value per position, as the reference implementations; positions
+  where `mask` is False give 0.
+
+  Attributes:
+    config: the :class:`FastSpeechConfig` (widths, kernel, dropout, dtypes).
+  """
+
+  config: FastSpeechConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    cfg = self.config
+    for i in range(2):
+      x = _conv(cfg, cfg.predictor_filter, cfg.predictor_kernel,
+                ('embed' if i == 0 else 'mlp', 'mlp'), f'conv_{i}')(_masked(x, mask))
+      x = _layer_norm(cfg, 'mlp', f'norm_{i}')(nn.relu(x))
+      x = nn.Dropout(cfg.predictor_dropout)(x, deterministic=not train)
+    out = _dense(cfg, 1, ('mlp', None), 'output')(x)[..., 0].astype(jnp.float32)
+    return jnp.where(mask, out, 0.0)
+
+
+class FastSpeech(nn.Module):
+  """A FastSpeech 2 student (FastSpeech 1 with ``use_pitch=use_energy=False``).
+
+  Phoneme embeddings plus sinusoidal positions run through the encoder's FFT
+  blocks; the variance adaptor predicts ``log(d + 1)`` per phoneme and, with
+  FastSpeech 2's options, pitch and energy, whose values (the targets when
+  given, the predictions otherwise) are quantised into bins and embedded and
+  added to the hidden sequence; the length regulator repeats each phoneme's
+  state for its duration (the given durations, else the rounded predicted
+  ones times `duration_scale`) into ``max_frames`` frames; positions are
+  added again and the decoder's FFT blocks and a linear layer give the mel
+  frames.
+
+  Returns (``__call__``) a dict: ``'mel'`` float32 ``[batch, max_frames,
+  num_mels]`` (zero on padded frames), ``'frame_mask'`` bool ``[batch,
+  max_frames]``, ``'log_duration'`` ``[batch, phonemes]`` (the predictor's
+  output), ``'durations'`` int32 ``[batch, phonemes]`` (those used), and
+  ``'pitch'`` / ``'energy'`` (the predictions, ``[batch, max_frames]`` at
+  frame level, ``[batch, phonemes]`` at phoneme level) when enabled.
+
+  Attributes:
+    config: the :class:`FastSpeechConfig`.
+
+  References:
+    Ren et al., "FastSpeech: Fast, Robust and Controllable Text to Speech"
+    (2019), https://arxiv.org/abs/1905.09263; Ren et al., "FastSpeech 2:
+    Fast and High-Quality End-to-End Text to Speech" (2021),
+    https://arxiv.org/abs/2006.04558.
+  """
+
+  config: FastSpeechConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = _transformer._param(  # pylint: disable=protected-access
+        self, 'embedding', nn.initializers.normal(cfg.hidden**-0.5),
+        (cfg.vocab_size, cfg.hidden), ('vocab', 'embed'))
+    if cfg.num_speakers:
+      self.speaker_embedding = _transformer._param(  # pylint: disable=protected-access
+          self, 'speaker_embedding', nn.initializers.normal(cfg.hidden**-0.5),
+          (cfg.num_speakers, cfg.hidden), ('speakers', 'embed'))
+    self.encoder_blocks = [_FFTBlock(cfg) for _ in range(cfg.encoder_layers)]
+    self.decoder_blocks = [_FFTBlock(cfg) for _ in range(cfg.decoder_layers)]
+    self.duration_predictor = VariancePredictor(cfg)
+    for name in self._variances():
+      setattr(self, f'{name}_predictor', VariancePredictor(cfg))
+      setattr(self, f'{name}_embedding', _transformer._param(  # pylint: disable=protected-access
+          self, f'{name}_embedding', nn.initializers.normal(cfg.hidden**-0.5),
+          (cfg.num_bins, cfg.hidden), ('bins', 'embed')))
+    self.mel_projection = _dense(cfg, cfg.num_mels, ('embed', 'mel'), 'mel_projection')
+
+  def _variances(self) -> tuple[str, ...]:
+    cfg = self.config
+    return tuple(n for n, on in (('pitch', cfg.use_pitch), ('energy', cfg.use_energy)) if on)
+
+  def _positions(self, length: int, max_len: int) -> jax.Array:
+    return jnp.asarray(_sinusoids(max_len, self.config.hidden)[:length]).astype(self.config.dtype)
+
+  def encode(self, phonemes: jax.Array, phoneme_mask: jax.Array,
+             speaker: jax.Array | None = None, train: bool = False) -> jax.Array:
+    """The phoneme encoder's output ``[batch, phonemes, hidden]``, zero on padding."""
+    cfg = self.config
+    _check_phonemes(phonemes, phoneme_mask, cfg.vocab_size, cfg.max_source_len)
+    _check_speaker(speaker, phonemes.shape[0], cfg.num_speakers)
+    x = jnp.take(self.embedding, phonemes, axis=0).astype(cfg.dtype)
+    x = _masked(x + self._positions(phonemes.shape[1], cfg.max_source_len)[None], phoneme_mask)
+    for block in self.encoder_blocks:
+      x = block(x, phoneme_mask, train)
+    if cfg.num_speakers:
+      x = x + jnp.take(self.speaker_embedding, speaker, axis=0)[:, None].astype(cfg.dtype)
+    return _masked(x, phoneme_mask)
+
+  def _add_variance(self, name: str, x: jax.Array, mask: jax.Array, target: Any,
+                    train: bool) -> tuple[jax.Array, jax.Array]:
+    """Predicts `name` over ``x``, embeds the target (or the prediction) and adds it."""
+    cfg = self.config
+    prediction = getattr(self, f'{name}_predictor')(x, mask, train)
+    if target is not None:
+      _checks.check_floating(name, target)
+      _checks.check_same_shape(name, target, f'its prediction ({cfg.variance_level} level)',
+                               prediction)
+      value = jnp.asarray(target, jnp.float32)
+    else:
+      value = prediction
+    bins = variance_bins(*getattr(cfg, f'{name}_range'), cfg.num_bins,
+                         getattr(cfg, f'{name}_scale'), name=name)
+    embedded = jnp.take(getattr(self, f'{name}_embedding'), quantize(value, bins), axis=0)
+    return x + _masked(embedded.astype(cfg.dtype), mask), prediction
+
+  def __call__(self, phonemes: jax.Array, phoneme_mask: jax.Array, *,
+               durations: jax.Array | None = None, pitch: jax.Array | None = None,
+               energy: jax.Array | None = None, speaker: jax.Array | None = None,
+               duration_scale: float | jax.Array = 1.0,
+               train: bool = False) -> dict[str, jax.Array]:
+    """Phonemes to a mel spectrogram through the variance adaptor.
+
+    Args:
+      phonemes: int ``[batch, phonemes]``.
+      phoneme_mask: bool ``[batch, phonemes]``, True on real phonemes.
+      durations: int ``[batch, phonemes]`` frames per phoneme (ground truth
+        or a teacher's) for the length regulator; ``None`` uses the rounded
+        predictions.
+      pitch: float targets to embed (``[batch, max_frames]`` at frame level,
+        ``[batch, phonemes]`` at phoneme level); ``None`` embeds the
+        predictions. Ignored (must be ``None``) when ``use_pitch`` is off.
+      energy: as `pitch`, for energy.
+      speaker: int ``[batch]`` when ``num_speakers > 0``.
+      duration_scale: multiplies the predicted durations (speed control).
+      train: enables dropout (a ``'dropout'`` rng is then needed).
+
+    Returns:
+      The dict described in the class docstring.
+    """
+    cfg = self.config
+    for name, value in (('pitch', pitch), ('energy', energy)):
+      if value is not None and name not in self._variances():
+        raise ValueError(f'{name} given but the model has use_{name}=False.')
+    x = self.encode(phonemes, phoneme_mask, speaker, train)
+    log_duration = self.duration_predictor(x, phoneme_mask, train)
+    if durations is None:
+      durations = predicted_durations(log_duration, phoneme_mask, duration_scale)
+    else:
+      _check_durations(durations, phoneme_mask)
+      durations = jnp.where(phoneme_mask, jnp.maximum(jnp.asarray(durations, jnp.int32), 0), 0)
+    outputs = {'log_duration': log_duration, 'durations': durations}
+    targets = {'pitch': pitch, 'energy': energy}
+    if cfg.variance_level == 'phoneme':
+      for name in self._variances():
+        x, outputs[name] = self._add_variance(name, x, phoneme_mask, targets[name], train)
+    x, frame_mask = length_regulate(x, durations, cfg.max_frames, phoneme_mask)
+    if cfg.variance_level == 'frame':
+      for name in self._variances():
+        x, outputs[name] = self._add_variance(name, x, frame_mask, targets[name], train)
+    x = _masked(x + self._positions(cfg.max_frames, cfg.max_frames)[None], frame_mask)
+    for block in self.decoder_blocks:
+      x = block(x, frame_mask, train)
+    mel = _masked(self.mel_projection(x).astype(jnp.float32), frame_mask)
+    return {'mel': mel, 'frame_mask': frame_mask, **outputs}
+
+
+# ----------------------------------------------------------------- applies
+
+
+def _batch_value(batch: Mapping[str, Any], key: str | None, role: str) -> Any:
+  if key is None:
+    return None
+  return _checks.batch_entry(batch, key, role)
+
+
+def _optional(batch: Mapping[str, Any], key: str | None) -> Any:
+  return None if key is None else batch.get(key)
+
+
+def _call_teacher(module: TransformerTTS, inputs: dict[str, Any], train: bool = False):
+  outputs = module(inputs['phonemes'], inputs['phoneme_mask'], inputs['mel'],
+                   frame_mask=inputs['frame_mask'], speaker=inputs['speaker'], train=train)
+  return Outputs(logits=None, features=outputs)
+
+
+def transformer_tts_apply(
+    model: TransformerTTS, *, phonemes: str = 'phonemes', phoneme_mask: str = 'phoneme_mask',
+    mel: str = 'mel', frame_mask: str = 'frame_mask', speaker: str | None = 'speaker',
+) -> adapters.Apply:
+  """A kdjax ``apply`` for the teacher under teacher forcing.
+
+  Reads the batch keys named; `speaker` is read when the batch holds it.
+  ``Outputs.logits`` is ``None``; ``Outputs.features`` is the dict of
+  :meth:`TransformerTTS.__call__` (``'mel'``, ``'mel_postnet'``,
+  ``'stop_logits'``, ``'attention'``). Train it with
+  :func:`kdjax.step.make_train_step` (no teacher) and the terms of
+  :mod:`kdjax.objective` for speech (``mel_reconstruction`` on both mels,
+  ``stop_token``).
+
+  Returns:
+    ``apply(variables, batch, *, train, rngs=None) -> (Outputs, new_state)``.
+  """
+
+  def inputs(batch):
+    return {
+        'phonemes': _batch_value(batch, phonemes, 'phonemes'),
+        'phoneme_mask': _batch_value(batch, phoneme_mask, 'phoneme mask'),
+        'mel': _batch_value(batch, mel, 'target mel'),
+        'frame_mask': _batch_value(batch, frame_mask, 'frame mask'),
+        'speaker': _optional(batch, speaker) if model.config.num_speakers else None,
+    }
+
+  return adapters.from_linen(model, inputs=inputs, method=_call_teacher)
+
+
+def _call_student(module: FastSpeech, inputs: dict[str, Any], train: bool = False):
+  outputs = module(inputs['phonemes'], inputs['phoneme_mask'], durations=inputs['durations'],
+                   pitch=inputs['pitch'], energy=inputs['energy'], speaker=inputs['speaker'],
+                   duration_scale=inputs['duration_scale'], train=train)
+  return Outputs(logits=None, features=outputs)
+
+
+def fastspeech_apply(
+    model: FastSpeech, *, phonemes: str = 'phonemes', phoneme_mask: str = 'phoneme_mask',
+    durations: str | None = 'durations', pitch: str | None = 'pitch',
+    energy: str | None = 'energy', speaker: str | None = 'speaker',
+    duration_scale: float = 1.0,
+) -> adapters.Apply:
+  """A kdjax ``apply`` for the student, conditioned on the batch's variances.
+
+  The student is given ``batch[durations]`` (and, when the model uses them,
+  ``batch[pitch]`` and ``batch[energy]``) whenever the batch holds them
+  (train and eval alike: the losses of the paper are computed this way);
+  pass ``None`` for a key, or leave it out of the batch, to use the
+  model's own predictions instead (free-running synthesis). So the three
+  experiment variants differ only by what the batch holds: ground-truth
+  mels and durations; a teacher's generated mels and extracted durations;
+  ground truth with durations, pitch and energy.
+
+  ``Outputs.logits`` is ``None``; ``Outputs.features`` is the dict of
+  :meth:`FastSpeech.__call__`.
+
+  Returns:
+    ``apply(variables, batch, *, train, rngs=None) -> (Outputs, new_state)``.
+  """
+  cfg = model.config
+
+  def inputs(batch):
+    return {
+        'phonemes': _batch_value(batch, phonemes, 'phonemes'),
+        'phoneme_mask': _batch_value(batch, phoneme_mask, 'phoneme mask'),
+        'durations': _optional(batch, durations),
+        'pitch': _optional(batch, pitch) if cfg.use_pitch else None,
+        'energy': _optional(batch, energy) if cfg.use_energy else None,
+        'speaker': _optional(batch, speaker) if cfg.num_speakers else None,
+        'duration_scale': duration_scale,
+    }
+
+  return adapters.from_linen(model, inputs=inputs, method=_call_student)
