@@ -405,8 +405,9 @@ class TransformerTTS(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def _positions(self, positions: jax.Array, alpha: jax.Array, length: int) -> jax.Array:
+    """``alpha`` times the sinusoids at ``positions [time]``, as ``[1, time, hidden]``."""
     table = jnp.asarray(_sinusoids(length, self.config.hidden))
-    return alpha.astype(self.config.dtype) * jnp.take(table, positions, axis=0).astype(
+    return alpha.astype(self.config.dtype) * jnp.take(table, positions, axis=0)[None].astype(
         self.config.dtype)
 
   def encode(self, phonemes: jax.Array, phoneme_mask: jax.Array, speaker: jax.Array | None = None,
@@ -508,6 +509,8 @@ class TransformerTTS(nn.Module):
       [batch, frames], 'attention': [batch, decoder_layers, heads, frames,
       phonemes]}``, float32.
     """
+    _check_frames('mels', mels, jnp.shape(phonemes)[0], self.config.num_mels,
+                  self.config.max_frames)
     encoded = self.encode(phonemes, phoneme_mask, speaker, train)
     mel, stop_logits, attention = self.decode_frames(
         encoded, phoneme_mask, shift_frames_right(mels), train, prenet_key)
