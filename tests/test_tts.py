@@ -8,7 +8,6 @@ import wave
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -172,7 +171,7 @@ def _student(config=STUDENT):
   model = zoo.FastSpeech(config)
   phonemes, mask = _phonemes()
   durations = np.ones_like(phonemes)
-  return model, numpy_variables(model, phonemes, mask, durations=durations)
+  return model, numpy_variables(model, phonemes, mask, durations=durations), jax.jit(model.apply)
 
 
 def _student_inputs():
@@ -185,9 +184,9 @@ def _student_inputs():
 
 
 def test_variance_adaptor_shapes_and_masks():
-  model, variables = _student()
+  model, variables, apply = _student()
   phonemes, mask, durations, pitch, energy = _student_inputs()
-  out = model.apply(variables, phonemes, mask, durations=durations, pitch=pitch, energy=energy)
+  out = apply(variables, phonemes, mask, durations=durations, pitch=pitch, energy=energy)
   frames = STUDENT.max_frames
   assert out['mel'].shape == (3, frames, MELS)
   for name in ('pitch', 'energy', 'frame_mask'):
@@ -201,7 +200,7 @@ def test_variance_adaptor_shapes_and_masks():
   assert np.all(np.asarray(out['pitch'])[padded] == 0)
   assert np.all(np.asarray(out['log_duration'])[~mask] == 0)
   # Free running: the rounded predicted durations drive the length regulator.
-  free = model.apply(variables, phonemes, mask)
+  free = apply(variables, phonemes, mask)
   expected = zoo.predicted_durations(free['log_duration'], mask)
   np.testing.assert_array_equal(free['durations'], expected)
   np.testing.assert_array_equal(np.asarray(free['frame_mask']).sum(-1),
@@ -209,20 +208,20 @@ def test_variance_adaptor_shapes_and_masks():
 
 
 def test_student_padding_equals_slicing():
-  model, variables = _student()
+  model, variables, apply = _student()
   phonemes, mask, durations, pitch, energy = _student_inputs()
-  out = model.apply(variables, phonemes, mask, durations=durations, pitch=pitch, energy=energy)
+  out = apply(variables, phonemes, mask, durations=durations, pitch=pitch, energy=energy)
   row = 2  # two real phonemes of six
-  alone = model.apply(variables, phonemes[row:, :2], mask[row:, :2],
+  alone = apply(variables, phonemes[row:, :2], mask[row:, :2],
                       durations=durations[row:, :2], pitch=pitch[row:], energy=energy[row:])
   np.testing.assert_allclose(alone['mel'][0], out['mel'][row], atol=1e-5)
   np.testing.assert_allclose(alone['log_duration'][0], out['log_duration'][row, :2], atol=1e-5)
 
 
 def test_pitch_embedding_uses_the_targets_bins():
-  model, variables = _student()
+  model, variables, apply = _student()
   phonemes, mask, durations, pitch, energy = _student_inputs()
-  base = model.apply(variables, phonemes, mask, durations=durations, pitch=pitch, energy=energy)
+  base = apply(variables, phonemes, mask, durations=durations, pitch=pitch, energy=energy)
   bins = zoo.variance_bins(*STUDENT.pitch_range, STUDENT.num_bins)
   ids = np.asarray(zoo.quantize(pitch, bins))
   np.testing.assert_array_equal(ids, np.searchsorted(bins, pitch, side='left'))
@@ -230,31 +229,31 @@ def test_pitch_embedding_uses_the_targets_bins():
   centre = (bins[:-1] + bins[1:]) / 2
   inside = centre[np.clip(ids - 1, 0, len(centre) - 1)]
   inside = np.where((ids > 0) & (ids < len(bins)), inside, pitch).astype(np.float32)
-  same = model.apply(variables, phonemes, mask, durations=durations, pitch=inside, energy=energy)
+  same = apply(variables, phonemes, mask, durations=durations, pitch=inside, energy=energy)
   np.testing.assert_allclose(same['mel'], base['mel'], atol=1e-6)
-  moved = model.apply(variables, phonemes, mask, durations=durations, pitch=pitch + 1.0,
+  moved = apply(variables, phonemes, mask, durations=durations, pitch=pitch + 1.0,
                       energy=energy)
   assert np.abs(np.asarray(moved['mel']) - np.asarray(base['mel'])).max() > 1e-3
 
 
 def test_fastspeech1_and_phoneme_level_variants():
   fs1 = dataclasses.replace(STUDENT, use_pitch=False, use_energy=False)
-  model, variables = _student(fs1)
+  model, variables, apply = _student(fs1)
   assert not any('pitch' in k or 'energy' in k for k in variables['params'])
   phonemes, mask, durations, _, _ = _student_inputs()
-  out = model.apply(variables, phonemes, mask, durations=durations)
+  out = apply(variables, phonemes, mask, durations=durations)
   assert set(out) == {'mel', 'frame_mask', 'log_duration', 'durations'}
   with pytest.raises(ValueError, match='use_pitch=False'):
-    model.apply(variables, phonemes, mask, durations=durations, pitch=np.zeros((3, 16),
+    apply(variables, phonemes, mask, durations=durations, pitch=np.zeros((3, 16),
                                                                                np.float32))
   level = dataclasses.replace(STUDENT, variance_level='phoneme')
-  model, variables = _student(level)
+  model, variables, apply = _student(level)
   targets = np.zeros(phonemes.shape, np.float32)
-  out = model.apply(variables, phonemes, mask, durations=durations, pitch=targets,
+  out = apply(variables, phonemes, mask, durations=durations, pitch=targets,
                     energy=targets)
   assert out['pitch'].shape == out['energy'].shape == phonemes.shape
   with pytest.raises(ValueError, match='same shape'):
-    model.apply(variables, phonemes, mask, durations=durations,
+    apply(variables, phonemes, mask, durations=durations,
                 pitch=np.zeros((3, 16), np.float32))
 
 
@@ -266,11 +265,12 @@ def _teacher():
   model = zoo.TransformerTTS(TEACHER)
   phonemes, mask = _phonemes()
   mels = np.zeros((3, TEACHER.max_frames, MELS), np.float32)
-  return model, numpy_variables(model, phonemes, mask, mels, speaker=np.zeros(3, np.int32))
+  variables = numpy_variables(model, phonemes, mask, mels, speaker=np.zeros(3, np.int32))
+  return model, variables, jax.jit(model.apply)
 
 
 def test_teacher_cached_generation_equals_recomputation():
-  model, variables = _teacher()
+  model, variables, apply = _teacher()
   phonemes, mask = _phonemes()
   speaker = np.array([0, 1, 1], np.int32)
   key = jax.random.key(7)
@@ -278,7 +278,7 @@ def test_teacher_cached_generation_equals_recomputation():
   out = generate(variables, phonemes, mask, speaker=speaker, rng=key)
   np.testing.assert_array_equal(out.lengths, [TEACHER.max_frames] * 3)  # never stops
   # Teacher forcing on the generated frames, with the same pre-net dropout masks.
-  forced = model.apply(variables, phonemes, mask, out.mels_before_postnet, speaker=speaker,
+  forced = apply(variables, phonemes, mask, out.mels_before_postnet, speaker=speaker,
                        prenet_key=key)
   np.testing.assert_allclose(forced['mel'], out.mels_before_postnet, atol=1e-5)
   np.testing.assert_allclose(forced['mel_postnet'], out.mels, atol=1e-5)
@@ -287,9 +287,8 @@ def test_teacher_cached_generation_equals_recomputation():
   # Per-row stop: a threshold inside the stop probabilities' range ends rows at their first crossing.
   probs = np.asarray(out.stop_probs)
   threshold = float(np.median(probs))
-  stopped = zoo.make_tts_generate(model, max_frames=TEACHER.max_frames,
-                                  stop_threshold=threshold)(
-                                      variables, phonemes, mask, speaker=speaker, rng=key)
+  stopped = generate(variables, phonemes, mask, speaker=speaker, rng=key,
+                     stop_threshold=threshold)
   above = probs > threshold
   expected = np.where(above.any(-1), above.argmax(-1) + 1, TEACHER.max_frames)
   np.testing.assert_array_equal(stopped.lengths, expected)
@@ -304,24 +303,26 @@ def test_teacher_cached_generation_equals_recomputation():
 
 
 def test_teacher_forcing_is_causal_and_ignores_padding():
-  model, variables = _teacher()
+  model, variables, apply = _teacher()
   phonemes, mask = _phonemes()
   speaker = np.array([0, 1, 1], np.int32)
   key = jax.random.key(0)
-  mels = np.random.default_rng(5).standard_normal((3, 10, MELS)).astype(np.float32)
-  base = model.apply(variables, phonemes, mask, mels, speaker=speaker, prenet_key=key)
-  assert base['attention'].shape == (3, TEACHER.decoder_layers, TEACHER.num_heads, 10, 6)
+  frames = TEACHER.max_frames  # the shapes of the generation test: one compile for both
+  mels = np.random.default_rng(5).standard_normal((3, frames, MELS)).astype(np.float32)
+  base = apply(variables, phonemes, mask, mels, speaker=speaker, prenet_key=key)
+  assert base['attention'].shape == (3, TEACHER.decoder_layers, TEACHER.num_heads, frames, 6)
   np.testing.assert_allclose(np.asarray(base['attention']).sum(-1), 1.0, atol=1e-5)
   assert np.all(np.asarray(base['attention'])[2][..., 2:] == 0)  # padded phonemes
   changed = mels.copy()
   changed[:, 6:] += 1.0  # frames 6.. are the inputs of outputs 7..
-  after = model.apply(variables, phonemes, mask, changed, speaker=speaker, prenet_key=key)
+  after = apply(variables, phonemes, mask, changed, speaker=speaker, prenet_key=key)
   np.testing.assert_allclose(after['mel'][:, :7], base['mel'][:, :7], atol=1e-6)
   assert np.abs(np.asarray(after['mel'][:, 7:]) - np.asarray(base['mel'][:, 7:])).max() > 1e-4
   # Padding == slicing (the pre-net's inference dropout off: its masks depend on the row).
   plain = zoo.TransformerTTS(dataclasses.replace(TEACHER, prenet_dropout_at_inference=False))
-  padded = plain.apply(variables, phonemes, mask, mels, speaker=speaker)
-  alone = plain.apply(variables, phonemes[2:, :2], mask[2:, :2], mels[2:], speaker=speaker[2:])
+  plain_apply = jax.jit(plain.apply)
+  padded = plain_apply(variables, phonemes, mask, mels, speaker=speaker)
+  alone = plain_apply(variables, phonemes[2:, :2], mask[2:, :2], mels[2:], speaker=speaker[2:])
   np.testing.assert_allclose(alone['mel'][0], padded['mel'][2], atol=1e-5)
   np.testing.assert_allclose(alone['attention'][0][..., :2], padded['attention'][2][..., :2],
                              atol=1e-6)
@@ -449,7 +450,7 @@ def _one_step(apply, variables, objective_, batch):
   return metrics
 
 
-def test_one_train_step_of_teacher_and_student_on_the_sample():
+def test_one_train_step_of_the_teacher_on_the_sample():
   batch = _sample_batch()
   num_phonemes = len(kdata.PHONEMES)
   teacher = zoo.TransformerTTS(zoo.TransformerTTSConfig(
@@ -464,7 +465,14 @@ def test_one_train_step_of_teacher_and_student_on_the_sample():
                               speaker=batch['speaker'])
   metrics = _one_step(zoo.transformer_tts_apply(teacher), variables, teacher_objective, batch)
   assert {'loss/mel', 'loss/mel_postnet', 'loss/stop'} <= set(metrics)
+  # Each frame term is a mean over the real frames only.
+  for name in ('loss/mel', 'loss/stop'):
+    assert float(metrics[name][1]) == batch['frame_mask'].sum(), name
 
+
+def test_one_train_step_of_the_student_on_the_sample():
+  batch = _sample_batch()
+  num_phonemes = len(kdata.PHONEMES)
   student = zoo.FastSpeech(zoo.FastSpeechConfig(
       vocab_size=num_phonemes, hidden=16, num_heads=2, encoder_layers=1, decoder_layers=1,
       conv_filter=24, max_source_len=48, max_frames=400, predictor_filter=8, num_bins=16,
@@ -476,7 +484,9 @@ def test_one_train_step_of_teacher_and_student_on_the_sample():
       'energy': objective.variance_regression('energy')})
   variables = numpy_variables(student, batch['phonemes'], batch['phoneme_mask'],
                               durations=batch['durations'], speaker=batch['speaker'])
-  _one_step(zoo.fastspeech_apply(student), variables, student_objective, batch)
+  metrics = _one_step(zoo.fastspeech_apply(student), variables, student_objective, batch)
+  assert float(metrics['loss/duration'][1]) == batch['phoneme_mask'].sum()
+  assert float(metrics['loss/pitch'][1]) == batch['frame_mask'].sum()
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -490,7 +500,7 @@ def test_bad_inputs_raise_clear_errors():
     zoo.length_regulate(np.zeros((1, 4, 2), np.float32), np.ones((1, 3), np.int32), 8)
   with pytest.raises(TypeError, match='integer'):
     zoo.frame_phoneme_index(np.ones((1, 3), np.float32), 8)
-  model, variables = _student()
+  model, variables, apply = _student()
   phonemes, mask, *_ = _student_inputs()
   with pytest.raises(ValueError, match='durations must be >= 0'):
     model.apply(variables, phonemes, mask, durations=-np.ones_like(phonemes))
@@ -511,7 +521,7 @@ def test_bad_inputs_raise_clear_errors():
     zoo.extract_durations(attention, np.ones((2, 3), bool), np.array([1, 5], np.int32))
   with pytest.raises(ValueError, match='head='):
     zoo.extract_durations(attention, np.ones((2, 3), bool), np.ones(2, np.int32), head=(0, 2))
-  teacher, teacher_variables = _teacher()
+  teacher, teacher_variables, _ = _teacher()
   generate = zoo.make_tts_generate(teacher, max_frames=4)
   with pytest.raises(ValueError, match='pass rng'):
     generate(teacher_variables, phonemes, mask, speaker=np.zeros(3, np.int32))
