@@ -257,6 +257,26 @@ def test_fastspeech1_and_phoneme_level_variants():
                 pitch=np.zeros((3, 16), np.float32))
 
 
+def test_parameters_carry_logical_axis_names():
+  phonemes, mask = _phonemes()
+  mels = np.zeros((3, TEACHER.max_frames, MELS), np.float32)
+  models = {
+      'teacher': (zoo.TransformerTTS(TEACHER), (phonemes, mask, mels),
+                  {'speaker': np.zeros(3, np.int32)}),
+      'student': (zoo.FastSpeech(STUDENT), (phonemes, mask), {'durations': np.ones_like(phonemes)}),
+  }
+  for name, (model, args, kwargs) in models.items():
+    shapes = jax.eval_shape(functools.partial(model.init, **kwargs),
+                            {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, *args)
+    leaves = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    unnamed = [leaf for leaf in leaves if not isinstance(leaf, nn.LogicallyPartitioned)]
+    assert all(leaf.shape == () for leaf in unnamed), name  # only the position scales
+    for leaf in leaves:
+      if isinstance(leaf, nn.LogicallyPartitioned):
+        assert len(leaf.names) == leaf.value.ndim
+        assert set(leaf.names) - {None} <= set(zoo.TTS_LOGICAL_AXES), leaf.names
+
+
 # ------------------------------------------------------------------- teacher
 
 
@@ -345,7 +365,7 @@ def test_losses_match_numpy_and_mask():
   durations = rng.integers(0, 6, (2, 5)).astype(np.int32)
   np.testing.assert_allclose(losses.duration_loss(log_d, durations, phoneme_mask=mask),
                              (log_d - np.log(durations + 1.0)) ** 2 * mask, rtol=1e-5)
-  np.testing.assert_allclose(losses.variance_loss(log_d, target[..., 0], mask=mask),
+  np.testing.assert_allclose(losses.variance_loss(log_d, target[..., 0], token_mask=mask),
                              (log_d - target[..., 0]) ** 2 * mask, rtol=1e-6)
   stops = np.asarray(losses.stop_targets(mask))
   np.testing.assert_array_equal(stops, [[0, 0, 1, 0, 0], [0, 0, 0, 0, 1]])

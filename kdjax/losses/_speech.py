@@ -2,6 +2,8 @@
 
 Conventions of this module, as :mod:`kdjax.losses._transformer`'s:
 
+* Masks are token masks (positions of a sequence) named by the sequence:
+  ``frame_mask`` or ``phoneme_mask`` (``token_mask`` where either fits).
 * Values are PER POSITION, ``[batch, frames]`` or ``[batch, phonemes]``
   (a mel loss is averaged over the mel bins of its frame): the Objective's
   masked ``sum / count`` with the same mask is then the mean over the
@@ -131,13 +133,14 @@ def duration_loss(log_duration: ArrayLike, durations: ArrayLike, *,
 
 @jit_after_checks()
 def variance_loss(predicted: ArrayLike, target: ArrayLike, *,
-                  mask: ArrayLike | None = None) -> Array:
+                  token_mask: ArrayLike | None = None) -> Array:
   """FastSpeech 2's pitch or energy loss per position: the squared error.
 
   Args:
     predicted: float ``[batch, time]`` (frames or phonemes).
     target: float ``[batch, time]``, in the same units (e.g. z-scores).
-    mask: optional ``[batch, time]``, 1 on real positions.
+    token_mask: optional ``[batch, time]``, 1 on real positions (the frame
+      or the phoneme mask).
 
   Returns:
     float32 ``[batch, time]``, 0 on masked positions.
@@ -147,7 +150,7 @@ def variance_loss(predicted: ArrayLike, target: ArrayLike, *,
     https://arxiv.org/abs/2006.04558.
   """
   predicted, target = _pair(predicted, target, ('predicted', 'target'), 2, '[batch, time]')
-  mask = _position_mask('mask', mask, predicted.shape)
+  mask = _position_mask('token_mask', token_mask, predicted.shape)
   values = jnp.square(predicted - target)
   return values if mask is None else jnp.where(mask, values, 0.0)
 

@@ -82,7 +82,7 @@ def variance_regression(name: str, *, target_key: str | None = None,
     del teacher, step
     mask = _mask(batch, mask_key)
     target = _checks.batch_entry(batch, target_key, f'target {name}')
-    return _speech.variance_loss(student.feature(name), target, mask=mask), mask
+    return _speech.variance_loss(student.feature(name), target, token_mask=mask), mask
 
   return term
 

@@ -763,7 +763,8 @@ def extract_durations(
   phoneme it attends to most, ``argmax_t a_{s,t}`` (the first on a tie), and
   phoneme ``t``'s duration is the number of real frames that belong to it.
   Every real frame belongs to exactly one real phoneme, so the durations of
-  a row sum to its length exactly, and padded phonemes get 0.
+  a row sum to its length exactly (unless the row has no real phoneme:
+  then they are all 0), and padded phonemes get 0.
 
   Args:
     attention: float ``[batch, layers, heads, frames, phonemes]``.
@@ -794,6 +795,8 @@ def extract_durations(
   picked = jnp.where(jnp.asarray(src_mask)[:, None, :], picked, -1.0)
   owner = jnp.argmax(picked, axis=-1)  # [batch, frames]
   one_hot = jax.nn.one_hot(owner, phonemes, dtype=jnp.int32) * frame_mask[..., None]
+  # (Only a row without any real phoneme loses its frames here.)
+  one_hot = one_hot * jnp.asarray(src_mask)[:, None, :]
   return one_hot.sum(axis=1), chosen
 
 
