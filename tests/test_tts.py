@@ -432,28 +432,34 @@ def test_griffin_lim_converges_on_a_sinusoid(tmp_path):
 
 
 def _sample_batch(max_phonemes=48, max_frames=400):
-  """The shipped sample's five utterances, padded (z-scored pitch and energy)."""
-  chunk = np.load(SAMPLE)
-  phone_ends, frame_ends = np.cumsum(chunk['num_phonemes']), np.cumsum(chunk['num_frames'])
-  batch = {k: [] for k in ('phonemes', 'durations', 'mel', 'pitch', 'energy')}
-  for i in range(len(chunk['num_phonemes'])):
-    p = slice(phone_ends[i] - chunk['num_phonemes'][i], phone_ends[i])
-    f = slice(frame_ends[i] - chunk['num_frames'][i], frame_ends[i])
-    pad_p, pad_f = max_phonemes - (p.stop - p.start), max_frames - (f.stop - f.start)
-    batch['phonemes'].append(np.pad(chunk['phonemes'][p], (0, pad_p)))
-    batch['durations'].append(np.pad(chunk['durations'][p], (0, pad_p)))
-    batch['mel'].append(np.pad(chunk['mel'][f], ((0, pad_f), (0, 0))))
-    log_pitch = np.log(chunk['pitch'][f])
-    batch['pitch'].append(np.pad((log_pitch - log_pitch.mean()) / log_pitch.std(), (0, pad_f)))
-    energy = chunk['energy'][f]
-    batch['energy'].append(np.pad((energy - energy.mean()) / energy.std(), (0, pad_f)))
-  batch = {k: np.stack(v) for k, v in batch.items()}
-  batch['phoneme_mask'] = batch['phonemes'] > 0
-  batch['frame_mask'] = np.arange(max_frames)[None] < chunk['num_frames'][:, None]
-  batch['speaker'] = chunk['speaker']
-  batch['pitch'] = batch['pitch'].astype(np.float32)
-  batch['energy'] = batch['energy'].astype(np.float32)
-  return batch
+  """The shipped sample's five utterances, padded, pitch and energy z-scored."""
+  examples = kdata.read_speech_chunks([SAMPLE])
+  return kdata.pad_speech_batch(examples, max_phonemes=max_phonemes, max_frames=max_frames,
+                                stats=kdata.speech_stats(examples))
+
+
+def test_pad_speech_batch_masks_and_standardises():
+  examples = kdata.read_speech_chunks([SAMPLE])
+  stats = kdata.speech_stats(examples)
+  batch = _sample_batch()
+  frame_mask, phoneme_mask = batch['frame_mask'], batch['phoneme_mask']
+  for i, example in enumerate(examples):
+    frames, phonemes = len(example['mel']), len(example['phonemes'])
+    assert frame_mask[i].sum() == frames == batch['durations'][i].sum()
+    assert phoneme_mask[i].sum() == phonemes
+    np.testing.assert_array_equal(batch['mel'][i, :frames], example['mel'])
+    np.testing.assert_allclose(stats.pitch_hz(batch['pitch'][i, :frames]), example['pitch'],
+                               rtol=1e-5)
+  assert not batch['mel'][~frame_mask].any() and not batch['pitch'][~frame_mask].any()
+  assert not batch['phonemes'][~phoneme_mask].any()
+  pitch = batch['pitch'][frame_mask]
+  np.testing.assert_allclose([pitch.mean(), pitch.std()], [0.0, 1.0], atol=1e-5)
+  np.testing.assert_array_equal(batch['speaker'], [e['speaker'] for e in examples])
+  with pytest.raises(ValueError, match='example 2 has 45 phonemes and 395 frames'):
+    kdata.pad_speech_batch(examples, max_phonemes=48, max_frames=300)
+  broken = dict(examples[0], durations=examples[0]['durations'] + 1)
+  with pytest.raises(ValueError, match='example 0: durations'):
+    kdata.pad_speech_batch([broken], max_phonemes=48, max_frames=400)
 
 
 def _one_step(apply, variables, objective_, batch):

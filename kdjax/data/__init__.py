@@ -85,6 +85,9 @@ from kdjax.data._speech import phoneme_vocabulary
 from kdjax.data._speech import read_chunks as read_speech_chunks
 from kdjax.data._speech import select_utterances
 from kdjax.data._speech import SpeechFeatures
+from kdjax.data._speech_batch import pad_speech_batch
+from kdjax.data._speech_batch import speech_stats
+from kdjax.data._speech_batch import SpeechStats
 from kdjax.data._speech import speech_sentences
 from kdjax.data._speech import synthesize_chunks as synthesize_speech_chunks
 from kdjax.data._synthesis import fetch_speech_tools
@@ -190,6 +193,7 @@ __all__ += [
     'FeatureConfig',
     'Phone',
     'SpeechFeatures',
+    'SpeechStats',
     'SpeechTools',
     'collect_sentences',
     'encode_phonemes',
@@ -208,6 +212,8 @@ __all__ += [
     'select_utterances',
     'speech_cache_dir',
     'speech_sentences',
+    'speech_stats',
+    'pad_speech_batch',
     'split_sentences',
     'stft',
     'stft_magnitude',
