@@ -112,7 +112,7 @@ def test_predicted_durations_invert_log_d_plus_one_and_scale():
 
 
 def _diagonal_attention(durations, lengths, num_phonemes, frames, sharp=0.9):
-  """[batch, layers=2, heads=2, frames, phonemes]: head (1, 0) sharp and diagonal, others blurred."""
+  """[batch, layers=2, heads=2, frames, phonemes]: head (1, 0) sharp and diagonal."""
   batch = len(durations)
   attention = np.zeros((batch, 2, 2, frames, num_phonemes), np.float32)
   rng = np.random.default_rng(2)
@@ -304,7 +304,8 @@ def test_teacher_cached_generation_equals_recomputation():
   np.testing.assert_allclose(forced['mel_postnet'], out.mels, atol=1e-5)
   np.testing.assert_allclose(jax.nn.sigmoid(forced['stop_logits']), out.stop_probs, atol=1e-5)
   np.testing.assert_allclose(forced['attention'], out.attention, atol=1e-5)
-  # Per-row stop: a threshold inside the stop probabilities' range ends rows at their first crossing.
+  # Per-row stop: a threshold inside the stop probabilities' range ends each row at its
+  # first crossing.
   probs = np.asarray(out.stop_probs)
   threshold = float(np.median(probs))
   stopped = generate(variables, phonemes, mask, speaker=speaker, rng=key,
@@ -374,6 +375,29 @@ def test_losses_match_numpy_and_mask():
   np.testing.assert_allclose(
       losses.stop_token_loss(log_d, stops, frame_mask=mask, positive_weight=3.0), bce,
       rtol=1e-5)
+
+
+def test_guided_attention_matches_its_formula_and_prefers_the_diagonal():
+  rng = np.random.default_rng(9)
+  attention = rng.random((2, 1, 2, 6, 4)).astype(np.float32)
+  attention /= attention.sum(-1, keepdims=True)
+  phoneme_mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+  frame_mask = np.array([[1] * 5 + [0], [1] * 6], bool)
+  got = np.asarray(losses.guided_attention_loss(attention, phoneme_mask=phoneme_mask,
+                                                frame_mask=frame_mask, sigma=0.3))
+  for b in range(2):
+    n, t = phoneme_mask[b].sum(), frame_mask[b].sum()
+    for s in range(6):
+      weight = 1 - np.exp(-(np.arange(n) / n - s / t) ** 2 / (2 * 0.3**2))
+      expected = (attention[b, 0, :, s, :n] * weight).sum(-1).mean() if s < t else 0.0
+      np.testing.assert_allclose(got[b, s], expected, rtol=1e-5, atol=1e-7)
+  owner = np.repeat(np.arange(4), [2, 1, 2, 1])
+  diagonal = np.zeros((1, 1, 1, 6, 4), np.float32)
+  diagonal[0, 0, 0, np.arange(6), owner] = 1.0
+  reverse = diagonal[..., ::-1]
+  masks = {'phoneme_mask': np.ones((1, 4), bool), 'frame_mask': np.ones((1, 6), bool)}
+  assert (np.asarray(losses.guided_attention_loss(diagonal, **masks)).sum()
+          < 0.25 * np.asarray(losses.guided_attention_loss(reverse, **masks)).sum())
 
 
 def test_loss_errors():

@@ -151,7 +151,7 @@ def griffin_lim(
 
 def mel_to_audio(log_mel: np.ndarray, config: _audio.FeatureConfig = _audio.FeatureConfig(),
                  *, iterations: int = 60, momentum: float = 0.99, seed: int = 0) -> np.ndarray:
-  """:func:`mel_to_magnitude` then :func:`griffin_lim`: float32 audio of ``(frames - 1) * hop`` samples."""
+  """:func:`mel_to_magnitude` then :func:`griffin_lim`: float32 ``[(frames - 1) * hop]``."""
   return griffin_lim(mel_to_magnitude(log_mel, config), config, iterations=iterations,
                      momentum=momentum, seed=seed)
 

@@ -201,3 +201,54 @@ def stop_token_loss(stop_logits: ArrayLike, targets: ArrayLike, *,
   values = -(positive_weight * targets * jax.nn.log_sigmoid(logits)
              + (1.0 - targets) * jax.nn.log_sigmoid(-logits))
   return values if mask is None else jnp.where(mask, values, 0.0)
+
+
+@jit_after_checks()
+def guided_attention_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike,
+                          frame_mask: ArrayLike, sigma: float | ArrayLike = 0.2) -> Array:
+  r"""Guided attention: the attention weight far from the diagonal, per frame.
+
+  .. math::
+     \ell_{b,s} = \frac{1}{LH} \sum_{l,h} \sum_{t} a_{l,h,s,t}\,
+       \left(1 - e^{-(t/N_b - s/T_b)^2 / (2\sigma^2)}\right)
+
+  over the real phonemes ``t`` (``N_b`` of them) of frame ``s`` (``T_b``
+  real frames): 0 for an attention on the diagonal, up to 1 far from it.
+  Not part of Transformer TTS or FastSpeech; it makes an autoregressive
+  TTS teacher's encoder-decoder attention diagonal in far fewer steps, and
+  FastSpeech's durations need a diagonal head.
+
+  Args:
+    attention: float ``[batch, layers, heads, frames, phonemes]`` (or
+      ``[batch, heads, frames, phonemes]``).
+    phoneme_mask: ``[batch, phonemes]``, 1 on real phonemes.
+    frame_mask: ``[batch, frames]``, 1 on real frames.
+    sigma: the width of the diagonal band (0.2 in Tachibana et al.).
+
+  Returns:
+    float32 ``[batch, frames]``, 0 on masked frames.
+
+  References:
+    Tachibana, Uenoyama & Aihara, "Efficiently Trainable Text-to-Speech
+    System Based on Deep Convolutional Networks with Guided Attention"
+    (2018), https://arxiv.org/abs/1710.08969.
+  """
+  _checks.check_floating('attention', attention)
+  attention = jnp.asarray(attention, jnp.float32)
+  if attention.ndim == 4:
+    attention = attention[:, None]
+  if attention.ndim != 5:
+    raise ValueError('attention must be [batch, layers, heads, frames, phonemes], got shape '
+                     f'{jnp.shape(attention)}.')
+  batch, _, _, frames, phonemes = attention.shape
+  phoneme_mask = _position_mask('phoneme_mask', phoneme_mask, (batch, phonemes))
+  frame_mask = _position_mask('frame_mask', frame_mask, (batch, frames))
+  num_phonemes = jnp.maximum(phoneme_mask.sum(-1), 1).astype(jnp.float32)[:, None, None]
+  num_frames = jnp.maximum(frame_mask.sum(-1), 1).astype(jnp.float32)[:, None, None]
+  offset = (jnp.arange(phonemes, dtype=jnp.float32)[None, None, :] / num_phonemes
+            - jnp.arange(frames, dtype=jnp.float32)[None, :, None] / num_frames)
+  weight = 1.0 - jnp.exp(-jnp.square(offset) / (2.0 * jnp.square(sigma)))
+  weight = jnp.where(phoneme_mask[:, None, :], weight, 0.0)  # [batch, frames, phonemes]
+  heads = attention.shape[1] * attention.shape[2]
+  values = jnp.einsum('blhst,bst->bs', attention, weight) / heads
+  return jnp.where(frame_mask, values, 0.0)

@@ -103,3 +103,33 @@ def stop_token(*, feature: str = 'stop_logits', mask_key: str = 'frame_mask',
         positive_weight=positive_weight), mask
 
   return term
+
+
+def guided_attention(*, feature: str = 'attention', layers: tuple[int, ...] | None = None,
+                     phoneme_mask_key: str = 'phoneme_mask', frame_mask_key: str = 'frame_mask',
+                     sigma: float = 0.2) -> Term:
+  """``guided_attention_loss`` of the teacher model's encoder-decoder attention, per frame.
+
+  Args:
+    feature: the attention feature ``[batch, layers, heads, frames, phonemes]``.
+    layers: the decoder layers to guide (all when ``None``); guiding some
+      leaves the others free.
+    phoneme_mask_key: the batch's phoneme mask.
+    frame_mask_key: the batch's frame mask.
+    sigma: the diagonal band's width.
+
+  Returns:
+    A :class:`Term` of ``[batch, frames]`` values masked by the frame mask.
+  """
+
+  def term(student, teacher, batch, step):
+    del teacher, step
+    attention = student.feature(feature)
+    if layers is not None:
+      attention = attention[:, list(layers)]
+    frame_mask = _checks.batch_entry(batch, frame_mask_key, 'frame mask')
+    phoneme_mask = _checks.batch_entry(batch, phoneme_mask_key, 'phoneme mask')
+    return _speech.guided_attention_loss(attention, phoneme_mask=phoneme_mask,
+                                         frame_mask=frame_mask, sigma=sigma), frame_mask
+
+  return term

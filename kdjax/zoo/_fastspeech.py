@@ -303,7 +303,7 @@ class _FFTBlock(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
     cfg = self.config
     drop = nn.Dropout(cfg.dropout_rate)
-    attended = _Attention(cfg, name='attention')(x, _transformer._key_mask(mask))  # pylint: disable=protected-access
+    attended = _Attention(cfg, name='attention')(x, _transformer._key_mask(mask))
     x = _layer_norm(cfg, 'embed', 'attention_norm')(x + drop(attended, deterministic=not train))
     x = _masked(x, mask)
     first, second = cfg.conv_kernels
@@ -372,11 +372,11 @@ class FastSpeech(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.embedding = _transformer._param(  # pylint: disable=protected-access
+    self.embedding = _transformer._param(
         self, 'embedding', nn.initializers.normal(cfg.hidden**-0.5),
         (cfg.vocab_size, cfg.hidden), ('vocab', 'embed'))
     if cfg.num_speakers:
-      self.speaker_embedding = _transformer._param(  # pylint: disable=protected-access
+      self.speaker_embedding = _transformer._param(
           self, 'speaker_embedding', nn.initializers.normal(cfg.hidden**-0.5),
           (cfg.num_speakers, cfg.hidden), ('speakers', 'embed'))
     self.encoder_blocks = [_FFTBlock(cfg) for _ in range(cfg.encoder_layers)]
@@ -384,7 +384,7 @@ class FastSpeech(nn.Module):
     self.duration_predictor = VariancePredictor(cfg)
     for name in self._variances():
       setattr(self, f'{name}_predictor', VariancePredictor(cfg))
-      setattr(self, f'{name}_embedding', _transformer._param(  # pylint: disable=protected-access
+      setattr(self, f'{name}_embedding', _transformer._param(
           self, f'{name}_embedding', nn.initializers.normal(cfg.hidden**-0.5),
           (cfg.num_bins, cfg.hidden), ('bins', 'embed')))
     self.mel_projection = _dense(cfg, cfg.num_mels, ('embed', 'mel'), 'mel_projection')

@@ -183,7 +183,7 @@ def _masked(x: jax.Array, mask: jax.Array) -> jax.Array:
   return x * mask.reshape(mask.shape + (1,) * (x.ndim - 2)).astype(x.dtype)
 
 
-class _Attention(_transformer._Attention):  # pylint: disable=protected-access
+class _Attention(_transformer._Attention):
   """The Transformer's attention, able to return its weights as well."""
 
   def attend_with_weights(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: Any, *,
@@ -208,13 +208,13 @@ class _TTSBlock(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.attention_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+    self.attention_norm = _transformer._norm(cfg, None)
     self.attention = _Attention(cfg)
     if self.cross:
-      self.cross_attention_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+      self.cross_attention_norm = _transformer._norm(cfg, None)
       self.cross_attention = _Attention(cfg)
-    self.mlp_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
-    self.mlp = _transformer._Mlp(cfg)  # pylint: disable=protected-access
+    self.mlp_norm = _transformer._norm(cfg, None)
+    self.mlp = _transformer._Mlp(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def _residual(self, x, branch, train):
@@ -378,7 +378,7 @@ class TransformerTTS(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.embedding = _transformer._param(  # pylint: disable=protected-access
+    self.embedding = _transformer._param(
         self, 'embedding', nn.initializers.normal(cfg.hidden**-0.5),
         (cfg.vocab_size, cfg.hidden), ('vocab', 'embed'))
     if cfg.encoder_prenet:
@@ -390,14 +390,14 @@ class TransformerTTS(nn.Module):
     self.encoder_alpha = self.param('encoder_alpha', nn.initializers.ones, (), cfg.param_dtype)
     self.decoder_alpha = self.param('decoder_alpha', nn.initializers.ones, (), cfg.param_dtype)
     if cfg.num_speakers:
-      self.speaker_embedding = _transformer._param(  # pylint: disable=protected-access
+      self.speaker_embedding = _transformer._param(
           self, 'speaker_embedding', nn.initializers.normal(cfg.hidden**-0.5),
           (cfg.num_speakers, cfg.hidden), ('speakers', 'embed'))
     self.encoder_blocks = [_TTSBlock(cfg) for _ in range(cfg.encoder_layers)]
-    self.encoder_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+    self.encoder_norm = _transformer._norm(cfg, None)
     self.decoder_prenet = _DecoderPrenet(cfg)
     self.decoder_blocks = [_TTSBlock(cfg, cross=True) for _ in range(cfg.decoder_layers)]
-    self.decoder_norm = _transformer._norm(cfg, None)  # pylint: disable=protected-access
+    self.decoder_norm = _transformer._norm(cfg, None)
     self.mel_projection = _dense(cfg, cfg.num_mels, ('embed', 'mel'), 'mel_projection')
     self.stop_projection = _dense(cfg, 1, ('embed', None), 'stop_projection')
     self.postnet_net = _Postnet(cfg)
@@ -431,7 +431,7 @@ class TransformerTTS(nn.Module):
     x = x + self._positions(np.arange(phonemes.shape[1]), self.encoder_alpha, cfg.max_source_len)
     x = nn.with_logical_constraint(self.dropout(x, deterministic=not train),
                                    ('batch', 'length', 'embed'))
-    mask = _transformer._key_mask(phoneme_mask)  # pylint: disable=protected-access
+    mask = _transformer._key_mask(phoneme_mask)
     for block in self.encoder_blocks:
       x, _ = block(x, train, mask=mask)
     x = self.encoder_norm(x)
@@ -474,8 +474,8 @@ class TransformerTTS(nn.Module):
     x = x + self._positions(positions, self.decoder_alpha, cfg.max_frames)
     x = nn.with_logical_constraint(self.dropout(x, deterministic=not train),
                                    ('batch', 'length', 'embed'))
-    causal = _transformer._causal_mask(frame_inputs.shape[1])  # pylint: disable=protected-access
-    memory_mask = _transformer._key_mask(phoneme_mask)  # pylint: disable=protected-access
+    causal = _transformer._causal_mask(frame_inputs.shape[1])
+    memory_mask = _transformer._key_mask(phoneme_mask)
     weights = []
     for block in self.decoder_blocks:
       x, probs = block(x, train, mask=causal, memory=encoded, memory_mask=memory_mask)
@@ -528,12 +528,12 @@ class TransformerTTS(nn.Module):
     'cross_key', 'cross_value' [batch, heads, phonemes, kv]}}``.
     """
     cfg = self.config
-    _transformer._check_cache_length(cache_length, cfg.max_frames, 'max_frames')  # pylint: disable=protected-access
+    _transformer._check_cache_length(cache_length, cfg.max_frames, 'max_frames')
     cache = {'source_mask': phoneme_mask}
     for i, block in enumerate(self.decoder_blocks):
       keys, values = block.cross_keys_values(encoded)
       cache[f'layer_{i}'] = {
-          **_transformer._empty_cache(cfg, encoded.shape[0], cache_length),  # pylint: disable=protected-access
+          **_transformer._empty_cache(cfg, encoded.shape[0], cache_length),
           'cross_key': nn.with_logical_constraint(
               _transformer.heads_first(keys).astype(cfg.dtype), CACHE_AXES),
           'cross_value': nn.with_logical_constraint(
@@ -544,7 +544,7 @@ class TransformerTTS(nn.Module):
   def decode_step(self, frame: jax.Array, position: jax.Array, cache: dict[str, Any],
                   prenet_key: jax.Array | None = None
                   ) -> tuple[jax.Array, jax.Array, jax.Array, dict[str, Any]]:
-    """One frame for every row, all at the same `position` (inference: no dropout but the pre-net's).
+    """One frame for every row, all at the same `position` (no dropout but the pre-net's).
 
     Args:
       frame: float ``[batch, 1, num_mels]``, the previous frame (zeros at 0).
@@ -561,7 +561,7 @@ class TransformerTTS(nn.Module):
     positions = jnp.full((frame.shape[0], 1), position, jnp.int32)
     x = self.decoder_prenet(frame, position[None], self._prenet_key(False, prenet_key))
     x = x + self._positions(position[None], self.decoder_alpha, cfg.max_frames)
-    memory_mask = _transformer._key_mask(cache['source_mask'])  # pylint: disable=protected-access
+    memory_mask = _transformer._key_mask(cache['source_mask'])
     new_cache = {'source_mask': cache['source_mask']}
     weights = []
     for i, block in enumerate(self.decoder_blocks):
@@ -636,7 +636,7 @@ def make_tts_generate(
     the batch).
   """
   cfg = model.config
-  _transformer._check_cache_length(max_frames, cfg.max_frames, 'config.max_frames')  # pylint: disable=protected-access
+  _transformer._check_cache_length(max_frames, cfg.max_frames, 'config.max_frames')
   _checks.check_positive_int('min_frames', min_frames)
   needs_rng = cfg.prenet_dropout_at_inference and cfg.prenet_dropout > 0.0
   default_threshold = stop_threshold
