@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+import decoding_checks
 from kdjax import data as kdata
 from kdjax import losses
 from kdjax import objective
@@ -274,6 +275,8 @@ def test_parameters_carry_logical_axis_names():
     for leaf in leaves:
       if isinstance(leaf, nn.LogicallyPartitioned):
         assert len(leaf.names) == leaf.value.ndim
+        named = [n for n in leaf.names if n is not None]
+        assert len(set(named)) == len(named), leaf.names  # a name may appear once
         assert set(leaf.names) - {None} <= set(zoo.TTS_LOGICAL_AXES), leaf.names
 
 
@@ -321,6 +324,29 @@ def test_teacher_cached_generation_equals_recomputation():
   durations, _ = zoo.extract_durations(stopped.attention, mask, stopped.lengths)
   np.testing.assert_array_equal(np.asarray(durations).sum(-1), expected)
   assert np.all(np.asarray(durations)[~mask] == 0)
+
+
+@pytest.mark.slow
+def test_sharded_generation_equals_unsharded():
+  model, variables, _ = _teacher()
+  phonemes, mask = _phonemes()
+  phonemes, mask = np.concatenate([phonemes, phonemes[:1]]), np.concatenate([mask, mask[:1]])
+  speaker = np.array([0, 1, 1, 0], np.int32)
+  boxed = jax.eval_shape(functools.partial(model.init, speaker=speaker),
+                         {'params': jax.random.key(0), 'dropout': jax.random.key(1)},
+                         phonemes, mask, np.zeros((4, TEACHER.max_frames, MELS), np.float32))
+  boxed = jax.tree.map(lambda box, value: box.replace_boxed(value) if hasattr(
+      box, 'replace_boxed') else value, boxed, variables,
+                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  generate = zoo.make_tts_generate(model, max_frames=TEACHER.max_frames, stop_threshold=2.0)
+  key = jax.random.key(3)
+  expected = generate(variables, phonemes, mask, speaker=speaker, rng=key)
+  mesh = decoding_checks.mesh_4x2()
+  sharded = decoding_checks.shard_variables(boxed, mesh, decoding_checks.RULES)
+  with decoding_checks.logical_mesh(mesh, decoding_checks.RULES):
+    got = generate(sharded, phonemes, mask, speaker=speaker, rng=key)
+  np.testing.assert_allclose(got.mels, expected.mels, atol=1e-5)
+  np.testing.assert_allclose(got.attention, expected.attention, atol=1e-5)
 
 
 def test_teacher_forcing_is_causal_and_ignores_padding():

@@ -154,8 +154,15 @@ def _check_head_dim(owner: str, cfg: Any) -> None:
 # ------------------------------------------------------------------ layers
 
 
+def _distinct(axes: tuple[str | None, str | None]) -> tuple[str | None, str | None]:
+  """A kernel's (input, output) logical names, the input's dropped when both are the same
+  (a name may not appear twice in one array's partitioning)."""
+  return (None, axes[1]) if axes[0] is not None and axes[0] == axes[1] else axes
+
+
 def _dense(cfg: Any, features: int, axes: tuple[str | None, str | None], name: str,
            use_bias: bool = True) -> nn.Dense:
+  axes = _distinct(axes)
   return nn.Dense(
       features, use_bias=use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
       kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
@@ -165,6 +172,7 @@ def _dense(cfg: Any, features: int, axes: tuple[str | None, str | None], name: s
 def _conv(cfg: Any, features: int, kernel: int, axes: tuple[str | None, str | None],
           name: str) -> nn.Conv:
   """A 1-D convolution over ``[batch, time, channels]`` with SAME (zero) padding."""
+  axes = _distinct(axes)
   return nn.Conv(
       features, (kernel,), padding='SAME', dtype=cfg.dtype, param_dtype=cfg.param_dtype,
       kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, *axes)),
