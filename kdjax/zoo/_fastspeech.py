@@ -358,6 +358,12 @@ class FastSpeech(nn.Module):
   ``'pitch'`` / ``'energy'`` (the predictions, ``[batch, max_frames]`` at
   frame level, ``[batch, phonemes]`` at phoneme level) when enabled.
 
+  Parameters carry the logical axis names of
+  :data:`~kdjax.zoo.TTS_LOGICAL_AXES`: embeddings ``('vocab' | 'speakers' |
+  'bins', 'embed')``, attention as the zoo's Transformers, the FFT blocks'
+  convolutions ``('embed', 'mlp')`` and ``('mlp', 'embed')``, the
+  predictors' ``'mlp'`` channels, the mel projection ``('embed', 'mel')``.
+
   Attributes:
     config: the :class:`FastSpeechConfig`.
 

@@ -32,7 +32,9 @@ from kdjax.zoo import _transformer
 from kdjax.zoo._seq2seq import _sinusoids
 from kdjax.zoo._transformer import CACHE_AXES
 
-# Logical axis names of the speech models: the Transformer's, plus these.
+#: Logical axis names of the speech models' parameters and activations: the
+#: Transformer's (``TRANSFORMER_LOGICAL_AXES``) plus ``'mel'``, ``'bins'`` and
+#: ``'speakers'``. A partitioning rule list maps them to mesh axes.
 TTS_LOGICAL_AXES = _transformer.TRANSFORMER_LOGICAL_AXES + (
     'mel',  # mel bins
     'bins',  # quantised pitch / energy bins
@@ -371,6 +373,15 @@ class TransformerTTS(nn.Module):
     phonemes]``;
   * ``encode``, ``init_cache``, ``decode_step`` and ``postnet``: the pieces
     of cached generation (:func:`make_tts_generate`).
+
+  Parameters carry logical axis names (:data:`TTS_LOGICAL_AXES`): the
+  Transformer blocks' as in :class:`~kdjax.zoo.Seq2SeqTransformer`, the
+  embeddings ``('vocab', 'embed')`` and ``('speakers', 'embed')``, the mel
+  projection ``('embed', 'mel')``, the pre- and post-nets' dense and
+  convolution kernels ``(input, output)`` from ``'mel'``, ``'embed'`` and
+  ``'mlp'`` (a square kernel names its output only: a name may appear once
+  per array), so ``nn.logical_axis_rules`` shard them; the tests check
+  that sharded generation equals the unsharded one.
 
   Attributes:
     config: the :class:`TransformerTTSConfig`.
