@@ -4,7 +4,14 @@ from kdjax.data._audio import estimate_pitch
 from kdjax.data._audio import FeatureConfig
 from kdjax.data._audio import log_mel_and_energy
 from kdjax.data._audio import mel_filterbank
+from kdjax.data._audio import stft
 from kdjax.data._audio import stft_magnitude
+from kdjax.data._griffin_lim import griffin_lim
+from kdjax.data._griffin_lim import istft
+from kdjax.data._griffin_lim import mel_to_audio
+from kdjax.data._griffin_lim import mel_to_magnitude
+from kdjax.data._griffin_lim import spectral_convergence
+from kdjax.data._griffin_lim import write_wav
 from kdjax.data._cross_tokenizer import align_boundaries
 from kdjax.data._cross_tokenizer import encode_with_byte_lengths
 from kdjax.data._cross_tokenizer import make_cross_tokenizer_arrays
@@ -78,6 +85,9 @@ from kdjax.data._speech import phoneme_vocabulary
 from kdjax.data._speech import read_chunks as read_speech_chunks
 from kdjax.data._speech import select_utterances
 from kdjax.data._speech import SpeechFeatures
+from kdjax.data._speech_batch import pad_speech_batch
+from kdjax.data._speech_batch import speech_stats
+from kdjax.data._speech_batch import SpeechStats
 from kdjax.data._speech import speech_sentences
 from kdjax.data._speech import synthesize_chunks as synthesize_speech_chunks
 from kdjax.data._synthesis import fetch_speech_tools
@@ -183,6 +193,7 @@ __all__ += [
     'FeatureConfig',
     'Phone',
     'SpeechFeatures',
+    'SpeechStats',
     'SpeechTools',
     'collect_sentences',
     'encode_phonemes',
@@ -201,8 +212,17 @@ __all__ += [
     'select_utterances',
     'speech_cache_dir',
     'speech_sentences',
+    'speech_stats',
+    'pad_speech_batch',
     'split_sentences',
+    'stft',
     'stft_magnitude',
+    'griffin_lim',
+    'istft',
+    'mel_to_audio',
+    'mel_to_magnitude',
+    'spectral_convergence',
+    'write_wav',
     'synthesize_speech_chunks',
     'synthesize_utterance',
 ]

@@ -88,35 +88,45 @@ def mel_filterbank(config: FeatureConfig = FeatureConfig()) -> np.ndarray:
   return filters.astype(np.float32)
 
 
-def stft_magnitude(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
-  """The magnitude STFT of a centred, reflect-padded signal.
+def analysis_window(config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+  """The STFT window: a periodic Hann of ``win_length`` samples centred in ``n_fft``, float32."""
+  if not 0 < config.win_length <= config.n_fft:
+    raise ValueError(f'need 0 < win_length <= n_fft, got {config.win_length}, {config.n_fft}')
+  window = np.zeros(config.n_fft, np.float32)
+  offset = (config.n_fft - config.win_length) // 2
+  n = np.arange(config.win_length)
+  window[offset:offset + config.win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * n / config.win_length)
+  return window
+
+
+def stft(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+  """The complex STFT of a centred, reflect-padded signal.
 
   Frame ``t`` is centred on sample ``t * hop_length``; there are ``1 +
-  len(audio) // hop_length`` frames. The window is a periodic Hann of
-  ``win_length`` samples, centred in the ``n_fft`` frame.
+  len(audio) // hop_length`` frames. The window is :func:`analysis_window`.
 
   Args:
     audio: float ``[samples]``.
     config: the STFT options.
 
   Returns:
-    float32 ``[frames, n_fft // 2 + 1]``.
+    complex64 ``[frames, n_fft // 2 + 1]``.
   """
   audio = np.asarray(audio, np.float32)
   if audio.ndim != 1 or audio.size < 2:
     raise ValueError(f'audio must be 1-D with at least 2 samples, got shape {audio.shape}')
-  if not 0 < config.win_length <= config.n_fft:
-    raise ValueError(f'need 0 < win_length <= n_fft, got {config.win_length}, {config.n_fft}')
+  window = analysis_window(config)
   pad = config.n_fft // 2
   padded = np.pad(audio, pad, mode='reflect' if audio.size > pad else 'constant')
   frames = 1 + audio.size // config.hop_length
   starts = np.arange(frames) * config.hop_length
-  window = np.zeros(config.n_fft, np.float32)
-  offset = (config.n_fft - config.win_length) // 2
-  n = np.arange(config.win_length)
-  window[offset:offset + config.win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * n / config.win_length)
   segments = padded[starts[:, None] + np.arange(config.n_fft)[None, :]] * window
-  return np.abs(np.fft.rfft(segments, axis=-1)).astype(np.float32)
+  return np.fft.rfft(segments, axis=-1).astype(np.complex64)
+
+
+def stft_magnitude(audio: np.ndarray, config: FeatureConfig = FeatureConfig()) -> np.ndarray:
+  """The magnitude of :func:`stft`: float32 ``[frames, n_fft // 2 + 1]``."""
+  return np.abs(stft(audio, config)).astype(np.float32)
 
 
 def log_mel_and_energy(

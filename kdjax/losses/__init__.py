@@ -43,6 +43,13 @@ from kdjax.losses._sequence import token_mean as token_mean
 from kdjax.losses._topk import teacher_topk as teacher_topk
 from kdjax.losses._topk import TOPK_MODES as TOPK_MODES
 from kdjax.losses._topk import topk_kl_divergence as topk_kl_divergence
+from kdjax.losses._speech import MEL_LOSS_KINDS as MEL_LOSS_KINDS
+from kdjax.losses._speech import duration_loss as duration_loss
+from kdjax.losses._speech import guided_attention_loss as guided_attention_loss
+from kdjax.losses._speech import mel_loss as mel_loss
+from kdjax.losses._speech import stop_targets as stop_targets
+from kdjax.losses._speech import stop_token_loss as stop_token_loss
+from kdjax.losses._speech import variance_loss as variance_loss
 from kdjax.losses._transformer import attention_kl as attention_kl
 from kdjax.losses._transformer import attention_score_mse as attention_score_mse
 from kdjax.losses._transformer import cosine_embedding_loss as cosine_embedding_loss
@@ -99,4 +106,11 @@ __all__ = [
     'hidden_mse',
     'relation_kl',
     'soft_cross_entropy',
+    'MEL_LOSS_KINDS',
+    'duration_loss',
+    'guided_attention_loss',
+    'mel_loss',
+    'stop_targets',
+    'stop_token_loss',
+    'variance_loss',
 ]

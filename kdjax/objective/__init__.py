@@ -4,7 +4,7 @@ The package's parts: :mod:`~kdjax.objective._core` (schedules, the term
 protocols, :class:`Objective`), single-teacher terms, multi-teacher terms,
 language-model terms (MiniLLM's on-policy term among them) and stateful
 terms, Transformer-encoder terms (TinyBERT, DistilBERT, MiniLM) with their
-layer maps. Paper recipes (FitNets' stages)
+layer maps, and text-to-speech regression terms. Paper recipes (FitNets' stages)
 live in :mod:`kdjax.recipes`.
 """
 
@@ -35,6 +35,11 @@ from kdjax.objective._single import distill as distill
 from kdjax.objective._single import feature as feature
 from kdjax.objective._single import relational_feature as relational_feature
 from kdjax.objective._single import supervised as supervised
+from kdjax.objective._speech import duration_regression as duration_regression
+from kdjax.objective._speech import guided_attention as guided_attention
+from kdjax.objective._speech import mel_reconstruction as mel_reconstruction
+from kdjax.objective._speech import stop_token as stop_token
+from kdjax.objective._speech import variance_regression as variance_regression
 from kdjax.objective._stateful import crd as crd
 from kdjax.objective._stateful import CRDTerm as CRDTerm
 from kdjax.objective._stateful import ema_teacher_distill as ema_teacher_distill
@@ -87,6 +92,11 @@ __all__ = [
     'tinybert_embedding',
     'tinybert_hidden',
     'tinybert_prediction',
+    'duration_regression',
+    'guided_attention',
+    'mel_reconstruction',
+    'stop_token',
+    'variance_regression',
 ]
 
 # Names that moved or were renamed; they keep working for one release.

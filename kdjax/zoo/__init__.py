@@ -65,3 +65,28 @@ from kdjax.zoo._bert import sentence_embedding
 __all__ += ['BERT_FEATURE_KINDS', 'BERT_LOGICAL_AXES', 'BertCheckpoint', 'BertConfig',
             'BertEncoder', 'bert_apply', 'bert_feature_names', 'bert_params_from_hf',
             'bert_student_from_teacher', 'load_bert', 'mean_pool', 'sentence_embedding']
+from kdjax.zoo._fastspeech import FastSpeech
+from kdjax.zoo._fastspeech import FastSpeechConfig
+from kdjax.zoo._tts import SpeechGeneration
+from kdjax.zoo._tts import TTS_LOGICAL_AXES
+from kdjax.zoo._tts import TransformerTTS
+from kdjax.zoo._tts import TransformerTTSConfig
+from kdjax.zoo._fastspeech import VariancePredictor
+from kdjax.zoo._tts import extract_durations
+from kdjax.zoo._fastspeech import fastspeech_apply
+from kdjax.zoo._tts import focus_rate
+from kdjax.zoo._fastspeech import frame_phoneme_index
+from kdjax.zoo._fastspeech import length_regulate
+from kdjax.zoo._tts import make_tts_generate
+from kdjax.zoo._fastspeech import phoneme_average
+from kdjax.zoo._fastspeech import predicted_durations
+from kdjax.zoo._fastspeech import quantize
+from kdjax.zoo._tts import shift_frames_right
+from kdjax.zoo._tts import transformer_tts_apply
+from kdjax.zoo._fastspeech import variance_bins
+
+__all__ += ['FastSpeech', 'FastSpeechConfig', 'SpeechGeneration', 'TTS_LOGICAL_AXES',
+            'TransformerTTS', 'TransformerTTSConfig', 'VariancePredictor', 'extract_durations',
+            'fastspeech_apply', 'focus_rate', 'frame_phoneme_index', 'length_regulate',
+            'make_tts_generate', 'phoneme_average', 'predicted_durations', 'quantize',
+            'shift_frames_right', 'transformer_tts_apply', 'variance_bins']
