@@ -53,6 +53,9 @@ TRAIN_KEYS = ('tokens', 'labels', 'mask')
 # Hyper-parameters travel with the data, one value per row: every point of a
 # grid, every seed and every teacher reuse one compiled epoch.
 WEIGHT_KEY, TEMPERATURE_KEY = 'kd_weight', 'kd_temperature'
+# The off-policy divergence (its index in OFF_POLICY), also a column: the four
+# divergences are one compiled program (`lax.switch`).
+DIVERGENCE_KEY = 'kd_divergence'
 PROMPT_KEY = 'prompt_lengths'
 # Directory names skipped besides these (tests, installed packages).
 BASE_EXCLUDE_DIRS = ('test', 'tests', 'idle_test', 'site-packages', 'dist-packages',
@@ -223,16 +226,36 @@ def reference_labels_term(student, teacher, batch, step):
   return values, None
 
 
-def divergence_term(divergence: str, kd: ml_collections.ConfigDict):
-  """``w`` x the token-level `divergence` at temperature ``T`` (both from the batch)."""
+def _divergence_fn(divergence: str, kd: ml_collections.ConfigDict):
   hyper = {'jsd': {'beta': kd.jsd_beta}, 'skew_kl': {'alpha': kd.skew_alpha}}.get(divergence, {})
   losses.divergence_kwargs(divergence, hyper.get('beta'), hyper.get('alpha'))
 
+  def fn(student_logits, teacher_logits, temperature):
+    return losses.token_divergence(student_logits, teacher_logits, divergence=divergence,
+                                   temperature=temperature, **hyper)
+
+  return fn
+
+
+def divergence_term(divergence: str | None, kd: ml_collections.ConfigDict):
+  """``w`` x a token-level divergence at temperature ``T`` (both from the batch).
+
+  With `divergence` None, the divergence is ``OFF_POLICY[batch['kd_divergence']]``,
+  chosen by ``lax.switch`` inside the one compiled step.
+  """
+  if divergence is not None:
+    fns = [_divergence_fn(divergence, kd)]
+  else:
+    fns = [_divergence_fn(name, kd) for name in OFF_POLICY]
+
   def term(student, teacher, batch, step):
     del step
-    values = losses.token_divergence(
-        student.logits, teacher.logits, divergence=divergence,
-        temperature=_scalar(batch, TEMPERATURE_KEY), **hyper)
+    operands = (student.logits, teacher.logits, _scalar(batch, TEMPERATURE_KEY))
+    if len(fns) == 1:
+      values = fns[0](*operands)
+    else:
+      index = jnp.asarray(batch[DIVERGENCE_KEY], jnp.int32)[0]
+      values = jax.lax.switch(index, fns, *operands)
     return values * _scalar(batch, WEIGHT_KEY), None
 
   return term
@@ -291,7 +314,7 @@ def make_objective(variant: str, config: ml_collections.ConfigDict, *,
   """
   terms = {'ce': reference_labels_term}
   if variant in OFF_POLICY:
-    terms['kd'] = divergence_term(variant, config.kd)
+    terms['kd'] = divergence_term(None, config.kd)
   elif variant == 'gkd':
     terms['kd'] = divergence_term(config.onpolicy.divergence, config.kd)
   elif variant == 'minillm':
@@ -557,6 +580,9 @@ class Experiment:
     return num_rows // cfg.batch_size * (cfg.epochs if epochs is None else epochs)
 
   def trainer(self, variant: str) -> Trainer:
+    """The compiled trainer of a variant (the off-policy divergences share one)."""
+    if variant in OFF_POLICY:
+      variant = OFF_POLICY[0]
     if variant in self.trainers:
       return self.trainers[variant]
     c = self.config
@@ -575,6 +601,9 @@ class Experiment:
     step = self._train_step(variant, model, optimizer)
     trainer = Trainer(model, step, model.init_fn(optimizer), epochs=epochs,
                       batch_size=batch_size, evals=evals, **common)
+    # The model's init is compiled once per architecture; the optimizer state
+    # is built eagerly around it (no init program per trainer).
+    trainer.init = model.init_fn(optimizer)
     trainer.steps = steps
     self.trainers[variant] = trainer
     return trainer
@@ -655,6 +684,8 @@ class Experiment:
       arrays = {k: self.bpe['train'][k] for k in keys}
       return with_columns(arrays, **{WEIGHT_KEY: weight, TEMPERATURE_KEY: temperature})
     arrays = dict(self.bytes['train'])
+    if variant in OFF_POLICY:
+      arrays[DIVERGENCE_KEY] = np.full(len(arrays['tokens']), OFF_POLICY.index(variant), np.int32)
     if variant in ('gkd', 'minillm'):
       arrays[PROMPT_KEY] = prompt_lengths(arrays['mask'], c.onpolicy.prompt_width)
     return with_columns(arrays, **{WEIGHT_KEY: weight, TEMPERATURE_KEY: temperature})
