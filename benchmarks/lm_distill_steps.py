@@ -41,13 +41,25 @@ from kdjax import cache as cache_lib  # pylint: disable=wrong-import-position
 from kdjax import config as config_lib  # pylint: disable=wrong-import-position
 
 
-def _median_seconds(fn, repeats):
+CPU_SECONDS = {}
+
+
+def _median_seconds(fn, repeats, name=None):
+  """Median wall seconds of `fn`; the median CPU seconds of this process go to CPU_SECONDS.
+
+  On a loaded machine the wall time measures the other jobs too; the CPU
+  time this process used does not (much): on a quiet 2-core machine a step
+  takes between half of it (both cores busy) and all of it (one core).
+  """
   jax.block_until_ready(fn())
-  times = []
+  times, cpu = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+  if name is not None:
+    CPU_SECONDS[name] = float(np.median(cpu))
   return float(np.median(times))
 
 
@@ -79,8 +91,9 @@ def main(argv=None):
     jax.block_until_ready(jitted(state, teacher_variables, batch))
     compile_seconds[name] = time.time() - t0
     seconds[name] = _median_seconds(lambda: jitted(state, teacher_variables, batch)[1],
-                                    args.repeats)
-    print(f'{name}: {seconds[name] * 1e3:.1f} ms/step (first call {compile_seconds[name]:.1f} s)')
+                                    args.repeats, name)
+    print(f'{name}: {seconds[name] * 1e3:.1f} ms/step wall, {CPU_SECONDS[name] * 1e3:.1f} ms '
+          f'CPU (first call {compile_seconds[name]:.1f} s)', flush=True)
 
   w, t = c.kd.weights[len(c.kd.weights) // 2], c.kd.temperatures[len(c.kd.temperatures) // 2]
   time_step('teacher', 'teacher', exp.train_data('labels'), None, c.teacher.batch_size)
@@ -112,12 +125,12 @@ def main(argv=None):
   eval_batch['target_bytes'] = eval_batch['mask']
   student_vars = exp.student.init_variables(jax.random.PRNGKey(2))
   seconds['eval_student'] = _median_seconds(lambda: exp.student.nll(student_vars, eval_batch),
-                                            args.repeats)
+                                            args.repeats, 'eval_student')
   seconds['eval_teacher'] = _median_seconds(lambda: exp.teacher.nll(teacher_vars, eval_batch),
-                                            args.repeats)
+                                            args.repeats, 'eval_teacher')
   prompts = {k: v[:c.data.eval_batch_size] for k, v in exp.prompts['test'].items()}
   seconds['generate'] = _median_seconds(
-      lambda: exp.generation.continuations(student_vars, prompts)['tokens'], 2)
+      lambda: exp.generation.continuations(student_vars, prompts)['tokens'], 2, 'generate')
   print(f"eval batch: student {seconds['eval_student'] * 1e3:.0f} ms, teacher "
         f"{seconds['eval_teacher'] * 1e3:.0f} ms; generation batch "
         f"{seconds['generate']:.2f} s")
@@ -154,15 +167,32 @@ def main(argv=None):
   parts['generation evals'] = (n_teachers + n_seeds * 9) * gen_batches * (
       seconds['generate'] + n_teachers * seconds['eval_teacher'])
   total = sum(parts.values())
+  # The same sums with CPU seconds in place of wall seconds (the cache writes
+  # measured in wall time only).
+  ratio = {k: CPU_SECONDS[k] / seconds[k] for k in CPU_SECONDS}
+  cpu_parts = dict(parts)
+  for name in cpu_parts:
+    key = {'teachers': 'teacher', 'labels': 'labels', 'labels_long': 'labels', 'gkd': 'gkd',
+           'minillm': 'minillm', 'cached': 'cached', 'bpe': 'bpe_uld'}.get(
+               name, 'off_policy' if 'off' in name or 'selection' in name else 'eval_student')
+    if name == 'generation evals':
+      key = 'generate'
+    if name != 'cache writes':
+      cpu_parts[name] = parts[name] * ratio[key]
+  cpu_total = sum(cpu_parts.values())
   load = os.getloadavg()
-  print('\n| part | estimated seconds |\n|---|---:|')
+  print('\n| part | from wall seconds | from CPU seconds |\n|---|---:|---:|')
   for name, value in parts.items():
-    print(f'| {name} | {value:.0f} |')
-  print(f'| total | {total:.0f} ({total / 3600:.2f} h) |')
-  print('\n| step | ms | ratio to labels-only student step |\n|---|---:|---:|')
+    print(f'| {name} | {value:.0f} | {cpu_parts[name]:.0f} |')
+  print(f'| total | {total:.0f} s ({total / 3600:.2f} h) | {cpu_total:.0f} s '
+        f'({cpu_total / 3600:.2f} h) |')
+  print('\nA quiet 2-core machine: between half the CPU total and the CPU total.')
+  print('\n| step | wall ms | CPU ms | ratio to labels-only student step (wall) |'
+        '\n|---|---:|---:|---:|')
   for name in ('teacher', 'labels', 'off_policy', 'gkd', 'minillm', 'cached', 'bpe_labels',
                'bpe_uld'):
-    print(f"| {name} | {seconds[name] * 1e3:.1f} | {seconds[name] / seconds['labels']:.2f} |")
+    print(f"| {name} | {seconds[name] * 1e3:.1f} | {CPU_SECONDS[name] * 1e3:.1f} | "
+          f"{seconds[name] / seconds['labels']:.2f} |")
   print(f'\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}'
         + ('' if load[0] <= 2 else ' (above 2: not a result, an upper bound of a quiet run)'))
   print('Not counted: compilation (about 15 programs), checkpoints, BPE training, widening.')

@@ -132,12 +132,15 @@ def _hash_order(path: str) -> tuple[float, str]:
 
 
 def load_texts(config: ml_collections.ConfigDict) -> tuple[dict[str, list[bytes]], dict]:
-  """Each split's documents (bytes), read in path-hash order up to its budget.
+  """Each split's documents (bytes), read in path-hash order until its budget is met.
 
   Files that are generated tables (:func:`table_share` at least
-  ``data.max_table_share``) or not UTF-8 are skipped as they are met, so
-  the budget fills with code. Returns the documents and a record of the
-  files read and skipped.
+  ``data.max_table_share``, judged on the whole file) or not UTF-8 are
+  skipped as they are met, so the budget fills with code. Each file is cut
+  at a line end to its first ``data.max_file_bytes`` bytes (0: whole), so
+  that no file dominates a held-out split. A split reads files until it
+  holds at least its budget (0: every file). Returns the documents and a
+  record of the files read and skipped.
   """
   d, root = config.data, corpus_root(config)
   budgets = {'train': d.train_bytes, 'val': d.val_bytes, 'test': d.test_bytes}
@@ -146,6 +149,8 @@ def load_texts(config: ml_collections.ConfigDict) -> tuple[dict[str, list[bytes]
     read, skipped, total = [], [], 0
     docs = []
     for path in sorted(files, key=_hash_order):
+      if budgets[split] and total >= budgets[split]:
+        break
       with open(os.path.join(root, path), 'rb') as f:
         source = f.read()
       share = table_share(source)
@@ -153,15 +158,19 @@ def load_texts(config: ml_collections.ConfigDict) -> tuple[dict[str, list[bytes]
         skipped.append({'file': path, 'bytes': len(source), 'table_share': round(share, 3)})
         continue
       try:
-        source.decode('utf-8')
+        text = source.decode('utf-8')
       except UnicodeDecodeError:
         skipped.append({'file': path, 'bytes': len(source), 'reason': 'not UTF-8'})
         continue
-      if budgets[split] and docs and total + len(source) > budgets[split]:
-        break
+      if d.max_file_bytes and len(source) > d.max_file_bytes:
+        source = data_lib.split_text(text, d.max_file_bytes)[0].encode('utf-8')
       docs.append(source)
       read.append(path)
       total += len(source)
+    if budgets[split] and total < budgets[split]:
+      raise ValueError(
+          f'split {split!r} holds {total} bytes of {len(read)} files, less than its budget '
+          f'data.{split}_bytes={budgets[split]}; raise data.max_file_bytes or its fraction')
     documents[split] = docs
     info[split] = {'files': read, 'bytes': total, 'skipped_tables': skipped}
   return documents, info
@@ -502,50 +511,86 @@ def _widened(grid: Sequence[float], index: int, *, multiplicative: bool,
   return min(value, upper) if upper is not None else value
 
 
-def select(evaluate: Callable[[float, float], float], weights: Sequence[float],
-           temperatures: Sequence[float], *, widen_rounds: int) -> dict:
-  """Grid search of ``(w, T)`` minimising ``evaluate(w, T)`` (validation bits/byte).
+def _edge_status(grid, best, multiplicative, upper):
+  """``(index of the edge, next value past it)`` if `best` is on an edge, else None."""
+  if len(grid) < 2:
+    return (None, None)
+  if best == grid[0]:
+    return (0, _widened(grid, 0, multiplicative=multiplicative, upper=upper))
+  if best == grid[-1]:
+    return (-1, _widened(grid, -1, multiplicative=multiplicative, upper=upper))
+  return None
 
-  After each search, an axis whose chosen value is the smallest or largest
-  of its grid gains the next value past that edge (``w``: the same step,
-  never past 1 nor down to 0; ``T``: the same ratio), and the new points
-  are evaluated, up to `widen_rounds` times. The record says whether the
-  final choice is still on an edge (``on_edge``), and why.
+
+def _edge_text(status) -> str:
+  where, nxt = status
+  if where is None:
+    return 'a grid of one value'
+  if nxt is None:
+    return 'at the edge of its domain'
+  return 'at the edge of the grid after the last widening'
+
+
+def select(evaluate: Callable[[float, float], float], weights: Sequence[float],
+           temperatures: Sequence[float], *, widen_rounds: int, search: str = 'grid') -> dict:
+  """Search of ``(w, T)`` minimising ``evaluate(w, T)`` (validation bits/byte).
+
+  ``search='grid'`` evaluates every pair of ``weights x temperatures``;
+  ``'coordinate'`` one axis at a time: every ``w`` at the middle ``T``,
+  then every ``T`` at the chosen ``w`` (``len(w) + len(T) - 1`` runs
+  instead of their product). Either way, while a chosen value is the
+  smallest or largest of its axis's grid, that axis gains the next value
+  past the edge (``w``: the same step, never past 1 nor down to 0; ``T``:
+  the same ratio) and the new points are evaluated, up to `widen_rounds`
+  times per search. The record says where a final choice is still on an
+  edge (``on_edge``), and why.
   """
+  if search not in ('grid', 'coordinate'):
+    raise ValueError(f"search must be 'grid' or 'coordinate', got {search!r}")
   weights, temperatures = sorted(set(weights)), sorted(set(temperatures))
   scores: dict[tuple[float, float], float] = {}
-  for rounds in range(widen_rounds + 1):
-    for w in weights:
-      for t in temperatures:
-        if (w, t) not in scores:
-          scores[(w, t)] = float(evaluate(w, t))
-    w_best, t_best = min(scores, key=lambda p: (scores[p], p))
-    edges = {}
-    for name, grid, best, mult, upper in (('w', weights, w_best, False, 1.0),
-                                          ('T', temperatures, t_best, True, None)):
-      if len(grid) >= 2 and best == grid[0]:
-        edges[name] = (0, _widened(grid, 0, multiplicative=mult, upper=upper))
-      elif len(grid) >= 2 and best == grid[-1]:
-        edges[name] = (-1, _widened(grid, -1, multiplicative=mult, upper=upper))
-      elif len(grid) < 2:
-        edges[name] = (None, None)
-    growable = {k: v for k, v in edges.items() if v[1] is not None}
-    if not growable or rounds == widen_rounds:
-      break
-    if 'w' in growable:
-      weights = sorted({*weights, round(growable['w'][1], 6)})
-    if 'T' in growable:
-      temperatures = sorted({*temperatures, round(growable['T'][1], 6)})
+
+  def score(w, t):
+    if (w, t) not in scores:
+      scores[(w, t)] = float(evaluate(w, t))
+    return scores[(w, t)]
+
   on_edge = {}
-  for name, (where, nxt) in edges.items():
-    if where is None:
-      on_edge[name] = 'a grid of one value'
-    elif nxt is None:
-      on_edge[name] = 'at the edge of its domain'
-    else:
-      on_edge[name] = 'at the edge of the grid after the last widening'
+  if search == 'grid':
+    for rounds in range(widen_rounds + 1):
+      for w in weights:
+        for t in temperatures:
+          score(w, t)
+      w_best, t_best = min(scores, key=lambda p: (scores[p], p))
+      edges = {name: status for name, status in (
+          ('w', _edge_status(weights, w_best, False, 1.0)),
+          ('T', _edge_status(temperatures, t_best, True, None))) if status is not None}
+      growable = {k: v[1] for k, v in edges.items() if v[1] is not None}
+      if not growable or rounds == widen_rounds:
+        break
+      if 'w' in growable:
+        weights = sorted({*weights, round(growable['w'], 6)})
+      if 'T' in growable:
+        temperatures = sorted({*temperatures, round(growable['T'], 6)})
+    on_edge = {k: _edge_text(v) for k, v in edges.items()}
+  else:
+    def line(fn, grid, multiplicative, upper):
+      for rounds in range(widen_rounds + 1):
+        values = {x: fn(x) for x in grid}
+        best = min(grid, key=lambda x: (values[x], x))
+        status = _edge_status(grid, best, multiplicative, upper)
+        if status is None or status[1] is None or rounds == widen_rounds:
+          return best, grid, status
+        grid = sorted({*grid, round(status[1], 6)})
+      raise AssertionError('unreachable')
+
+    t_middle = temperatures[(len(temperatures) - 1) // 2]
+    w_best, weights, w_status = line(lambda w: score(w, t_middle), weights, False, 1.0)
+    t_best, temperatures, t_status = line(lambda t: score(w_best, t), temperatures, True, None)
+    on_edge = {k: _edge_text(v) for k, v in (('w', w_status), ('T', t_status))
+               if v is not None}
   return {
-      'weights': weights, 'temperatures': temperatures,
+      'search': search, 'weights': weights, 'temperatures': temperatures,
       'val_bpb': {f'w={w:g},T={t:g}': v for (w, t), v in sorted(scores.items())},
       'weight': w_best, 'temperature': t_best, 'on_edge': on_edge,
   }
@@ -774,7 +819,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
           subdir=os.path.join('select', divergence, f'w{w:g}_T{t:g}'))
       return metrics['val/bpb']
     selection[divergence] = select(evaluate, c.kd.weights, c.kd.temperatures,
-                                   widen_rounds=c.kd.widen_rounds)
+                                   widen_rounds=c.kd.widen_rounds, search=c.kd.search)
 
   def chosen(divergence):
     return selection[divergence]['weight'], selection[divergence]['temperature']

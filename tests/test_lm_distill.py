@@ -77,6 +77,23 @@ def test_no_excluded_directory_or_table_reaches_any_split(tmp_path):
     assert sum(map(len, docs)) == info[split]['bytes']
 
 
+def test_splits_meet_their_budgets_with_files_cut_at_line_ends(tmp_path):
+  files = _write_corpus(tmp_path)
+  config = _config(root=str(tmp_path), train_bytes=2_000, val_bytes=300, test_bytes=300,
+                   val_fraction=0.2, test_fraction=0.2, max_file_bytes=150)
+  documents, info = lm_distill.load_texts(config)
+  for split, docs in documents.items():
+    assert info[split]['bytes'] >= getattr(config.data, f'{split}_bytes')
+    # Only the last file read may take the split past its budget.
+    assert info[split]['bytes'] - len(docs[-1]) < getattr(config.data, f'{split}_bytes')
+    for path, doc in zip(info[split]['files'], docs):
+      assert len(doc) <= 150 and doc.endswith(b'\n')
+      assert files[path].encode().startswith(doc)
+  with pytest.raises(ValueError, match=r"split 'val' holds .* less than its budget"):
+    lm_distill.load_texts(_config(root=str(tmp_path), train_bytes=100, val_bytes=10**6,
+                                  test_bytes=100, val_fraction=0.2, test_fraction=0.2))
+
+
 def test_real_stdlib_splits_hold_no_excluded_directory():
   config = configs.get_config('cpu')
   files = lm_distill.corpus_files(config)
@@ -132,6 +149,24 @@ def test_selection_stops_when_the_choice_is_interior_and_reports_a_bounded_grid(
   edge = lm_distill.select(lambda w, t: -t, (0.5, 0.75), (1.0, 2.0), widen_rounds=1)
   assert edge['on_edge']['T'] == 'at the edge of the grid after the last widening'
   assert edge['temperature'] == 4.0
+
+
+def test_coordinate_search_runs_one_axis_at_a_time_and_widens_each():
+  calls = []
+
+  def evaluate(w, t):  # minimum at w = 0.5, T = 4
+    calls.append((w, t))
+    return (w - 0.5) ** 2 + math.log(t / 4.0) ** 2
+
+  record = lm_distill.select(evaluate, (0.25, 0.5, 0.75), (0.5, 1.0, 2.0), widen_rounds=2,
+                             search='coordinate')
+  assert (record['weight'], record['temperature']) == (0.5, 4.0)
+  assert record['on_edge'] == {} and record['temperatures'] == [0.5, 1.0, 2.0, 4.0, 8.0]
+  # w at the middle T (3 runs), then T at w = 0.5 (2 new), widened twice (2 more).
+  assert calls[:3] == [(0.25, 1.0), (0.5, 1.0), (0.75, 1.0)]
+  assert len(calls) == len(set(calls)) == 7
+  with pytest.raises(ValueError, match="search must be 'grid' or 'coordinate'"):
+    lm_distill.select(evaluate, (0.5,), (1.0,), widen_rounds=0, search='random')
 
 
 # ---------------------------------------------------------------- objectives

@@ -3,7 +3,8 @@
 Configs for ``experiments/lm_distill.py``. The corpus is the Python
 standard library's own ``*.py`` sources on this machine (no network), read
 as bytes (vocabulary 256), whole files held out for validation and test
-(by a hash of the path). Excluded: tests and third-party packages (as in
+(by a hash of the path), each cut to its first ``data.max_file_bytes``
+(32 kB, at a line end) so that no file dominates a split. Excluded: tests and third-party packages (as in
 ``lm_kd``), ``encodings/`` (generated codec tables) and ``pydoc_data/``
 (the generated help topics), and every other file whose bytes are mostly
 *table lines* (lines of literals and punctuation only, no name, no
@@ -103,6 +104,8 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.data.exclude_dirs = ('encodings', 'pydoc_data')
   # A file whose bytes are at least this share table lines is a generated table.
   c.data.max_table_share = 0.5
+  # Each file's first bytes only (cut at a line end), so no file dominates a split.
+  c.data.max_file_bytes = 32_000
   c.data.val_fraction = 0.1
   c.data.test_fraction = 0.1
   # Byte budgets per split (whole files, first in path-hash order); 0 = all.
@@ -124,6 +127,9 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   # While the chosen w or T is on an edge of its grid (and not at w = 1),
   # the grid grows by one value past that edge, at most this many times.
   c.kd.widen_rounds = 2
+  # 'coordinate': every w at the middle T, then every T at the chosen w
+  # (5 runs per divergence here, not 9); 'grid': every pair.
+  c.kd.search = 'coordinate'
   c.kd.jsd_beta = 0.5  # the teacher's weight in GKD's mixture (TRL's convention)
   c.kd.skew_alpha = 0.1  # DistiLLM's skew
   c.kd.confidence = 0.9  # of the paired intervals behind the verdicts
@@ -164,6 +170,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
     c.data.train_bytes = 24_000
     c.data.val_bytes = 4_000
     c.data.test_bytes = 4_000
+    c.data.max_file_bytes = 4_000
     c.data.context = 32
     c.data.eval_batch_size = 64
     # Teacher and student alike, so that the teacher's, the labels-only and
@@ -187,6 +194,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
     c.data.train_bytes = 0
     c.data.val_bytes = 0
     c.data.test_bytes = 0
+    c.data.max_file_bytes = 0
     c.data.context = 512
     c.data.eval_batch_size = 32
     c.teacher = _recipe(_model(12, 768, 12, 3072, 0.1), epochs=20, batch_size=64,
@@ -240,6 +248,7 @@ def schema() -> config_lib.Schema:
       'selection_seed': cl.nonnegative(),
       'variants': cl.one_of(*VARIANTS, each=True),
       'data.max_table_share': cl.unit_interval(),
+      'data.max_file_bytes': cl.nonnegative(),
       'data.val_fraction': cl.unit_interval(high_open=True),
       'data.test_fraction': cl.unit_interval(high_open=True),
       **cl.bounds_under('data', cl.nonnegative(), ('train_bytes', 'val_bytes', 'test_bytes')),
@@ -248,6 +257,7 @@ def schema() -> config_lib.Schema:
       'kd.weights': cl.unit_interval(each=True),
       'kd.temperatures': cl.positive(each=True),
       'kd.widen_rounds': cl.nonnegative(),
+      'kd.search': cl.one_of('grid', 'coordinate'),
       'kd.jsd_beta': cl.unit_interval(),
       'kd.skew_alpha': cl.unit_interval(),
       'kd.confidence': cl.unit_interval(),
