@@ -38,11 +38,19 @@ with distinct-n. The test split is scored once, at the end.
 * ``smoke``: a few steps of every variant with 1-layer, 8-wide models (the
   teacher the student's size) on about 24 kB of text; what the CI test
   runs (plumbing, not a result).
-* ``cpu``: about 2.1 MB of training text, 210 kB of validation and 210 kB
-  of test text, context 128; 4-layer, 128-wide teachers (2 epochs),
-  2-layer, 64-wide students (1 epoch; ``labels_long`` 2). Estimated run
-  time on a quiet 2-core machine: see ``ESTIMATE`` below and
-  docs/lm.md (measured per step, not a full run). Command::
+* ``cpu``: 2.10 MB of training text (186 files), 235 kB of validation (19)
+  and 219 kB of test text (21), context 128; 4-layer, 128-wide teachers
+  (820,352 parameters, 2 epochs of batch 32: 1,032 steps), 2-layer, 64-wide
+  students (115,008 parameters, 0.14 of the teacher; 1 epoch, 516 steps;
+  ``labels_long`` 2 epochs). Estimated run time, from one step of each kind
+  timed by ``benchmarks/lm_distill_steps.py`` (2026-12-06, load 12, so the
+  CPU time of each step is used, not its wall time): 14,100 CPU-seconds for
+  the training steps and evaluations (teachers 1,900; the 12 reported
+  off-policy runs 2,600; the 20 selection runs 4,300; GKD 740; MiniLLM
+  990; cached 330 + cache writes 200; BPE students 1,400; labels 950;
+  evaluations 730), plus compilation of about 15 programs, checkpoints and
+  any widening of the grid. On a quiet 2-core machine that is between 2.0 h
+  (both cores busy) and 3.9 h (one core); about 2.5-3 h expected. Command::
 
       python -m experiments.lm_distill --config=experiments/configs/lm_distill.py:cpu \\
           --workdir=runs/lm_distill_cpu
@@ -62,15 +70,6 @@ from kdjax import config as config_lib
 OFF_POLICY = ('forward_kl', 'reverse_kl', 'jsd', 'skew_kl')
 VARIANTS = ('labels', 'labels_long', *OFF_POLICY, 'gkd', 'minillm', 'cached_forward_kl',
             'bpe_labels', 'bpe_uld')
-
-# Measured per step at the cpu sizes (benchmark in experiments/lm_distill.py,
-# `python -m experiments.lm_distill --time-steps`), scaled to the whole run;
-# see docs/lm.md. Filled in from the measurement below.
-ESTIMATE = """
-Estimated cost of the cpu config (from single-step timings, not a full run):
-see docs/lm.md, section "The distillation experiment".
-"""
-
 
 def _model(num_layers, hidden, num_heads, mlp_dim, dropout):
   return ml_collections.ConfigDict({
@@ -115,9 +114,9 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.data.context = 128
   c.data.eval_batch_size = 64
 
-  c.teacher = _recipe(_model(4, 128, 4, 512, 0.1), epochs=2, batch_size=16,
+  c.teacher = _recipe(_model(4, 128, 4, 512, 0.1), epochs=2, batch_size=32,
                       learning_rate=3e-3, warmup_steps=100, weight_decay=0.01)
-  c.student = _recipe(_model(2, 64, 4, 256, 0.0), epochs=1, batch_size=16,
+  c.student = _recipe(_model(2, 64, 4, 256, 0.0), epochs=1, batch_size=32,
                       learning_rate=3e-3, warmup_steps=50, weight_decay=0.01)
 
   c.kd = ml_collections.ConfigDict()
@@ -227,7 +226,7 @@ def _fits_context(config, context):
   return problems
 
 
-def _teachers_for_seeds(config, context):
+def _selection_seed_not_reported(config, context):
   del context
   if config.selection_seed in tuple(config.seeds):
     return [('selection_seed', config.selection_seed,
@@ -286,5 +285,5 @@ def schema() -> config_lib.Schema:
            cl.divisible('teacher.hidden', 'teacher.num_heads'),
            cl.divisible('student.hidden', 'student.num_heads'),
            cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0),
-           _fits_context, _teachers_for_seeds)
+           _fits_context, _selection_seed_not_reported)
   return cl.Schema(get_config('cpu'), bounds, rules)
