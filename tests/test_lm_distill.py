@@ -4,7 +4,6 @@ import json
 import math
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
