@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from scipy import stats as scipy_stats
 
 from kdjax import checkpoint
 from kdjax import loop
@@ -145,6 +146,74 @@ def summarize(per_seed: Sequence[Mapping[str, Mapping[str, float]]], phases: Seq
   return {phase: {name: mean_std([r[phase][key] for r in per_seed])
                   for name, key in metrics.items()}
           for phase in phases}
+
+
+# Verdicts of a paper's claims, from paired differences over seeds.
+SHOWN = 'shown'
+WITHIN = 'within the seed spread'
+CONTRADICTED = 'contradicted'
+
+
+def paired_difference(values: Sequence[float], baseline: Sequence[float], *,
+                      confidence: float = 0.9) -> dict[str, Any]:
+  """``values - baseline`` seed by seed: :func:`mean_std` plus a t confidence interval.
+
+  Runs of one seed share their initialisation, batches (and teacher), so
+  the per-seed difference cancels what the seeds have in common; its spread
+  is the seed-to-seed noise of the *difference*.
+
+  Args:
+    values: one number per seed.
+    baseline: the same seeds' numbers of the compared run, in the same order.
+    confidence: the two-sided level of the interval, in (0, 1).
+
+  Returns:
+    :func:`mean_std` of the differences plus ``'ci'``: ``[low, high]``, the
+    Student-t interval ``mean -+ t * std / sqrt(n)`` (``[mean, mean]`` for
+    one seed: no interval can be computed), and ``'confidence'``.
+  """
+  values, baseline = np.asarray(values, np.float64), np.asarray(baseline, np.float64)
+  if values.shape != baseline.shape or values.ndim != 1 or values.size == 0:
+    raise ValueError(
+        f'values and baseline must be equal-length non-empty lists (one number per seed), '
+        f'got shapes {values.shape} and {baseline.shape}')
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f'confidence must be in (0, 1), got {confidence}')
+  diff = mean_std(values - baseline)
+  n = values.size
+  half = 0.0
+  if n > 1:
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * diff['std'] / np.sqrt(n)
+  return {**diff, 'ci': [diff['mean'] - half, diff['mean'] + half], 'confidence': confidence}
+
+
+def paired_verdict(diff: Mapping[str, Any], *, claim_sign: float = 1.0) -> str:
+  """Whether a :func:`paired_difference` shows ``claim_sign * difference > 0``.
+
+  ``'shown'`` when the interval lies wholly on the claimed side of 0,
+  ``'contradicted'`` when it lies wholly on the other side, otherwise
+  ``'within the seed spread'`` (one seed has no interval: always within).
+  """
+  low, high = (claim_sign * v for v in diff['ci'])
+  low, high = min(low, high), max(low, high)
+  if len(diff['values']) > 1 and low > 0:
+    return SHOWN
+  if len(diff['values']) > 1 and high < 0:
+    return CONTRADICTED
+  return WITHIN
+
+
+def equivalence_verdict(diff: Mapping[str, Any]) -> str:
+  """For a claim that two runs *match*: ``'within the seed spread'`` or ``'contradicted'``.
+
+  Contradicted when the :func:`paired_difference`'s interval excludes 0;
+  within the spread (what the claim says) otherwise. Not a proof of
+  equivalence: with few seeds the interval is wide, so read its width.
+  """
+  low, high = diff['ci']
+  if len(diff['values']) > 1 and (low > 0 or high < 0):
+    return CONTRADICTED
+  return WITHIN
 
 
 def mean_std_text(stats: Mapping[str, float], *, scale: float = 1.0, digits: int = 1) -> str:

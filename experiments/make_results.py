@@ -30,6 +30,7 @@ import sys
 from experiments import cifar_kd
 from experiments import hinton
 from experiments import hinton_sweep
+from experiments import lm_distill
 from experiments import lm_kd
 from experiments import seqkd
 
@@ -56,6 +57,12 @@ EXPERIMENTS = (
         'Token-level distillation of a byte-level language model (cpu scale)',
         'make lm-demo',
         lambda r: lm_kd.describe(r) + '\n\n' + lm_kd.format_table(r),
+    ),
+    (
+        'lm_distill_cpu',
+        'Distilling a byte-level language model: GKD, MiniLLM, a top-k cache and ULD (cpu scale)',
+        'make lm-distill-demo',
+        lambda r: lm_distill.describe(r) + '\n\n' + lm_distill.format_table(r),
     ),
     (
         'cifar_kd_cpu',
