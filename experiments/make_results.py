@@ -207,6 +207,9 @@ def build(results_dir: str, old_text: str, keep: set[str]) -> tuple[list[str], l
       print(f'{name}: KEPT with --keep {name}: {problem}')
       if os.path.exists(path):
         note = f'{NOTE_MARK} not checked**: {problem}.'
+      elif body.startswith('Not run yet'):
+        note = (f'{NOTE_MARK} not run yet**: there is no results file `{path}` and no '
+                'earlier section, so there are no numbers here.')
       else:
         note = (f'{NOTE_MARK} not recorded (run predates provenance)**: there is no '
                 f'results file `{path}`, so the commit, command and config behind these '

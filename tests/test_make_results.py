@@ -59,6 +59,13 @@ def test_kept_sections_say_so_and_keep_their_old_text_once(tmp_path):
   assert _main(tmp_path, '--keep', 'fake_cpu') == first  # the note is not added twice
 
 
+def test_a_kept_section_never_run_says_so_not_that_it_predates_provenance(tmp_path):
+  first = _main(tmp_path, '--keep', 'fake_cpu')
+  assert 'Not run yet' in first and 'Provenance not run yet' in first
+  assert 'predates' not in first
+  assert _main(tmp_path, '--keep', 'fake_cpu') == first
+
+
 def test_a_commit_that_is_not_an_ancestor_of_head_fails_unless_kept(tmp_path, capsys):
   _write_run(tmp_path / 'runs' / 'fake_cpu', commit='f' * 40)
   with pytest.raises(SystemExit):
