@@ -74,8 +74,9 @@ def widen(values: Sequence[float], side: str, scale: str,
           limits: tuple[float, float] | None = None) -> float | None:
   """The next value past the `side` ('low' or 'high') edge of sorted `values`.
 
-  One more step of the edge's own spacing, on the axis' `scale`; None if
-  the axis has fewer than two values or the step leaves `limits`.
+  One more step of the edge's own spacing, on the axis' `scale`; a step
+  that leaves `limits` stops at the limit. None if the axis has fewer than
+  two values or the edge already is the limit.
   """
   if len(values) < 2:
     return None
@@ -94,8 +95,13 @@ def widen(values: Sequence[float], side: str, scale: str,
     new = 2 * b - a
   else:
     raise ValueError(f"scale must be 'log', 'int_log', 'logit' or 'linear', got {scale!r}")
-  if limits is not None and not limits[0] <= new <= limits[1]:
-    return None
+  if limits is not None:
+    limit = limits[0] if side == 'low' else limits[1]
+    beyond = (lambda v: v < limit) if side == 'low' else (lambda v: v > limit)
+    if not beyond(b) and b != limit and beyond(new):
+      return float(limit)  # the step overshoots: the limit itself is the next value
+    if not limits[0] <= new <= limits[1]:
+      return None
   return new
 
 
@@ -341,7 +347,7 @@ class Experiment:
         json.dump(record, f)
       os.replace(record_path + '.tmp', record_path)
     out = {'variables': variables, 'trainer': trainer, 'record': record,
-           'val': {METRIC: record['val_acc']}}
+           'val': {METRIC: record['val_acc']}, 'name': hinton_sweep_name(hparams)}
     self._teachers[key] = out
     return out
 
@@ -363,13 +369,18 @@ class Experiment:
     data = self.transfer if phase == 'omitted' else self.train
     trainer = self._trainer(s, optim, objective, teacher_apply, len(data['label']))
     name = hinton_sweep_name(hparams)
+    # A distilled run belongs to its teacher's recipe: another teacher is
+    # another run (directory and checkpoint identity).
+    teacher_name = teacher['name'] if teacher_variables is not None else 'none'
+    parts = (stage, arm, phase, name) + ((f'teacher_{teacher_name}',) if teacher_variables
+                                         is not None else ())
     start = time.time()
     state, metrics = trainer.train(
         data, seed=seed + 1000, teacher_variables=teacher_variables,
-        workdir=self._dir(stage, arm, phase, name, f'seed{seed}'),
+        workdir=self._dir(*parts, f'seed{seed}'),
         desc=f'{stage} {arm} {phase} {name} s{seed}',
         config=_common.run_config(self.config, phase=phase, arm=arm, stage=stage,
-                                  hparams=dict(hparams)))
+                                  hparams=dict(hparams), teacher=teacher_name))
     print(f'{stage} {arm} {phase} {name} seed {seed}: val acc {100 * metrics[METRIC]:.2f} % '
           f'({time.time() - start:.0f} s)', flush=True)
     return state.variables, trainer, metrics
@@ -677,6 +688,10 @@ def format_table(results: dict) -> str:
                    f" (threshold {scale * v['threshold']:g})", v['verdict']])
   lines += _common.markdown_table(['arm', 'claim', 'measured per seed', 'mean [95 % interval]',
                                    'verdict'], rows)
+  lines += ['', 'For comparison, the paper on MNIST: teacher 67 test errors, small net 146, the '
+            'small net distilled 74 (about 91 % of the gap recovered); with every 3 left out of '
+            'the transfer set, 98.6 % of the test 3s right once the bias of class 3 was raised '
+            '(by 3.5).']
   lines += ['', f"Selection runs (validation split, {num_val} examples, seed(s) "
             f"{', '.join(str(s) for s in selection['seeds'])}; the best of each search in bold; "
             'the test split was not read):', '', 'Teacher (best validation epoch of each run):',

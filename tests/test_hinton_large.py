@@ -107,7 +107,10 @@ def test_grid_search_widens_an_edge_until_the_best_is_inside():
   run, calls = _fake_runs(val, lambda p: 0.0)
   record = hinton_large.grid_search({'learning_rate': (1e-3, 1e-2)}, run, max_widen=3,
                                     limits={'learning_rate': (1e-4, 0.05)})
-  assert len(calls) == 2 and record['on_edge'] == {'learning_rate': 'high'}
+  np.testing.assert_allclose([c['learning_rate'] for c in calls], [1e-3, 1e-2, 0.05])
+  assert record['best']['learning_rate'] == 0.05  # the limit itself was tried
+  assert record['on_edge'] == {'learning_rate': 'high'} and record['widened'] == {
+      'learning_rate': 1}
 
 
 def test_grid_search_widens_along_the_line_through_the_best_point():
@@ -131,7 +134,11 @@ def test_widen_steps():
   assert logit(high) == pytest.approx(2 * logit(0.9))
   assert hinton_large.widen([0.5, 0.9], 'low', 'logit') == pytest.approx(0.1)
   assert hinton_large.widen([0.2, 0.5], 'high', 'linear') == pytest.approx(0.8)
-  assert hinton_large.widen([0.2, 0.5], 'high', 'linear', (0.0, 0.7)) is None
+  # A step past a limit stops at the limit; an edge at the limit is not widened.
+  assert hinton_large.widen([0.2, 0.5], 'high', 'linear', (0.0, 0.7)) == 0.7
+  assert hinton_large.widen([0.2, 0.5], 'low', 'linear', (0.0, 0.7)) == 0.0
+  assert hinton_large.widen([0.0, 0.5], 'low', 'linear', (0.0, 0.7)) is None
+  assert hinton_large.widen([128, 256], 'high', 'int_log', (16, 512)) == 512
   assert hinton_large.widen([0.5], 'high', 'log') is None
 
 
