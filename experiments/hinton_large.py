@@ -371,16 +371,17 @@ class Experiment:
     name = hinton_sweep_name(hparams)
     # A distilled run belongs to its teacher's recipe: another teacher is
     # another run (directory and checkpoint identity).
-    teacher_name = teacher['name'] if teacher_variables is not None else 'none'
-    parts = (stage, arm, phase, name) + ((f'teacher_{teacher_name}',) if teacher_variables
-                                         is not None else ())
+    teacher_name = teacher['name'] if teacher_variables is not None else None
+    parts = (stage, arm, phase, name) + ((f'teacher_{teacher_name}',) if teacher_name else ())
     start = time.time()
     state, metrics = trainer.train(
         data, seed=seed + 1000, teacher_variables=teacher_variables,
         workdir=self._dir(*parts, f'seed{seed}'),
         desc=f'{stage} {arm} {phase} {name} s{seed}',
         config=_common.run_config(self.config, phase=phase, arm=arm, stage=stage,
-                                  hparams=dict(hparams), teacher=teacher_name))
+                                  hparams=dict(hparams), **(
+                                      {'teacher': teacher_name} if teacher_variables is not None
+                                      else {})))
     print(f'{stage} {arm} {phase} {name} seed {seed}: val acc {100 * metrics[METRIC]:.2f} % '
           f'({time.time() - start:.0f} s)', flush=True)
     return state.variables, trainer, metrics
