@@ -309,3 +309,15 @@ def test_make_results_renders_the_section(tiny_run, tmp_path):
   assert "## Hinton et al. (2015) in the paper's regime on the larger MNIST-1D" in text
   assert 'Verdicts' in text and 'Arm `paper`' in text and 'Arm `jittered`' in text
   assert '--config.grid.width=(8,)' in text  # the command that made it
+
+
+def test_bad_config_is_refused_before_anything_runs(tmp_path, monkeypatch):
+  ran = []
+  monkeypatch.setattr(hinton_large, 'run', lambda *a, **k: ran.append(a))
+  with pytest.raises(config_lib.ConfigError, match=r'grid\.temperature'):
+    hinton_large.main(['--config=experiments/configs/hinton_large.py:cpu',
+                       f'--workdir={tmp_path}', '--config.grid.temperature=(-1.0, 2.0)'])
+  with pytest.raises(config_lib.ConfigError, match=r'selection_seeds'):
+    hinton_large.main(['--config=experiments/configs/hinton_large.py:cpu',
+                       f'--workdir={tmp_path}', '--config.selection_seeds=(0,)'])
+  assert not ran
