@@ -29,6 +29,7 @@ import sys
 
 from experiments import cifar_kd
 from experiments import hinton
+from experiments import hinton_large
 from experiments import hinton_sweep
 from experiments import lm_distill
 from experiments import lm_kd
@@ -51,6 +52,14 @@ EXPERIMENTS = (
         'Hinton et al. (2015): hyper-parameter selection on the validation split',
         'python -m experiments.hinton_sweep --config=experiments/configs/hinton.py:cpu --workdir=runs/hinton_sweep',
         hinton_sweep.format_table,
+    ),
+    (
+        'hinton_large',
+        "Hinton et al. (2015) in the paper's regime on the larger MNIST-1D: two arms, "
+        'selection on unreported seeds, verdicts',
+        'python -m experiments.hinton_large --config=experiments/configs/hinton_large.py:cpu '
+        '--workdir=runs/hinton_large',
+        lambda r: hinton_large.describe(r) + '\n\n' + hinton_large.format_table(r),
     ),
     (
         'lm_kd_cpu',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -22,6 +23,10 @@ reseeds Python's `random` and NumPy's global generator with `args.seed`
 (42); the builder restores both global generators afterwards. The result is
 deterministic: 4,000 train and 1,000 test examples, stored in make_dataset's
 order (example i of a split is row i of its arrays).
+Builder configs: `mnist1d/default` (the package's 5,000 examples; plain
+`mnist1d` means this one) and `mnist1d/large` (the same generator with
+`num_samples` = 20,000: 16,000 train and 4,000 test examples, about 400 test
+examples per class), everything else the package's defaults.
 The package's download path (`get_dataset(download=True)`) is never used.
 """
 
@@ -40,8 +45,13 @@ NUM_FEATURES = 40
 NUM_CLASSES = 10
 
 
-def make_mnist1d_arrays() -> dict[str, np.ndarray]:
+def make_mnist1d_arrays(num_samples: int | None = None) -> dict[str, np.ndarray]:
   """Generates MNIST-1D offline with mnist1d's default arguments (seed 42).
+
+  Args:
+    num_samples: examples in all (train and test, split 80/20); None keeps
+      the package's default (5,000). mnist1d makes ``num_samples // 10`` of
+      each class, so it must be a positive multiple of 10.
 
   Python's `random` and NumPy's global generator states are saved and
   restored around the call, so generating the data does not disturb the
@@ -49,16 +59,25 @@ def make_mnist1d_arrays() -> dict[str, np.ndarray]:
 
   Returns:
     A dict with 'x' float32 [4000, 40], 'y' int64 [4000], 'x_test' float32
-    [1000, 40] and 'y_test' int64 [1000], in make_dataset's order.
+    [1000, 40] and 'y_test' int64 [1000] (for the default 5,000 examples),
+    in make_dataset's order.
   """
+  if num_samples is not None and (
+      isinstance(num_samples, bool) or not isinstance(num_samples, int)
+      or num_samples <= 0 or num_samples % NUM_CLASSES):
+    raise ValueError(f'num_samples must be a positive multiple of {NUM_CLASSES} (mnist1d '
+                     f'makes num_samples // {NUM_CLASSES} of each class), got {num_samples!r}')
   mnist1d_data = _builder.import_optional(
       'mnist1d.data', needed_for='Building mnist1d', package='mnist1d'
   )
 
+  args = mnist1d_data.get_dataset_args()
+  if num_samples is not None:
+    args.num_samples = num_samples
   py_state = random.getstate()
   np_state = np.random.get_state()
   try:
-    data = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())
+    data = mnist1d_data.make_dataset(args)
   finally:
     random.setstate(py_state)
     np.random.set_state(np_state)
@@ -70,8 +89,19 @@ def make_mnist1d_arrays() -> dict[str, np.ndarray]:
   }
 
 
+@dataclasses.dataclass(eq=False)
+class Mnist1dConfig(tfds.core.BuilderConfig):
+  """A size of MNIST-1D: `num_samples` examples generated in all (80 % train)."""
+
+  num_samples: int = 5000
+
+
 class Mnist1d(_builder.OfflineArrayBuilder):
   """MNIST-1D: 4,000 train / 1,000 test signals of length 40, 10 classes.
+
+  Two configs: ``'default'`` (those 5,000 examples; what plain
+  ``'mnist1d'`` loads) and ``'large'`` (``'mnist1d/large'``: 16,000 train /
+  4,000 test, the same generator with ``num_samples`` = 20,000).
 
   Registered in the TFDS catalogue as 'mnist1d' when `kdjax.data` is
   imported. Writes `array_record` files by default, so it is readable
@@ -85,6 +115,12 @@ class Mnist1d(_builder.OfflineArrayBuilder):
   HOMEPAGE = _HOMEPAGE
   LICENSE = 'Apache-2.0'
   SUPERVISED_KEYS = ('x', 'label')
+  BUILDER_CONFIGS = [
+      Mnist1dConfig(name='default', num_samples=5000,
+                    description="mnist1d's default size: 4,000 train / 1,000 test."),
+      Mnist1dConfig(name='large', num_samples=20000,
+                    description='num_samples = 20,000: 16,000 train / 4,000 test.'),
+  ]
 
   def _features(self) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict({
@@ -95,7 +131,7 @@ class Mnist1d(_builder.OfflineArrayBuilder):
   def _split_arrays(self) -> _builder.SplitArrays:
     # Keep make_dataset's (already shuffled) order: example i of a split is
     # row i of make_dataset's arrays.
-    data = make_mnist1d_arrays()
+    data = make_mnist1d_arrays(self.builder_config.num_samples)
     return {
         'train': {'x': data['x'], 'label': data['y']},
         'test': {'x': data['x_test'], 'label': data['y_test']},
