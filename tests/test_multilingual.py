@@ -184,7 +184,9 @@ def smoke_config(workdir):
   config.data.pairs_dir = str(SAMPLE)
   config.data.val_fraction = config.data.test_fraction = 0.2
   config.data.min_eval_pairs = 10
-  config.data.max_train = 0
+  config.data.max_train = 20  # per language: few sentences for the real teacher to embed
+  config.data.max_val = config.data.max_test = 10
+  config.teacher.batch_size = config.eval.batch_size = 32
   config.data.pad_multiple = 32  # one shape: one compile of each function
   config.student.teacher_layers = (0,)
   config.train.batch_size = 4
