@@ -536,17 +536,17 @@ def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     for direction in DIRECTIONS:
       key = f'{lang}/{direction}'
       diff = _common.mean_std([r['test'][key] - teacher['test'][key] for r in per_seed])
-      out.append({'claim': f'{lang} {direction.replace("_", " ")}: the student retrieves '
-                           'translations better than the teacher (test accuracy, student '
-                           'minus teacher)',
+      arrow = 'en→x' if direction == 'en_to_x' else 'x→en'
+      out.append({'claim': f'{lang} {arrow}: the student retrieves translations better than '
+                           'the teacher (test accuracy, student minus teacher)',
                   'difference': diff, 'verdict': _beyond(diff)})
   c = config['claims']
   cosine = _common.mean_std([r['test']['english/cosine'] for r in per_seed])
   out.append({'claim': f"English kept: the student's English embeddings have mean cosine "
-                       f">= {c['english_cosine_min']:g} with the teacher's",
+                       f"≥ {100 * c['english_cosine_min']:g} % with the teacher's",
               'difference': cosine, 'verdict': _beyond(cosine, c['english_cosine_min'])})
   knn = _common.mean_std([r['test']['english/neighbours'] for r in per_seed])
-  out.append({'claim': f"English kept: >= {c['english_neighbours_min']:g} of each English "
+  out.append({'claim': f"English kept: ≥ {100 * c['english_neighbours_min']:g} % of each English "
                        f"sentence's {config['eval']['neighbours']} nearest neighbours are the "
                        "teacher's",
               'difference': knn, 'verdict': _beyond(knn, c['english_neighbours_min'])})
