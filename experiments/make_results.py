@@ -33,6 +33,7 @@ from experiments import hinton_large
 from experiments import hinton_sweep
 from experiments import lm_distill
 from experiments import lm_kd
+from experiments import multilingual
 from experiments import seqkd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +85,12 @@ EXPERIMENTS = (
         'Kim & Rush (2016): word-level, sequence-level and interpolated KD for translation (cpu scale)',
         'make seqkd-demo',
         lambda r: seqkd.describe(r) + '\n\n' + seqkd.format_table(r),
+    ),
+    (
+        'multilingual_cpu',
+        'Reimers & Gurevych (2020): multilingual sentence embeddings by distillation (cpu scale)',
+        'make multilingual-demo',
+        lambda r: multilingual.describe(r) + '\n\n' + multilingual.format_table(r),
     ),
 )
 NAMES = tuple(name for name, *_ in EXPERIMENTS)

@@ -65,6 +65,14 @@ from kdjax.data._gettext import split_catalogs
 from kdjax.data._gettext import TranslationPair
 from kdjax.data._gettext import write_pairs
 from kdjax.data._mnist1d import Mnist1d
+from kdjax.data._multilingual import default_cache_dir as gettext_cache_dir
+from kdjax.data._multilingual import gettext_multilingual_pairs
+from kdjax.data._multilingual import load_ted_multi_pairs
+from kdjax.data._multilingual import make_multilingual_splits
+from kdjax.data._multilingual import MULTILINGUAL_LANGUAGES
+from kdjax.data._multilingual import read_pairs_dir
+from kdjax.data._multilingual import ted_multi_pairs
+from kdjax.data._multilingual import write_pairs_dir
 from kdjax.data._mnist1d import make_mnist1d_arrays
 from kdjax.data._pipeline import dataset_info
 from kdjax.data._pipeline import iterate_once
@@ -170,6 +178,16 @@ __all__ += [
     'train_tokenizer',
     'translation_metadata',
     'write_pairs',
+]
+__all__ += [
+    'MULTILINGUAL_LANGUAGES',
+    'gettext_cache_dir',
+    'gettext_multilingual_pairs',
+    'load_ted_multi_pairs',
+    'make_multilingual_splits',
+    'read_pairs_dir',
+    'ted_multi_pairs',
+    'write_pairs_dir',
 ]
 __all__ += [
     'FONT_CLASSES',

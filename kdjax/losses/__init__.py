@@ -55,6 +55,7 @@ from kdjax.losses._transformer import attention_score_mse as attention_score_mse
 from kdjax.losses._transformer import cosine_embedding_loss as cosine_embedding_loss
 from kdjax.losses._transformer import hidden_mse as hidden_mse
 from kdjax.losses._transformer import relation_kl as relation_kl
+from kdjax.losses._transformer import sentence_embedding_mse as sentence_embedding_mse
 from kdjax.losses._transformer import soft_cross_entropy as soft_cross_entropy
 
 __all__ = [
@@ -105,6 +106,7 @@ __all__ = [
     'cosine_embedding_loss',
     'hidden_mse',
     'relation_kl',
+    'sentence_embedding_mse',
     'soft_cross_entropy',
     'MEL_LOSS_KINDS',
     'duration_loss',

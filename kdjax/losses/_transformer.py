@@ -361,3 +361,42 @@ def soft_cross_entropy(
   log_p_or_0 = jnp.where(valid_p, log_p, 0.0)
   entropy = -jnp.sum(jnp.where(valid_p, jnp.exp(log_p_or_0) * log_p_or_0, 0.0), axis=-1)
   return entropy + _kl(log_p, valid_p, log_q)
+
+
+@jit_after_checks()
+def sentence_embedding_mse(student_embeddings: ArrayLike, teacher_embeddings: ArrayLike) -> Array:
+  r"""Multilingual distillation's loss: the MSE of a sentence embedding to the teacher's.
+
+  .. math::
+     \ell_b = \frac{1}{d} \lVert \hat M(x_b) - M(s_b) \rVert^2
+
+  per example, where ``M(s_b)`` is the (frozen) teacher's embedding of the
+  source sentence and ``\hat M(x_b)`` the student's embedding of the source
+  itself or of its translation. Reimers & Gurevych's objective is the sum
+  of both terms averaged over the batch: two
+  :func:`kdjax.objective.feature` terms of this loss in one
+  :class:`~kdjax.objective.Objective` give it (``torch.nn.MSELoss``'s mean
+  over the width is the ``1/d``).
+
+  Args:
+    student_embeddings: ``[batch, d]``.
+    teacher_embeddings: ``[batch, d]``.
+
+  Returns:
+    float32 ``[batch]``.
+
+  Raises:
+    ValueError: if the shapes differ or are not ``[batch, d]``.
+
+  References:
+    Reimers & Gurevych, "Making Monolingual Sentence Embeddings Multilingual
+    using Knowledge Distillation", EMNLP 2020, arXiv:2004.09813 (Section 2).
+  """
+  student, teacher = prepare_features(student_embeddings, teacher_embeddings, min_ndim=2,
+                                      layout='[batch, d]')
+  if student.ndim != 2 or student.shape != teacher.shape:
+    raise ValueError(
+        'student_embeddings and teacher_embeddings must both be [batch, d] with the same '
+        f'shape, got student_embeddings.shape={student.shape} and '
+        f'teacher_embeddings.shape={teacher.shape}.')
+  return jnp.mean(jnp.square(student - teacher), axis=-1)
