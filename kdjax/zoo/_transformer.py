@@ -301,6 +301,7 @@ def beam_cache_mask(slots: jax.Array, positions: jax.Array) -> jax.Array:
     ``v * length + p`` (slot ``v``, position ``p``) is seen iff
     ``slots[b, w, p] == v`` and ``p <= positions[b]``.
   """
+  slots, positions = jnp.asarray(slots, jnp.int32), jnp.asarray(positions, jnp.int32)
   batch, width, length = slots.shape
   owned = slots[:, :, None, :] == jnp.arange(width, dtype=slots.dtype)[None, None, :, None]
   seen = jnp.arange(length, dtype=positions.dtype)[None, :] <= positions[:, None]
