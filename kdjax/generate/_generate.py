@@ -155,6 +155,7 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
   logits = jnp.repeat(logits, width, axis=0)
   positions = jnp.repeat(prompt_lengths, width)
   num_candidates = min(2 * width, width * vocab)
+  per_beam = min(num_candidates, vocab)
   neg_inf = jnp.float32(-jnp.inf)
   bound_divisor = method.penalty(steps)
 
@@ -167,13 +168,21 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
   def choose(t, logits, state):
     (alive_lp, alive_tokens, alive_token_lp, fin_score, fin_tokens, fin_token_lp,
      fin_lengths, done) = state
-    step_lp = jax.nn.log_softmax(logits, axis=-1).reshape(batch, width * vocab)
-    candidate_lp = (alive_lp[:, :, None] + step_lp.reshape(batch, width, vocab)).reshape(
-        batch, width * vocab
-    )
-    top_lp, top_index = lax.top_k(candidate_lp, num_candidates)
-    parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
-    token_lp = jnp.take_along_axis(step_lp, top_index, axis=1)
+    # The best `num_candidates` extensions overall are among each beam's own
+    # best `per_beam` tokens (a beam adds one constant to all its tokens), so
+    # only those get their log-probability (log_softmax's formula, on them
+    # alone) and compete, never the [batch, width * vocab] candidate array.
+    # Ties keep the order of the flat candidate index parent * vocab + token:
+    # parents in order, each parent's tokens by top_k's lowest-id-first.
+    beam_logits, beam_token = lax.top_k(logits, per_beam)
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    log_norm = jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1, keepdims=True))
+    beam_lp = ((beam_logits - peak) - log_norm).reshape(batch, width * per_beam)
+    candidate_lp = alive_lp[:, :, None] + beam_lp.reshape(batch, width, per_beam)
+    top_lp, top_index = lax.top_k(candidate_lp.reshape(batch, width * per_beam), num_candidates)
+    parent = top_index // per_beam
+    token = jnp.take_along_axis(beam_token.reshape(batch, width * per_beam), top_index, axis=1)
+    token_lp = jnp.take_along_axis(beam_lp, top_index, axis=1)
     tokens = _gather_beams(alive_tokens, parent).at[:, :, t].set(token)
     token_lps = _gather_beams(alive_token_lp, parent).at[:, :, t].set(token_lp)
     ends = jnp.full(token.shape, False) if eos_id is None else token == eos_id
