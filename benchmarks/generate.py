@@ -345,7 +345,8 @@ def cache_line(result, config) -> str:
           f"H x K x 4 bytes = 2 x {config.num_layers} x {c['batch']} x {c['length']} x "
           f"{config.num_heads} x {config.kv_dim} x 4 = {formula:,} "
           f"({'equal' if formula == c['bytes'] else 'DIFFERENT'}); beam-{BEAM_WIDTH} holds "
-          f"{BEAM_WIDTH}x that ({c['beam_bytes'] / 2**20:.2f} MiB)")
+          f"{BEAM_WIDTH}x that ({c['beam_bytes'] / 2**20:.2f} MiB: one slot per beam, "
+          f"read in place, never gathered)")
 
 
 def speculative_lines(result, args) -> list[str]:
@@ -397,7 +398,10 @@ from random prompts of {args.prompt} tokens, exactly {args.new_tokens} new
 tokens per sequence (no EOS), float32 on the CPU. *kdjax greedy* and
 *kdjax beam-{BEAM_WIDTH}*: `generate.make_generate(zoo.lm_decoder(model),
 method=Greedy())` or `BeamSearch(width={BEAM_WIDTH}, length_penalty='none')`,
-the whole loop in one `jax.jit`, with the KV cache. *kdjax recompute*: the
+the whole loop in one `jax.jit`, with the KV cache (beam search never
+reorders it: one slot per beam, the prompt's entries shared, int32
+per-position slot pointers follow the chosen parents; see "Beam search" in
+docs/generate.md). *kdjax recompute*: the
 same with `lm_decoder(model, use_cache=False)` (each step runs the full
 forward over the whole {args.prompt + args.new_tokens}-token buffer: the
 baseline a KV cache is measured against). *HF*:

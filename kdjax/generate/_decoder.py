@@ -12,6 +12,10 @@ import jax
 InitCache = Callable[[Any, Mapping[str, Any], int, int], Any]
 # ``step(variables, tokens, positions, cache) -> (logits, cache)``
 DecodeStep = Callable[[Any, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+# ``beam_cache(cache, width) -> beam cache``
+BeamCache = Callable[[Any, int], Any]
+# ``beam_step(variables, tokens, positions, beam_cache, slots) -> (logits, beam_cache)``
+BeamStep = Callable[[Any, jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +53,36 @@ class Decoder:
     vocab_size: the size of the output distribution.
     max_length: the most target positions the model accepts (its position
       table or ``max_len``); ``cache_length`` must not exceed it.
+    beam_cache: optional, with `beam_step`: ``beam_cache(cache, width) ->
+      beam_cache`` turns the cache after the prompts' step (batch ``B``)
+      into one for `width` beams per row, the prompt stored once per row.
+    beam_step: optional: ``beam_step(variables, tokens, positions,
+      beam_cache, slots) -> (logits, beam_cache)``, beam search's step
+      without reordering the cache. `tokens` int32 ``[B, width]`` (one new
+      token per beam), `positions` int32 ``[B]`` (every beam of row ``b``
+      is at the same position), `slots` int32 ``[B, width, cache_length]``:
+      ``slots[b, w, p]`` is the beam slot whose entry at position ``p``
+      holds beam ``w``'s token there (its own or an ancestor's; prompt
+      positions are slot 0). The step writes beam ``w``'s new key and
+      value into slot ``w`` at ``positions[b]`` and lets beam ``w`` attend
+      to slot ``slots[b, w, p]`` at each position ``p <= positions[b]``;
+      logits are float32 ``[B, width, vocab_size]``. Since every slot is
+      written once per position and each step writes a position no beam
+      has yet, no entry a live beam reads is ever overwritten. Without
+      these two, beam search tiles the cache over the beams and gathers it
+      along the chosen parents at every step.
   """
 
   init_cache: InitCache
   step: DecodeStep
   vocab_size: int
   max_length: int
+  beam_cache: BeamCache | None = None
+  beam_step: BeamStep | None = None
+
+  def __post_init__(self):
+    if (self.beam_cache is None) != (self.beam_step is None):
+      raise ValueError(
+          'Decoder.beam_cache and Decoder.beam_step must be given together, got '
+          f'beam_cache={self.beam_cache!r} and beam_step={self.beam_step!r}.'
+      )

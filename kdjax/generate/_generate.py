@@ -138,11 +138,24 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
       decoder, variables, prompts, prompt_lengths, inputs, prompt_len + max_new_tokens
   )
   vocab = logits.shape[-1]
-  # The prompt is run once per source; its cache is then copied per beam.
-  cache = jax.tree.map(lambda leaf: jnp.repeat(leaf, width, axis=0), cache)
+  cache_length = prompt_len + max_new_tokens
+  # The prompt is run once per source. With the decoder's beam step, the
+  # beams share its cache entries and each beam's new entries stay in the
+  # beam's slot: ``slots[b, w, p]`` names the slot holding beam w's (or its
+  # ancestor's) entry at position p, and only these pointers, int32 [batch,
+  # width, cache_length], follow the chosen parents. Otherwise the cache is
+  # copied per beam and gathered along the parents at every step.
+  lazy = decoder.beam_step is not None
+  if lazy:
+    cache = decoder.beam_cache(cache, width)
+    slots = jnp.zeros((batch, width, cache_length), jnp.int32)
+  else:
+    cache = jax.tree.map(lambda leaf: jnp.repeat(leaf, width, axis=0), cache)
+    slots = None
   logits = jnp.repeat(logits, width, axis=0)
   positions = jnp.repeat(prompt_lengths, width)
   num_candidates = min(2 * width, width * vocab)
+  per_beam = min(num_candidates, vocab)
   neg_inf = jnp.float32(-jnp.inf)
   bound_divisor = method.penalty(steps)
 
@@ -155,13 +168,21 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
   def choose(t, logits, state):
     (alive_lp, alive_tokens, alive_token_lp, fin_score, fin_tokens, fin_token_lp,
      fin_lengths, done) = state
-    step_lp = jax.nn.log_softmax(logits, axis=-1).reshape(batch, width * vocab)
-    candidate_lp = (alive_lp[:, :, None] + step_lp.reshape(batch, width, vocab)).reshape(
-        batch, width * vocab
-    )
-    top_lp, top_index = lax.top_k(candidate_lp, num_candidates)
-    parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
-    token_lp = jnp.take_along_axis(step_lp, top_index, axis=1)
+    # The best `num_candidates` extensions overall are among each beam's own
+    # best `per_beam` tokens (a beam adds one constant to all its tokens), so
+    # only those get their log-probability (log_softmax's formula, on them
+    # alone) and compete, never the [batch, width * vocab] candidate array.
+    # Ties keep the order of the flat candidate index parent * vocab + token:
+    # parents in order, each parent's tokens by top_k's lowest-id-first.
+    beam_logits, beam_token = lax.top_k(logits, per_beam)
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    log_norm = jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1, keepdims=True))
+    beam_lp = ((beam_logits - peak) - log_norm).reshape(batch, width * per_beam)
+    candidate_lp = alive_lp[:, :, None] + beam_lp.reshape(batch, width, per_beam)
+    top_lp, top_index = lax.top_k(candidate_lp.reshape(batch, width * per_beam), num_candidates)
+    parent = top_index // per_beam
+    token = jnp.take_along_axis(beam_token.reshape(batch, width * per_beam), top_index, axis=1)
+    token_lp = jnp.take_along_axis(beam_lp, top_index, axis=1)
     tokens = _gather_beams(alive_tokens, parent).at[:, :, t].set(token)
     token_lps = _gather_beams(alive_token_lp, parent).at[:, :, t].set(token_lp)
     ends = jnp.full(token.shape, False) if eos_id is None else token == eos_id
@@ -188,16 +209,28 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
              fin_lengths, done)
     return state, parents
 
-  def body(carry):
-    t, logits, cache, state = carry
-    state, parents = choose(t, logits, state)
+  def advance(t, cache, slots, parents, next_tokens):
+    """The logits ``[batch * width, vocab]`` after every beam's new token."""
+    if lazy:
+      here = prompt_lengths + t
+      slots = _gather_beams(slots, parents)
+      written = jnp.arange(cache_length, dtype=jnp.int32)[None, None, :] == here[:, None, None]
+      slots = jnp.where(written, jnp.arange(width, dtype=jnp.int32)[None, :, None], slots)
+      step_logits, cache = decoder.beam_step(variables, next_tokens, here, cache, slots)
+      return step_logits.reshape(batch * width, vocab).astype(jnp.float32), cache, slots
     cache = reorder_cache(cache, parents)
-    next_tokens = state[1][:, :, t].reshape(batch * width, 1)
-    step_logits, cache = decoder.step(variables, next_tokens, (positions + t)[:, None], cache)
-    return t + 1, step_logits[:, 0].astype(jnp.float32), cache, state
+    step_logits, cache = decoder.step(
+        variables, next_tokens.reshape(batch * width, 1), (positions + t)[:, None], cache)
+    return step_logits[:, 0].astype(jnp.float32), cache, slots
+
+  def body(carry):
+    t, logits, cache, slots, state = carry
+    state, parents = choose(t, logits, state)
+    logits, cache, slots = advance(t, cache, slots, parents, state[1][:, :, t])
+    return t + 1, logits, cache, slots, state
 
   def cond(carry):
-    t, _, _, state = carry
+    t, *_, state = carry
     return (t < steps - 1) & ~jnp.all(state[-1])
 
   # All beams start as copies of one: only the first is alive, so the first
@@ -213,7 +246,8 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
       jnp.zeros((batch, width), jnp.int32),
       jnp.zeros((batch,), bool),
   )
-  t, logits, _, state = lax.while_loop(cond, body, (jnp.int32(0), logits, cache, state))
+  t, logits, _, _, state = lax.while_loop(
+      cond, body, (jnp.int32(0), logits, cache, slots, state))
   state, _ = choose(t, logits, state)
   _, _, _, fin_score, fin_tokens, fin_token_lp, fin_lengths, _ = state
   return Generation(

@@ -416,6 +416,42 @@ class Seq2SeqTransformer(nn.Module):
     return _transformer._unembed(hidden, self._unembedding(), cfg.dtype), new_cache
 
 
+  def beam_decode(
+      self, tokens: jax.Array, positions: jax.Array, cache: dict[str, Any],
+      slots: jax.Array,
+  ) -> tuple[jax.Array, dict[str, Any]]:
+    """One new target token per beam against a beam cache (inference).
+
+    As ``DecoderLM.beam_decode``: beam ``w`` writes its self-attention key
+    and value into slot ``w`` at ``positions[b]`` and attends to the slots
+    `slots` names; the cross-attention reads the source's keys and values,
+    stored once per source, with the beams as its query axis.
+
+    Args:
+      tokens: int ``[batch, width]``, one new target token per beam.
+      positions: int ``[batch]``, the position of row ``b``'s new tokens.
+      cache: ``expand_beam_cache`` of a prefilled :meth:`init_cache` cache,
+        or a previous :meth:`beam_decode`'s.
+      slots: int ``[batch, width, cache_length]`` in ``[0, width)``.
+
+    Returns:
+      ``(logits, cache)``: float32 ``[batch, width, target_vocab]`` and the
+      cache with the new self-attention keys and values written.
+    """
+    cfg = self.config
+    _transformer._check_beam_inputs(
+        tokens, positions, slots, cache['layer_0']['key'], cfg.target_vocab_size)
+    x = self._embed(tokens, jnp.broadcast_to(positions[:, None], jnp.shape(tokens)), 'target')
+    memory_mask = _transformer._key_mask(cache['source_mask'])
+    mask = _transformer.beam_cache_mask(slots, positions)
+    new_cache = {'source_mask': cache['source_mask']}
+    for i, block in enumerate(self.decoder_blocks):
+      x, new_cache[f'layer_{i}'] = block.beam_decode(
+          x, positions, cache[f'layer_{i}'], mask, memory_mask=memory_mask)
+    hidden = nn.with_logical_constraint(self.decoder_norm(x), ('batch', 'length', 'embed'))
+    return _transformer._unembed(hidden, self._unembedding(), cfg.dtype), new_cache
+
+
 def seq2seq_decoder(model: Seq2SeqTransformer) -> Decoder:
   """A :class:`~kdjax.generate._decoder.Decoder` for a :class:`Seq2SeqTransformer`.
 
@@ -423,7 +459,9 @@ def seq2seq_decoder(model: Seq2SeqTransformer) -> Decoder:
   ``inputs['source']`` (int ``[batch_size, source_len]``) with
   ``inputs['source_mask']`` (bool, True on real tokens) and returns
   :meth:`Seq2SeqTransformer.init_cache`'s cache; a step is
-  :meth:`Seq2SeqTransformer.decode`.
+  :meth:`Seq2SeqTransformer.decode`. Beam search uses
+  :meth:`Seq2SeqTransformer.beam_decode`: the source's cross-attention
+  keys and values stay once per source and the cache is never reordered.
 
   Args:
     model: the encoder-decoder model.
@@ -449,8 +487,13 @@ def seq2seq_decoder(model: Seq2SeqTransformer) -> Decoder:
   def step(variables, tokens, positions, cache):
     return model.apply(variables, tokens, positions, cache, method=Seq2SeqTransformer.decode)
 
+  def beam_step(variables, tokens, positions, cache, slots):
+    return model.apply(variables, tokens, positions, cache, slots,
+                       method=Seq2SeqTransformer.beam_decode)
+
   return Decoder(init_cache=init_cache, step=step, vocab_size=cfg.target_vocab_size,
-                 max_length=cfg.max_target_len)
+                 max_length=cfg.max_target_len,
+                 beam_cache=_transformer.expand_beam_cache, beam_step=beam_step)
 
 
 def _teacher_forced(module: Seq2SeqTransformer, inputs: tuple, train: bool = False):
