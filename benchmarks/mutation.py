@@ -63,45 +63,55 @@ class Mutant:
   original: str
   replacement: str
   description: str
-  # Test files (or node ids) to run; None: the module's entry in TESTS.
-  tests: tuple[str, ...] | None = None
+  # Tests (node ids) likeliest to fail, run before the module's files in TESTS.
+  first: tuple[str, ...] = ()
 
 
 # Module (path prefix, longest match wins) -> the test files that cover it,
-# the likeliest killers first (pytest -x stops at the first failure).
+# the likeliest killers first (pytest -x stops at the first failure);
+# tests/test_mutation_kills.py is added last to every list.
 TESTS: dict[str, tuple[str, ...]] = {
     'kdjax/objective/_core.py': (
-        'tests/test_objective.py', 'tests/test_mutation_kills.py', 'tests/test_step.py',
+        'tests/test_objective.py', 'tests/test_step.py',
         'tests/test_parallel.py', 'tests/test_stateful.py'),
     'kdjax/objective/_single.py': (
-        'tests/test_objective.py', 'tests/test_mutation_kills.py', 'tests/test_feature_losses.py'),
+        'tests/test_objective.py', 'tests/test_feature_losses.py'),
     'kdjax/objective/_multi.py': ('tests/test_multi_teacher.py', 'tests/test_objective.py'),
     'kdjax/objective/_stateful.py': ('tests/test_stateful.py', 'tests/test_crd.py'),
     'kdjax/objective/_lm.py': (
         'tests/test_objective.py', 'tests/test_cross_tokenizer.py', 'tests/test_lm_kd.py'),
     'kdjax/losses/_logit.py': (
-        'tests/test_losses.py', 'tests/test_properties.py', 'tests/test_mutation_kills.py'),
+        'tests/test_losses.py', 'tests/test_properties.py'),
     'kdjax/losses/_common.py': ('tests/test_losses.py', 'tests/test_properties.py'),
     'kdjax/losses/_chunked.py': ('tests/test_chunked.py',),
     'kdjax/losses/_sequence.py': ('tests/test_sequence_losses.py', 'tests/test_properties.py'),
     'kdjax/losses/_topk.py': ('tests/test_cache.py', 'tests/test_properties.py'),
     'kdjax/metrics.py': ('tests/test_metrics.py', 'tests/test_objective.py'),
     'kdjax/step.py': (
-        'tests/test_step.py', 'tests/test_mutation_kills.py', 'tests/test_stateful.py',
+        'tests/test_step.py', 'tests/test_stateful.py',
         'tests/test_parallel.py', 'tests/test_mutual.py'),
     'kdjax/parallel/': ('tests/test_parallel.py',),
     'kdjax/checkpoint.py': ('tests/test_checkpoint.py', 'tests/test_fault_tolerance.py'),
     'kdjax/loop.py': (
-        'tests/test_loop.py', 'tests/test_fault_tolerance.py', 'tests/test_mutation_kills.py'),
+        'tests/test_loop.py', 'tests/test_fault_tolerance.py'),
     'kdjax/data/_pipeline.py': ('tests/test_data.py',),
     'kdjax/generate/': ('tests/test_generate.py',),
     'kdjax/cache/': ('tests/test_cache.py', 'tests/test_untrusted_files.py'),
 }
 
 
-def M(name, path, original, replacement, description, tests=None) -> Mutant:  # pylint: disable=invalid-name
-  return Mutant(name, path, original, replacement, description,
-                None if tests is None else tuple(tests))
+KILLS = 'tests/test_mutation_kills.py'
+
+
+def M(name, path, original, replacement, description, first=()) -> Mutant:  # pylint: disable=invalid-name
+  return Mutant(name, path, original, replacement, description, tuple(first))
+
+
+PMAP = ('tests/test_parallel.py::test_uneven_mask_needs_psum_of_sums',
+        'tests/test_parallel.py::test_pmap_step_equals_one_device',
+        'tests/test_parallel.py::test_per_device_metric_equals_global')
+EMA = ('tests/test_stateful.py::test_ema_teacher_equals_a_hand_written_mean_teacher_loop',)
+RESUME = ('tests/test_loop.py::test_fit_resumes_to_the_same_state',)
 
 
 CORE = 'kdjax/objective/_core.py'
@@ -119,7 +129,8 @@ MUTANTS: tuple[Mutant, ...] = (
     M('objective-local-count', CORE,
       'weight * term_sum / jnp.maximum(global_count, 1.0)',
       'weight * term_sum / jnp.maximum(count, 1.0)',
-      'pmap path divides by the local count instead of the psum\'d global one'),
+      'pmap path divides by the local count instead of the psum\'d global one',
+      first=PMAP),
     M('objective-count-floor', CORE,
       'weight * term_sum / jnp.maximum(global_count, 1.0)',
       'weight * term_sum / jnp.maximum(global_count, 0.0)',
@@ -127,7 +138,8 @@ MUTANTS: tuple[Mutant, ...] = (
     M('objective-total-no-psum', CORE,
       'total if axis_name is None else jax.lax.psum(total, axis_name)',
       'total',
-      'loss/total under pmap is one device\'s share, not the global total'),
+      'loss/total under pmap is one device\'s share, not the global total',
+      first=PMAP),
     M('objective-term-mask-only', CORE,
       '  return mask * batch_mask',
       '  return mask',
@@ -151,11 +163,13 @@ MUTANTS: tuple[Mutant, ...] = (
     M('objective-psum-pair-count', CORE,
       'jax.lax.psum(pair[0], axis_name), jax.lax.psum(pair[1], axis_name)',
       'jax.lax.psum(pair[0], axis_name), pair[1]',
-      'metrics under pmap: global sum over a local count'),
+      'metrics under pmap: global sum over a local count',
+      first=PMAP),
     M('objective-term-losses-local', CORE,
       "{f'loss/{name}': _psum_pair(pair, axis_name) for name, pair in local.items()}",
       "{f'loss/{name}': pair for name, pair in local.items()}",
-      'term_losses under an axis returns local pairs'),
+      'term_losses under an axis returns local pairs',
+      first=PMAP),
     M('objective-mask-dtype', CORE,
       'return jnp.asarray(batch[self.mask_key], jnp.float32)',
       'return jnp.asarray(batch[self.mask_key], jnp.float32) > 1',
@@ -183,11 +197,13 @@ MUTANTS: tuple[Mutant, ...] = (
     M('ema-swapped', 'kdjax/objective/_stateful.py',
       'return (decay * a + (1.0 - decay) * v).astype(jnp.result_type(a))',
       'return (decay * v + (1.0 - decay) * a).astype(jnp.result_type(a))',
-      'EMA teacher: decay applied to the new value instead of the average'),
+      'EMA teacher: decay applied to the new value instead of the average',
+      first=EMA),
     M('crd-device-rows', 'kdjax/objective/_stateful.py',
       'jax.lax.dynamic_slice_in_dim(values, device * rows, rows)',
       'jax.lax.dynamic_slice_in_dim(values, 0, rows)',
-      'CRD under pmap: every device keeps device 0\'s rows'),
+      'CRD under pmap: every device keeps device 0\'s rows',
+      first=('tests/test_stateful.py::test_crd_under_pmap_keeps_identical_banks_equal_to_the_global_step',)),
     M('uld-teacher-mask-slice', 'kdjax/objective/_lm.py',
       'mask = mask.at[:, :time].multiply(teacher_mask[:, :time])',
       'mask = mask.at[:, :time].multiply(1.0)',
@@ -293,11 +309,13 @@ MUTANTS: tuple[Mutant, ...] = (
     M('step-pmean-grads', STEP,
       'grads = jax.lax.psum(grads, axis_name)',
       'grads = jax.lax.pmean(grads, axis_name)',
-      'pmap step averages gradients that are already shares of the global mean'),
+      'pmap step averages gradients that are already shares of the global mean',
+      first=PMAP),
     M('step-no-pmean-model-state', STEP,
       'new_model_state = jax.lax.pmean(new_model_state, axis_name)',
       'new_model_state = new_model_state',
-      'BatchNorm statistics not averaged over devices'),
+      'BatchNorm statistics not averaged over devices',
+      first=PMAP),
     M('step-model-state-order', STEP,
       'model_state = {**state.model_state, **new_model_state}',
       'model_state = {**new_model_state, **state.model_state}',
@@ -305,11 +323,13 @@ MUTANTS: tuple[Mutant, ...] = (
     M('step-after-update-old-params', STEP,
       "objective_state, {'params': params, **model_state}, state.step)",
       "objective_state, {'params': state.params, **model_state}, state.step)",
-      'stateful terms see the parameters before the update'),
+      'stateful terms see the parameters before the update',
+      first=EMA),
     M('step-device-rng', STEP,
       'rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))',
       'rng = rng',
-      'every pmap device draws the same dropout'),
+      'every pmap device draws the same dropout',
+      first=PMAP),
     M('step-rng-constant', STEP,
       '  return jax.random.fold_in(rng, state.step)',
       '  return rng',
@@ -346,11 +366,13 @@ MUTANTS: tuple[Mutant, ...] = (
     M('loop-data-position', LOOP,
       "data_state={'epoch': epoch + 1}",
       "data_state={'epoch': epoch}",
-      'the checkpoint records the epoch it ends as the one it starts'),
+      'the checkpoint records the epoch it ends as the one it starts',
+      first=RESUME),
     M('loop-resume-epoch', LOOP,
       "start = int(data_state['epoch'])",
       "start = int(data_state['epoch']) + 1",
-      'a resumed run skips an epoch'),
+      'a resumed run skips an epoch',
+      first=RESUME),
     M('loop-save-due', LOOP,
       'due = (epoch + 1) % save_every == 0 or epoch + 1 == num_epochs',
       'due = epoch % save_every == 0 or epoch + 1 == num_epochs',
@@ -493,12 +515,13 @@ MUTANTS: tuple[Mutant, ...] = (
 
 def tests_for(mutant: Mutant) -> tuple[str, ...]:
   """The test files that cover `mutant`'s module (the longest prefix in TESTS)."""
-  if mutant.tests is not None:
-    return mutant.tests
   matches = [prefix for prefix in TESTS if mutant.path.startswith(prefix)]
   if not matches:
     raise KeyError(f'mutant {mutant.name!r}: no test files for {mutant.path}; add it to TESTS')
-  return TESTS[max(matches, key=len)]
+  files = TESTS[max(matches, key=len)]
+  # The tests written for survivors run last: a mutant they kill got past
+  # every other test file of its module.
+  return mutant.first + tuple(f for f in files if f not in mutant.first) + (KILLS,)
 
 
 def check_mutants(mutants=MUTANTS, root: pathlib.Path = ROOT) -> list[str]:
@@ -550,12 +573,14 @@ def copy_repository(destination: pathlib.Path) -> None:
 
 
 _FAILED = re.compile(r'^(?:FAILED|ERROR) (\S+)', re.M)
+# The check of this list fails on any mutated source by design: not a kill.
+_LIST_CHECK = 'tests/test_mutation_kills.py::test_every_mutant_snippet_occurs_exactly_once'
 
 
 def run_tests(copy: pathlib.Path, tests, timeout: float, env) -> tuple[str, str, float]:
   """(status, detail, seconds) of the tests in `copy`: passed/failed/timeout."""
   command = [sys.executable, '-m', 'pytest', '-x', '-q', '-m', 'not slow', '-p', 'no:xdist',
-             '-p', 'no:cacheprovider', '-rfE', *tests]
+             '-p', 'no:cacheprovider', '-rfE', '--deselect', _LIST_CHECK, *tests]
   start = time.monotonic()
   try:
     result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True,
@@ -584,6 +609,19 @@ def baseline(copy: pathlib.Path, mutants, env) -> None:
     raise SystemExit('the unmutated tests fail; fix them first:\n'
                      + '\n'.join(_FAILED.findall(result.stdout)) + result.stdout[-2000:])
   print(f'baseline passed in {time.monotonic() - start:.0f} s', flush=True)
+
+
+def verify_killers(copy: pathlib.Path, results: dict[str, dict], env) -> list[str]:
+  """The tests that killed mutants, run on the unmutated copy: those that fail."""
+  killers = sorted({r['killed_by'].split(' ')[0] for r in results.values()
+                    if r['status'] == 'killed' and '::' in r['killed_by']})
+  if not killers:
+    return []
+  print(f'checking that the {len(killers)} killing tests pass unmutated ...', flush=True)
+  command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:xdist', '-p', 'no:cacheprovider',
+             '-rfE', *killers]
+  result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
+  return _FAILED.findall(result.stdout) if result.returncode else []
 
 
 def run_mutant(mutant: Mutant, copy: pathlib.Path, timeout: float, env) -> dict:
@@ -699,8 +737,10 @@ def parse_args(argv=None):
                       help='seconds per mutant run')
   parser.add_argument('--workdir', type=pathlib.Path, default=None,
                       help='where to put the copy (default: a temporary directory)')
-  parser.add_argument('--no-baseline', action='store_true',
-                      help='skip the unmutated run of the test files')
+  parser.add_argument('--baseline', action='store_true',
+                      help='first run every test file the mutants use, unmutated')
+  parser.add_argument('--verify-killers', action='store_true',
+                      help='with --from-log: run the killing tests unmutated (all must pass)')
   parser.add_argument('--write-docs', action='store_true',
                       help=f'update the "{SECTION}" section of {DOCS.relative_to(ROOT)}')
   return parser.parse_args(argv)
@@ -721,6 +761,16 @@ def main(argv=None) -> dict[str, dict]:
   selected = [m for m in MUTANTS if not args.only or m.name in args.only.split(',')]
   if args.from_log is not None:
     results = read_log(args.from_log)
+    if args.verify_killers:
+      workdir = pathlib.Path(tempfile.mkdtemp(prefix='kdjax-mutation-', dir=args.workdir))
+      try:
+        copy_repository(workdir / 'repo')
+        bad = verify_killers(workdir / 'repo', results, dict(os.environ))
+      finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+      if bad:
+        raise SystemExit(f'tests that "killed" mutants fail unmutated: {bad}')
+      print('every killing test passes unmutated')
   else:
     done = read_log(args.log) if (args.log and args.skip_done) else {}
     results = dict(done)
@@ -733,7 +783,7 @@ def main(argv=None) -> dict[str, dict]:
       # that changes a program compiles it afresh.
       env.setdefault('KDJAX_TEST_XLA_CACHE', str(workdir / 'xla-cache'))
       os.makedirs(env['KDJAX_TEST_XLA_CACHE'], exist_ok=True)
-      if not args.no_baseline:
+      if args.baseline:
         baseline(copy, selected, env)
       for i, m in enumerate(selected):
         if m.name in done:
