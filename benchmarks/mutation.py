@@ -624,22 +624,24 @@ def verify_killers(copy: pathlib.Path, results: dict[str, dict], env) -> list[st
   return _FAILED.findall(result.stdout) if result.returncode else []
 
 
-def run_mutant(mutant: Mutant, copy: pathlib.Path, timeout: float, env) -> dict:
-  """Applies `mutant` in `copy`, runs its tests, restores the file."""
+def run_mutant(mutant: Mutant, copy: pathlib.Path, timeout: float, env,
+               tests: tuple[str, ...] | None = None) -> dict:
+  """Applies `mutant` in `copy`, runs its tests (or `tests`), restores the file."""
+  tests = tests or tests_for(mutant)
   path = copy / mutant.path
   original = path.read_text()
   if original.count(mutant.original) != 1:
     raise ValueError(f'{mutant.name}: snippet not found once in the copy')
   try:
     path.write_text(original.replace(mutant.original, mutant.replacement))
-    status, detail, seconds = run_tests(copy, tests_for(mutant), timeout, env)
+    status, detail, seconds = run_tests(copy, tests, timeout, env)
   finally:
     path.write_text(original)
   outcome = {'passed': 'survived', 'failed': 'killed', 'timeout': 'timeout'}[status]
   return {
       'name': mutant.name, 'path': mutant.path, 'line': line_of(mutant),
       'description': mutant.description, 'status': outcome, 'killed_by': detail,
-      'seconds': round(seconds, 1), 'tests': list(tests_for(mutant)),
+      'seconds': round(seconds, 1), 'tests': list(tests),
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
 
@@ -663,6 +665,13 @@ def score(results: dict[str, dict]) -> tuple[int, int, int]:
   return statuses.count('killed'), statuses.count('survived'), statuses.count('timeout')
 
 
+def _result_word(record: dict) -> str:
+  earlier = record.get('earlier')
+  if record['status'] == 'killed' and earlier and earlier['status'] == 'survived':
+    return 'killed by a new test (survived its module\'s tests)'
+  return record['status']
+
+
 def markdown_table(results: dict[str, dict]) -> str:
   lines = ['| mutant | where | bug | result | first failing test |',
            '|---|---|---|---|---|']
@@ -672,7 +681,7 @@ def markdown_table(results: dict[str, dict]) -> str:
       continue
     killer = r['killed_by'].replace('|', '\\|') if r['status'] == 'killed' else ''
     lines.append(f"| `{m.name}` | `{m.path}:{r['line']}` | {m.description} | "
-                 f"{r['status']} | {killer} |")
+                 f"{_result_word(r)} | {killer} |")
   return '\n'.join(lines)
 
 
@@ -733,6 +742,9 @@ def parse_args(argv=None):
                       help='report from this log instead of running')
   parser.add_argument('--skip-done', action='store_true',
                       help='with --log: skip mutants already in the log')
+  parser.add_argument('--tests', default='',
+                      help='comma-separated test files to run instead of the module\'s '
+                      '(e.g. to rerun survivors against the tests written for them alone)')
   parser.add_argument('--timeout', type=float, default=300.0,
                       help='seconds per mutant run')
   parser.add_argument('--workdir', type=pathlib.Path, default=None,
@@ -786,9 +798,12 @@ def main(argv=None) -> dict[str, dict]:
       if args.baseline:
         baseline(copy, selected, env)
       for i, m in enumerate(selected):
-        if m.name in done:
+        if m.name in done and not args.tests:
           continue
-        record = run_mutant(m, copy, args.timeout, env)
+        record = run_mutant(m, copy, args.timeout, env,
+                            tuple(args.tests.split(',')) if args.tests else None)
+        if args.tests and m.name in done:
+          record['earlier'] = done[m.name]
         results[m.name] = record
         print(f"[{i + 1}/{len(selected)}] {record['status']:8} {m.name:34} "
               f"{record['seconds']:6.1f}s {record['killed_by']}", flush=True)

@@ -348,7 +348,7 @@ cache entries.
 
 | check | result | limit |
 |---|---|---|
-| largest relative loss drift, bf16 step vs float32 recomputation | {result['max_drift']:.2e} (step {result['max_drift_step']:,}) | {result['tolerance']:.0e} |
+| largest relative loss drift, bf16 step vs float32 recomputation | {result['max_drift']:.2e} (step {result['max_drift_step']:,}) | {result['tolerance']:.2e} |
 | median drift, first / last quarter of the checks | {result['median_drift_first_quarter']:.2e} / {result['median_drift_last_quarter']:.2e} ({'grows' if grows else 'does not grow'}) | |
 | drift trend (least squares) | {result['drift_slope_per_1k']:+.2e} per 1,000 steps | |
 | resident memory: first check / mid-run / last | {result['rss_first_mib']:.1f} / {result['rss_mid_mib']:.1f} / {result['rss_last_mib']:.1f} MiB | |
