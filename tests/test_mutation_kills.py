@@ -3,6 +3,7 @@
 import pathlib
 import sys
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ from kdjax import loop
 from kdjax import losses
 from kdjax import metrics as metrics_lib
 from kdjax import objective as objective_lib
+from kdjax import parallel
 from kdjax import step as step_lib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'))
@@ -150,3 +152,92 @@ def test_damaged_copies_of_the_same_step_are_all_kept_apart(tmp_path):
   corrupt = tmp_path / checkpoint.CORRUPT_DIR
   assert sorted(p.name for p in corrupt.iterdir()) == ['5', '5.1', '5.2']
   assert [(corrupt / n / 'life').read_text() for n in ('5', '5.1', '5.2')] == ['0', '1', '2']
+
+
+def test_term_losses_under_a_device_axis_are_the_global_sums_and_counts():
+  """Kills objective-term-losses-local: each device must get the global (sum, count)."""
+  rng = np.random.default_rng(1)
+  student = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+  teacher = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+  mask = jnp.array([1, 1, 1, 0, 1, 0, 0, 0], jnp.float32)  # uneven padding per device
+  objective = objective_lib.Objective(
+      {'kd': objective_lib.distill(losses.kl_divergence, temperature=2.0)})
+  expected, _ = objective.term_losses(Outputs(logits=student), Outputs(logits=teacher),
+                                      {'mask': mask})
+
+  def per_device(s, t, m):
+    pairs, _ = objective.term_losses(Outputs(logits=s), Outputs(logits=t), {'mask': m},
+                                     axis_name='devices')
+    return pairs
+
+  pairs = jax.pmap(per_device, axis_name='devices', devices=jax.devices()[:2])(
+      student.reshape(2, 4, 5), teacher.reshape(2, 4, 5), mask.reshape(2, 4))
+  total, count = pairs['loss/kd']
+  np.testing.assert_allclose(total, [expected['loss/kd'][0]] * 2, rtol=1e-5)
+  np.testing.assert_array_equal(count, [4.0, 4.0])
+
+
+class _BatchNormNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train):
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.5)(nn.Dense(3)(x))
+    return nn.Dense(2)(nn.relu(h))
+
+
+def test_pmap_step_averages_batchnorm_statistics_over_devices():
+  """Kills step-no-pmean-model-state: the running mean must be the global batch's."""
+  student = _BatchNormNet()
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(8, 4)) + np.arange(8)[:, None],
+                  jnp.float32)  # the devices' halves have different means
+  batch = {'x': x, 'label': jnp.arange(8) % 2}
+  variables = student.init(jax.random.PRNGKey(0), x[:1], train=False)
+  objective = objective_lib.Objective({'ce': objective_lib.supervised()})
+  optimizer = optax.sgd(0.1)
+  apply = adapters.from_linen(student)
+  state = step_lib.init_train_state(variables, optimizer)
+  one_device, _ = jax.jit(step_lib.make_train_step(apply, None, objective, optimizer))(
+      state, None, batch)
+  devices = jax.devices()[:2]
+  pmap_step = parallel.make_pmap_train_step(apply, None, objective, optimizer, devices=devices,
+                                            donate_state=False)
+  replicated, _ = pmap_step(parallel.replicate(state, devices), parallel.replicate(None, devices),
+                            parallel.split_batch(batch, devices))
+  stats = replicated.model_state['batch_stats']['BatchNorm_0']
+  np.testing.assert_array_equal(stats['mean'][0], stats['mean'][1])
+  np.testing.assert_array_equal(stats['var'][0], stats['var'][1])
+  np.testing.assert_allclose(stats['mean'][0],
+                             one_device.model_state['batch_stats']['BatchNorm_0']['mean'],
+                             rtol=1e-5, atol=1e-6)
+
+
+class _NoiseRecorder(nn.Module):
+  """Stores a Bernoulli draw of its dropout key in the 'noise' collection."""
+
+  @nn.compact
+  def __call__(self, x, train):
+    draw = self.variable('noise', 'draw', jnp.zeros, (64,))
+    if train:
+      draw.value = jax.random.bernoulli(self.make_rng('dropout'), 0.5, (64,)).astype(jnp.float32)
+    return nn.Dense(2)(x)
+
+
+def test_pmap_devices_draw_their_own_dropout_noise():
+  """Kills step-device-rng: each device must fold its index into its keys.
+
+  The step averages the model state over devices, so the stored draw is the
+  mean of the devices' draws: with distinct keys some entries are 0.5.
+  """
+  module = _NoiseRecorder()
+  x = jnp.ones((4, 3))
+  variables = module.init({'params': jax.random.PRNGKey(0)}, x, train=False)
+  objective = objective_lib.Objective({'ce': objective_lib.supervised()})
+  optimizer = optax.sgd(0.1)
+  devices = jax.devices()[:2]
+  step = parallel.make_pmap_train_step(adapters.from_linen(module), None, objective, optimizer,
+                                       devices=devices)
+  state = parallel.replicate(step_lib.init_train_state(variables, optimizer, rng=0), devices)
+  state, _ = step(state, parallel.replicate(None, devices),
+                  parallel.split_batch({'x': x, 'label': jnp.zeros((4,), jnp.int32)}, devices))
+  draw = np.asarray(state.model_state['noise']['draw'][0])
+  assert np.any(draw == 0.5), draw
