@@ -241,3 +241,24 @@ def test_pmap_devices_draw_their_own_dropout_noise():
                   parallel.split_batch({'x': x, 'label': jnp.zeros((4,), jnp.int32)}, devices))
   draw = np.asarray(state.model_state['noise']['draw'][0])
   assert np.any(draw == 0.5), draw
+
+
+def test_grad_norm_is_the_norm_of_the_loss_gradient():
+  """Kills grad-norm-of-updates: with adam the update's norm is not the gradient's."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+  labels = jnp.arange(6) % 3
+  w = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+  objective = objective_lib.Objective({'ce': objective_lib.supervised()})
+  optimizer = optax.adam(0.1)
+  linear = adapters.from_function(lambda params, inputs: inputs @ params['w'])
+  step = jax.jit(step_lib.make_train_step(linear, None, objective, optimizer, grad_norm=True))
+  state = step_lib.init_train_state({'params': {'w': w}}, optimizer)
+  _, metrics = step(state, None, {'x': x, 'label': labels})
+
+  def mean_cross_entropy(w):
+    log_probs = jax.nn.log_softmax(x @ w)
+    return -jnp.mean(log_probs[jnp.arange(6), labels])
+
+  expected = float(jnp.linalg.norm(jax.grad(mean_cross_entropy)(w)))
+  assert metrics_lib.compute(metrics)['optim/grad_norm'] == pytest.approx(expected, rel=1e-5)
