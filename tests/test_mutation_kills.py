@@ -1,5 +1,6 @@
 """The mutant list of benchmarks/mutation.py stays valid; tests that kill its survivors."""
 
+import json
 import pathlib
 import sys
 
@@ -12,7 +13,10 @@ import pytest
 
 from kdjax import Outputs
 from kdjax import adapters
+from kdjax import cache
 from kdjax import checkpoint
+from kdjax import data
+from kdjax import generate
 from kdjax import loop
 from kdjax import losses
 from kdjax import metrics as metrics_lib
@@ -262,3 +266,54 @@ def test_grad_norm_is_the_norm_of_the_loss_gradient():
 
   expected = float(jnp.linalg.norm(jax.grad(mean_cross_entropy)(w)))
   assert metrics_lib.compute(metrics)['optim/grad_norm'] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.6, 2.0])
+def test_gnmt_length_penalty_is_the_formula_of_wu_et_al(alpha):
+  """Kills gnmt-penalty: the GNMT length penalty is ``((5 + |Y|) / 6) ** alpha``.
+
+  Wu et al. 2016, "Google's Neural Machine Translation System",
+  https://arxiv.org/abs/1609.08144, section 7.
+  """
+  lengths = np.arange(1, 9)
+  expected = ((5.0 + lengths) / 6.0) ** alpha
+  penalty = generate.BeamSearch(width=2, alpha=alpha, length_penalty='gnmt').penalty(lengths)
+  np.testing.assert_allclose(penalty, expected, rtol=1e-6)
+
+
+def _table_teacher(variables, batch, *, train, rngs=None):
+  del train, rngs
+  return Outputs(logits=variables['table'][batch['tokens']]), {}
+
+
+def test_an_unreadable_record_names_its_own_shard_file(tmp_path):
+  """Kills cache-shard-path: example 4 of 3-example shards lives in the second file."""
+  rng = np.random.default_rng(0)
+  variables = {'table': rng.standard_normal((12, 12)).astype(np.float32)}
+  arrays = {'tokens': rng.integers(0, 12, (6, 3)).astype(np.int32),
+            'mask': np.ones((6, 3), np.int32)}
+  directory = tmp_path / 'cache'
+  cache.write_cache(directory, _table_teacher, variables, arrays, k=4, batch_size=6,
+                    examples_per_shard=3)
+  spec_path = directory / 'cache_spec.json'
+  spec = json.loads(spec_path.read_text())
+  spec['k'] = 8  # every record now has the wrong size
+  spec_path.write_text(json.dumps(spec))
+  teacher_cache = cache.TeacherCache(directory)
+  with pytest.raises(ValueError, match='teacher_cache-00001-of-00002.*example 4 '):
+    teacher_cache[4]  # pylint: disable=pointless-statement
+  with pytest.raises(ValueError, match='teacher_cache-00000-of-00002.*example 2 '):
+    teacher_cache[2]  # pylint: disable=pointless-statement
+
+
+def test_uint8_images_are_scaled_by_one_over_255():
+  """Kills data-image-scale: 0..255 maps onto [0, 1], 255 to exactly 1."""
+  levels = np.array([0, 1, 128, 255], np.uint8)
+  source = [{'image': np.full((2, 2, 1), v, np.uint8), 'label': np.int64(i)}
+            for i, v in enumerate(levels)]
+  loader = data.make_loader(source, batch_size=4, seed=0, num_epochs=1, shuffle=False)
+  batch = next(loader)
+  assert batch['image'].dtype == np.float32
+  expected = (levels.astype(np.float32) / np.float32(255.0))[:, None, None, None]
+  np.testing.assert_array_equal(batch['image'], np.broadcast_to(expected, (4, 2, 2, 1)))
+  assert batch['image'].max() == 1.0
