@@ -679,9 +679,16 @@ def score(results: dict[str, dict]) -> tuple[int, int, int]:
   return statuses.count('killed'), statuses.count('survived'), statuses.count('timeout')
 
 
-def _result_word(record: dict) -> str:
+def _by_new_test(record: dict) -> bool:
+  """Killed only by a test of tests/test_mutation_kills.py (it ran last)."""
   earlier = record.get('earlier')
-  if record['status'] == 'killed' and earlier and earlier['status'] == 'survived':
+  return record['status'] == 'killed' and (
+      record['killed_by'].startswith(KILLS)
+      or bool(earlier and earlier['status'] == 'survived'))
+
+
+def _result_word(record: dict) -> str:
+  if _by_new_test(record):
     return 'killed by a new test (survived its module\'s tests)'
   return record['status']
 
@@ -707,6 +714,7 @@ def docs_section(results: dict[str, dict], equivalent: dict[str, str], load: str
   survivor_lines = '\n'.join(
       f"* `{name}`: {equivalent.get(name, 'NOT EXPLAINED: needs a test or an argument')}"
       for name in survivors) or '* none'
+  new = sum(_by_new_test(r) for r in results.values())
   dates = sorted(r['date'] for r in results.values())
   cpu = sum(r['seconds'] for r in results.values())
   return f"""{SECTION}
@@ -732,6 +740,10 @@ exactly once in the current sources.
   test time in all; machine load average at writing {load}
 * Score: **{killed} killed, {timeout} timed out, {survived} survived of {total}:
   {caught / max(total, 1):.1%} caught** (goal {GOAL:.0%}; a timeout counts as caught)
+* Of the killed, {new} were killed only by the tests written for them
+  (`tests/test_mutation_kills.py`, run last in every mutant's list): the
+  suite before them caught {killed - new + timeout} of {total}
+  ({(killed - new + timeout) / max(total, 1):.1%}).
 
 Survivors:
 
