@@ -342,7 +342,7 @@ same parameters, batch and step), resident memory is sampled
 cache entries.
 
 * Command: `nice -n 19 {command_line(argv)}`
-* Date: {date}; {result['seconds']:.0f} s
+* Date: {date}; {result['seconds']:.0f} s (not a speed figure: the machine is shared)
 * JAX {jax.__version__}, backend {jax.default_backend()}
 * Machine: {machine()} (at the end; {load_before} at the start)
 
