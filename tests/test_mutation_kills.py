@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 import sys
 
 from flax import linen as nn
@@ -317,3 +318,21 @@ def test_uint8_images_are_scaled_by_one_over_255():
   expected = (levels.astype(np.float32) / np.float32(255.0))[:, None, None, None]
   np.testing.assert_array_equal(batch['image'], np.broadcast_to(expected, (4, 2, 2, 1)))
   assert batch['image'].max() == 1.0
+
+
+def test_make_manager_removes_a_half_written_checkpoint(tmp_path):
+  """Kills checkpoint-no-cleanup: a leftover ``<step>.orbax-checkpoint-tmp-*`` is removed."""
+  optimizer = optax.sgd(0.1)
+  state = step_lib.init_train_state({'params': {'w': jnp.ones(3)}}, optimizer)
+  manager = checkpoint.make_manager(tmp_path)
+  checkpoint.save(manager, state, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  # What a process killed while writing step 1 leaves: a full copy under the temporary name.
+  shutil.copytree(tmp_path / '0', tmp_path / '1.orbax-checkpoint-tmp-1234567')
+  manager = checkpoint.make_manager(tmp_path)
+  try:
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['0']
+    assert manager.all_steps() == [0]
+  finally:
+    manager.close()
