@@ -680,3 +680,89 @@ def test_soft_cross_entropy_with_shared_minus_inf_logits_is_finite():
   log_q = np.array([1.0, 2.0]) - np.log(np.exp([1.0, 2.0]).sum())
   np.testing.assert_allclose(values, [-(p * log_q).sum(), 0.0], rtol=1e-6)
   _assert_finite('soft_cross_entropy', _student_grad(losses.soft_cross_entropy)(student, teacher))
+
+
+# ----------------------------------------------------------------------------
+# Regression losses (speech models, sentence embeddings): per-position values.
+
+# name -> (fn(prediction, target, mask) with the loss's own mask name, the
+# prediction's shape, NumPy reference of one position's value).
+_REGRESSION_LOSSES = {
+    'mel_loss_l1': (lambda p, t, m: losses.mel_loss(p, t, frame_mask=m, kind='l1'),
+                    (2, 3, 4), lambda p, t: np.abs(p - t).mean(-1)),
+    'mel_loss_l2': (lambda p, t, m: losses.mel_loss(p, t, frame_mask=m, kind='l2'),
+                    (2, 3, 4), lambda p, t: np.square(p - t).mean(-1)),
+    'variance_loss': (lambda p, t, m: losses.variance_loss(p, t, token_mask=m),
+                      (2, 3), lambda p, t: np.square(p - t)),
+    'sentence_embedding_mse': (lambda p, t, m: losses.sentence_embedding_mse(p, t),
+                               (2, 4), lambda p, t: np.square(p - t).mean(-1)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_REGRESSION_LOSSES))
+def test_regression_losses(name):
+  fn, shape, reference = _REGRESSION_LOSSES[name]
+  mask_shape = shape[:2] if len(shape) == 3 else shape[:1] if name.startswith('sentence') else shape
+
+  @hypothesis.given(_values((2,) + shape, low=-50.0, high=50.0, special=(1e3, -1e3, 0.0)),
+                    _row_masks(mask_shape), DRAWN_DTYPES)
+  def check(pair, mask, dtype):
+    p, t = _cast(pair[0], dtype), _cast(pair[1], dtype)
+    mask = None if name.startswith('sentence') else mask
+    values = fn(p, t, mask)
+    _assert_finite(name, values, _student_grad(lambda a, b, m: fn(a, b, m))(p, t, mask))
+    expected = reference(np.asarray(p, np.float64), np.asarray(t, np.float64))
+    if mask is not None:
+      expected = np.where(mask, expected, 0.0)
+    tol = 1e-5 if dtype == np.float32 else 1e-2
+    _assert_close(name, values, expected, tol)
+    assert (np.asarray(values) >= 0).all()
+    np.testing.assert_array_equal(fn(t, t, mask), 0.0)
+
+  check()
+
+
+def test_duration_and_stop_token_losses():
+  @hypothesis.given(_values((2, 3), low=-5.0, high=5.0, special=(1e3, -1e3, 0.0)),
+                    hnp.arrays(np.int32, (2, 3), elements=st.integers(0, 40)),
+                    hnp.arrays(np.float32, (2, 3), elements=st.sampled_from((0.0, 1.0))),
+                    _row_masks((2, 3)), st.sampled_from((1.0, 5.0)))
+  def check(prediction, durations, targets, mask, weight):
+    values = losses.duration_loss(prediction, durations, phoneme_mask=mask)
+    expected = np.where(mask, np.square(prediction.astype(np.float64) - np.log1p(durations)), 0)
+    _assert_close('duration_loss', values, expected, 1e-5)
+    np.testing.assert_array_equal(
+        losses.duration_loss(np.log1p(durations).astype(np.float32), durations,
+                             phoneme_mask=mask) < 1e-10, True)
+    # Binary cross entropy from logits as large as 1e3: finite, >= 0, and
+    # the stable NumPy form -w y log s(z) - (1 - y) log(1 - s(z)).
+    stop = losses.stop_token_loss(prediction, targets, frame_mask=mask, positive_weight=weight)
+    z = prediction.astype(np.float64)
+    expected = np.where(mask, weight * targets * np.logaddexp(0, -z)
+                        + (1 - targets) * np.logaddexp(0, z), 0)
+    _assert_close('stop_token_loss', stop, expected, 1e-5)
+    grads = jax.grad(lambda z: jnp.sum(losses.stop_token_loss(
+        z, targets, frame_mask=mask, positive_weight=weight)))(prediction)
+    _assert_finite('stop_token_loss', stop, grads)
+
+  check()
+
+
+def test_guided_attention_loss():
+  @hypothesis.given(_values((2, 1, 3, 4), low=-5.0, high=5.0, special=(20.0, -20.0, 0.0)),
+                    _row_masks((2, 4)), _row_masks((2, 3)))
+  def check(scores, phoneme_mask, frame_mask):
+    attention = jax.nn.softmax(jnp.where(phoneme_mask[:, None, None], scores, -jnp.inf), -1)
+    attention = jnp.nan_to_num(attention)  # rows with no phoneme: all zeros
+    values = losses.guided_attention_loss(attention, phoneme_mask=phoneme_mask,
+                                          frame_mask=frame_mask)
+    grads = jax.grad(lambda a: jnp.sum(losses.guided_attention_loss(
+        a, phoneme_mask=phoneme_mask, frame_mask=frame_mask)))(attention)
+    _assert_finite('guided_attention_loss', values, grads)
+    # Attention weights in [0, 1] that sum to at most 1 over the phonemes:
+    # the penalty is in [0, 1], and 0 on padded frames.
+    assert values.shape == (2, 3)
+    assert (np.asarray(values) >= 0).all() and (np.asarray(values) <= 1 + 1e-6).all()
+    np.testing.assert_array_equal(np.asarray(values)[~frame_mask], 0.0)
+
+  check()
