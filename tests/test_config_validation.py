@@ -7,17 +7,25 @@ import pytest
 
 from experiments.configs import cifar_kd as cifar_kd_configs
 from experiments.configs import hinton as hinton_configs
+from experiments.configs import hinton_large as hinton_large_configs
+from experiments.configs import lm_distill as lm_distill_configs
 from experiments.configs import lm_kd as lm_kd_configs
+from experiments.configs import multilingual as multilingual_configs
 from experiments.configs import seqkd as seqkd_configs
 from kdjax import config as config_lib
 
 CONFIGS = {'hinton': hinton_configs, 'lm_kd': lm_kd_configs, 'seqkd': seqkd_configs,
-           'cifar_kd': cifar_kd_configs}
+           'cifar_kd': cifar_kd_configs, 'hinton_large': hinton_large_configs,
+           'lm_distill': lm_distill_configs, 'multilingual': multilingual_configs}
 
 
 def _scales(name):
   if name == 'cifar_kd':
     return ['cpu', 'full'] + [f'full_{t}_{s}' for t, s in cifar_kd_configs.FULL_PAIRS]
+  if name == 'hinton_large':
+    return ['cpu']
+  if name == 'lm_distill':
+    return ['smoke', 'cpu', 'full']
   return ['cpu', 'full']
 
 
