@@ -628,6 +628,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
               f"{validation['duration_mae']:.2f} frames, {validation['within_one']:.0%} within "
               f"one frame, head {validation['head']}", flush=True)
   chosen = min(candidates, key=lambda c: c['validation']['duration_mae'])
+  if config.alignment.only:
+    results = {'config': config.to_dict(), 'data': data_info,
+               'candidates': [{k: v for k, v in c.items() if not k.startswith('_')}
+                              for c in candidates],
+               'wall_seconds': time.time() - start}
+    return _common.write_results(results, workdir, config,
+                                 command or _common.command(MODULE, None))
   teacher, teacher_variables = chosen['_teacher'], chosen['_variables']
   head = chosen['validation']['head']
   usable = chosen['validation']['within_one'] >= config.alignment.usable_within_one
@@ -792,10 +799,30 @@ def format_table(results: Mapping[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def format_alignment(results: Mapping[str, Any]) -> str:
+  """The teacher candidates' validation alignment (``alignment.only`` runs)."""
+  rows = []
+  for c in results['candidates']:
+    v = c['validation']
+    best = v['best_head_by_error']
+    rows.append([str(c['r']), f"{c['guided_weight']:g}", str(c['steps']), f"{c['seconds']:.0f}",
+                 f"{v['mel_l1_forced']:.3f}", f"{max(map(max, v['focus_rate'])):.3f}",
+                 str(v['head']), f"{v['duration_mae']:.2f}", f"{v['within_one']:.0%}",
+                 f"{v['per_example_head']['mae']:.2f}",
+                 f"{best['head']}: {best['mae']:.2f}"])
+  return '\n'.join(_common.markdown_table(
+      ['r', 'guided weight', 'steps', 'seconds', 'forced mel L1', 'best focus rate',
+       'head (focus)', 'duration MAE', 'within ±1', 'MAE (per-example head)',
+       'head of least MAE'], rows))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   config, workdir = config_lib.parse_args(argv, description=__doc__,
                                           schema=fs2_configs.schema())
   results = run(config, workdir, _common.command(MODULE, argv))
+  if config.alignment.only:
+    print(format_alignment(results))
+    return
   print(describe(results))
   print()
   print(format_table(results))

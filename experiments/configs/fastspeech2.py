@@ -82,11 +82,14 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   # validation split (teacher forced on the true mels) are within one frame
   # of the true ones for at least this share of phonemes.
   c.alignment.usable_within_one = 0.5
+  # Train and measure the teacher candidates only (the alignment
+  # investigation), no generation, no students.
+  c.alignment.only = False
 
   c.student = ml_collections.ConfigDict({
-      'hidden': 128, 'num_heads': 2, 'encoder_layers': 2, 'decoder_layers': 2,
-      'conv_filter': 256, 'predictor_filter': 128, 'num_bins': 64,
-      **_recipe(30, 16, 1e-3, 200, 0.2)})
+      'hidden': 64, 'num_heads': 2, 'encoder_layers': 2, 'decoder_layers': 2,
+      'conv_filter': 256, 'predictor_filter': 64, 'num_bins': 64,
+      **_recipe(15, 16, 1e-3, 200, 0.2)})
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 32
@@ -101,8 +104,8 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
     c.progress = False
     c.data.source = 'sample'
     c.data.chunk_files = 'tests/data/speech_sample.npz'
-    c.data.max_phonemes = 128
-    c.data.max_frames = 900
+    c.data.max_phonemes = 48
+    c.data.max_frames = 400
     c.data.max_val = 0
     c.data.max_test = 0
     c.data.val_fraction = 0.3
