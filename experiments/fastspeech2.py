@@ -569,7 +569,7 @@ def write_samples(outputs: Mapping[str, np.ndarray], arrays, config, directory: 
 
 def spectrogram_figure(outputs: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str) -> str:
   """The first utterance's spectrogram per model, one row each (matplotlib, Agg)."""
-  import matplotlib  # pylint: disable=import-outside-toplevel  (optional dependency)
+  import matplotlib  # pylint: disable=import-outside-toplevel  (as experiments/hinton.py: the backend is set before pyplot loads)
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   names = list(outputs)
@@ -796,6 +796,13 @@ def format_table(results: Mapping[str, Any]) -> str:
       number = f"{c['speedup']:.2f}x"
     claim_rows.append([c['claim'], number, c['verdict']])
   lines += _common.markdown_table(['claim', 'measured', 'verdict'], claim_rows)
+  publish = results['config']['eval']['publish_dir']
+  if publish and results.get('samples'):
+    where = os.path.relpath(publish, 'docs')
+    wavs = [f'[{name}]({where}/{name})' for name in results['samples'] if name.endswith('.wav')]
+    lines += ['', 'Griffin-Lim samples (test utterances; ground truth, teacher, (a), (b), '
+              '(c), first seed): ' + ', '.join(wavs), '',
+              f'![spectrograms: ground truth, teacher, (a), (b), (c)]({where}/spectrograms.png)']
   return '\n'.join(lines)
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 
 from experiments import cifar_kd
+from experiments import fastspeech2
 from experiments import hinton
 from experiments import hinton_sweep
 from experiments import lm_kd
@@ -68,6 +69,12 @@ EXPERIMENTS = (
         'Kim & Rush (2016): word-level, sequence-level and interpolated KD for translation (cpu scale)',
         'make seqkd-demo',
         lambda r: seqkd.describe(r) + '\n\n' + seqkd.format_table(r),
+    ),
+    (
+        'fastspeech2_cpu',
+        'FastSpeech (2019) vs FastSpeech 2 (2021) on MBROLA speech (cpu scale)',
+        'make tts-demo',
+        lambda r: fastspeech2.describe(r) + '\n\n' + fastspeech2.format_table(r),
     ),
 )
 NAMES = tuple(name for name, *_ in EXPERIMENTS)

@@ -15,13 +15,16 @@ energy are known frame for frame.
   decoder step) and guided attention (weight decayed to 0 over
   ``alignment.guided_decay_steps``), the (r, weight) candidates chosen on
   validation by the teacher's duration error against the true durations;
-  2+2-layer, 128-wide FastSpeech students, 3 seeds per variant.
-  Sizing (measured by ``python -m experiments.fastspeech2 --size``, see
-  docs/speech.md "The FastSpeech 2 experiment"): TEACHER_STEP_S per teacher
-  step (batch 16, 400 frames, r = 3) and STUDENT_STEP_S per student step
-  (batch 16) on the shared 2-core machine; with the steps below the run is
-  about ESTIMATE of CPU (two teacher candidates, generation of the
-  training split, 9 student runs). Command::
+  2+2-layer, 64-wide FastSpeech students (15 epochs), 3 seeds per variant.
+  Sizing (``python -m benchmarks.fastspeech2_sizing``, 2026-12-06, the
+  shared 2-core machine at load average 7.0 -> 5.8, so an estimate for
+  scheduling): 1.26 s per teacher step (batch 16, 400 frames, r = 3; 2,430
+  steps per candidate), 0.96 s per student step (1.08 s with the variance
+  adaptor; 1,215 steps per run), 0.9 s per generation batch of 32: about
+  1.7 h for the two teacher candidates and the generation and 3.1 h for
+  the 9 student runs, **about 4.8 h** at that load, compilation and
+  evaluation excluded (roughly a third of it on 2 idle cores, not
+  measured). Not a run for the shared machine. Command::
 
       python -m experiments.fastspeech2 --config=experiments/configs/fastspeech2.py:cpu \\
           --workdir=runs/fastspeech2_cpu
