@@ -212,6 +212,19 @@ def duration_errors(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> dic
   return {'mae': float(err.mean()), 'within_one': float((err <= 1).mean())}
 
 
+def uniform_durations(num_frames: np.ndarray, phoneme_mask: np.ndarray) -> np.ndarray:
+  """The no-information alignment: each row's frames spread evenly over its phonemes.
+
+  Phoneme ``i`` of ``P`` real ones gets ``floor((i + 1) T / P) - floor(i T / P)``
+  frames, so the durations sum to ``T``. The error of a teacher's durations
+  is read against this one's.
+  """
+  count = phoneme_mask.sum(1, keepdims=True).astype(np.int64)
+  edges = (np.arange(phoneme_mask.shape[1] + 1)[None] * np.asarray(num_frames)[:, None]
+           // np.maximum(count, 1))
+  return np.where(phoneme_mask, np.diff(edges, axis=1), 0).astype(np.int32)
+
+
 def overlap_mask(pred_mask: np.ndarray, true_mask: np.ndarray) -> np.ndarray:
   return pred_mask.astype(bool) & true_mask.astype(bool)
 
@@ -315,6 +328,8 @@ class Teacher:
         'duration_mae': errors[head]['mae'], 'within_one': errors[head]['within_one'],
         'per_example_head': duration_errors(np.asarray(per_example), arrays['durations'], mask),
         'best_head_by_error': {'head': list(oracle), **errors[oracle]},
+        'uniform_baseline': duration_errors(uniform_durations(lengths, mask),
+                                            arrays['durations'], mask),
         'mel_l1_forced': float(sum(l1) / arrays['frame_mask'].sum()),
     }
 
@@ -816,11 +831,12 @@ def format_alignment(results: Mapping[str, Any]) -> str:
                  f"{v['mel_l1_forced']:.3f}", f"{max(map(max, v['focus_rate'])):.3f}",
                  str(v['head']), f"{v['duration_mae']:.2f}", f"{v['within_one']:.0%}",
                  f"{v['per_example_head']['mae']:.2f}",
-                 f"{best['head']}: {best['mae']:.2f}"])
+                 f"{best['head']}: {best['mae']:.2f}",
+                 f"{v['uniform_baseline']['mae']:.2f} / {v['uniform_baseline']['within_one']:.0%}"])
   return '\n'.join(_common.markdown_table(
       ['r', 'guided weight', 'steps', 'seconds', 'forced mel L1', 'best focus rate',
        'head (focus)', 'duration MAE', 'within ±1', 'MAE (per-example head)',
-       'head of least MAE'], rows))
+       'head of least MAE', 'uniform durations: MAE / within ±1'], rows))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,6 +40,12 @@ def test_durations_of_repeated_group_attention_sum_to_the_frames():
   np.testing.assert_array_equal(durations, [[6, 6, 5]])
 
 
+def test_uniform_durations_sum_to_the_frames():
+  mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+  durations = fs2.uniform_durations(np.array([10, 8]), mask)
+  np.testing.assert_array_equal(durations, [[3, 3, 4, 0], [2, 2, 2, 2]])
+
+
 def _dct_matrix(m):
   k, n = np.meshgrid(np.arange(m), np.arange(m), indexing='ij')
   c = np.sqrt(2.0 / m) * np.cos(np.pi * k * (n + 0.5) / m)
@@ -110,6 +116,7 @@ def test_smoke_run_one_step_per_variant(tmp_path):
   assert 'pitch_rmse_hz' in results['per_seed'][0]['fastspeech2']
   validation = results['teacher']['validation']
   assert 0 <= validation['within_one'] <= 1 and validation['duration_mae'] >= 0
+  assert validation['uniform_baseline']['mae'] >= 0
   # The five utterances' teacher cannot align after one step: the claims that
   # need it say so instead of a verdict.
   assert not results['teacher']['alignment_usable']
