@@ -28,6 +28,7 @@ import subprocess
 import sys
 
 from experiments import cifar_kd
+from experiments import fastspeech2
 from experiments import hinton
 from experiments import hinton_large
 from experiments import hinton_sweep
@@ -91,6 +92,12 @@ EXPERIMENTS = (
         'Reimers & Gurevych (2020): multilingual sentence embeddings by distillation (cpu scale)',
         'make multilingual-demo',
         lambda r: multilingual.describe(r) + '\n\n' + multilingual.format_table(r),
+    ),
+    (
+        'fastspeech2_cpu',
+        'FastSpeech (2019) vs FastSpeech 2 (2021) on MBROLA speech (cpu scale)',
+        'make tts-demo',
+        lambda r: fastspeech2.describe(r) + '\n\n' + fastspeech2.format_table(r),
     ),
 )
 NAMES = tuple(name for name, *_ in EXPERIMENTS)

@@ -1,0 +1,194 @@
+"""FastSpeech (Ren et al., 2019) vs FastSpeech 2 (Ren et al., 2021) on MBROLA speech.
+
+Configs for ``experiments/fastspeech2.py``. The data are English sentences
+of the machine's prose synthesised by espeak-ng through the MBROLA us1/us2
+voices with randomised prosody (``kdjax.data.SpeechFeatures``, built on
+first use into ``data.data_dir`` with ``apt-get download``, no other
+network; see docs/data.md), so the true phoneme durations, pitch and
+energy are known frame for frame.
+
+* ``smoke``: the shipped five utterances (``tests/data/speech_sample.npz``),
+  tiny models, one step per model: what the CI test runs.
+* ``cpu`` (what ``make tts-demo`` runs): a 2,000-utterance build;
+  utterances of at most 400 frames (4 s) and 64 phonemes; a 2+2-layer,
+  128-wide Transformer TTS teacher with reduction factor r (frames per
+  decoder step) and guided attention (weight decayed to 0 over
+  ``alignment.guided_decay_steps``), the (r, weight) candidates chosen on
+  validation by the teacher's duration error against the true durations;
+  2+2-layer, 64-wide FastSpeech students (15 epochs), 3 seeds per variant.
+  Sizing (``python -m benchmarks.fastspeech2_sizing``, 2026-12-06, the
+  shared 2-core machine at load average 7.0 -> 5.8, so an estimate for
+  scheduling): 1.26 s per teacher step (batch 16, 400 frames, r = 3; 2,430
+  steps per candidate), 0.96 s per student step (1.08 s with the variance
+  adaptor; 1,215 steps per run), 0.9 s per generation batch of 32: about
+  1.7 h for the two teacher candidates and the generation and 3.1 h for
+  the 9 student runs, **about 4.8 h** at that load, compilation and
+  evaluation excluded (roughly a third of it on 2 idle cores, not
+  measured). Not a run for the shared machine. Command::
+
+      python -m experiments.fastspeech2 --config=experiments/configs/fastspeech2.py:cpu \\
+          --workdir=runs/fastspeech2_cpu
+
+* ``full``: for a user with an accelerator: the same data at the paper's
+  model sizes (a 6+6-layer, 512-wide teacher, r = 1 and 2; 4+4-layer,
+  256-wide students), 10 s utterances.
+"""
+
+import ml_collections
+
+from kdjax import config as config_lib
+
+VARIANTS = ('gt', 'distilled', 'fastspeech2')
+
+
+def _recipe(epochs, batch_size, learning_rate, warmup_steps, dropout):
+  return {'epochs': epochs, 'batch_size': batch_size, 'learning_rate': learning_rate,
+          'warmup_steps': warmup_steps, 'weight_decay': 0.0, 'dropout': dropout}
+
+
+def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.scale = scale
+  c.seeds = (0, 1, 2)
+  c.teacher_seed = 0
+  c.progress = True
+  # gt: (a) ground truth, no pitch/energy; distilled: (b) FastSpeech 1, the
+  # teacher's mels and durations; fastspeech2: (c) ground truth + variances.
+  c.variants = VARIANTS
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'mbrola'  # or 'sample': the chunk files of data.chunk_files
+  c.data.chunk_files = ''  # comma-separated chunk .npz files ('sample')
+  c.data.data_dir = 'runs/data'
+  c.data.num = 2000
+  c.data.val_fraction = 0.05
+  c.data.test_fraction = 0.05
+  c.data.max_phonemes = 64
+  c.data.max_frames = 400
+  c.data.max_train = 0  # 0 = every utterance that fits
+  c.data.max_val = 64
+  c.data.max_test = 64
+  c.data.subset_seed = 0
+
+  c.teacher = ml_collections.ConfigDict({
+      'hidden': 128, 'num_heads': 4, 'encoder_layers': 2, 'decoder_layers': 2, 'mlp_dim': 512,
+      'prenet_dim': 128, 'postnet_layers': 3, 'postnet_channels': 128,
+      'stop_positive_weight': 5.0, **_recipe(30, 16, 1e-3, 200, 0.1)})
+  c.alignment = ml_collections.ConfigDict()
+  c.alignment.reduction_factors = (3,)
+  c.alignment.guided_weights = (10.0, 0.0)
+  c.alignment.guided_decay_steps = 2000  # linear decay of the guided weight to 0
+  c.alignment.guided_sigma = 0.2
+  c.alignment.stop_threshold = 0.5
+  c.alignment.generate_batch_size = 32
+  # The teacher's alignment counts as usable when its durations on the
+  # validation split (teacher forced on the true mels) are within one frame
+  # of the true ones for at least this share of phonemes.
+  c.alignment.usable_within_one = 0.5
+  # Train and measure the teacher candidates only (the alignment
+  # investigation), no generation, no students.
+  c.alignment.only = False
+
+  c.student = ml_collections.ConfigDict({
+      'hidden': 64, 'num_heads': 2, 'encoder_layers': 2, 'decoder_layers': 2,
+      'conv_filter': 256, 'predictor_filter': 64, 'num_bins': 64,
+      **_recipe(15, 16, 1e-3, 200, 0.2)})
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 32
+  c.eval.samples = 3  # Griffin-Lim wav files per variant (and ground truth)
+  c.eval.griffin_lim_iterations = 60
+  c.eval.publish_dir = 'docs/_static/fastspeech2'  # '' writes them under the workdir only
+  c.eval.confidence = 0.95
+  c.eval.noninferiority_margin = 0.02  # (c) may be this share of (b)'s mel L1 worse
+
+  if scale == 'smoke':
+    c.seeds = (0,)
+    c.progress = False
+    c.data.source = 'sample'
+    c.data.chunk_files = 'tests/data/speech_sample.npz'
+    c.data.max_phonemes = 48
+    c.data.max_frames = 400
+    c.data.max_val = 0
+    c.data.max_test = 0
+    c.data.val_fraction = 0.3
+    c.data.test_fraction = 0.3
+    c.teacher.update({'hidden': 16, 'num_heads': 2, 'encoder_layers': 1, 'decoder_layers': 1,
+                      'mlp_dim': 16, 'prenet_dim': 16, 'postnet_layers': 1,
+                      'postnet_channels': 8, **_recipe(1, 4, 1e-3, 1, 0.1)})
+    c.alignment.reduction_factors = (3,)
+    c.alignment.guided_weights = (10.0,)
+    c.alignment.guided_decay_steps = 1
+    c.alignment.generate_batch_size = 4
+    c.student.update({'hidden': 16, 'num_heads': 2, 'encoder_layers': 1, 'decoder_layers': 1,
+                      'conv_filter': 16, 'predictor_filter': 8, 'num_bins': 8,
+                      **_recipe(1, 4, 1e-3, 1, 0.2)})
+    c.eval.batch_size = 4
+    c.eval.samples = 1
+    c.eval.griffin_lim_iterations = 2
+    c.eval.publish_dir = ''
+  elif scale == 'full':
+    c.data.max_phonemes = 160
+    c.data.max_frames = 1000
+    c.data.max_val = 0
+    c.data.max_test = 0
+    c.teacher.update({'hidden': 512, 'num_heads': 8, 'encoder_layers': 6,
+                      'decoder_layers': 6, 'mlp_dim': 2048, 'prenet_dim': 256,
+                      'postnet_layers': 5, 'postnet_channels': 512,
+                      **_recipe(300, 32, 1e-3, 4000, 0.1)})
+    c.alignment.reduction_factors = (1, 2)
+    c.alignment.guided_weights = (10.0,)
+    c.alignment.guided_decay_steps = 20_000
+    c.student.update({'hidden': 256, 'num_heads': 2, 'encoder_layers': 4,
+                      'decoder_layers': 4, 'conv_filter': 1024, 'predictor_filter': 256,
+                      'num_bins': 256, **_recipe(300, 32, 1e-3, 4000, 0.2)})
+    c.eval.publish_dir = ''
+  elif scale != 'cpu':
+    raise ValueError(f"unknown scale {scale!r}; use 'smoke', 'cpu' or 'full'")
+  return c
+
+
+def schema() -> config_lib.Schema:
+  """What ``experiments/fastspeech2.py`` accepts: keys and types of the defaults,
+  these bounds, and the rules below."""
+  cl = config_lib
+  bounds = {
+      'scale': cl.one_of('smoke', 'cpu', 'full'),
+      'seeds': cl.nonnegative(each=True),
+      'teacher_seed': cl.nonnegative(),
+      'variants': cl.one_of(*VARIANTS, each=True),
+      'data.source': cl.one_of('mbrola', 'sample'),
+      'data.num': cl.positive(),
+      'data.val_fraction': cl.unit_interval(high_open=True),
+      'data.test_fraction': cl.unit_interval(high_open=True),
+      'data.max_phonemes': cl.positive(),
+      'data.max_frames': cl.positive(),
+      **cl.bounds_under('data', cl.nonnegative(), ('max_train', 'max_val', 'max_test',
+                                                   'subset_seed')),
+      'teacher.stop_positive_weight': cl.positive(),
+      'alignment.reduction_factors': cl.positive(each=True),
+      'alignment.guided_weights': cl.nonnegative(each=True),
+      'alignment.guided_decay_steps': cl.positive(),
+      'alignment.guided_sigma': cl.positive(),
+      'alignment.stop_threshold': cl.unit_interval(high_open=True),
+      'alignment.generate_batch_size': cl.positive(),
+      'alignment.usable_within_one': cl.unit_interval(),
+      'eval.batch_size': cl.positive(),
+      'eval.samples': cl.nonnegative(),
+      'eval.griffin_lim_iterations': cl.positive(),
+      'eval.confidence': cl.unit_interval(high_open=True),
+      'eval.noninferiority_margin': cl.nonnegative(),
+  }
+  bounds.update(cl.recipe_bounds('teacher', (
+      'hidden', 'num_heads', 'encoder_layers', 'decoder_layers', 'mlp_dim', 'prenet_dim',
+      'postnet_layers', 'postnet_channels')))
+  bounds.update(cl.recipe_bounds('student', (
+      'hidden', 'num_heads', 'encoder_layers', 'decoder_layers', 'conv_filter',
+      'predictor_filter')))
+  bounds['student.num_bins'] = cl.Bound(low=2)
+  rules = (*cl.distinct_non_empty('seeds', 'variants'),
+           cl.non_empty('alignment.reduction_factors'), cl.non_empty('alignment.guided_weights'),
+           cl.divisible('teacher.hidden', 'teacher.num_heads'),
+           cl.divisible('student.hidden', 'student.num_heads'),
+           cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0))
+  return cl.Schema(get_config('cpu'), bounds, rules)

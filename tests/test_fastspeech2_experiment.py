@@ -1,0 +1,129 @@
+"""experiments/fastspeech2.py: its metrics, frame grouping, verdicts, and a one-step smoke run."""
+
+import json
+import math
+import pathlib
+
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import fastspeech2 as fs2
+from experiments.configs import fastspeech2 as configs
+from kdjax import config as config_lib
+from kdjax import zoo
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_group_frames_round_trips_and_marks_real_groups():
+  rng = np.random.default_rng(0)
+  mel = rng.normal(size=(2, 7, 3)).astype(np.float32)
+  mask = np.arange(7)[None] < np.array([[7], [4]])
+  grouped, group_mask = fs2.group_frames(mel * mask[..., None], mask, 3)
+  assert grouped.shape == (2, 3, 9)
+  np.testing.assert_array_equal(group_mask, [[1, 1, 1], [1, 1, 0]])
+  # Group g holds frames 3g, 3g+1, 3g+2 side by side.
+  np.testing.assert_array_equal(grouped[0, 1, 3:6], mel[0, 4])
+  np.testing.assert_array_equal(fs2.ungroup_frames(grouped, 3, 7), mel * mask[..., None])
+
+
+def test_durations_of_repeated_group_attention_sum_to_the_frames():
+  # A grouped decoder attends phoneme t for groups [t, t]: each phoneme owns
+  # two groups of r = 3 frames, the last cut at the real length.
+  r, groups, phonemes = 3, 6, 3
+  attention = np.zeros((1, 1, 1, groups, phonemes), np.float32)
+  attention[0, 0, 0, np.arange(groups), np.repeat(np.arange(phonemes), 2)] = 1.0
+  frames = fs2.frame_attention(attention, r, 17)
+  assert frames.shape == (1, 1, 1, 17, phonemes)
+  durations, _ = zoo.extract_durations(frames, np.ones((1, 3), bool), np.array([17]))
+  np.testing.assert_array_equal(durations, [[6, 6, 5]])
+
+
+def test_uniform_durations_sum_to_the_frames():
+  mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool)
+  durations = fs2.uniform_durations(np.array([10, 8]), mask)
+  np.testing.assert_array_equal(durations, [[3, 3, 4, 0], [2, 2, 2, 2]])
+
+
+def _dct_matrix(m):
+  k, n = np.meshgrid(np.arange(m), np.arange(m), indexing='ij')
+  c = np.sqrt(2.0 / m) * np.cos(np.pi * k * (n + 0.5) / m)
+  c[0] /= np.sqrt(2.0)
+  return c
+
+
+def test_mcd_matches_the_formula_and_ignores_a_constant_offset():
+  rng = np.random.default_rng(1)
+  pred, true = rng.normal(size=(2, 5, 8)), rng.normal(size=(2, 5, 8))
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  cep = lambda x: x @ _dct_matrix(8).T
+  per_frame = 10 / math.log(10) * np.sqrt(2 * ((cep(pred) - cep(true))[..., 1:] ** 2).sum(-1))
+  want = per_frame[mask].mean()
+  assert fs2.mel_cepstral_distortion(pred, true, mask) == pytest.approx(want, rel=1e-10)
+  # A gain (constant over bins in the log domain) only moves c0.
+  assert fs2.mel_cepstral_distortion(pred + 3.0, pred, mask) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_mel_l1_variance_ratio_and_duration_errors():
+  rng = np.random.default_rng(2)
+  true = rng.normal(size=(2, 6, 4))
+  mask = np.array([[1] * 6, [1] * 3 + [0] * 3], bool)
+  pred = true + 0.5
+  pred[1, 3:] = 100.0  # padding: never counted
+  assert fs2.mel_l1(pred, true, mask) == pytest.approx(0.5)
+  mean = true[mask].mean(0)
+  assert fs2.variance_ratio(mean + 2 * (true - mean), true, mask) == pytest.approx(4.0)
+  assert fs2.variance_ratio(np.broadcast_to(mean, true.shape), true, mask) == pytest.approx(0.0)
+  errors = fs2.duration_errors(np.array([[3, 5, 9]]), np.array([[4, 5, 1]]),
+                               np.array([[1, 1, 0]], bool))
+  assert errors == {'mae': 0.5, 'within_one': 1.0}
+
+
+def test_interval_uses_student_t_and_verdicts_follow_it():
+  stats = fs2.interval([1.0, 2.0, 3.0], 0.95)
+  half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) from the tables
+  assert (stats['low'], stats['high']) == pytest.approx((2 - half, 2 + half))
+  assert fs2.interval([1.0], 0.95)['low'] == -math.inf
+  assert fs2.lower_is_better_verdict({'low': -2, 'high': -1}) == 'shown'
+  assert fs2.lower_is_better_verdict({'low': 1, 'high': 2}) == 'contradicted'
+  assert fs2.lower_is_better_verdict({'low': -1, 'high': 1}) == 'within the spread'
+  assert fs2.lower_is_better_verdict({'low': -1, 'high': 0.5}, margin=1.0) == 'shown'
+
+
+def test_every_config_is_valid_and_bad_values_are_named():
+  schema = configs.schema()
+  for scale in ('smoke', 'cpu', 'full'):
+    schema.validate(configs.get_config(scale))
+  bad = configs.get_config('cpu')
+  bad.alignment.reduction_factors = (0,)
+  bad.variants = ('gt', 'teacher')
+  with pytest.raises(config_lib.ConfigError, match='alignment.reduction_factors') as info:
+    schema.validate(bad)
+  assert 'variants' in str(info.value)
+
+
+def test_smoke_run_one_step_per_variant(tmp_path):
+  workdir = tmp_path / 'fastspeech2_smoke'
+  fs2.main(['--config=experiments/configs/fastspeech2.py:smoke', f'--workdir={workdir}',
+            f'--config.data.chunk_files={REPO / "tests" / "data" / "speech_sample.npz"}'])
+  results = json.loads((workdir / 'results.json').read_text())
+  assert set(results['per_seed'][0]) == {'gt', 'distilled', 'fastspeech2'}
+  for variant, metrics in results['per_seed'][0].items():
+    assert metrics['steps'] == 1, variant
+    assert all(np.isfinite(metrics[k]) for k in ('mel_l1', 'mcd', 'variance_ratio',
+                                                  'duration_mae')), variant
+  assert 'pitch_rmse_hz' in results['per_seed'][0]['fastspeech2']
+  validation = results['teacher']['validation']
+  assert 0 <= validation['within_one'] <= 1 and validation['duration_mae'] >= 0
+  assert validation['uniform_baseline']['mae'] >= 0
+  # The five utterances' teacher cannot align after one step: the claims that
+  # need it say so instead of a verdict.
+  assert not results['teacher']['alignment_usable']
+  assert all(c['verdict'].startswith('not shown at this scale')
+             for c in results['claims'] if 'difference' in c)
+  samples = sorted(p.name for p in (workdir / 'samples').iterdir())
+  assert samples == ['0_a.wav', '0_b.wav', '0_c.wav', '0_ground_truth.wav', '0_teacher.wav',
+                     'spectrograms.png']
+  assert 'provenance' in results
+  assert '(c) FastSpeech 2' in fs2.format_table(results)
