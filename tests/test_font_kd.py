@@ -50,6 +50,9 @@ def _tiny_args(build_dir, workdir):
   return args
 
 
+# About 6 minutes on the shared 2-core machine (some 20 compilations): slow.
+# CI keeps test_labels_and_kd_smoke_run below.
+@pytest.mark.slow
 def test_every_run_and_claim_is_recorded(build_dir, tmp_path):
   """The whole experiment at one step per epoch: every run, the selection and a verdict per claim."""
   workdir = tmp_path / 'run'
@@ -81,6 +84,26 @@ def test_every_run_and_claim_is_recorded(build_dir, tmp_path):
   assert stage_steps[0] + stage_steps[1] == vanilla_steps == 2
   text = font_kd.format_tables(results)
   assert 'DKD beats KD' in text and 'seed 0' in text
+
+
+def test_labels_and_kd_smoke_run(build_dir, tmp_path):
+  """CI's smoke run: teacher, labels-only and KD students, one step each, fixed selection."""
+  workdir = tmp_path / 'run'
+  font_kd.main(_tiny_args(build_dir, workdir) + [
+      "--config.methods=('vanilla', 'kd')", '--config.select.fixed_learning_rate=0.1',
+      '--config.select.fixed_dkd_beta=4.0'])
+  results = json.loads((workdir / 'results.json').read_text())
+  (per_seed,) = results['per_seed']
+  assert set(per_seed) == {'teacher', 'vanilla', 'kd'}
+  assert results['config']['student']['train']['learning_rate'] == 0.1
+  assert results['selection']['learning_rate'] == {}  # nothing was selected
+  (kd,) = results['verdicts']
+  assert kd['difference']['values'] == pytest.approx(
+      [per_seed['kd']['test'] - per_seed['vanilla']['test']])
+  for phase in ('teacher', 'vanilla', 'kd'):
+    seed = 0 if phase == 'teacher' else 1000
+    logged = (workdir / phase / f'seed{seed}' / 'metrics.jsonl').read_text().splitlines()
+    assert not any(k.startswith('test/') for line in logged for k in json.loads(line))
 
 
 def test_downsample_averages_blocks():
