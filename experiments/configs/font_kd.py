@@ -33,9 +33,25 @@ blocks of pixels (16x16: 4x cheaper per image than 32x32; the glyphs stay
 legible). Teachers: CifarResNet-14 (16-16-32-64) and CifarResNet-8 at widths
 24-24-48-96; student: CifarResNet-8 (8-8-16-32).
 
-Sizing (measured 2026-12-06 on the shared 2-core machine; see the branch's
-report for the numbers and the load average): filled in by
-``experiments/font_glyphs_sizing.py`` runs at these sizes.
+Sizing (``experiments/font_glyphs_sizing.py --image-size 16 --train 10000
+--validation 2000 --crop-padding 1``, 2026-12-06, the shared 2-core machine
+at load averages 4-8 under ``nice``: CPU seconds are the figure to use).
+One epoch of 10,000 images: the ResNet-14 teacher 117-124 CPU-s (150-180 s
+wall); the ResNet-8 student 12.6-13.1 CPU-s (19 s wall); the KD step
+(student + the teacher's forward) 14.9 CPU-s. Estimated whole run at these
+defaults (10 epochs, 3 seeds plus the selection; teacher B and the thin
+ResNet-20 not measured: taken as the teacher's and 3x the student's cost):
+teachers 7 x 1,200 = 8,400 CPU-s, ResNet-8 students about 1,600 CPU-s a
+seed, the thin FitNets student and its baseline about 850 a seed, selection
+students 1,100, compilation about 400: about 17,000 CPU-s, 2.4 hours on two
+idle cores. That is over the issue's hour (7,200 CPU-s), mostly the
+teachers. Accuracy: in 3 epochs (the schedule then decays after epoch 2)
+nothing left chance (1 %) on validation, teacher or student; a ResNet-8
+8-8-16-32 reached 5.5 % after 3 epochs of an 8-epoch schedule (see the
+report of branch wave-font for the rest), so the glyph task needs more
+epochs than this default and the teacher/student gap of >= 5 points is not
+measured yet. Before the full run: fewer teacher epochs or a cheaper
+teacher, more student epochs, and a measured gap.
 """
 
 import ml_collections
