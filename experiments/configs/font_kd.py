@@ -38,9 +38,11 @@ Sizing (``experiments/font_glyphs_sizing.py --image-size 16 --train 10000
 at load averages 4-8 under ``nice``: CPU seconds are the figure to use).
 One epoch of 10,000 images: the ResNet-14 teacher 117-124 CPU-s (150-180 s
 wall); the ResNet-8 student 12.6-13.1 CPU-s (19 s wall); the KD step
-(student + the teacher's forward) 14.9 CPU-s. Estimated whole run at these
-defaults (10 epochs, 3 seeds plus the selection; teacher B and the thin
-ResNet-20 not measured: taken as the teacher's and 3x the student's cost):
+(student + the teacher's forward) 14.9 CPU-s; teacher B (ResNet-8
+24-24-48-96) 139 CPU-s for its first epoch (compilation included, load
+1.9); the thin ResNet-20 (8-8-16-32) 45.8 CPU-s for its first epoch and
+43.7 CPU-s an epoch of its KD step. Estimated whole run at these defaults
+(10 epochs, 3 seeds plus the selection):
 teachers 7 x 1,200 = 8,400 CPU-s, ResNet-8 students about 1,600 CPU-s a
 seed, the thin FitNets student and its baseline about 850 a seed, selection
 students 1,100, compilation about 400: about 17,000 CPU-s, 2.4 hours on two
