@@ -32,6 +32,7 @@ import jax
 import ml_collections
 
 from experiments import cifar_kd
+from experiments import font_kd
 from experiments.configs import cifar_kd as cifar_kd_configs
 
 
@@ -92,9 +93,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument('--epochs', type=int, default=8)
   parser.add_argument('--crop-padding', type=int, default=2)
   parser.add_argument('--seed', type=int, default=100, help='not a seed of any reported run')
+  parser.add_argument('--image-size', type=int, default=32,
+                      help='downsample to this size by averaging blocks (font_kd.downsample)')
   args = parser.parse_args(argv)
   config = make_config(args)
   arrays, num_classes = cifar_kd.load_arrays(config)
+  if args.image_size != arrays['train']['x'].shape[1]:
+    for split in arrays.values():
+      split['x'] = font_kd.downsample(split['x'], args.image_size)
   experiment = cifar_kd.Experiment(config, arrays, num_classes)
   experiment.evals = {'val': arrays['val']}
   report = {'args': vars(args), 'load_average_start': os.getloadavg()}

@@ -1,0 +1,403 @@
+"""The CIFAR KD methods on font glyphs, compared fairly, with per-seed tables and verdicts.
+
+Run ``python -m experiments.font_kd --config=experiments/configs/font_kd.py:cpu
+--workdir=runs/font_kd``; the config's docstring says what is compared with
+what and why. The methods, models and recipes are ``experiments/cifar_kd.py``'s
+(:class:`experiments.cifar_kd.Experiment`); this script adds the selection
+runs (on a seed that is not reported), the baselines each claim needs, the
+test split scored once after training, and verdicts from paired differences
+over seeds (:func:`experiments._common.paired_difference`).
+
+Writes ``results.json`` under the workdir (per-seed validation and test
+accuracy of every run, the selections, the differences and verdicts) and
+prints the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import _common
+from experiments import cifar_kd
+from experiments.configs import font_kd as font_kd_configs
+from kdjax import config as config_lib
+from kdjax import step as step_lib
+
+MODULE = 'experiments.font_kd'
+PAPER = ('The CIFAR-100 KD methods of RepDistiller (Tian, Krishnan & Isola 2020) and mdistiller '
+         '(Zhao et al. 2022) on the font_glyphs benchmark')
+# (claim, run, baseline): each verdict is on the per-seed test accuracy of run - baseline.
+CLAIMS = (
+    ('KD beats labels only', 'kd', 'vanilla'),
+    ('DKD beats KD', 'dkd', 'kd'),
+    ('CRD beats KD', 'crd', 'kd'),
+    ("FitNets' hints help a thin deep student", 'fitnets', 'thin_kd'),
+    ('DML student 0 beats its independent peer', 'dml_0', 'independent_0'),
+    ('DML student 1 beats its independent peer', 'dml_1', 'independent_1'),
+    ('multi-teacher KD beats KD from the best single teacher', 'multi_teacher', 'kd_best'),
+    ('AT beats labels only', 'at', 'vanilla'),
+)
+PHASE_TITLES = {
+    'teacher': 'teacher (A)',
+    'teacher_b': 'teacher B (other architecture)',
+    'vanilla': 'student, labels only',
+    'kd': 'KD from teacher A',
+    'kd_b': 'KD from teacher B',
+    'kd_best': 'KD from the better teacher (on validation)',
+    'at': 'AT, beta scaled by map area',
+    'dkd': 'DKD, beta tuned',
+    'crd': 'CRD',
+    'multi_teacher': 'multi-teacher KD (A + B)',
+    'dml_0': 'DML student 0',
+    'dml_1': 'DML student 1',
+    'independent_0': 'labels only, DML student 0\'s start',
+    'independent_1': 'labels only, DML student 1\'s start',
+    'fitnets': 'FitNets, thin deep student',
+    'thin_kd': 'thin deep student, FitNets stage-2 KD only',
+}
+
+
+# ----------------------------------------------------------------------------
+# Data.
+
+
+def downsample(x: np.ndarray, size: int) -> np.ndarray:
+  """``[n, H, W, C]`` -> ``[n, size, size, C]`` by averaging ``(H/size) x (W/size)`` blocks."""
+  n, height, width, channels = x.shape
+  if height % size or width % size:
+    raise ValueError(f'image_size {size} must divide the images\' {height}x{width}')
+  fh, fw = height // size, width // size
+  return x.reshape(n, size, fh, size, fw, channels).mean(axis=(2, 4)).astype(x.dtype)
+
+
+def load_arrays(config: ml_collections.ConfigDict):
+  """cifar_kd's arrays, cut to ``num_train`` / ``num_val`` and downsampled."""
+  arrays, num_classes = cifar_kd.load_arrays(config)
+  limits = {'train': config.data.num_train, 'val': config.data.num_val, 'test': 0}
+  out = {}
+  for split, split_arrays in arrays.items():
+    n = limits[split] or len(split_arrays['label'])
+    cut = {k: v[:n] for k, v in split_arrays.items()}
+    if cut['x'].shape[1] != config.data.image_size:
+      cut['x'] = downsample(cut['x'], config.data.image_size)
+    out[split] = cut
+  out['train']['index'] = np.arange(len(out['train']['label']), dtype=np.int32)
+  return out, num_classes
+
+
+# ----------------------------------------------------------------------------
+# Experiments.
+
+
+class FontExperiment(cifar_kd.Experiment):
+  """cifar_kd's Experiment, evaluating on validation only during training.
+
+  The test split is scored once, by :meth:`score_test`, after a run.
+  """
+
+  def __init__(self, config, arrays, num_classes):
+    super().__init__(config, arrays, num_classes)
+    self.evals = {'val': arrays['val']}
+
+  def score_test(self, evaluate, state) -> dict[str, float]:
+    """``evaluate`` (an evaluate_fn of this experiment) on the test split alone."""
+    saved = self.evals
+    self.evals = {'test': self.arrays['test']}
+    try:
+      return evaluate(state)
+    finally:
+      self.evals = saved
+
+
+def variant(config: ml_collections.ConfigDict, **changes: Any) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted keys (``'student.train.epochs'``) set."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  for key, value in changes.items():
+    *path, last = key.split('.')
+    node = c
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return c
+
+
+def _accuracies(metrics: Mapping[str, float], suffix: str = '') -> dict[str, float]:
+  return {split: float(metrics[f'{split}/acc/student{suffix}'])
+          for split in ('val', 'test') if f'{split}/acc/student{suffix}' in metrics}
+
+
+class Runner:
+  """Trains and scores runs; each run is recorded under ``<workdir>/<phase>/seed<k>``."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+
+  def train(self, experiment: FontExperiment, trainers, *, phase: str, seed: int,
+            teacher_variables=None, state=None, evaluate=None):
+    """Trains the trainers in turn (stages), scores the test split once; returns (state, metrics)."""
+    for i, trainer in enumerate(trainers):
+      stage = phase if len(trainers) == 1 else f'{phase}_stage{i + 1}'
+      start = state
+      if i > 0:  # a later stage starts from the previous stage's weights
+        start = trainer.init(jax.random.PRNGKey(seed)).replace(
+            params=state.params, model_state=state.model_state)
+      state, metrics = trainer.train(
+          experiment.arrays['train'], seed=seed, teacher_variables=teacher_variables,
+          workdir=os.path.join(self.workdir, stage, f'seed{seed}'), desc=f'{stage} s{seed}',
+          state=start, config=_common.run_config(self.config, phase=stage))
+    test = experiment.score_test(evaluate or trainers[-1].evaluate, state)
+    return state, {**metrics, **test}
+
+  def teacher(self, experiment: FontExperiment, *, phase: str, seed: int):
+    trainer = experiment.teacher_trainer()
+    variables, metrics = _common.train_teacher(
+        trainer, experiment.arrays['train'], seed=seed,
+        workdir=os.path.join(self.workdir, phase, f'seed{seed}'),
+        config=_common.run_config(self.config, phase=phase))
+    state = step_lib.TrainState(step=0, params=variables['params'],
+                                model_state={k: v for k, v in variables.items() if k != 'params'},
+                                opt_state=None, rng=None)
+    return variables, {**metrics, **experiment.score_test(trainer.evaluate, state)}
+
+
+def select(config, arrays, num_classes, runner: Runner) -> dict[str, Any]:
+  """The student's learning rate (labels only), then DKD's beta, on validation, on select.seed."""
+  s = config.select
+  seed, student_seed = s.seed, s.seed + 1000
+  record: dict[str, Any] = {'seed': seed, 'learning_rate': {}, 'dkd_beta': {}}
+  if s.fixed_learning_rate:
+    lr = s.fixed_learning_rate
+  else:
+    for lr in s.learning_rates:
+      exp = FontExperiment(variant(config, **{'student.train.learning_rate': lr}), arrays,
+                           num_classes)
+      trainer = exp.method_trainers('vanilla')[0]
+      _, metrics = trainer.train(
+          exp.arrays['train'], seed=student_seed, teacher_variables=None,
+          workdir=os.path.join(runner.workdir, 'select', f'vanilla_lr{lr:g}'),
+          desc=f'select lr {lr:g}', config=_common.run_config(config, phase='select'))
+      record['learning_rate'][f'{lr:g}'] = float(metrics['val/acc/student'])
+    lr = float(max(s.learning_rates, key=lambda v: record['learning_rate'][f'{v:g}']))
+  record['chosen_learning_rate'] = lr
+  if s.fixed_dkd_beta or 'dkd' not in config.methods:
+    beta = s.fixed_dkd_beta or config.dkd.beta
+  else:
+    base = variant(config, **{'student.train.learning_rate': lr})
+    teacher_variables, _ = runner.teacher(FontExperiment(base, arrays, num_classes),
+                                          phase='select/teacher', seed=seed)
+    for beta in s.dkd_betas:
+      exp = FontExperiment(variant(base, **{'dkd.beta': beta}), arrays, num_classes)
+      trainer = exp.method_trainers('dkd')[0]
+      _, metrics = trainer.train(
+          exp.arrays['train'], seed=student_seed, teacher_variables=teacher_variables,
+          workdir=os.path.join(runner.workdir, 'select', f'dkd_beta{beta:g}'),
+          desc=f'select dkd beta {beta:g}', config=_common.run_config(config, phase='select'))
+      record['dkd_beta'][f'{beta:g}'] = float(metrics['val/acc/student'])
+    beta = float(max(s.dkd_betas, key=lambda v: record['dkd_beta'][f'{v:g}']))
+  record['chosen_dkd_beta'] = beta
+  return record
+
+
+def build(config, arrays, num_classes) -> dict[str, FontExperiment]:
+  """The experiments: main (teacher A, the student), b (teacher B), thin FitNets and its baseline."""
+  c = config
+  stage1 = c.fitnets.stage1_epochs
+  epochs = c.student.train.epochs
+  if 'fitnets' in c.methods and not 0 < stage1 < epochs:
+    raise ValueError(f'fitnets.stage1_epochs must be in (0, student.train.epochs = {epochs}) so '
+                     f'that FitNets trains the same total epochs, got {stage1}')
+  thin = {'student.name': c.thin_student.name, 'student.depth': c.thin_student.depth,
+          'student.widths': tuple(c.thin_student.widths)}
+  b = {'teacher.name': c.teacher_b.name, 'teacher.depth': c.teacher_b.depth,
+       'teacher.widths': tuple(c.teacher_b.widths),
+       'teacher.train': c.teacher_b.train.to_dict()}
+  return {
+      'main': FontExperiment(c, arrays, num_classes),
+      'b': FontExperiment(variant(c, **b), arrays, num_classes),
+      # FitNets: hint epochs + KD epochs = the student's epochs.
+      'thin_fitnets': FontExperiment(variant(c, **thin, **{'student.train.epochs': epochs - stage1}),
+                                     arrays, num_classes),
+      'thin_kd': FontExperiment(variant(c, **thin), arrays, num_classes),
+  }
+
+
+def run_seed(config, experiments, runner: Runner, seed: int) -> tuple[dict, dict]:
+  """Every run of one seed; returns ``{phase: {'val', 'test'}}`` and seconds per phase."""
+  methods = set(config.methods)
+  main, b = experiments['main'], experiments['b']
+  out, seconds = {}, {}
+
+  def timed(phase, fn):
+    started = time.time()
+    result = fn()
+    seconds[phase] = time.time() - started
+    return result
+
+  teacher_a, out['teacher'] = timed('teacher', lambda: runner.teacher(main, phase='teacher',
+                                                                      seed=seed))
+  teacher_b = None
+  if 'multi_teacher' in methods:
+    teacher_b, out['teacher_b'] = timed('teacher_b', lambda: runner.teacher(
+        b, phase='teacher_b', seed=seed + 100))
+  student_seed = seed + 1000  # every student starts alike
+  for method in ('vanilla', 'kd', 'at', 'dkd', 'crd'):
+    if method in methods:
+      _, out[method] = timed(method, lambda m=method: runner.train(
+          main, main.method_trainers(m), phase=m, seed=student_seed,
+          teacher_variables=None if m == 'vanilla' else teacher_a))
+  if 'multi_teacher' in methods:
+    _, out['kd_b'] = timed('kd_b', lambda: runner.train(
+        b, b.method_trainers('kd'), phase='kd_b', seed=student_seed, teacher_variables=teacher_b))
+    plain = main.student()
+    step = step_lib.make_train_step(
+        main.student_apply(plain), (main.teacher_apply, b.teacher_apply),
+        cifar_kd.multi_teacher_objective(config.multi_teacher), main.student_optimizer)
+    trainer = main._trainer(config.student.train, step,  # pylint: disable=protected-access
+                            main.student_init(plain, main.student_optimizer),
+                            main.evaluate_fn(plain))
+    _, out['multi_teacher'] = timed('multi_teacher', lambda: runner.train(
+        main, [trainer], phase='multi_teacher', seed=student_seed,
+        teacher_variables=(teacher_a, teacher_b)))
+    if 'kd' in out:
+      best = 'kd' if out['kd']['val/acc/student'] >= out['kd_b']['val/acc/student'] else 'kd_b'
+      out['kd_best'] = {**out[best], 'from': best}
+  if 'dml' in methods:
+    _, metrics = timed('dml', lambda: runner.train(main, main.method_trainers('dml'), phase='dml',
+                                                   seed=student_seed))
+    vanilla = main.method_trainers('vanilla')[0]
+    for k in range(config.dml.num_students):
+      out[f'dml_{k}'] = {f'{split}/acc/student': metrics[f'{split}/acc/student_{k}']
+                         for split in ('val', 'test')}
+      # DML's student k starts from fold_in(key, 100 + k) (cifar_kd's DML init).
+      start = vanilla.init(jax.random.fold_in(jax.random.PRNGKey(student_seed), 100 + k))
+      _, out[f'independent_{k}'] = timed(f'independent_{k}', lambda s=start, k=k: runner.train(
+          main, [vanilla], phase=f'independent_{k}', seed=student_seed, state=s))
+  if 'fitnets' in methods:
+    thin = experiments['thin_fitnets']
+    _, out['fitnets'] = timed('fitnets', lambda: runner.train(
+        thin, thin.method_trainers('fitnets'), phase='fitnets', seed=student_seed,
+        teacher_variables=teacher_a))
+    base = experiments['thin_kd']
+    # pylint: disable-next=protected-access
+    stage2 = base._fitnets_trainers(base.student_optimizer)[-1]
+    _, out['thin_kd'] = timed('thin_kd', lambda: runner.train(
+        base, [stage2], phase='thin_kd', seed=student_seed, teacher_variables=teacher_a))
+  accuracies = {phase: {**_accuracies(m), **({'from': m['from']} if 'from' in m else {})}
+                for phase, m in out.items()}
+  return accuracies, seconds
+
+
+# ----------------------------------------------------------------------------
+# Verdicts and tables.
+
+
+def verdicts(per_seed: Sequence[Mapping[str, Mapping[str, float]]],
+             confidence: float = 0.9) -> list[dict[str, Any]]:
+  """Paired test-accuracy differences over seeds and a verdict per claim whose runs exist."""
+  out = []
+  for claim, run, baseline in CLAIMS:
+    if not all(run in r and baseline in r for r in per_seed):
+      continue
+    diff = _common.paired_difference([r[run]['test'] for r in per_seed],
+                                     [r[baseline]['test'] for r in per_seed],
+                                     confidence=confidence)
+    out.append({'claim': claim, 'run': run, 'baseline': baseline, 'difference': diff,
+                'verdict': _common.paired_verdict(diff)})
+  return out
+
+
+def teacher_gap(per_seed) -> dict[str, Any] | None:
+  """Teacher minus the labels-only student, test accuracy, per seed (the benchmark's headroom)."""
+  if not all('teacher' in r and 'vanilla' in r for r in per_seed):
+    return None
+  return _common.paired_difference([r['teacher']['test'] for r in per_seed],
+                                   [r['vanilla']['test'] for r in per_seed])
+
+
+def format_tables(results: Mapping[str, Any]) -> str:
+  """Per-seed test (validation) accuracy of every run, then the claims' differences."""
+  per_seed, seeds = results['per_seed'], results['config']['seeds']
+  phases = [p for p in PHASE_TITLES if all(p in r for r in per_seed)]
+  rows = []
+  for phase in phases:
+    cells = [f"{100 * r[phase]['test']:.2f} ({100 * r[phase]['val']:.2f})" for r in per_seed]
+    stats = _common.mean_std([r[phase]['test'] for r in per_seed])
+    rows.append([PHASE_TITLES[phase], *cells, _common.mean_std_text(stats, scale=100, digits=2)])
+  lines = ['Test accuracy % (validation accuracy %) per seed:', '']
+  lines += _common.markdown_table(['run', *(f'seed {s}' for s in seeds), 'test mean ± std'], rows)
+  gap = results.get('teacher_gap')
+  if gap:
+    lines += ['', f"Teacher minus labels-only student (test): {100 * gap['mean']:+.2f} points "
+              f"({', '.join(f'{100 * v:+.2f}' for v in gap['values'])} per seed)."]
+  rows = []
+  for v in results['verdicts']:
+    d = v['difference']
+    rows.append([v['claim'], ', '.join(f'{100 * x:+.2f}' for x in d['values']),
+                 f"{100 * d['mean']:+.2f}",
+                 f"[{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]", v['verdict']])
+  if rows:
+    confidence = results['verdicts'][0]['difference']['confidence']
+    lines += ['', f'Paired test-accuracy differences (points), {confidence:.0%} t intervals:', '']
+    lines += _common.markdown_table(['claim', 'per seed', 'mean', 'interval', 'verdict'], rows)
+  sel = results.get('selection') or {}
+  if sel:
+    lines += ['', f"Selected on validation, seed {sel['seed']} (not reported): student learning "
+              f"rate {sel['chosen_learning_rate']:g} of {sel['learning_rate'] or 'fixed'}, DKD "
+              f"beta {sel['chosen_dkd_beta']:g} of {sel['dkd_beta'] or 'fixed'}."]
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------
+# Driver.
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        command: Sequence[str] | None = None) -> dict:
+  """Selection, then every seed; writes results.json after each seed; returns the results."""
+  command = command or _common.command(MODULE, None)
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  arrays, num_classes = load_arrays(config)
+  runner = Runner(config, workdir)
+  selection = select(config, arrays, num_classes, runner)
+  config = variant(config, **{'student.train.learning_rate': selection['chosen_learning_rate'],
+                              'dkd.beta': selection['chosen_dkd_beta']})
+  runner.config = config
+  experiments = build(config, arrays, num_classes)
+  per_seed, seconds = [], []
+  results = {}
+  for seed in config.seeds:
+    accuracies, timings = run_seed(config, experiments, runner, seed)
+    per_seed.append(accuracies)
+    seconds.append(timings)
+    results = {
+        'paper': PAPER, 'config': {**config.to_dict(), 'seeds': list(config.seeds)[:len(per_seed)]},
+        'num_train': int(len(arrays['train']['label'])), 'num_val': int(len(arrays['val']['label'])),
+        'num_test': int(len(arrays['test']['label'])), 'selection': selection,
+        'per_seed': per_seed, 'phase_seconds': seconds,
+        'teacher_gap': teacher_gap(per_seed), 'verdicts': verdicts(per_seed),
+        'wall_seconds': time.time() - start,
+    }
+    results = _common.write_results(results, workdir, config, command)
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  config, workdir = config_lib.parse_args(argv, description=__doc__,
+                                          schema=font_kd_configs.schema())
+  results = run(config, workdir, _common.command(MODULE, argv))
+  print(format_tables(results))
+  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
+        f"results in {workdir}/results.json")
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

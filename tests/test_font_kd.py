@@ -1,0 +1,146 @@
+"""The font-glyph KD experiment: a one-step-per-method smoke run on the shipped fonts, and its pieces."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import _common
+from experiments import font_kd
+from experiments.configs import font_kd as font_kd_configs
+from kdjax import config as config_lib
+from kdjax.data import fonts as fonts_main
+
+FONT_DIR = pathlib.Path(__file__).parent / 'data' / 'fonts'
+
+
+@pytest.fixture(autouse=True)
+def _fast_compiling_rng():
+  """Non-partitionable threefry: inits compile faster on CPU (as tests/test_cifar_kd.py)."""
+  with jax.threefry_partitionable(False):
+    yield
+
+
+@pytest.fixture(scope='module')
+def build_dir(tmp_path_factory):
+  """font_glyphs rendered from the fonts shipped under tests/data/fonts."""
+  out = tmp_path_factory.mktemp('fonts')
+  fonts_main.main(['--out', str(out), '--font-dir', str(FONT_DIR), '--seed', '3',
+                   '--validation-units', '1', '--test-units', '1',
+                   '--train=64', '--validation=32', '--test=32'])
+  return out
+
+
+def _tiny_args(build_dir, workdir):
+  tiny = {'name': 'CifarResNet', 'depth': 8}
+  args = [f'--workdir={workdir}', '--config=experiments/configs/font_kd.py:cpu',
+          f'--config.data.data_dir={build_dir}', '--config.data.image_size=8',
+          '--config.data.num_train=64', '--config.data.num_val=0', '--config.seeds=(0,)',
+          '--config.progress=false', '--config.teacher.train.epochs=1',
+          '--config.teacher_b.train.epochs=1', '--config.student.train.epochs=2',
+          '--config.fitnets.stage1_epochs=1', '--config.crd.num_negatives=8', '--config.crd.dim=4',
+          '--config.select.learning_rates=(0.05,)', '--config.select.dkd_betas=(2.0,)']
+  for model, widths in (('teacher', (4, 4, 8, 8)), ('teacher_b', (4, 8, 8, 8)),
+                        ('student', (4, 4, 4, 8)), ('thin_student', (2, 2, 4, 4))):
+    args += [f'--config.{model}.{k}={v}' for k, v in tiny.items()]
+    args.append(f'--config.{model}.widths={widths}')
+  args.append('--config.thin_student.depth=14')
+  return args
+
+
+# About 6 minutes on the shared 2-core machine (some 20 compilations): slow.
+# CI keeps test_labels_and_kd_smoke_run below.
+@pytest.mark.slow
+def test_every_run_and_claim_is_recorded(build_dir, tmp_path):
+  """The whole experiment at one step per epoch: every run, the selection and a verdict per claim."""
+  workdir = tmp_path / 'run'
+  font_kd.main(_tiny_args(build_dir, workdir))
+  results = json.loads((workdir / 'results.json').read_text())
+  (per_seed,) = results['per_seed']
+  for phase in font_kd.PHASE_TITLES:
+    assert 0.0 <= per_seed[phase]['test'] <= 1.0 and 0.0 <= per_seed[phase]['val'] <= 1.0, phase
+  assert per_seed['kd_best']['from'] in ('kd', 'kd_b')
+  assert per_seed['kd_best']['test'] == per_seed[per_seed['kd_best']['from']]['test']
+  assert [v['claim'] for v in results['verdicts']] == [c for c, _, _ in font_kd.CLAIMS]
+  for v in results['verdicts']:  # one seed: no interval, so never shown
+    assert v['verdict'] == _common.WITHIN
+    run, base = per_seed[v['run']]['test'], per_seed[v['baseline']]['test']
+    assert v['difference']['values'] == pytest.approx([run - base])
+  sel = results['selection']
+  assert sel['chosen_learning_rate'] == 0.05 and sel['chosen_dkd_beta'] == 2.0
+  assert set(sel['learning_rate']) == {'0.05'} and set(sel['dkd_beta']) == {'2'}
+  assert results['config']['dkd']['beta'] == 2.0
+  # Training logged validation only; the test split was scored after training.
+  for line in (workdir / 'kd' / 'seed1000' / 'metrics.jsonl').read_text().splitlines():
+    assert not any(k.startswith('test/') for k in json.loads(line)), line
+  # FitNets: hint epochs + KD epochs = every other student's epochs.
+  stage_steps = [max(json.loads(l).get('step', 0) for l in
+                     (workdir / f'fitnets_stage{i}' / 'seed1000' / 'metrics.jsonl').read_text()
+                     .splitlines()) for i in (1, 2)]
+  vanilla_steps = max(json.loads(l).get('step', 0) for l in
+                      (workdir / 'vanilla' / 'seed1000' / 'metrics.jsonl').read_text().splitlines())
+  assert stage_steps[0] + stage_steps[1] == vanilla_steps == 2
+  text = font_kd.format_tables(results)
+  assert 'DKD beats KD' in text and 'seed 0' in text
+
+
+def test_labels_and_kd_smoke_run(build_dir, tmp_path):
+  """CI's smoke run: teacher, labels-only and KD students, one step each, fixed selection."""
+  workdir = tmp_path / 'run'
+  font_kd.main(_tiny_args(build_dir, workdir) + [
+      "--config.methods=('vanilla', 'kd')", '--config.select.fixed_learning_rate=0.1',
+      '--config.select.fixed_dkd_beta=4.0'])
+  results = json.loads((workdir / 'results.json').read_text())
+  (per_seed,) = results['per_seed']
+  assert set(per_seed) == {'teacher', 'vanilla', 'kd'}
+  assert results['config']['student']['train']['learning_rate'] == 0.1
+  assert results['selection']['learning_rate'] == {}  # nothing was selected
+  (kd,) = results['verdicts']
+  assert kd['difference']['values'] == pytest.approx(
+      [per_seed['kd']['test'] - per_seed['vanilla']['test']])
+  for phase in ('teacher', 'vanilla', 'kd'):
+    seed = 0 if phase == 'teacher' else 1000
+    logged = (workdir / phase / f'seed{seed}' / 'metrics.jsonl').read_text().splitlines()
+    assert not any(k.startswith('test/') for line in logged for k in json.loads(line))
+
+
+def test_downsample_averages_blocks():
+  x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+  small = font_kd.downsample(x, 8)
+  assert small.shape == (2, 8, 8, 3) and small.dtype == np.float32
+  for i, j in ((0, 0), (3, 5), (7, 7)):
+    np.testing.assert_allclose(small[:, i, j], x[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4].mean((1, 2)),
+                               rtol=1e-6)
+  with pytest.raises(ValueError, match='image_size 12'):
+    font_kd.downsample(x, 12)
+
+
+def test_verdicts_follow_the_paired_interval():
+  seeds = [{'kd': {'test': 0.70 + d}, 'vanilla': {'test': 0.60}} for d in (0.0, 0.01, 0.02)]
+  (kd,) = font_kd.verdicts(seeds)
+  assert kd['claim'] == 'KD beats labels only' and kd['verdict'] == _common.SHOWN
+  assert kd['difference']['values'] == pytest.approx([0.10, 0.11, 0.12])
+  worse = [{'kd': {'test': 0.5 + d}, 'vanilla': {'test': 0.6}} for d in (0.0, 0.01, 0.02)]
+  assert font_kd.verdicts(worse)[0]['verdict'] == _common.CONTRADICTED
+  mixed = [{'kd': {'test': 0.6 + d}, 'vanilla': {'test': 0.6}} for d in (-0.05, 0.0, 0.06)]
+  assert font_kd.verdicts(mixed)[0]['verdict'] == _common.WITHIN
+
+
+def test_config_is_fair_and_rejects_a_reported_selection_seed():
+  c = font_kd_configs.get_config('cpu')
+  assert c.select.seed not in c.seeds
+  assert c.at.weight == pytest.approx(1000.0 * (c.data.image_size / 32) ** 2)
+  assert tuple(c.select.dkd_betas) == (1.0, 2.0, 4.0, 8.0)
+  assert len(c.select.dkd_betas) == len(c.select.learning_rates)  # the same tuning budget
+  thin, teacher = c.thin_student, c.teacher
+  assert thin.depth > teacher.depth and max(thin.widths) < max(teacher.widths)
+  assert (c.teacher_b.depth, tuple(c.teacher_b.widths)) != (teacher.depth, tuple(teacher.widths))
+  assert not font_kd_configs.schema().problems(c)
+  c.select.seed = 1
+  assert any(key == 'select.seed' for key, _, _ in font_kd_configs.schema().problems(c))
+  with pytest.raises(config_lib.ConfigError,
+                     match='select.seed'):
+    config_lib.parse_args(['--config=experiments/configs/font_kd.py:cpu', '--workdir=/tmp/x',
+                           '--config.select.seed=0'], schema=font_kd_configs.schema())
