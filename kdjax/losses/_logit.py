@@ -227,7 +227,7 @@ def _unmasked_log_softmax(x: Array) -> tuple[Array, Array, Array]:
 
 def _forward_kl_parts(student, teacher, temperature):
   log_q, shifted_q, _ = _unmasked_log_softmax(student / temperature)
-  log_p, shifted_p, _ = _unmasked_log_softmax(teacher / temperature)
+  log_p, shifted_p, teacher_max = _unmasked_log_softmax(teacher / temperature)
   has_mass = log_p != -jnp.inf  # True on NaN: it propagates
   finite = has_mass & (log_q != -jnp.inf)
   p = jnp.exp(log_p)
@@ -236,7 +236,8 @@ def _forward_kl_parts(student, teacher, temperature):
       finite, p * (log_p - log_q), jnp.where(has_mass, jnp.inf, 0.0)
   )
   kl = jnp.sum(terms, axis=-1)
-  return kl, (log_q, log_p, p, finite, has_mass, shifted_q, shifted_p)
+  teacher_has_mass = teacher_max[..., 0] != -jnp.inf
+  return kl, (log_q, log_p, p, finite, has_mass, shifted_q, shifted_p, teacher_has_mass)
 
 
 @jax.custom_jvp
@@ -256,20 +257,27 @@ def _is_zero(tangent) -> bool:
 def _unmasked_forward_kl_jvp(primals, tangents):
   student, teacher, temperature = primals
   student_dot, _, temperature_dot = tangents  # the teacher is a constant
-  kl, (log_q, log_p, p, finite, has_mass, shifted_q, shifted_p) = (
+  kl, (log_q, log_p, p, finite, has_mass, shifted_q, shifted_p, teacher_has_mass) = (
       _forward_kl_parts(student, teacher, temperature))
   value = kl * jnp.square(temperature)
-  # With v = s / T and K the sum of the finite terms (the +inf of a class
-  # with p > 0 = q is a constant):
-  # dK/dv_k = P q_k - p_k [k finite], P = sum of p over the finite terms.
-  p_finite = jnp.where(finite, p, 0.0)
-  mass = jnp.sum(p_finite, axis=-1, keepdims=True)
-  grad_v = mass * jnp.exp(log_q) - p_finite
   tangent = jnp.zeros_like(value)
   if not _is_zero(student_dot):
-    # d/ds = (1 / T) d/dv, times T².
-    tangent = tangent + temperature * jnp.sum(grad_v * student_dot, axis=-1)
+    # d/ds = (1 / T) d/dv, times T², with dK/dv = q - p (v = s / T): 0 on a
+    # row where the teacher has no mass (K = 0 there). Where K = +inf
+    # (teacher mass on a class whose student logit is -inf) this is the
+    # cross entropy's gradient, finite; the masked forms' autodiff gives the
+    # finite terms' instead. The row select is on the tangent: a
+    # [rows, classes] select or a per-row rescale in the backward cost
+    # about as much as the rest of the loss on the CPU.
+    row = jnp.sum((jnp.exp(log_q) - p) * student_dot, axis=-1)
+    tangent = tangent + temperature * jnp.where(teacher_has_mass, row, 0.0)
   if not _is_zero(temperature_dot):
+    # With K the sum of the finite terms (the +inf of a class with p > 0 = q
+    # is a constant): dK/dv_k = P q_k - p_k [k finite], P = sum of p over
+    # the finite terms.
+    p_finite = jnp.where(finite, p, 0.0)
+    mass = jnp.sum(p_finite, axis=-1, keepdims=True)
+    grad_v = mass * jnp.exp(log_q) - p_finite
     # u = t / T, dv/dT = -v / T, du/dT = -u / T (the masked form's
     # autodiff differentiates through the teacher's tempering too):
     # dK/du_k = [k finite] p_k (r_k + 1) - p_k (K + P), r = log p - log q.
@@ -299,23 +307,26 @@ def _cross_entropy_parts(logits, labels):
   log_probs, _, row_max = _unmasked_log_softmax(logits)
   is_target, in_range = _label_one_hot(labels, logits.shape)
   # Not masked: a label on a -inf logit gives +inf.
-  loss = -jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
-  loss = jnp.where(row_max[..., 0] == -jnp.inf, 0.0, loss)  # no class left
-  return _nan_where_out_of_range(loss, in_range), log_probs, is_target
+  target = jnp.sum(jnp.where(is_target, log_probs, 0.0), axis=-1)
+  loss = jnp.where(row_max[..., 0] == -jnp.inf, 0.0, -target)  # no class left
+  # The rows whose label takes part: the others have no derivative.
+  label_in = in_range & (target != -jnp.inf)
+  return _nan_where_out_of_range(loss, in_range), log_probs, is_target, label_in
 
 
 def _unmasked_cross_entropy_jvp(primals, tangents):
   logits, labels = primals
   logits_dot, _ = tangents
-  loss, log_probs, is_target = _cross_entropy_parts(logits, labels)
+  loss, log_probs, is_target, label_in = _cross_entropy_parts(logits, labels)
   if _is_zero(logits_dot):
     return loss, jnp.zeros_like(loss)
-  # d/dx_k = [label takes part] q_k - [k = label and takes part]: 0 on rows
-  # with no class left or an out-of-range label, like the masked form's.
-  target = is_target & (log_probs != -jnp.inf)
-  label_in = jnp.any(target, axis=-1, keepdims=True)
-  grad = jnp.where(label_in, jnp.exp(log_probs), 0.0) - target
-  return loss, jnp.sum(grad * logits_dot, axis=-1)
+  # d/dx_k = q_k - [k = label] where the label takes part; 0 on rows with
+  # no class left, a label on a -inf logit or out of range, like the masked
+  # form's. The row select is on the tangent, not on a [rows, classes]
+  # broadcast: the backward then selects once per row (on the CPU a
+  # broadcast select there cost more than the rest of the loss).
+  grad = jnp.exp(log_probs) - is_target
+  return loss, jnp.where(label_in, jnp.sum(grad * logits_dot, axis=-1), 0.0)
 
 
 _unmasked_cross_entropy.defjvp(_unmasked_cross_entropy_jvp, symbolic_zeros=True)
