@@ -17,6 +17,20 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def check_nonnegative_entries(name: str, values: Any, what: str = '') -> None:
+  """Every entry of concrete `values` >= 0; names the first offender's index.
+
+  Tracers (values inside jit) cannot be checked and pass.
+  """
+  if not is_concrete(values):
+    return
+  arr = np.asarray(values)
+  if np.any(arr < 0):
+    index = tuple(int(i) for i in np.argwhere(arr < 0)[0])
+    raise ValueError(f'{name} must be >= 0{what}, got {arr[index]} at index {index} of '
+                     f'{name} with shape {arr.shape}.')
+
+
 def _check_dtype_kind(name: str, x: Any, kind: Any, kind_text: str, hint: str) -> None:
   dtype = jnp.result_type(x)
   if not jnp.issubdtype(dtype, kind):

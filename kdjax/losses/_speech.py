@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kdjax import _checks
 from kdjax.losses._common import jit_after_checks
@@ -57,12 +56,7 @@ def _check_kind(arguments: dict[str, Any]) -> None:
 def _check_durations_value(arguments: dict[str, Any]) -> None:
   durations = arguments['durations']
   _checks.check_integer('durations', durations)
-  if _checks.is_concrete(durations):
-    arr = np.asarray(durations)
-    if np.any(arr < 0):
-      index = tuple(int(i) for i in np.argwhere(arr < 0)[0])
-      raise ValueError(f'durations must be >= 0, got {arr[index]} at index {index} of '
-                       f'durations with shape {arr.shape}.')
+  _checks.check_nonnegative_entries('durations', durations)
 
 
 @jit_after_checks(_check_kind, static_argnames=('kind',))

@@ -51,12 +51,7 @@ def _check_durations(durations: Any, phoneme_mask: Any | None) -> None:
     raise ValueError(f'durations must be [batch, phonemes], got shape {shape}.')
   if phoneme_mask is not None:
     _checks.check_same_shape('durations', durations, 'phoneme_mask', phoneme_mask)
-  if _checks.is_concrete(durations):
-    arr = np.asarray(durations)
-    if np.any(arr < 0):
-      index = tuple(int(i) for i in np.argwhere(arr < 0)[0])
-      raise ValueError(f'durations must be >= 0 (frames per phoneme), got {arr[index]} at '
-                       f'index {index} of durations with shape {shape}.')
+  _checks.check_nonnegative_entries('durations', durations, ' (frames per phoneme)')
 
 
 def frame_phoneme_index(durations: jax.Array, max_frames: int,
