@@ -121,6 +121,8 @@ reproduced only where it is shown beyond the seed spread.
 """
 
 NOTE_MARK = '> **Provenance'
+# How a section with no results file and no earlier text begins.
+NOT_RUN = 'Not run yet'
 
 
 def _section(title: str, body: str) -> str:
@@ -223,14 +225,14 @@ def build(results_dir: str, old_text: str, keep: set[str]) -> tuple[list[str], l
       body = render(results, formatter, path)
     else:
       problem = f'no results file {path}'
-      body = existing.get(title) or f'Not run yet: `{command}`.'
+      body = existing.get(title) or f'{NOT_RUN}: `{command}`.'
     if problem is None:
       print(f'{name}: from {path}')
     elif name in keep:
       print(f'{name}: KEPT with --keep {name}: {problem}')
       if os.path.exists(path):
         note = f'{NOTE_MARK} not checked**: {problem}.'
-      elif body.startswith('Not run yet'):
+      elif body.startswith(NOT_RUN):  # no run now, nor when the page was last written
         note = (f'{NOTE_MARK} not run yet**: there is no results file `{path}` and no '
                 'earlier section, so there are no numbers here.')
       else:

@@ -204,9 +204,10 @@ def _log_mixture(
 # select that keeps -inf and 0 * inf away from the gradient (about forty
 # selects in a KD + CE step); with the derivatives written out, the backward
 # pass is one elementwise expression per loss. Values, the rules for -inf
-# logits, NaN propagation and the gradients are the masked forms' (the tests
-# compare both ways on -inf rows, underflow and NaN; see
-# ``benchmarks/step_overhead.py`` for the cost).
+# logits, NaN propagation and the gradients are the masked forms', except
+# the student gradient of a +inf KL (the cross entropy's here, the finite
+# terms' there; both finite). The tests compare both ways on -inf rows,
+# underflow and NaN; see ``benchmarks/step_overhead.py`` for the cost.
 
 
 def _unmasked_log_softmax(x: Array) -> tuple[Array, Array, Array]:
