@@ -327,3 +327,35 @@ def test_wmt14_with_mock_data():
     assert tokenizer.decode(split_arrays['target'][:2]) == list(split_arrays['target_text'][:2])
   with pytest.raises(ValueError, match="pair must be"):
     kdata.make_wmt14_arrays('en-de')
+
+
+def test_spanish_config_builds_from_real_pairs(tmp_path):
+  # The Spanish side of the multilingual sample: real pairs from the same
+  # gettext catalogs, in the pairs TSV format the builder reads.
+  pairs_file = pathlib.Path(__file__).parent / 'data' / 'multilingual_sample' / 'es.tsv'
+  pairs = kdata.read_pairs(pairs_file)
+  builder = kdata.GettextTranslation(
+      config='es', data_dir=str(tmp_path), pairs_file=pairs_file, vocab_size=400,
+      val_fraction=0.25, test_fraction=0.25, min_eval_pairs=10)
+  builder.download_and_prepare()
+  assert 'Spanish' in builder.info.description
+  metadata = kdata.translation_metadata(builder.data_dir)
+  assert metadata['lang'] == 'es'
+  read = []
+  for split in ('train', 'validation', 'test'):
+    source = kdata.load_source('gettext_translation/es', split, data_dir=str(tmp_path))
+    read += [(source[i]['source_text'].decode(), source[i]['target_text'].decode())
+             for i in range(len(source))]
+  # Every example is one of the sample's pairs, and none is read twice.
+  assert set(read) <= {(p.source, p.target) for p in pairs}
+  assert len(read) == len(set(read)) > 0
+
+
+def test_wmt_spanish_reads_wmt13():
+  import tensorflow_datasets.translate.wmt13  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+  assert kdata.WMT_DATASETS['es'] == 'wmt13_translate'
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+    arrays, _, dropped = kdata.make_wmt14_arrays(
+        'es-en', vocab_size=300, max_source_length=16, max_target_length=16)
+  assert all(len(a['source']) + dropped[s] == 6 for s, a in arrays.items())

@@ -121,6 +121,7 @@ from kdjax.data._translation import GettextTranslation
 from kdjax.data._translation import load_tokenizer
 from kdjax.data._translation import make_translation_arrays
 from kdjax.data._translation import make_wmt14_arrays
+from kdjax.data._translation import WMT_DATASETS
 from kdjax.data._translation import train_tokenizer
 from kdjax.data._translation import translation_metadata
 
@@ -170,6 +171,7 @@ __all__ += [
     'make_translation_arrays',
     'make_translation_splits',
     'make_wmt14_arrays',
+    'WMT_DATASETS',
     'normalise_pair',
     'normalise_text',
     'read_mo_catalog',

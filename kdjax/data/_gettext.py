@@ -68,7 +68,7 @@ MAX_CHARS = 200
 MAX_WORDS = 40
 MAX_LINES = 2
 TRANSLATION_SPLITS = ('train', 'validation', 'test')
-LANGUAGES = ('de', 'fr')
+LANGUAGES = ('de', 'fr', 'es')
 
 #: Debian 12 packages whose catalogs make the default corpus: every package
 #: of a wider candidate list that gave German pairs when measured (see
@@ -479,7 +479,7 @@ def fetch_catalogs(
   from ``locale/<lang>``.
 
   Args:
-    lang: 'de' or 'fr' (any gettext language code works).
+    lang: 'de', 'fr' or 'es' (any gettext language code works).
     cache_dir: where the packages are downloaded and extracted.
     packages: Debian package names.
 

@@ -244,7 +244,7 @@ class GettextConfig(tfds.core.BuilderConfig):
 
 
 class GettextTranslation(_builder.OfflineArrayBuilder):
-  """English->German ('de') or English->French ('fr') pairs from Debian's gettext catalogs.
+  """English->German ('de'), French ('fr') or Spanish ('es') pairs from Debian's gettext catalogs.
 
   Registered in the TFDS catalogue as 'gettext_translation' when
   `kdjax.data` is imported; read a prepared build with
@@ -282,6 +282,7 @@ class GettextTranslation(_builder.OfflineArrayBuilder):
   BUILDER_CONFIGS = [
       GettextConfig(lang='de', language='German'),
       GettextConfig(lang='fr', language='French'),
+      GettextConfig(lang='es', language='Spanish'),
   ]
   HOMEPAGE = _HOMEPAGE
   LICENSE = 'GPL-2.0-or-later (each catalog under its package license; see debian/copyright)'
@@ -402,6 +403,11 @@ def _as_str(text: Any) -> str:
   return text.decode('utf-8') if isinstance(text, bytes) else str(text)
 
 
+#: The TFDS dataset of each '<lang>-en' pair: WMT'14 has no Spanish, WMT'13 does.
+WMT_DATASETS = {'cs': 'wmt14_translate', 'de': 'wmt14_translate', 'fr': 'wmt14_translate',
+                'hi': 'wmt14_translate', 'ru': 'wmt14_translate', 'es': 'wmt13_translate'}
+
+
 def make_wmt14_arrays(
     pair: str = 'de-en',
     *,
@@ -412,9 +418,10 @@ def make_wmt14_arrays(
     max_tokenizer_examples: int | None = 1_000_000,
     download: bool = True,
 ) -> tuple[dict[str, dict[str, np.ndarray]], BpeTokenizer, dict[str, int]]:
-  """WMT'14 through TFDS in the gettext datasets' example format (English source).
+  """WMT'14 (WMT'13 for Spanish) through TFDS in the gettext datasets' example format (English source).
 
-  For users with network: ``tfds.data_source('wmt14_translate/<pair>')``
+  For users with network: ``tfds.data_source('wmt14_translate/<pair>')``,
+  ``wmt13_translate/es-en`` for Spanish (:data:`WMT_DATASETS`)
   (prepared by TFDS on first use, several GB). The joint BPE is trained on
   the first `max_tokenizer_examples` train pairs, both sides; every split
   is encoded as :func:`make_translation_arrays` does, pairs that do not
@@ -422,7 +429,8 @@ def make_wmt14_arrays(
   catalogs).
 
   Args:
-    pair: the TFDS config, ``'de-en'`` or ``'fr-en'``.
+    pair: the TFDS config, ``'<lang>-en'`` for a `lang` of :data:`WMT_DATASETS`
+      (``'de-en'``, ``'fr-en'``, ``'es-en'``, ...).
     data_dir: the TFDS data directory.
     vocab_size: the BPE vocabulary size.
     max_source_length: source columns.
@@ -435,9 +443,10 @@ def make_wmt14_arrays(
     returns them, with the tokenizer.
   """
   lang, english = pair.split('-') if '-' in pair else (pair, '')
-  if english != 'en' or lang not in ('cs', 'de', 'fr', 'hi', 'ru'):
-    raise ValueError(f"pair must be one of wmt14_translate's '<lang>-en' configs, got {pair!r}")
-  name = f'wmt14_translate/{pair}'
+  if english != 'en' or lang not in WMT_DATASETS:
+    raise ValueError(f"pair must be one of {sorted(f'{k}-en' for k in WMT_DATASETS)} "
+                     f"(wmt14_translate's configs, and es-en from wmt13_translate), got {pair!r}")
+  name = f'{WMT_DATASETS[lang]}/{pair}'
   splits = {}
   for split in _gettext.TRANSLATION_SPLITS:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)

@@ -18,13 +18,14 @@ from collections.abc import Sequence
 import json
 import os
 
+from kdjax.data import _gettext
 from kdjax.data import _translation
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
   """Builds one language's dataset; returns its metadata (also printed as JSON)."""
   parser = argparse.ArgumentParser(prog='python -m kdjax.data.gettext', description=__doc__.split('\n')[0])
-  parser.add_argument('--lang', required=True, choices=('de', 'fr'))
+  parser.add_argument('--lang', required=True, choices=_gettext.LANGUAGES)
   parser.add_argument('--out', required=True, help='the TFDS data directory to build into')
   parser.add_argument('--cache', default=None, help='package cache (default OUT/downloads/gettext)')
   parser.add_argument('--pairs', default=None, help='build from this pairs TSV instead of fetching')
