@@ -187,6 +187,45 @@ def test_paragraph_rules():
   assert not kdata.keep_paragraph('0x00 0x01 0x02 0x03 0x04 0x05 0x06 0x07.')
 
 
+def test_html_paragraphs_keep_paragraph_text_only():
+  page = (
+      '<html><head><title>Manual</title><style>p {}</style></head><body>'
+      '<div class="nav"><a href="x.html">Next</a></div><h1>Heading</h1>'
+      '<p>The <code>ls</code> command\n   lists &amp; sorts files.</p>'
+      '<pre>$ ls -l\n<p>not prose</p></pre>'
+      '<div class="para">DocBook wraps <div class="note">nested</div> paragraphs in divs.</div>'
+      '<table><tr><td><p>A cell is not prose.</p></td></tr></table>'
+      '<p>An unclosed paragraph<p>ends where the next one starts.</p>'
+      '<ul><li>List item without a paragraph.</li></ul><p></p></body></html>')
+  assert _debian_text.html_paragraphs(page) == [
+      'The ls command lists & sorts files.',
+      'DocBook wraps nested paragraphs in divs.',
+      'An unclosed paragraph',
+      'ends where the next one starts.']
+
+
+def test_info_paragraphs_skip_headers_menus_and_tables():
+  info = ('This is demo.info, produced by makeinfo.\n\nINFO-DIR-SECTION Demo\n'
+          '\x1f\nFile: demo.info,  Node: Top,  Next: Use,  Up: (dir)\n\n'
+          'Demo\n****\n\nThis manual describes\nthe demo program.\n\n'
+          '* Menu:\n\n* Use::      How to use it.\n\n'
+          '\x1f\nFile: demo.info,  Node: Use,  Prev: Top,  Up: Top\n\n'
+          '1 Use\n=====\n\nRun it twice.  *Note Top::.\n'
+          '\x1f\nTag Table:\nNode: Top\x7f92\nNode: Use\x7f250\n\x1f\nEnd Tag Table\n')
+  assert _debian_text.info_paragraphs(info) == [
+      'Demo ****', 'This manual describes the demo program.', '1 Use =====',
+      'Run it twice. *Note Top::.']
+  assert not kdata.keep_paragraph('Demo ****')
+
+
+def test_prose_sources_have_caps_and_packages():
+  assert set(_debian_text.DEFAULT_PROSE_CAPS) == set(_debian_text.PROSE_SOURCES)
+  assert 'html_doc' in _debian_text.PROSE_SOURCES and 'info_doc' in _debian_text.PROSE_SOURCES
+  # Every HTML manual is read through a glob inside its own package.
+  assert all(not pattern.startswith('/') and pattern.endswith('.html')
+             for pattern in _debian_text.HTML_DOC_GLOBS.values())
+
+
 def test_text_shards_round_trip_the_prose_sample(tmp_path):
   paragraphs = PROSE_SAMPLE.read_text(encoding='utf-8').splitlines()
   assert len(paragraphs) == 3 * len(_debian_text.PROSE_SOURCES)

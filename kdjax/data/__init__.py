@@ -27,6 +27,8 @@ from kdjax.data._debian_text import deduplicate
 from kdjax.data._debian_text import fetch_descriptions
 from kdjax.data._debian_text import join_descriptions
 from kdjax.data._debian_text import keep_paragraph
+from kdjax.data._debian_text import html_paragraphs
+from kdjax.data._debian_text import info_paragraphs
 from kdjax.data._debian_text import long_description
 from kdjax.data._debian_text import make_glue_arrays
 from kdjax.data._debian_text import make_section_splits
@@ -254,6 +256,8 @@ __all__ += [
     'fetch_descriptions',
     'join_descriptions',
     'keep_paragraph',
+    'html_paragraphs',
+    'info_paragraphs',
     'long_description',
     'make_glue_arrays',
     'make_section_splits',

@@ -26,7 +26,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 import dataclasses
 import glob
+import gzip
 import hashlib
+import html.parser
 import json
 import os
 import re
@@ -258,16 +260,41 @@ def read_descriptions(path: str | os.PathLike[str]) -> list[PackageDescription]:
 
 # ------------------------------------------------------------------ prose
 
-PROSE_SOURCES = ('debian', 'man', 'python_doc', 'linux_doc', 'fortunes')
-#: Per-source byte caps of the default prose build (100 MB in all; the
-#: sources hold less, see docs/data.md).
+PROSE_SOURCES = ('debian', 'man', 'python_doc', 'linux_doc', 'fortunes', 'html_doc', 'info_doc')
+#: Per-source byte caps of the default prose build (150 MB in all; the
+#: sources hold less, about 90 MB, see docs/data.md).
 DEFAULT_PROSE_CAPS = {'debian': 25_000_000, 'man': 35_000_000, 'python_doc': 15_000_000,
-                      'linux_doc': 20_000_000, 'fortunes': 5_000_000}
+                      'linux_doc': 20_000_000, 'fortunes': 5_000_000, 'html_doc': 40_000_000,
+                      'info_doc': 10_000_000}
 #: Packages of man pages (perl-doc: the perl*(1) manuals; manpages-posix*: non-free).
 MAN_PACKAGES = ('manpages', 'manpages-dev', 'perl-doc', 'manpages-posix', 'manpages-posix-dev')
 #: Sphinx documentation whose ``html/_sources/**/*.rst.txt`` are read, per source (Debian 12).
 RST_DOC_PACKAGES = {'python_doc': ('python3.11-doc',), 'linux_doc': ('linux-doc-6.1',)}
 FORTUNE_PACKAGES = ('fortunes-min', 'fortunes')
+_DOC_HTML = 'usr/share/doc/**/*.html'
+#: HTML manuals read paragraph by paragraph (:func:`html_paragraphs`): each
+#: package with the glob of its English pages (Debian 12). The GNU manuals
+#: of gcc-12-doc, gdb-doc, glibc-doc-reference, gawk-doc and make-doc are in
+#: non-free; debian-handbook ships 20 translations, of which en-US is read.
+HTML_DOC_GLOBS = {
+    'bash-doc': _DOC_HTML, 'debian-handbook': 'usr/share/doc/debian-handbook/html/en-US/*.html',
+    'debian-policy': _DOC_HTML, 'debian-reference-en': _DOC_HTML,
+    'developers-reference': _DOC_HTML, 'docutils-doc': _DOC_HTML, 'gawk-doc': _DOC_HTML,
+    'gcc-12-doc': _DOC_HTML, 'gdb-doc': _DOC_HTML,
+    'gimp-help-en': 'usr/share/gimp/2.0/help/en/**/*.html', 'git-doc': _DOC_HTML,
+    'glibc-doc-reference': _DOC_HTML, 'gnu-standards': _DOC_HTML, 'gnuplot-doc': _DOC_HTML,
+    'maint-guide': _DOC_HTML, 'make-doc': _DOC_HTML, 'octave-doc': _DOC_HTML,
+    'postgresql-doc-15': _DOC_HTML, 'python-astropy-doc': _DOC_HTML,
+    'python-biopython-doc': _DOC_HTML, 'python-celery-doc': _DOC_HTML,
+    'python-django-doc': _DOC_HTML, 'python-ipython-doc': _DOC_HTML,
+    'python-lxml-doc': _DOC_HTML, 'python-mpmath-doc': _DOC_HTML,
+    'python-pandas-doc': _DOC_HTML, 'python-pytest-doc': _DOC_HTML,
+    'python-scipy-doc': _DOC_HTML, 'python-sklearn-doc': _DOC_HTML,
+    'python-sqlalchemy-doc': _DOC_HTML, 'sphinx-doc': _DOC_HTML, 'zsh-doc': _DOC_HTML,
+}
+#: Texinfo manuals that exist only as Info files (the GNU Emacs and Emacs
+#: Lisp manuals and their companions; non-free: GFDL with invariant sections).
+INFO_DOC_PACKAGES = ('emacs-common-non-dfsg',)
 DPKG_INFO_DIR = '/var/lib/dpkg/info'
 MIN_PARAGRAPH_WORDS = 6
 _MAN_BATCH = 50
@@ -291,6 +318,73 @@ def fortune_paragraphs(text: str) -> list[str]:
   """The fortunes of a fortune data file (entries separated by ``%`` lines), one line each."""
   return [' '.join(entry.split()) for entry in re.split(r'^%\s*$', text, flags=re.M)
           if entry.strip()]
+
+
+class _HtmlParagraphs(html.parser.HTMLParser):
+  """Collects the text of ``<p>`` and ``<div class="para">`` elements outside code and tables."""
+
+  _SKIPPED = frozenset({'pre', 'script', 'style', 'table', 'head'})
+
+  def __init__(self):
+    super().__init__(convert_charrefs=True)
+    self.paragraphs: list[str] = []
+    self._text: list[str] | None = None
+    self._divs = 0  # open <div>s inside the current <div class="para">
+    self._skipped = 0
+
+  def _close(self) -> None:
+    if self._text is not None:
+      self.paragraphs.append(' '.join(''.join(self._text).split()))
+    self._text, self._divs = None, 0
+
+  def handle_starttag(self, tag, attrs):
+    if tag in self._SKIPPED:
+      self._skipped += 1
+    elif tag == 'p' or (tag == 'div' and 'para' in (dict(attrs).get('class') or '').split()):
+      self._close()
+      self._text = []
+      self._divs = 1 if tag == 'div' else 0
+    elif tag == 'div' and self._divs:
+      self._divs += 1
+
+  def handle_endtag(self, tag):
+    if tag in self._SKIPPED:
+      self._skipped = max(0, self._skipped - 1)
+    elif tag == 'p' and not self._divs:
+      self._close()
+    elif tag == 'div' and self._divs:
+      self._divs -= 1
+      if not self._divs:
+        self._close()
+
+  def handle_data(self, data):
+    if self._text is not None and not self._skipped:
+      self._text.append(data)
+
+
+def html_paragraphs(text: str) -> list[str]:
+  """The paragraphs of an HTML page: the text of each ``<p>`` (and DocBook's
+  ``<div class="para">``), whitespace collapsed; code blocks, tables, scripts
+  and everything outside paragraphs (navigation, headings, lists of links)
+  are left out."""
+  parser = _HtmlParagraphs()
+  parser.feed(text)
+  parser.close()
+  parser._close()  # pylint: disable=protected-access
+  return [p for p in parser.paragraphs if p]
+
+
+def info_paragraphs(text: str) -> list[str]:
+  """The paragraphs of a GNU Info file: its nodes' blank-line separated blocks,
+  without the node header lines, the menus and the tag tables."""
+  paragraphs = []
+  for node in text.split('\x1f'):
+    lines = node.strip('\n').splitlines()
+    if not lines or not lines[0].startswith('File:'):
+      continue  # the preamble, 'Tag Table:', 'Indirect:', 'Local Variables'
+    body = '\n'.join(lines[1:]).split('\n* Menu:')[0]
+    paragraphs += text_blocks(body)
+  return paragraphs
 
 
 def render_man_pages(paths: Sequence[str]) -> str:
@@ -370,6 +464,20 @@ def prose_documents(
                                 recursive=True)]
     for path in sorted(files, key=lambda p: (_text.unit_hash(os.path.basename(p)), p)):
       yield _sentences.rst_paragraphs(_read(path))
+  elif source == 'html_doc':
+    roots = _extracted(tuple(HTML_DOC_GLOBS), cache_dir, apt_options)
+    files = [p for r, pattern in zip(roots, HTML_DOC_GLOBS.values())
+             for p in glob.glob(os.path.join(r, pattern), recursive=True)
+             if os.path.isfile(p) and not os.path.islink(p)]
+    for path in sorted(files, key=lambda p: (_text.unit_hash(os.path.relpath(p, cache_dir)), p)):
+      yield html_paragraphs(_read(path))
+  elif source == 'info_doc':
+    files = [p for r in _extracted(INFO_DOC_PACKAGES, cache_dir, apt_options)
+             for p in glob.glob(os.path.join(r, 'usr/share/info/**/*.info*.gz'), recursive=True)
+             if os.path.isfile(p) and not os.path.islink(p)]
+    for path in sorted(files, key=lambda p: (_text.unit_hash(os.path.basename(p)), p)):
+      with gzip.open(path, 'rt', encoding='utf-8', errors='replace') as f:
+        yield info_paragraphs(f.read())
   elif source == 'fortunes':
     for root in _extracted(FORTUNE_PACKAGES, cache_dir, apt_options):
       for path in sorted(glob.glob(os.path.join(root, 'usr/share/games/fortunes/*'))):
