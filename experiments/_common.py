@@ -16,6 +16,7 @@ import optax
 from scipy import stats as scipy_stats
 
 from kdjax import checkpoint
+from kdjax import config as config_lib
 from kdjax import loop
 from kdjax import provenance
 from kdjax import writers
@@ -148,15 +149,70 @@ def summarize(per_seed: Sequence[Mapping[str, Mapping[str, float]]], phases: Seq
           for phase in phases}
 
 
-# Verdicts of a paper's claims, from paired differences over seeds.
+# ----------------------------------------------------------------------------
+# Claims and their verdicts: one rule for every experiment.
+
 SHOWN = 'shown'
 WITHIN = 'within the seed spread'
 CONTRADICTED = 'contradicted'
+VERDICTS = (SHOWN, WITHIN, CONTRADICTED)
+# What the results page says of a claim: only a shown claim is reproduced.
+REPRODUCED = 'reproduced'
+NOT_SHOWN = 'not shown at this scale'
+
+CONFIDENCE = 0.95
+"""The two-sided level of every interval behind a verdict.
+
+95 % is the conventional level of a confidence interval in the literature
+whose claims are judged here, so a "shown" here means what a reader of a
+paper expects it to. Each claim is one-sided, and is shown when the whole
+two-sided 95 % interval is on its side: a one-sided test at 2.5 % per
+claim. A lower level (the 90 % once used by some experiments) would call
+more claims shown with three to five seeds, at twice the rate of false
+"shown" verdicts; with several claims per section, that error rate adds up,
+and the page's one promise is that "reproduced" is not said lightly. An
+equivalence claim judged by the same interval lying inside ±margin is
+Schuirmann's two one-sided tests at 2.5 % each (Schuirmann 1987, J.
+Pharmacokinet. Biopharm. 15(6), doi:10.1007/BF01068419).
+"""
+
+# How a claim compares its quantity (a per-seed paired difference, or a
+# per-seed value) with `threshold`: above it, below it, or within ±threshold.
+TESTS = ('>', '<', '==')
+
+
+def t_interval(values: Sequence[float], *, confidence: float = CONFIDENCE) -> dict[str, Any]:
+  """:func:`mean_std` of per-seed `values` plus their Student-t interval of the mean.
+
+  Args:
+    values: one finite number per seed.
+    confidence: the two-sided level of the interval, in (0, 1).
+
+  Returns:
+    :func:`mean_std` plus ``'ci'``: ``[low, high]`` = ``mean -+ t * std /
+    sqrt(n)``, t the ``(1 + confidence) / 2`` quantile of Student's t with
+    ``n - 1`` degrees of freedom (``[mean, mean]`` for one seed, where no
+    interval can be computed and no verdict is more than
+    :data:`WITHIN`), and ``'confidence'``.
+  """
+  values = np.asarray(values, np.float64)
+  if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+    raise ValueError(f'values must be a non-empty list of finite numbers (one per seed), '
+                     f'got shape {values.shape}: {values.tolist()}')
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f'confidence must be in (0, 1), got {confidence}')
+  stats = mean_std(values)
+  n = values.size
+  half = 0.0
+  if n > 1:
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * stats['std'] / np.sqrt(n)
+  return {**stats, 'ci': [float(stats['mean'] - half), float(stats['mean'] + half)],
+          'confidence': confidence}
 
 
 def paired_difference(values: Sequence[float], baseline: Sequence[float], *,
-                      confidence: float = 0.9) -> dict[str, Any]:
-  """``values - baseline`` seed by seed: :func:`mean_std` plus a t confidence interval.
+                      confidence: float = CONFIDENCE) -> dict[str, Any]:
+  """``values - baseline`` seed by seed, with :func:`t_interval`'s interval.
 
   Runs of one seed share their initialisation, batches (and teacher), so
   the per-seed difference cancels what the seeds have in common; its spread
@@ -166,54 +222,164 @@ def paired_difference(values: Sequence[float], baseline: Sequence[float], *,
     values: one number per seed.
     baseline: the same seeds' numbers of the compared run, in the same order.
     confidence: the two-sided level of the interval, in (0, 1).
-
-  Returns:
-    :func:`mean_std` of the differences plus ``'ci'``: ``[low, high]``, the
-    Student-t interval ``mean -+ t * std / sqrt(n)`` (``[mean, mean]`` for
-    one seed: no interval can be computed), and ``'confidence'``.
   """
   values, baseline = np.asarray(values, np.float64), np.asarray(baseline, np.float64)
   if values.shape != baseline.shape or values.ndim != 1 or values.size == 0:
     raise ValueError(
         f'values and baseline must be equal-length non-empty lists (one number per seed), '
         f'got shapes {values.shape} and {baseline.shape}')
-  if not 0.0 < confidence < 1.0:
-    raise ValueError(f'confidence must be in (0, 1), got {confidence}')
-  diff = mean_std(values - baseline)
-  n = values.size
-  half = 0.0
-  if n > 1:
-    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * diff['std'] / np.sqrt(n)
-  return {**diff, 'ci': [diff['mean'] - half, diff['mean'] + half], 'confidence': confidence}
+  return t_interval(values - baseline, confidence=confidence)
+
+
+def judge(stats: Mapping[str, Any], *, test: str = '>', threshold: float = 0.0) -> str:
+  """The verdict on a claim about the quantity whose :func:`t_interval` is `stats`.
+
+  Args:
+    stats: from :func:`t_interval` or :func:`paired_difference`.
+    test: ``'>'``: the quantity exceeds `threshold` (a sign claim at 0, or
+      "at least X % of the gain" on a ratio); ``'<'``: it is below
+      `threshold`; ``'=='``: it is within ``±threshold`` (two runs match, up
+      to the margin `threshold` >= 0).
+    threshold: the claim's bound.
+
+  Returns:
+    :data:`SHOWN` when the whole interval is on the claimed side of
+    `threshold` (for ``'=='``: inside ``[-threshold, threshold]``),
+    :data:`CONTRADICTED` when it is wholly on the other side (wholly outside
+    the margin), else :data:`WITHIN`; always :data:`WITHIN` for one seed.
+  """
+  if test not in TESTS:
+    raise ValueError(f'test must be one of {TESTS}, got {test!r}')
+  if test == '==' and threshold < 0:
+    raise ValueError(f'an equivalence margin (threshold) must be >= 0, got {threshold}')
+  if len(stats['values']) < 2:
+    return WITHIN
+  low, high = stats['ci']
+  if test == '>':
+    shown, contradicted = low > threshold, high < threshold
+  elif test == '<':
+    shown, contradicted = high < threshold, low > threshold
+  else:
+    shown = -threshold <= low and high <= threshold
+    contradicted = low > threshold or high < -threshold
+  return SHOWN if shown else CONTRADICTED if contradicted else WITHIN
 
 
 def paired_verdict(diff: Mapping[str, Any], *, claim_sign: float = 1.0) -> str:
-  """Whether a :func:`paired_difference` shows ``claim_sign * difference > 0``.
+  """:func:`judge` of the sign claim ``claim_sign * difference > 0``."""
+  return judge(diff, test='>' if claim_sign > 0 else '<')
 
-  ``'shown'`` when the interval lies wholly on the claimed side of 0,
-  ``'contradicted'`` when it lies wholly on the other side, otherwise
-  ``'within the seed spread'`` (one seed has no interval: always within).
+
+def equivalence_verdict(diff: Mapping[str, Any], *, margin: float = 0.0) -> str:
+  """:func:`judge` of the claim that two runs match within ``±margin``.
+
+  With the default margin 0 the claim can only be contradicted (the
+  interval excludes 0) or stay within the spread, unless every seed's
+  difference is exactly 0: read the interval's width.
   """
-  low, high = (claim_sign * v for v in diff['ci'])
-  low, high = min(low, high), max(low, high)
-  if len(diff['values']) > 1 and low > 0:
-    return SHOWN
-  if len(diff['values']) > 1 and high < 0:
-    return CONTRADICTED
-  return WITHIN
+  return judge(diff, test='==', threshold=margin)
 
 
-def equivalence_verdict(diff: Mapping[str, Any]) -> str:
-  """For a claim that two runs *match*: ``'within the seed spread'`` or ``'contradicted'``.
+def claim(text: str, values: Sequence[float], baseline: Sequence[float] | None = None, *,
+          test: str = '>', threshold: float = 0.0, scale: float = 1.0, unit: str = '',
+          digits: int = 2, caveat: str | None = None,
+          confidence: float = CONFIDENCE) -> dict[str, Any]:
+  """One claim of a paper, judged from per-seed numbers.
 
-  Contradicted when the :func:`paired_difference`'s interval excludes 0;
-  within the spread (what the claim says) otherwise. Not a proof of
-  equivalence: with few seeds the interval is wide, so read its width.
+  Args:
+    text: the claim, as the results page states it.
+    values: the per-seed quantity (one number per seed).
+    baseline: if given, the same seeds' numbers of the compared run: the
+      quantity is then ``values - baseline`` (:func:`paired_difference`).
+    test, threshold: the claim, as :func:`judge` reads them.
+    scale, unit, digits: how the page shows the numbers (``scale`` times
+      each, e.g. 100 and ``'points'`` for accuracies as fractions).
+    caveat: why this run cannot test the claim whatever its numbers say
+      (the verdict is still computed; the page then never says reproduced).
+    confidence: the interval's level (:data:`CONFIDENCE`).
+
+  Returns:
+    ``{'claim', 'test', 'threshold', 'difference'`` (the :func:`t_interval`
+    record of the quantity), ``'paired', 'verdict', 'caveat', 'scale',
+    'unit', 'digits'}``.
   """
-  low, high = diff['ci']
-  if len(diff['values']) > 1 and (low > 0 or high < 0):
-    return CONTRADICTED
-  return WITHIN
+  if baseline is None:
+    stats = t_interval(values, confidence=confidence)
+  else:
+    stats = paired_difference(values, baseline, confidence=confidence)
+  return {'claim': text, 'test': test, 'threshold': float(threshold), 'difference': stats,
+          'paired': baseline is not None, 'verdict': judge(stats, test=test, threshold=threshold),
+          'caveat': caveat, 'scale': scale, 'unit': unit, 'digits': digits}
+
+
+def _number(c: Mapping[str, Any], value: float) -> str:
+  """`value` as the page shows it: times the claim's scale, signed for a difference."""
+  return f"{c['scale'] * value:{'+' if c['paired'] else ''}.{c['digits']}f}"
+
+
+def _bound(c: Mapping[str, Any]) -> str:
+  threshold = f"{c['scale'] * c['threshold']:g}"
+  return {'>': f'> {threshold}', '<': f'< {threshold}', '==': f'within ±{threshold}'}[c['test']]
+
+
+def outcome(c: Mapping[str, Any]) -> str:
+  """What the results page says of a :func:`claim`: reproduced, or not shown and why."""
+  caveat = c.get('caveat')
+  if c['verdict'] == SHOWN:
+    return f'{NOT_SHOWN}: {caveat}' if caveat else REPRODUCED
+  d = c['difference']
+  n = len(d['values'])
+  threshold = f"{c['scale'] * c['threshold']:g}"
+  interval = (f"the {100 * d['confidence']:g} % interval "
+              f"[{_number(c, d['ci'][0])}, {_number(c, d['ci'][1])}] over {n} seeds")
+  if n < 2:
+    reason = 'one seed gives no interval'
+  elif c['verdict'] == WITHIN and c['test'] == '==':
+    reason = f'{interval} reaches past the margin ±{threshold}'
+  elif c['verdict'] == WITHIN:
+    reason = f'{interval} contains {threshold}'
+  elif c['test'] == '==':
+    reason = f'{interval} lies wholly outside ±{threshold} (contradicted)'
+  else:
+    reason = (f"{interval} lies wholly {'below' if c['test'] == '>' else 'above'} {threshold} "
+              '(contradicted)')
+  return f'{NOT_SHOWN}: {reason}' + (f'; besides, {caveat}' if caveat else '')
+
+
+CLAIMS_INTRO = (
+    'Claims, judged from the per-seed numbers: the per-seed quantity (run − baseline of the '
+    'same seed where two runs are compared), its mean and two-sided {level:g} % Student-t '
+    'interval over the seeds. "shown": the interval lies wholly on the claimed side of the bound '
+    '(inside ±margin for a claim that two runs match); "contradicted": wholly on the other side '
+    '(outside the margin); otherwise "within the seed spread". Reproduced only where shown.')
+
+
+def claims_table(claims: Sequence[Mapping[str, Any]]) -> list[str]:
+  """The lines of the claims' table: per-seed values, interval, bound, verdict, outcome."""
+  rows = []
+  for c in claims:
+    d = c['difference']
+    unit = f" {c['unit']}" if c['unit'] else ''
+    interval = (f"[{_number(c, d['ci'][0])}, {_number(c, d['ci'][1])}]"
+                if len(d['values']) > 1 else 'none (one seed)')
+    rows.append([c['claim'], ', '.join(_number(c, v) for v in d['values']),
+                 f"{_number(c, d['mean'])}{unit} {interval}", _bound(c), c['verdict'],
+                 outcome(c)])
+  level = {100 * c['difference']['confidence'] for c in claims} or {100 * CONFIDENCE}
+  lines = [CLAIMS_INTRO.format(level=max(level)), '']
+  return lines + markdown_table(
+      ['claim', 'per seed', 'mean [interval]', 'claimed', 'verdict', 'result'], rows)
+
+
+def per_seed_table(seeds: Sequence[int], columns: Mapping[str, Sequence[float]], *,
+                   scale: float = 1.0, digits: int = 2) -> list[str]:
+  """A table with a row per seed and a column per run: every seed's number, times `scale`."""
+  for name, values in columns.items():
+    if len(values) != len(seeds):
+      raise ValueError(f'column {name!r} has {len(values)} values for {len(seeds)} seeds')
+  rows = [[str(seed), *(f'{scale * columns[name][i]:.{digits}f}' for name in columns)]
+          for i, seed in enumerate(seeds)]
+  return markdown_table(['seed', *columns], rows)
 
 
 def mean_std_text(stats: Mapping[str, float], *, scale: float = 1.0, digits: int = 1) -> str:
@@ -249,4 +415,38 @@ def write_results(results: Mapping[str, Any], workdir: str, config: ml_collectio
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=1, default=list)
   os.replace(path + '.tmp', path)
+  return results
+
+
+def run_main(argv: Sequence[str] | None, *, module: str, doc: str, schema: Any,
+             run: Callable[..., dict[str, Any]], report: Callable[[dict[str, Any]], str],
+             claims: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+             where: str = '') -> dict[str, Any]:
+  """An experiment's ``main``: parse its config, run it, print its report.
+
+  Args:
+    argv: the command line's arguments (``--config=...``, ``--workdir=...``).
+    module: the experiment's module name, for the recorded command line.
+    doc: the module's docstring, shown by ``--help``.
+    schema: the config's schema: a bad config is refused before anything is
+      built or compiled.
+    run: ``run(config, workdir, command) -> results``.
+    report: the results' tables, in Markdown.
+    claims: if given, ``claims(results)``, printed with :func:`claims_table`
+      (unless it is empty).
+    where: appended to the last line (where else the run wrote something;
+      ``{workdir}`` is replaced by the workdir).
+
+  Returns:
+    The results.
+  """
+  config, workdir = config_lib.parse_args(argv, description=doc, schema=schema)
+  results = run(config, workdir, command(module, argv))
+  print(report(results))
+  judged = claims(results) if claims is not None else []
+  if judged:
+    print('\n' + '\n'.join(claims_table(judged)))
+  seeds = len(config.seeds)
+  print(f"\n{seeds} seed{'s' if seeds != 1 else ''} in {results['wall_seconds']:.0f} s; "
+        f"results in {workdir}/results.json{where.format(workdir=workdir)}")
   return results

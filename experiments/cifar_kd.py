@@ -40,7 +40,6 @@ import optax
 from experiments import _common
 from experiments.configs import cifar_kd as cifar_kd_configs
 from kdjax import adapters
-from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import explain
 from kdjax import losses
@@ -677,7 +676,7 @@ def describe(config: Mapping[str, Any], params: Mapping[str, int]) -> str:
 
 
 def format_table(results: Mapping[str, Any]) -> str:
-  """Markdown table of test accuracy per method, and what beat KD."""
+  """Markdown tables of test accuracy per method: mean ± std, and per seed."""
   summary, num_test = results['summary'], results['num_test']
 
   def pct(stats):
@@ -693,7 +692,7 @@ def format_table(results: Mapping[str, Any]) -> str:
   lines = _common.markdown_table(
       ['model', 'test accuracy (%)', 'validation accuracy (%)', f'test errors (of {num_test})'],
       rows)
-  lines += ['', verdict(summary)]
+  lines += ['', per_seed_table(results)]
   phase_seconds = results.get('phase_seconds') or []
   if phase_seconds:
     mean_seconds = {p: np.mean([s[p] for s in phase_seconds if p in s]) for p in phase_seconds[0]}
@@ -712,39 +711,42 @@ def format_table(results: Mapping[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def verdict(summary: Mapping[str, Any]) -> str:
-  """A sentence computed from the numbers: which methods beat vanilla KD."""
-  if 'kd' not in summary:
-    return 'KD was not run, so no method is compared with it.'
-  kd = summary['kd']['test']
-  others = [m for m in METHOD_TITLES if m in summary and m not in ('kd', 'vanilla')]
-  better = [m for m in others if summary[m]['test']['mean'] > kd['mean']]
-  clear = [m for m in better
-           if summary[m]['test']['mean'] - summary[m]['test']['std'] > kd['mean'] + kd['std']]
-  name = lambda m: METHOD_TITLES[m].split(' (')[0]
-  parts = []
-  if better:
-    parts.append(f"Beat vanilla KD ({100 * kd['mean']:.2f} %) on mean test accuracy: "
-                 + ', '.join(f"{name(m)} ({100 * summary[m]['test']['mean']:.2f} %)"
-                             for m in better) + '.')
-    parts.append(
-        (f"Of these, by more than one standard deviation on both sides: "
-         f"{', '.join(name(m) for m in clear)}." if clear else
-         'None by more than one standard deviation on both sides: at this scale the '
-         'differences are within the seed-to-seed spread.'))
-  else:
-    parts.append(f"No method beat vanilla KD ({100 * kd['mean']:.2f} %) on mean test accuracy.")
-  if 'vanilla' in summary:
-    gain = summary['kd']['test']['mean'] - summary['vanilla']['test']['mean']
-    parts.append(f"KD minus the student trained on labels alone: {100 * gain:+.2f} points.")
-    vanilla = summary['vanilla']['test']['mean']
-    hurt = [m for m in others if summary[m]['test']['mean'] < vanilla - 0.05]
-    if hurt:
-      parts.append(
-          'More than 5 points below the labels-only student, at the published weights: '
-          + ', '.join(f"{name(m)} ({100 * summary[m]['test']['mean']:.2f} %)" for m in hurt)
-          + '.')
-  return ' '.join(parts)
+# (claim, run, baseline, caveat): each is judged on the per-seed test accuracy of run - baseline.
+CLAIMS = (
+    ('the teacher beats the labels-only student, the gap to close', 'teacher', 'vanilla', None),
+    ('KD beats labels only', 'kd', 'vanilla', None),
+    ('FitNets beats KD', 'fitnets', 'kd', None),
+    ('AT beats KD', 'at', 'kd', None),
+    ('DKD beats KD', 'dkd', 'kd', None),
+    ('CRD beats KD', 'crd', 'kd', None),
+    ('DML peers beat the labels-only student', 'dml', 'vanilla',
+     'the DML number is the mean of its two students, which start from other weights than the '
+     'labels-only student'),
+    ('multi-teacher KD beats KD from one teacher', 'multi_teacher', 'kd', None),
+)
+
+
+def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """Every claim whose runs were made, judged from the recorded per-seed test accuracies."""
+  per_seed = results['per_seed']
+  out = []
+  for text, run, baseline, caveat in CLAIMS:
+    if all(run in r and baseline in r for r in per_seed):
+      out.append(_common.claim(f'{text} (test accuracy, points)',
+                               [r[run]['test/acc/student'] for r in per_seed],
+                               [r[baseline]['test/acc/student'] for r in per_seed],
+                               scale=100, caveat=caveat))
+  return out
+
+
+def per_seed_table(results: Mapping[str, Any]) -> str:
+  """Every seed's test accuracy (%) of every run."""
+  per_seed = results['per_seed']
+  phases = [p for p in per_seed[0] if all(p in r for r in per_seed)]
+  columns = {METHOD_TITLES.get(p, p.replace('_', ' ')).split(' (')[0]:
+                 [r[p]['test/acc/student'] for r in per_seed] for p in phases}
+  return '\n'.join([f"Test accuracy (%) per seed (of {results['num_test']} test images):", '',
+                    *_common.per_seed_table(results['config']['seeds'], columns, scale=100)])
 
 
 # ----------------------------------------------------------------------------
@@ -855,15 +857,10 @@ def _results(config, arrays, params, per_seed, seconds, phase_seconds, gradcam, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  # Checked against the schema before anything is built or compiled.
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=cifar_kd_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(describe(results['config'], results['params']))
-  print()
-  print(format_table(results))
-  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
-        f"results in {workdir}/results.json")
+  _common.run_main(
+      argv, module=MODULE, doc=__doc__, schema=cifar_kd_configs.schema(), run=run,
+      report=lambda r: describe(r['config'], r['params']) + '\n\n' + format_table(r),
+      claims=claims)
 
 
 if __name__ == '__main__':

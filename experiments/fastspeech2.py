@@ -32,7 +32,6 @@ training and generation included for (b)). Usage::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import math
 import os
 import shutil
 import sys
@@ -46,11 +45,9 @@ import ml_collections
 import numpy as np
 import optax
 import scipy.fft
-import scipy.stats
 
 from experiments import _common
 from experiments.configs import fastspeech2 as fs2_configs
-from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import objective as objective_lib
 from kdjax import step as step_lib
@@ -493,67 +490,37 @@ def train_model(model, arrays, *, seed: int, workdir: str, desc: str, config,
 # Claims, computed from the numbers.
 
 
-def interval(values: Sequence[float], confidence: float) -> dict[str, Any]:
-  """Mean, std and a Student-t confidence interval of paired differences over seeds."""
-  stats = _common.mean_std(values)
-  n = len(values)
-  if n < 2:
-    low, high = -math.inf, math.inf
-  else:
-    half = scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * stats['std'] / math.sqrt(n)
-    low, high = stats['mean'] - half, stats['mean'] + half
-  return {**stats, 'low': low, 'high': high, 'confidence': confidence}
-
-
-def lower_is_better_verdict(diff: Mapping[str, float], margin: float = 0.0) -> str:
-  """Verdict on 'x is better than (margin = 0) / not worse than (margin > 0) y'.
-
-  `diff` holds the interval of ``metric(x) - metric(y)`` for a metric where
-  lower is better: 'shown' when the whole interval is below ``margin``,
-  'contradicted' when it is wholly above 0 (for margin 0) or above the
-  margin, else 'within the spread'.
-  """
-  if diff['high'] < margin:
-    return 'shown'
-  if diff['low'] > margin:
-    return 'contradicted'
-  return 'within the spread'
-
-
 def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """The paper's claims with their measured numbers and verdicts."""
+  """The paper's claims, judged from the recorded per-seed numbers (lower is better for both metrics)."""
   per_seed, config = results['per_seed'], results['config']
-  confidence = config['eval']['confidence']
   variants = config['variants']
-  usable = results['teacher']['alignment_usable']
-  caveat = ('not shown at this scale (the teacher\'s alignment is not usable: '
-            f"{results['teacher']['validation']['within_one']:.0%} of validation phonemes "
-            'within one frame)')
+  caveat = None
+  if not results['teacher']['alignment_usable']:
+    caveat = ("the teacher's alignment is not usable: "
+              f"{results['teacher']['validation']['within_one']:.0%} of validation phonemes "
+              'within one frame')
   out = []
   for metric in ('mel_l1', 'mcd'):
     if 'gt' in variants and 'distilled' in variants:
-      diff = interval([r['distilled'][metric] - r['gt'][metric] for r in per_seed], confidence)
-      verdict = lower_is_better_verdict(diff)
-      out.append({'claim': f'(b) FastSpeech beats (a) ground truth alone (test {metric}, b − a)',
-                  'difference': diff, 'verdict': verdict if usable else caveat,
-                  'computed_verdict': verdict})
+      out.append(_common.claim(
+          f'(b) FastSpeech beats (a) ground truth alone (test {metric}, b − a)',
+          [r['distilled'][metric] for r in per_seed], [r['gt'][metric] for r in per_seed],
+          test='<', digits=3, caveat=caveat))
     if 'fastspeech2' in variants and 'distilled' in variants:
-      diffs = [r['fastspeech2'][metric] - r['distilled'][metric] for r in per_seed]
-      diff = interval(diffs, confidence)
       margin = config['eval']['noninferiority_margin'] * float(
           np.mean([r['distilled'][metric] for r in per_seed]))
-      verdict = lower_is_better_verdict(diff, margin)
-      out.append({'claim': f'(c) FastSpeech 2 is at least as good as (b) (test {metric}, c − b, '
-                           f'margin {margin:.3f})',
-                  'difference': diff, 'verdict': verdict if usable else caveat,
-                  'computed_verdict': verdict})
+      out.append(_common.claim(
+          f'(c) FastSpeech 2 is at least as good as (b) (test {metric}, c − b, margin '
+          f'{margin:.3f})', [r['fastspeech2'][metric] for r in per_seed],
+          [r['distilled'][metric] for r in per_seed], test='<', threshold=margin, digits=3,
+          caveat=caveat))
   if 'fastspeech2' in variants and 'distilled' in variants:
     times = results['times']
-    ratio = times['distilled_end_to_end']['mean'] / times['fastspeech2_end_to_end']['mean']
-    verdict = 'shown' if ratio > 1 else 'contradicted'
-    out.append({'claim': '(c) trains faster end to end than (b) (teacher training and '
-                         'generation included; the paper: about 3x)',
-                'speedup': ratio, 'verdict': verdict})
+    out.append(_common.claim(
+        '(c) trains faster end to end than (b) (teacher training and generation included; '
+        'end-to-end seconds of (b) / (c) per seed; the paper: about 3x)',
+        np.divide(times['distilled_end_to_end']['values'],
+                  times['fastspeech2_end_to_end']['values']), threshold=1.0))
   return out
 
 
@@ -784,6 +751,16 @@ def describe(results: Mapping[str, Any]) -> str:
       f"output's variance over the true one's (< 1: over-smoothed).")
 
 
+def per_seed_table(results: Mapping[str, Any]) -> str:
+  """Every seed's test mel L1 and MCD of every variant."""
+  per_seed = results['per_seed']
+  variants = [v for v in VARIANT_NAMES if all(v in r for r in per_seed)]
+  columns = {f'{VARIANT_NAMES[v]}, {name}': [r[v][metric] for r in per_seed]
+             for metric, name in (('mel_l1', 'mel L1'), ('mcd', 'MCD (dB)')) for v in variants}
+  return '\n'.join(['Test numbers per seed:', '',
+                    *_common.per_seed_table(results['config']['seeds'], columns, digits=3)])
+
+
 def format_table(results: Mapping[str, Any]) -> str:
   s, times, teacher = results['summary'], results['times'], results['teacher']
   stat = lambda x, d=3: _common.mean_std_text(x, digits=d)
@@ -800,17 +777,7 @@ def format_table(results: Mapping[str, Any]) -> str:
   lines = _common.markdown_table(
       ['model', 'mel L1', 'MCD (dB)', 'variance ratio', 'free mel L1', 'free MCD',
        'duration MAE (frames)', 'pitch RMSE (Hz)', 'end-to-end training (s)'], rows)
-  lines += ['', 'Claims (paired differences over seeds, '
-            f"{results['config']['eval']['confidence']:.0%} Student-t intervals):", '']
-  claim_rows = []
-  for c in results['claims']:
-    if 'difference' in c:
-      d = c['difference']
-      number = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-    else:
-      number = f"{c['speedup']:.2f}x"
-    claim_rows.append([c['claim'], number, c['verdict']])
-  lines += _common.markdown_table(['claim', 'measured', 'verdict'], claim_rows)
+  lines += ['', per_seed_table(results)]
   publish = results['config']['eval']['publish_dir']
   if publish and results.get('samples'):
     where = os.path.relpath(publish, 'docs')
@@ -839,18 +806,17 @@ def format_alignment(results: Mapping[str, Any]) -> str:
        'head of least MAE', 'uniform durations: MAE / within ±1'], rows))
 
 
+def report(results: Mapping[str, Any]) -> str:
+  """What main prints: the teacher candidates (``alignment.only``) or the whole section."""
+  if results['config']['alignment']['only']:
+    return format_alignment(results)
+  return describe(results) + '\n\n' + format_table(results)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=fs2_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  if config.alignment.only:
-    print(format_alignment(results))
-    return
-  print(describe(results))
-  print()
-  print(format_table(results))
-  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
-        f"results in {workdir}/results.json")
+  _common.run_main(argv, module=MODULE, doc=__doc__, schema=fs2_configs.schema(), run=run,
+                   report=report,
+                   claims=lambda r: [] if r['config']['alignment']['only'] else claims(r))
 
 
 if __name__ == '__main__':

@@ -28,7 +28,6 @@ import numpy as np
 from experiments import _common
 from experiments import cifar_kd
 from experiments.configs import font_kd as font_kd_configs
-from kdjax import config as config_lib
 from kdjax import step as step_lib
 
 MODULE = 'experiments.font_kd'
@@ -299,19 +298,21 @@ def run_seed(config, experiments, runner: Runner, seed: int) -> tuple[dict, dict
 # Verdicts and tables.
 
 
-def verdicts(per_seed: Sequence[Mapping[str, Mapping[str, float]]],
-             confidence: float = 0.9) -> list[dict[str, Any]]:
-  """Paired test-accuracy differences over seeds and a verdict per claim whose runs exist."""
+def verdicts(per_seed: Sequence[Mapping[str, Mapping[str, float]]]) -> list[dict[str, Any]]:
+  """A :func:`experiments._common.claim` per claim whose runs exist, on paired test accuracies."""
   out = []
-  for claim, run, baseline in CLAIMS:
+  for text, run, baseline in CLAIMS:
     if not all(run in r and baseline in r for r in per_seed):
       continue
-    diff = _common.paired_difference([r[run]['test'] for r in per_seed],
-                                     [r[baseline]['test'] for r in per_seed],
-                                     confidence=confidence)
-    out.append({'claim': claim, 'run': run, 'baseline': baseline, 'difference': diff,
-                'verdict': _common.paired_verdict(diff)})
+    out.append({**_common.claim(text, [r[run]['test'] for r in per_seed],
+                                [r[baseline]['test'] for r in per_seed], scale=100),
+                'run': run, 'baseline': baseline})
   return out
+
+
+def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The claims, judged now from the recorded per-seed numbers."""
+  return verdicts(results['per_seed'])
 
 
 def teacher_gap(per_seed) -> dict[str, Any] | None:
@@ -323,7 +324,7 @@ def teacher_gap(per_seed) -> dict[str, Any] | None:
 
 
 def format_tables(results: Mapping[str, Any]) -> str:
-  """Per-seed test (validation) accuracy of every run, then the claims' differences."""
+  """Per-seed test (validation) accuracy of every run, and the selection."""
   per_seed, seeds = results['per_seed'], results['config']['seeds']
   phases = [p for p in PHASE_TITLES if all(p in r for r in per_seed)]
   rows = []
@@ -337,16 +338,6 @@ def format_tables(results: Mapping[str, Any]) -> str:
   if gap:
     lines += ['', f"Teacher minus labels-only student (test): {100 * gap['mean']:+.2f} points "
               f"({', '.join(f'{100 * v:+.2f}' for v in gap['values'])} per seed)."]
-  rows = []
-  for v in results['verdicts']:
-    d = v['difference']
-    rows.append([v['claim'], ', '.join(f'{100 * x:+.2f}' for x in d['values']),
-                 f"{100 * d['mean']:+.2f}",
-                 f"[{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]", v['verdict']])
-  if rows:
-    confidence = results['verdicts'][0]['difference']['confidence']
-    lines += ['', f'Paired test-accuracy differences (points), {confidence:.0%} t intervals:', '']
-    lines += _common.markdown_table(['claim', 'per seed', 'mean', 'interval', 'verdict'], rows)
   sel = results.get('selection') or {}
   if sel:
     lines += ['', f"Selected on validation, seed {sel['seed']} (not reported): student learning "
@@ -391,12 +382,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=font_kd_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(format_tables(results))
-  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
-        f"results in {workdir}/results.json")
+  _common.run_main(argv, module=MODULE, doc=__doc__, schema=font_kd_configs.schema(), run=run,
+                   report=format_tables, claims=claims)
 
 
 if __name__ == '__main__':

@@ -9,10 +9,11 @@ TensorBoard files, the teachers' own checkpoints, ``results.json``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import os
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,6 @@ import optax
 from experiments import _common
 from experiments.configs import hinton as hinton_configs
 from kdjax import adapters
-from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import losses
 from kdjax import loop
@@ -369,6 +369,51 @@ def format_table(summary: dict, num_test: int) -> str:
   return '\n'.join(lines)
 
 
+PHASE_NAMES = {'teacher': 'teacher', 'baseline': 'labels only', 'distilled': 'distilled'}
+OMITTED_RULES = {'prior': 'the prior rule', 'val_acc': 'validation accuracy'}
+
+
+def per_seed_table(results: Mapping[str, Any]) -> str:
+  """Every seed's test accuracy (%) of each model, and of the omitted class after each bias rule."""
+  per_seed, seeds = results['per_seed'], results['config']['seeds']
+  columns = {name: [r[phase]['test/acc/student'] for r in per_seed]
+             for phase, name in PHASE_NAMES.items()}
+  if all('omitted' in r for r in per_seed):
+    label = results['config']['omitted']['label']
+    columns[f'omitted: class {label} before'] = [
+        r['omitted']['before']['acc_on_label'] for r in per_seed]
+    for rule, name in OMITTED_RULES.items():
+      columns[f'class {label}, bias by {name}'] = [
+          r['omitted']['after_by_rule'][rule]['acc_on_label'] for r in per_seed]
+  return '\n'.join(['Test accuracy (%) per seed:', '',
+                    *_common.per_seed_table(seeds, columns, scale=100, digits=1)])
+
+
+def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """The paper's claims, judged from the recorded per-seed test accuracies."""
+  per_seed = results['per_seed']
+  acc = {phase: np.array([r[phase]['test/acc/student'] for r in per_seed]) for phase in PHASE_NAMES}
+  gap = acc['teacher'] - acc['baseline']
+  out = [_common.claim('the distilled student beats the labels-only student (test accuracy, '
+                       'points)', acc['distilled'], acc['baseline'], scale=100),
+         _common.claim('the teacher beats the labels-only student (the gap to close; points)',
+                       acc['teacher'], acc['baseline'], scale=100)]
+  if np.all(gap != 0):
+    out.append(_common.claim(
+        'distillation recovers most (> 50 %) of the teacher\'s gain ((distilled − labels) / '
+        '(teacher − labels), %)', (acc['distilled'] - acc['baseline']) / gap, threshold=0.5,
+        scale=100, digits=0))
+  if all('omitted' in r for r in per_seed):
+    label = results['config']['omitted']['label']
+    for rule, name in OMITTED_RULES.items():
+      out.append(_common.claim(
+          f'the omitted class {label} is recognised (> 50 % of its test examples) after the '
+          f'bias correction chosen by {name} (%)',
+          [r['omitted']['after_by_rule'][rule]['acc_on_label'] for r in per_seed],
+          threshold=0.5, scale=100, digits=1))
+  return out
+
+
 def plot_learning_curves(
     workdir: str, phases: Sequence[str], seeds: Sequence[int], path: str, title: str
 ) -> None:
@@ -435,13 +480,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  # Checked against the schema before anything is built or compiled.
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=hinton_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(format_table(results['summary'], results['num_test']))
-  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
-        f"results in {workdir}/results.json, plot in {workdir}/learning_curves.png")
+  _common.run_main(
+      argv, module=MODULE, doc=__doc__, schema=hinton_configs.schema(), run=run,
+      report=lambda r: format_table(r['summary'], r['num_test']) + '\n\n' + per_seed_table(r),
+      claims=claims, where=', plot in {workdir}/learning_curves.png')
 
 
 if __name__ == '__main__':

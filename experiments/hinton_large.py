@@ -21,7 +21,8 @@ order of work:
    omitted-class students with the selected recipes. Nothing is evaluated
    on the test split during training.
 3. The test split is read, and every reported model is scored on it once.
-4. Per-seed tables and a verdict per claim (:func:`verdict`).
+4. Per-seed tables and a verdict per claim (:func:`verdicts`, judged by
+   :func:`experiments._common.judge`).
 
 Writes ``<workdir>/results.json`` (with provenance) and prints the tables;
 every run has its own directory (metrics, checkpoints) and resumes from it.
@@ -41,13 +42,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from scipy import stats
 
 from experiments import _common
 from experiments import hinton
 from experiments.configs import hinton_large as configs
 from kdjax import checkpoint
-from kdjax import config as config_lib
 from kdjax import data as data_lib
 
 MODULE = 'experiments.hinton_large'
@@ -207,35 +206,6 @@ def choose_bias(val_logits: Sequence[np.ndarray], val_labels: np.ndarray, label:
   return {'bias': float(grid[i]), 'val_acc': scores[i],
           'grid': [float(d) for d in grid], 'val_acc_by_bias': scores,
           'on_edge': i in (0, len(grid) - 1)}
-
-
-# ----------------------------------------------------------------------------
-# Verdicts.
-
-SHOWN = 'shown beyond the seed spread'
-WITHIN = 'within the seed spread: not shown at this scale'
-CONTRADICTED = 'contradicted'
-
-
-def verdict(values: Sequence[float], threshold: float = 0.0, confidence: float = 0.95) -> dict:
-  """Whether per-seed `values` are above `threshold` beyond their spread.
-
-  The two-sided Student-t interval of the mean at `confidence` over the
-  seeds: wholly above `threshold` -> :data:`SHOWN`, wholly below ->
-  :data:`CONTRADICTED`, else :data:`WITHIN`. One seed gives no interval
-  (:data:`WITHIN`).
-  """
-  values = np.asarray(values, np.float64)
-  n = len(values)
-  mean = float(values.mean())
-  if n < 2:
-    low, high = -math.inf, math.inf
-  else:
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    low, high = mean - half, mean + half
-  text = SHOWN if low > threshold else CONTRADICTED if high < threshold else WITHIN
-  return {'verdict': text, 'mean': mean, 'ci': [float(low), float(high)],
-          'confidence': confidence, 'threshold': threshold, 'values': [float(v) for v in values]}
 
 
 # ----------------------------------------------------------------------------
@@ -519,7 +489,11 @@ def score_test(exp: Experiment, selection: dict, trained: list[dict]) -> tuple[l
 
 
 def verdicts(per_seed: Sequence[dict]) -> dict:
-  """The paper's claims, per arm, from the per-seed test numbers."""
+  """The paper's claims, per arm: ``{arm: {key: _common.claim record}}`` from the per-seed test numbers.
+
+  A claim whose quantity is undefined on some seed (the gap recovered where
+  a seed's teacher ties its labels-only student) is left out.
+  """
   out = {}
   for arm in per_seed[0]['arms']:
     teacher = np.array([r['teacher']['test_acc'] for r in per_seed])
@@ -527,14 +501,24 @@ def verdicts(per_seed: Sequence[dict]) -> dict:
     dist = np.array([r['arms'][arm]['distilled']['test_acc'] for r in per_seed])
     on_label = [r['arms'][arm]['omitted']['after_selected_bias']['acc_on_label'] for r in per_seed]
     gap = teacher - base
-    out[arm] = {
-        'kd_beats_labels': verdict(dist - base, 0.0),
-        'teacher_beats_student': verdict(gap, 0.0),
-        'most_of_gap_recovered': verdict((dist - base) / np.where(gap == 0, np.nan, gap), 0.5)
-        if np.all(gap != 0) else {'verdict': 'undefined: a seed has no teacher-student gap'},
-        'omitted_class_recognised': verdict(on_label, 0.5),
+    quantities = {
+        'kd_beats_labels': (dist, base, 0.0),
+        'most_of_gap_recovered': ((dist - base) / gap, None, 0.5) if np.all(gap != 0) else None,
+        'omitted_class_recognised': (on_label, None, 0.5),
+        'teacher_beats_student': (teacher, base, 0.0),
     }
+    out[arm] = {}
+    for key, text, measure, scale in CLAIMS:
+      if quantities[key] is not None:
+        values, baseline, threshold = quantities[key]
+        out[arm][key] = _common.claim(f'{arm}: {text}; measured: {measure}', values, baseline,
+                                      threshold=threshold, scale=scale)
   return out
+
+
+def claims(results: Mapping[str, Any]) -> list[dict]:
+  """Every arm's claims, judged now from the recorded per-seed numbers."""
+  return [c for arm in verdicts(results['per_seed']).values() for c in arm.values()]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -675,20 +659,6 @@ def format_table(results: dict) -> str:
         ['seed', 'teacher', 'labels only', 'distilled', 'distilled − labels', 'gap recovered (%)',
          f'omitted: class {label} before', f'after bias +{selection["arms"][arm]["chosen"]["bias"]:g}',
          "after the seed's own val bias", 'omitted: overall after'], rows)
-  lines += ['', 'Verdicts (95 % Student-t interval of the per-seed values over the reported '
-            'seeds; "shown" only where the whole interval is past the threshold):', '']
-  rows = []
-  for arm in ARMS:
-    for key, claim, measure, scale in CLAIMS:
-      v = results['verdicts'][arm][key]
-      if 'mean' not in v:
-        rows.append([arm, claim, measure, 'n/a', v['verdict']])
-        continue
-      rows.append([arm, claim, measure,
-                   f"{scale * v['mean']:.2f} [{scale * v['ci'][0]:.2f}, {scale * v['ci'][1]:.2f}]"
-                   f" (threshold {scale * v['threshold']:g})", v['verdict']])
-  lines += _common.markdown_table(['arm', 'claim', 'measured per seed', 'mean [95 % interval]',
-                                   'verdict'], rows)
   lines += ['', 'For comparison, the paper on MNIST: teacher 67 test errors, small net 146, the '
             'small net distilled 74 (about 91 % of the gap recovered); with every 3 left out of '
             'the transfer set, 98.6 % of the test 3s right once the bias of class 3 was raised '
@@ -714,10 +684,8 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  config, workdir = config_lib.parse_args(argv, description=__doc__, schema=configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(format_table(results))
-  print(f"\n{results['wall_seconds']:.0f} s; results in {workdir}/results.json")
+  _common.run_main(argv, module=MODULE, doc=__doc__, schema=configs.schema(), run=run,
+                   report=format_table, claims=claims)
 
 
 if __name__ == '__main__':

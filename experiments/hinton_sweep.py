@@ -43,7 +43,6 @@ import numpy as np
 from experiments import _common
 from experiments.configs import hinton as hinton_configs
 from experiments import hinton
-from kdjax import config as config_lib
 
 # The grids (constants, not config entries: the config holds the choice, this
 # script checks it).
@@ -295,13 +294,8 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  # Checked against the schema before anything is built or compiled.
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=hinton_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(format_table(results))
-  print(f"\nSweep (seed {results['seed']}) in {results['wall_seconds']:.0f} s; "
-        f'results in {workdir}/results.json')
+  _common.run_main(argv, module=MODULE, doc=__doc__, schema=hinton_configs.schema(), run=run,
+                   report=format_table)
 
 
 if __name__ == '__main__':

@@ -28,7 +28,6 @@ import numpy as np
 
 from experiments import _common
 from experiments.configs import lm_kd as lm_kd_configs
-from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import losses
 from kdjax import objective as objective_lib
@@ -380,14 +379,32 @@ def format_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
+def _variant_name(variant: str, kd: Mapping) -> str:
+  name = VARIANT_NAMES[variant].format(beta=kd['jsd_beta'], alpha=kd['skew_alpha'])
+  return name.removeprefix('student, ')
+
+
+def per_seed_table(results: Mapping) -> str:
+  """Every seed's test bits/byte of every student variant."""
+  per_seed, kd = results['per_seed'], results['config']['kd']
+  columns = {_variant_name(v, kd): [r[v]['test/bpc'] for r in per_seed] for v in per_seed[0]}
+  return '\n'.join(['Test bits/byte per seed (the teacher is one run):', '',
+                    *_common.per_seed_table(results['config']['seeds'], columns, digits=3)])
+
+
+def claims(results: Mapping) -> list[dict]:
+  """Each divergence + labels beats labels only (lower test bits/byte), seed by seed."""
+  per_seed, kd = results['per_seed'], results['config']['kd']
+  return [_common.claim(f'{_variant_name(v, kd)} beats labels only (test bits/byte, lower is '
+                        'better)', [r[v]['test/bpc'] for r in per_seed],
+                        [r['labels']['test/bpc'] for r in per_seed], test='<', digits=3)
+          for v in per_seed[0] if v != 'labels' and 'labels' in per_seed[0]]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  # Checked against the schema before anything is built or compiled.
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=lm_kd_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(format_table(results))
-  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
-        f"results in {workdir}/results.json")
+  _common.run_main(argv, module=MODULE, doc=__doc__, schema=lm_kd_configs.schema(), run=run,
+                   report=lambda r: format_table(r) + '\n\n' + per_seed_table(r),
+                   claims=claims)
 
 
 if __name__ == '__main__':

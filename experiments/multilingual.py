@@ -56,7 +56,6 @@ import optax
 
 from experiments import _common
 from experiments.configs import multilingual as multilingual_configs
-from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import losses
 from kdjax import metrics as metrics_lib
@@ -519,38 +518,41 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 # Claims and tables.
 
 
-def _beyond(diff: Mapping[str, Any], threshold: float = 0.0) -> str:
-  """'shown' when ``mean - std`` clears `threshold`, 'contradicted' when ``mean + std`` falls short."""
-  if diff['mean'] - diff['std'] > threshold:
-    return 'shown'
-  if diff['mean'] + diff['std'] < threshold:
-    return 'contradicted'
-  return 'within the seed spread'
-
-
 def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """Each claim with its measured numbers and a verdict (the teacher is one deterministic run)."""
+  """Each claim, judged from the recorded per-seed numbers (the teacher is one deterministic run)."""
   config, per_seed, teacher = results['config'], results['per_seed'], results['before']['teacher']
   out = []
   for lang in config['data']['langs']:
     for direction in DIRECTIONS:
       key = f'{lang}/{direction}'
-      diff = _common.mean_std([r['test'][key] - teacher['test'][key] for r in per_seed])
       arrow = 'en→x' if direction == 'en_to_x' else 'x→en'
-      out.append({'claim': f'{lang} {arrow}: the student retrieves translations better than '
-                           'the teacher (test accuracy, student minus teacher)',
-                  'difference': diff, 'verdict': _beyond(diff)})
+      out.append(_common.claim(
+          f'{lang} {arrow}: the student retrieves translations better than the teacher (test '
+          'accuracy, student minus teacher, points)', [r['test'][key] for r in per_seed],
+          [teacher['test'][key]] * len(per_seed), scale=100, digits=1))
   c = config['claims']
-  cosine = _common.mean_std([r['test']['english/cosine'] for r in per_seed])
-  out.append({'claim': f"English kept: the student's English embeddings have mean cosine "
-                       f"≥ {100 * c['english_cosine_min']:g} % with the teacher's",
-              'difference': cosine, 'verdict': _beyond(cosine, c['english_cosine_min'])})
-  knn = _common.mean_std([r['test']['english/neighbours'] for r in per_seed])
-  out.append({'claim': f"English kept: ≥ {100 * c['english_neighbours_min']:g} % of each English "
-                       f"sentence's {config['eval']['neighbours']} nearest neighbours are the "
-                       "teacher's",
-              'difference': knn, 'verdict': _beyond(knn, c['english_neighbours_min'])})
+  out.append(_common.claim(
+      f"English kept: the student's English embeddings have mean cosine "
+      f"≥ {100 * c['english_cosine_min']:g} % with the teacher's (%)",
+      [r['test']['english/cosine'] for r in per_seed], threshold=c['english_cosine_min'],
+      scale=100, digits=1))
+  out.append(_common.claim(
+      f"English kept: ≥ {100 * c['english_neighbours_min']:g} % of each English sentence's "
+      f"{config['eval']['neighbours']} nearest neighbours are the teacher's (%)",
+      [r['test']['english/neighbours'] for r in per_seed], threshold=c['english_neighbours_min'],
+      scale=100, digits=1))
   return out
+
+
+def per_seed_table(results: Mapping[str, Any]) -> str:
+  """Every seed's test retrieval accuracy and English agreement (%)."""
+  config, per_seed = results['config'], results['per_seed']
+  keys = [f'{lang}/{d}' for lang in config['data']['langs'] for d in DIRECTIONS]
+  names = {k: k.replace('/en_to_x', ' en→x').replace('/x_to_en', ' x→en') for k in keys}
+  names |= {'english/cosine': 'English cosine', 'english/neighbours': 'English k-NN'}
+  columns = {name: [r['test'][k] for r in per_seed] for k, name in names.items()}
+  return '\n'.join(['Student after training, per seed (test, %):', '',
+                    *_common.per_seed_table(config['seeds'], columns, scale=100, digits=1)])
 
 
 def describe(results: Mapping[str, Any]) -> str:
@@ -596,21 +598,13 @@ def format_table(results: Mapping[str, Any]) -> str:
           ['student after training'] + [stat(summary[k]) for k in keys + english]]
   lines = ['Test retrieval accuracy (%) and English agreement with the teacher (%):', '']
   lines += _common.markdown_table(header, rows)
-  lines += ['', 'Claims ("shown" when mean − std clears the bar, over seeds):', '']
-  claim_rows = [[c['claim'], _common.mean_std_text(c['difference'], scale=100.0), c['verdict']]
-                for c in claims(results)]
-  lines += _common.markdown_table(['claim', 'measured (%)', 'verdict'], claim_rows)
+  lines += ['', per_seed_table(results)]
   return '\n'.join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  # Checked against the schema before anything is built or compiled.
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=multilingual_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(format_table(results))
-  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
-        f"results in {workdir}/results.json")
+  _common.run_main(argv, module=MODULE, doc=__doc__, schema=multilingual_configs.schema(),
+                   run=run, report=format_table, claims=claims)
 
 
 if __name__ == '__main__':

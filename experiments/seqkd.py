@@ -42,7 +42,6 @@ import numpy as np
 
 from experiments import _common
 from experiments.configs import seqkd as seqkd_configs
-from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import generate as gen
 from kdjax import losses
@@ -487,26 +486,20 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 # Claims, computed from the numbers.
 
 
-def _paired_verdict(diff: Mapping[str, Any], claim_sign: float = 1.0) -> str:
-  """'shown' when the paired difference's mean exceeds its std in the claimed direction."""
-  mean, std = claim_sign * diff['mean'], diff['std']
-  if mean > std and mean > 0:
-    return 'shown'
-  if mean < -std:
-    return 'contradicted'
-  return 'within the seed spread'
-
-
 def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """Each claim of the paper with its measured numbers and a verdict."""
-  s = results['summary']
+  """Each claim of the paper, judged from the recorded per-seed numbers."""
+  per_seed = results['per_seed']
+  variants = [v for v in VARIANTS if all(v in r for r in per_seed)]
   out = []
 
+  def bleu(variant, decoding):
+    return [r[variant][f'test/{decoding}_bleu'] for r in per_seed]
+
   def ordering(a, b, decoding):
-    if a in s and b in s:
-      diff = s[a][f'minus_{b}_{decoding}_bleu']
-      out.append({'claim': f'{VARIANT_NAMES[a]} beats {VARIANT_NAMES[b]} ({decoding}, test BLEU)',
-                  'difference': diff, 'verdict': _paired_verdict(diff)})
+    if a in variants and b in variants:
+      out.append(_common.claim(
+          f'{VARIANT_NAMES[a]} beats {VARIANT_NAMES[b]} ({decoding}, test BLEU)',
+          bleu(a, decoding), bleu(b, decoding)))
 
   for decoding in ('greedy', 'beam'):
     ordering('seq_kd', 'word_kd', decoding)
@@ -515,22 +508,32 @@ def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     ordering('seq_interp', 'baseline', decoding)
     # "The methods combine": word-KD on top of seq-KD.
     ordering('seq_kd_word_kd', 'seq_kd', decoding)
-  if 'seq_kd' in s and 'baseline' in s:
+  if 'seq_kd' in variants and 'baseline' in variants:
     # The seq-KD student needs beam search less: its beam-greedy gap is smaller.
-    gaps = [r['seq_kd']['test/beam_bleu'] - r['seq_kd']['test/greedy_bleu']
-            - (r['baseline']['test/beam_bleu'] - r['baseline']['test/greedy_bleu'])
-            for r in results['per_seed']]
-    diff = _common.mean_std(gaps)
-    out.append({'claim': 'the seq-KD student gains less from beam search than the baseline '
-                         '(beam − greedy BLEU, seq-KD minus baseline)',
-                'difference': diff, 'verdict': _paired_verdict(diff, claim_sign=-1.0)})
-  teacher, student = results['teacher'], s.get('seq_kd') or s.get('baseline')
+    gap = lambda v: np.subtract(bleu(v, 'beam'), bleu(v, 'greedy'))
+    out.append(_common.claim('the seq-KD student gains less from beam search than the baseline '
+                             '(beam − greedy BLEU, seq-KD minus baseline)',
+                             gap('seq_kd'), gap('baseline'), test='<'))
+  teacher = results['teacher']
+  student = 'seq_kd' if 'seq_kd' in variants else 'baseline' if 'baseline' in variants else None
   if student:
     for decoding in ('greedy', 'beam'):
-      ratio = student[f'test_{decoding}_tps']['mean'] / teacher[f'test/{decoding}_tokens_per_second']
-      out.append({'claim': f'the student decodes faster than the teacher ({decoding})',
-                  'speedup': ratio, 'verdict': 'shown' if ratio > 1.0 else 'contradicted'})
+      key = f'test/{decoding}_tokens_per_second'
+      out.append(_common.claim(
+          f'the student ({VARIANT_NAMES[student]}) decodes faster than the teacher ({decoding}; '
+          'student / teacher tokens/s, the teacher one run)',
+          [r[student][key] / teacher[key] for r in per_seed], threshold=1.0))
   return out
+
+
+def per_seed_table(results: Mapping[str, Any]) -> str:
+  """Every seed's test BLEU, greedy and beam, of every student variant."""
+  per_seed = results['per_seed']
+  variants = [v for v in VARIANTS if all(v in r for r in per_seed)]
+  columns = {f'{VARIANT_NAMES[v]}, {decoding}': [r[v][f'test/{decoding}_bleu'] for r in per_seed]
+             for decoding in ('greedy', 'beam') for v in variants}
+  return '\n'.join(['Test BLEU per seed:', '',
+                    *_common.per_seed_table(results['config']['seeds'], columns)])
 
 
 def describe(results: Mapping[str, Any]) -> str:
@@ -587,29 +590,13 @@ def format_table(results: Mapping[str, Any]) -> str:
   lines = _common.markdown_table(
       ['model', 'parameters', 'test BLEU greedy', 'test BLEU beam', 'beam − greedy',
        'test chrF greedy', 'greedy tokens/s', 'beam tokens/s'], rows)
-  lines += ['', 'Claims (paired over seeds; "shown" when the mean difference exceeds its '
-                'standard deviation in the claimed direction):', '']
-  claim_rows = []
-  # Recomputed from the recorded numbers (the same as results['claims'] when
-  # the run's code had the same claims).
-  for c in claims(results):
-    if 'difference' in c:
-      number = _common.mean_std_text(c['difference'], digits=2)
-    else:
-      number = f"{c['speedup']:.2f}x"
-    claim_rows.append([c['claim'], number, c['verdict']])
-  lines += _common.markdown_table(['claim', 'measured', 'verdict'], claim_rows)
+  lines += ['', per_seed_table(results)]
   return '\n'.join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  # Checked against the schema before anything is built or compiled.
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=seqkd_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(format_table(results))
-  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
-        f"results in {workdir}/results.json")
+  _common.run_main(argv, module=MODULE, doc=__doc__, schema=seqkd_configs.schema(), run=run,
+                   report=format_table, claims=claims)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import _common
 from experiments import cifar_kd
 from experiments import make_results
 from experiments.configs import cifar_kd as cifar_kd_configs
@@ -153,7 +154,8 @@ def test_make_results_writes_the_section(tiny_run, tmp_path):
                      '--out', str(out), *others])
   text = out.read_text()
   assert 'DKD (Zhao et al. 2022)' in text and 'CRD (Tian et al. 2020)' in text
-  assert cifar_kd.verdict(results['summary']) in text
+  for c in cifar_kd.claims(results):
+    assert f"| {c['claim']} |" in text
 
 
 def test_full_config_runs_on_mocked_cifar100(tmp_path):
@@ -253,21 +255,24 @@ def test_cohort_packs_and_unpacks():
       np.testing.assert_array_equal(a, b)
 
 
-def test_verdict_is_computed_from_the_numbers():
-  def stats(mean, std):
-    return {'test': {'mean': mean, 'std': std}}
+def test_claims_are_paired_per_seed_test_accuracies():
+  def seed(**acc):
+    return {m: {'test/acc/student': a} for m, a in acc.items()}
 
-  summary = {'vanilla': stats(0.90, 0.01), 'kd': stats(0.92, 0.01), 'dkd': stats(0.95, 0.005),
-             'at': stats(0.925, 0.02), 'crd': stats(0.91, 0.01)}
-  text = cifar_kd.verdict(summary)
-  assert 'AT (92.50 %), DKD (95.00 %)' in text  # in the table's order
-  assert 'by more than one standard deviation on both sides: DKD.' in text
-  assert 'CRD' not in text and '+2.00 points' in text
-  assert cifar_kd.verdict({'kd': stats(0.9, 0.0), 'at': stats(0.8, 0.0)}).startswith(
-      'No method beat vanilla KD (90.00 %)')
-  hurt = cifar_kd.verdict({**summary, 'at': stats(0.5, 0.1)})
-  assert hurt.endswith('More than 5 points below the labels-only student, at the published '
-                       'weights: AT (50.00 %).')
+  per_seed = [seed(teacher=0.95, vanilla=0.90, kd=0.92 + d, dkd=0.95, dml=0.93)
+              for d in (0.0, 0.005, -0.005)]
+  by_text = {c['claim'].split(' (')[0]: c for c in cifar_kd.claims({'per_seed': per_seed})}
+  # Only the claims whose runs were made.
+  assert set(by_text) == {'the teacher beats the labels-only student, the gap to close',
+                          'KD beats labels only', 'DKD beats KD',
+                          'DML peers beat the labels-only student'}
+  kd = by_text['KD beats labels only']
+  assert kd['difference']['values'] == pytest.approx([0.02, 0.025, 0.015])
+  assert kd['verdict'] == _common.SHOWN and _common.outcome(kd) == _common.REPRODUCED
+  assert by_text['DKD beats KD']['verdict'] == _common.SHOWN
+  # DML is shown by its numbers, but the comparison is not a fair one: never reproduced.
+  dml = by_text['DML peers beat the labels-only student']
+  assert dml['verdict'] == _common.SHOWN and _common.outcome(dml).startswith(_common.NOT_SHOWN)
 
 
 def test_configs_cover_the_tables_and_reject_unknown_scales():

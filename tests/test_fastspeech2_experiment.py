@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from experiments import _common
 from experiments import fastspeech2 as fs2
 from experiments.configs import fastspeech2 as configs
 from kdjax import config as config_lib
@@ -80,15 +81,33 @@ def test_mel_l1_variance_ratio_and_duration_errors():
   assert errors == {'mae': 0.5, 'within_one': 1.0}
 
 
-def test_interval_uses_student_t_and_verdicts_follow_it():
-  stats = fs2.interval([1.0, 2.0, 3.0], 0.95)
-  half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) from the tables
-  assert (stats['low'], stats['high']) == pytest.approx((2 - half, 2 + half))
-  assert fs2.interval([1.0], 0.95)['low'] == -math.inf
-  assert fs2.lower_is_better_verdict({'low': -2, 'high': -1}) == 'shown'
-  assert fs2.lower_is_better_verdict({'low': 1, 'high': 2}) == 'contradicted'
-  assert fs2.lower_is_better_verdict({'low': -1, 'high': 1}) == 'within the spread'
-  assert fs2.lower_is_better_verdict({'low': -1, 'high': 0.5}, margin=1.0) == 'shown'
+def _results(distilled, fastspeech2, usable=True):
+  per_seed = [{'gt': {'mel_l1': 1.0, 'mcd': 10.0},
+               'distilled': {'mel_l1': d, 'mcd': 10.0 * d},
+               'fastspeech2': {'mel_l1': f, 'mcd': 10.0 * f}}
+              for d, f in zip(distilled, fastspeech2)]
+  return {'per_seed': per_seed,
+          'config': {'variants': ('gt', 'distilled', 'fastspeech2'),
+                     'eval': {'noninferiority_margin': 0.02}},
+          'teacher': {'alignment_usable': usable, 'validation': {'within_one': 0.4}},
+          'times': {'distilled_end_to_end': {'values': [300.0, 310.0, 290.0]},
+                    'fastspeech2_end_to_end': {'values': [100.0, 100.0, 100.0]}}}
+
+
+def test_claims_lower_is_better_non_inferiority_and_speed():
+  results = _results([0.90, 0.91, 0.89], [0.905, 0.91, 0.895])
+  mel_b, mel_c, mcd_b, mcd_c, speed = fs2.claims(results)
+  assert mel_b['test'] == '<' and mel_b['difference']['values'] == pytest.approx([-0.1, -0.09, -0.11])
+  assert mel_b['verdict'] == _common.SHOWN and _common.outcome(mel_b) == _common.REPRODUCED
+  # (c) - (b) per seed 0.005, 0, 0.005, below the margin 2 % of (b)'s mean mel L1 (0.018).
+  assert mel_c['threshold'] == pytest.approx(0.02 * 0.90)
+  assert mel_c['verdict'] == _common.judge(
+      _common.t_interval([0.005, 0.0, 0.005]), test='<', threshold=0.018) == _common.SHOWN
+  assert speed['difference']['values'] == pytest.approx([3.0, 3.1, 2.9])
+  assert speed['verdict'] == _common.SHOWN
+  unusable = fs2.claims(_results([0.90, 0.91, 0.89], [0.905, 0.91, 0.895], usable=False))
+  assert _common.outcome(unusable[0]).startswith(
+      f"{_common.NOT_SHOWN}: the teacher's alignment is not usable")
 
 
 def test_every_config_is_valid_and_bad_values_are_named():
@@ -120,8 +139,9 @@ def test_smoke_run_one_step_per_variant(tmp_path):
   # The five utterances' teacher cannot align after one step: the claims that
   # need it say so instead of a verdict.
   assert not results['teacher']['alignment_usable']
-  assert all(c['verdict'].startswith('not shown at this scale')
-             for c in results['claims'] if 'difference' in c)
+  assert all(_common.outcome(c).startswith(_common.NOT_SHOWN)
+             for c in results['claims'] if c['caveat'] is not None)
+  assert sum(c['caveat'] is not None for c in results['claims']) == 4
   samples = sorted(p.name for p in (workdir / 'samples').iterdir())
   assert samples == ['0_a.wav', '0_b.wav', '0_c.wav', '0_ground_truth.wav', '0_teacher.wav',
                      'spectrograms.png']

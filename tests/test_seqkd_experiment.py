@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from experiments import _common
 from experiments import make_results
 from experiments import seqkd
 
@@ -22,15 +23,29 @@ def test_training_arrays_shift_the_targets_behind_bos():
   np.testing.assert_array_equal(arrays['source_mask'], [[1, 1, 1], [1, 0, 0]])
 
 
-@pytest.mark.parametrize('values,sign,want', [
-    ([1.0, 1.2, 0.9], 1.0, 'shown'),
-    ([1.0, -0.8, 0.3], 1.0, 'within the seed spread'),
-    ([-1.0, -1.2, -0.9], 1.0, 'contradicted'),
-    ([-1.0, -1.2, -0.9], -1.0, 'shown'),
-])
-def test_paired_verdict(values, sign, want):
-  from experiments import _common
-  assert seqkd._paired_verdict(_common.mean_std(values), claim_sign=sign) == want
+def _per_seed(greedy, beam):
+  return [{v: {'test/greedy_bleu': g[v], 'test/beam_bleu': b[v], 'test/greedy_tokens_per_second': 200.0,
+               'test/beam_tokens_per_second': 50.0} for v in g} for g, b in zip(greedy, beam)]
+
+
+def test_claims_are_paired_over_seeds_and_judged_by_the_common_rule():
+  greedy = [{'baseline': 10.0, 'word_kd': 13.0, 'seq_kd': 12.0 + d} for d in (0.0, 0.1, -0.1)]
+  beam = [{'baseline': 12.0, 'word_kd': 15.0, 'seq_kd': 13.0 + d} for d in (0.0, 0.5, -0.5)]
+  results = {'per_seed': _per_seed(greedy, beam),
+             'teacher': {'test/greedy_tokens_per_second': 100.0,
+                         'test/beam_tokens_per_second': 100.0}}
+  by_text = {c['claim']: c for c in seqkd.claims(results)}
+  kd = by_text['seq-KD beats baseline (labels) (greedy, test BLEU)']
+  assert kd['difference']['values'] == pytest.approx([2.0, 2.1, 1.9])
+  assert kd['verdict'] == _common.judge(_common.t_interval([2.0, 2.1, 1.9])) == _common.SHOWN
+  assert by_text['seq-KD beats word-KD (greedy, test BLEU)']['verdict'] == _common.CONTRADICTED
+  # Beam - greedy: seq-KD gains 1, 1.4, 0.6; the baseline 2: less, beyond the spread.
+  gap = next(c for t, c in by_text.items() if t.startswith('the seq-KD student gains less'))
+  assert gap['difference']['values'] == pytest.approx([-1.0, -0.6, -1.4])
+  assert gap['test'] == '<' and gap['verdict'] == _common.SHOWN
+  speed = [c for t, c in by_text.items() if 'decodes faster' in t]
+  assert [c['difference']['values'] for c in speed] == [[2.0] * 3, [0.5] * 3]
+  assert [c['verdict'] for c in speed] == [_common.SHOWN, _common.CONTRADICTED]
 
 
 def test_word_kd_needs_a_weight():

@@ -99,7 +99,6 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.eval.samples = 3  # Griffin-Lim wav files per variant (and ground truth)
   c.eval.griffin_lim_iterations = 60
   c.eval.publish_dir = 'docs/_static/fastspeech2'  # '' writes them under the workdir only
-  c.eval.confidence = 0.95
   c.eval.noninferiority_margin = 0.02  # (c) may be this share of (b)'s mel L1 worse
 
   if scale == 'smoke':
@@ -176,7 +175,6 @@ def schema() -> config_lib.Schema:
       'eval.batch_size': cl.positive(),
       'eval.samples': cl.nonnegative(),
       'eval.griffin_lim_iterations': cl.positive(),
-      'eval.confidence': cl.unit_interval(high_open=True),
       'eval.noninferiority_margin': cl.nonnegative(),
   }
   bounds.update(cl.recipe_bounds('teacher', (

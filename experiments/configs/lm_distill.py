@@ -131,7 +131,6 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.kd.search = 'coordinate'
   c.kd.jsd_beta = 0.5  # the teacher's weight in GKD's mixture (TRL's convention)
   c.kd.skew_alpha = 0.1  # DistiLLM's skew
-  c.kd.confidence = 0.9  # of the paired intervals behind the verdicts
 
   c.onpolicy = ml_collections.ConfigDict()
   c.onpolicy.divergence = 'jsd'  # GKD's divergence; its off-policy run is the control
@@ -259,7 +258,6 @@ def schema() -> config_lib.Schema:
       'kd.search': cl.one_of('grid', 'coordinate'),
       'kd.jsd_beta': cl.unit_interval(),
       'kd.skew_alpha': cl.unit_interval(),
-      'kd.confidence': cl.unit_interval(),
       'onpolicy.divergence': cl.one_of(*OFF_POLICY),
       'onpolicy.fraction': cl.unit_interval(),
       'onpolicy.prompt_width': cl.positive(),
