@@ -22,12 +22,14 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from experiments import _common
 from experiments import cifar_kd
 from experiments.configs import font_kd as font_kd_configs
+from kdjax import explain
 from kdjax import step as step_lib
 
 MODULE = 'experiments.font_kd'
@@ -44,6 +46,8 @@ CLAIMS = (
     ('multi-teacher KD beats KD from the best single teacher', 'multi_teacher', 'kd_best'),
     ('AT beats labels only', 'at', 'vanilla'),
 )
+# The students of the main architecture whose Grad-CAM++ maps are compared with the teacher's.
+SALIENCY_METHODS = ('vanilla', 'kd', 'at', 'dkd', 'crd')
 PHASE_TITLES = {
     'teacher': 'teacher (A)',
     'teacher_b': 'teacher B (other architecture)',
@@ -247,9 +251,10 @@ def run_seed(config, experiments, runner: Runner, seed: int) -> tuple[dict, dict
     teacher_b, out['teacher_b'] = timed('teacher_b', lambda: runner.teacher(
         b, phase='teacher_b', seed=seed + 100))
   student_seed = seed + 1000  # every student starts alike
-  for method in ('vanilla', 'kd', 'at', 'dkd', 'crd'):
+  states = {}
+  for method in SALIENCY_METHODS:
     if method in methods:
-      _, out[method] = timed(method, lambda m=method: runner.train(
+      states[method], out[method] = timed(method, lambda m=method: runner.train(
           main, main.method_trainers(m), phase=m, seed=student_seed,
           teacher_variables=None if m == 'vanilla' else teacher_a))
   if 'multi_teacher' in methods:
@@ -291,7 +296,52 @@ def run_seed(config, experiments, runner: Runner, seed: int) -> tuple[dict, dict
         base, [stage2], phase='thin_kd', seed=student_seed, teacher_variables=teacher_a))
   accuracies = {phase: {**_accuracies(m), **({'from': m['from']} if 'from' in m else {})}
                 for phase, m in out.items()}
+  figure = os.path.join(runner.workdir, 'gradcam.png') if seed == config.seeds[0] else None
+  agreement = timed('gradcam', lambda: saliency_agreement(main, teacher_a, states, figure))
+  for phase, value in agreement.items():
+    accuracies[phase]['gradcam_agreement'] = value
   return accuracies, seconds
+
+
+def _agreement(teacher_maps: jax.Array, student_maps: jax.Array) -> float:
+  """Mean Pearson agreement of two ``[batch, h, w]`` map sets, the coarser upsampled."""
+  size = max(teacher_maps.shape[1:], student_maps.shape[1:])
+  resized = [m if m.shape[1:] == size else explain.upsample(m, size)
+             for m in (teacher_maps, student_maps)]
+  return float(jnp.mean(explain.saliency_agreement(*resized, metric='pearson')))
+
+
+def saliency_agreement(experiment: FontExperiment, teacher_variables, states: Mapping[str, Any],
+                       figure: str | None = None) -> dict[str, float]:
+  """Each student's Grad-CAM++ agreement with the teacher on the first test images.
+
+  Maps of ``config.gradcam.feature`` explaining the true class
+  (:func:`kdjax.explain.grad_cam_plus_plus`, Chattopadhay et al. 2018,
+  arXiv:1710.11063) for the first ``config.gradcam.examples`` test images;
+  the agreement is their mean Pearson correlation with the teacher's
+  (:func:`kdjax.explain.saliency_agreement`), so 1 means the student looks
+  where the teacher looks. With `figure`, the teacher's and the students'
+  maps are also plotted there. Returns ``{phase: agreement}`` for the
+  phases in `states` (empty when ``gradcam.examples`` is 0).
+  """
+  c = experiment.config.gradcam
+  if not c.examples or not states:
+    return {}
+  test = experiment.arrays['test']
+  batch = {'x': test['x'][:c.examples], 'label': test['label'][:c.examples]}
+  labels = jnp.asarray(batch['label'], jnp.int32)
+  teacher_apply = experiment._teacher_apply((c.feature,))  # pylint: disable=protected-access
+  student_apply = experiment.student_apply(experiment.student(), (c.feature,))
+  maps = {'teacher': explain.grad_cam_plus_plus(
+      teacher_apply, teacher_variables, batch, feature=c.feature, class_index=labels,
+      perturbation=c.feature)}
+  for phase, state in states.items():
+    maps[phase] = explain.grad_cam_plus_plus(
+        student_apply, state.variables, batch, feature=c.feature, class_index=labels,
+        perturbation=f'backbone/{c.feature}')
+  if figure:
+    explain.plot_maps(batch['x'], {PHASE_TITLES.get(k, k): v for k, v in maps.items()}, figure)
+  return {phase: _agreement(maps['teacher'], maps[phase]) for phase in states}
 
 
 # ----------------------------------------------------------------------------
@@ -334,6 +384,20 @@ def format_tables(results: Mapping[str, Any]) -> str:
     rows.append([PHASE_TITLES[phase], *cells, _common.mean_std_text(stats, scale=100, digits=2)])
   lines = ['Test accuracy % (validation accuracy %) per seed:', '']
   lines += _common.markdown_table(['run', *(f'seed {s}' for s in seeds), 'test mean ± std'], rows)
+  saliency = [p for p in SALIENCY_METHODS
+              if all('gradcam_agreement' in r.get(p, {}) for r in per_seed) and p in phases]
+  if saliency:
+    rows = [[PHASE_TITLES[p], *(f"{r[p]['gradcam_agreement']:.3f}" for r in per_seed),
+             _common.mean_std_text(_common.mean_std([r[p]['gradcam_agreement'] for r in per_seed]),
+                                   digits=3)]
+            for p in saliency]
+    examples = results['config']['gradcam']['examples']
+    lines += ['', f'Grad-CAM++ agreement with the teacher (mean Pearson correlation of the maps '
+              f"of `{results['config']['gradcam']['feature']}`, explaining the true class, over "
+              f'the first {examples} test images; 1: the student looks where the teacher looks):',
+              '']
+    lines += _common.markdown_table(['student', *(f'seed {s}' for s in seeds), 'mean ± std'],
+                                    rows)
   gap = results.get('teacher_gap')
   if gap:
     lines += ['', f"Teacher minus labels-only student (test): {100 * gap['mean']:+.2f} points "

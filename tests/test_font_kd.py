@@ -11,6 +11,7 @@ from experiments import _common
 from experiments import font_kd
 from experiments.configs import font_kd as font_kd_configs
 from kdjax import config as config_lib
+from kdjax import explain
 from kdjax.data import fonts as fonts_main
 
 FONT_DIR = pathlib.Path(__file__).parent / 'data' / 'fonts'
@@ -105,6 +106,23 @@ def test_labels_and_kd_smoke_run(build_dir, tmp_path):
     seed = 0 if phase == 'teacher' else 1000
     logged = (workdir / phase / f'seed{seed}' / 'metrics.jsonl').read_text().splitlines()
     assert not any(k.startswith('test/') for line in logged for k in json.loads(line))
+  # Grad-CAM++ agreement with the teacher: a correlation, for each student, and the figure.
+  assert all(-1.0 <= per_seed[p]['gradcam_agreement'] <= 1.0 for p in ('vanilla', 'kd'))
+  assert 'gradcam_agreement' not in per_seed['teacher']
+  assert (workdir / 'gradcam.png').exists()
+  assert 'Grad-CAM++ agreement with the teacher' in font_kd.format_tables(results)
+
+
+def test_map_agreement_upsamples_the_coarser_maps():
+  coarse = jax.random.uniform(jax.random.PRNGKey(0), (3, 4, 4))
+  fine = explain.upsample(coarse, (8, 8))
+  # The same maps at two resolutions agree fully, whichever side is coarser.
+  assert font_kd._agreement(fine, coarse) == pytest.approx(1.0, abs=1e-5)
+  assert font_kd._agreement(coarse, fine) == pytest.approx(1.0, abs=1e-5)
+  assert font_kd._agreement(coarse, -coarse) == pytest.approx(-1.0, abs=1e-5)
+  other = jax.random.uniform(jax.random.PRNGKey(1), (3, 4, 4))
+  expected = np.mean([np.corrcoef(np.ravel(a), np.ravel(b))[0, 1] for a, b in zip(coarse, other)])
+  assert font_kd._agreement(coarse, other) == pytest.approx(expected, abs=1e-5)
 
 
 def test_downsample_averages_blocks():
