@@ -56,6 +56,13 @@ def _tempered_logits(hidden, unembedding, temperature):
 # ----------------------------------------------------------------------------
 # Whole vocabulary per token chunk.
 
+# The gradient's column blocks: each chunk's `hidden.T @ d_logits` is added
+# to the [D, V] accumulator, and `d_logits @ unembedding.T` to d_hidden,
+# _COLUMNS vocabulary columns at a time in a loop (the rest in one last
+# block), so that neither a second [D, V] array nor the whole [C, V]
+# d_logits is ever held, only a [C, _COLUMNS] slice of it.
+_COLUMNS = 2048
+
 
 def _chunk_values(divergence, hidden, unembedding, teacher_hidden,
                   teacher_unembedding, temperature, hyper):
@@ -69,13 +76,85 @@ def _chunk_values(divergence, hidden, unembedding, teacher_hidden,
   return values * jnp.square(temperature)
 
 
+def _over_columns(vocab, fn, carry):
+  """``fn(start, size, carry)`` over the vocabulary's column blocks, in a loop."""
+  columns = min(_COLUMNS, vocab)
+  full = vocab // columns
+  carry = lax.fori_loop(0, full, lambda j, c: fn(j * columns, columns, c), carry)
+  if full * columns < vocab:
+    carry = fn(full * columns, vocab - full * columns, carry)
+  return carry
+
+
+def _chunk_grads(divergence, hidden, unembedding, teacher_hidden,
+                 teacher_unembedding, temperature, hyper, weights,
+                 d_unembedding):
+  """One chunk's values ``[C]`` and gradients, from one pass over its logits.
+
+  Returns the values, ``d values_i / d hidden_i`` per token ``[C, D]`` and
+  `d_unembedding` ``[D, V]`` plus ``sum_i weights_i d values_i / d
+  unembedding``, updated in place a block of columns at a time (float32).
+  The logits are tempered by scaling the hidden states (``[C, D]``) rather
+  than the ``[C, V]`` logits; the log-softmax's chain rule, ``d/ds_u = (g_u
+  - q_u sum_v g_v) / T`` with ``g = d(divergence)/d(log q)`` (elementwise),
+  is applied a block of columns at a time.
+  """
+  inverse = 1.0 / temperature
+  scaled = hidden * inverse
+  logits = jnp.dot(scaled, unembedding, preferred_element_type=jnp.float32)
+  teacher = jnp.dot(teacher_hidden * inverse.astype(teacher_hidden.dtype),
+                    teacher_unembedding, preferred_element_type=jnp.float32)
+  log_norm_q = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  log_norm_p = jax.nn.logsumexp(teacher, axis=-1, keepdims=True)
+
+  def terms(start, size):
+    """Partial sums and ``g`` on columns ``[start, start + size)``."""
+    log_q = lax.dynamic_slice_in_dim(logits, start, size, axis=1) - log_norm_q
+    log_p = lax.dynamic_slice_in_dim(teacher, start, size, axis=1) - log_norm_p
+    valid = jnp.ones((1, size), bool)
+    partial, vjp = jax.vjp(
+        lambda lq: _partial_sum(divergence, lq, log_p, valid, hyper), log_q)
+    (g,) = vjp(jnp.ones_like(partial))
+    return partial, g, log_q
+
+  def add_sums(start, size, carry):
+    values, g_sum = carry
+    partial, g, _ = terms(start, size)
+    return values + partial, g_sum + jnp.sum(g, axis=-1, keepdims=True)
+
+  zeros = jnp.zeros(hidden.shape[:1], jnp.float32)
+  values, g_sum = _over_columns(logits.shape[-1], add_sums, (zeros, zeros[:, None]))
+  factor = jnp.square(temperature)
+  weighted = scaled * weights[:, None]
+
+  def add_block(start, size, carry):
+    d_hidden, d_unembedding = carry
+    _, g, log_q = terms(start, size)
+    # d(T^2 f)/d(tempered logits) on these columns.
+    d_logits = factor * (g - jnp.exp(log_q) * g_sum)
+    w = lax.dynamic_slice_in_dim(unembedding, start, size, axis=1)
+    d_hidden = d_hidden + jnp.dot(d_logits, w.T,
+                                  preferred_element_type=jnp.float32)
+    update = lax.dot_general(weighted, d_logits, (((0,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+    current = lax.dynamic_slice_in_dim(d_unembedding, start, size, axis=1)
+    d_unembedding = lax.dynamic_update_slice_in_dim(
+        d_unembedding, current + update, start, axis=1)
+    return d_hidden, d_unembedding
+
+  d_hidden, d_unembedding = _over_columns(
+      logits.shape[-1], add_block,
+      (jnp.zeros(hidden.shape, jnp.float32), d_unembedding))
+  return values * factor, d_hidden * inverse, d_unembedding
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _by_tokens(divergence, hidden, unembedding, teacher_hidden,
                teacher_unembedding, weights, temperature, hyper):
   """``[chunks, C]`` values from ``[chunks, C, D]`` hidden states.
 
-  `weights` ``[chunks, C]`` is 1 on the tokens whose values count (0 on
-  masked and padding tokens, whose cotangent is always 0).
+  `weights` ``[chunks, C]`` are the reduction's token weights (0 on masked
+  and padding tokens, whose cotangent is always 0).
   """
   del weights
 
@@ -91,25 +170,21 @@ def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
                    teacher_unembedding, weights, temperature, hyper):
   """Values and, in the same pass over the chunks, their gradients.
 
-  Each chunk's logits are computed once: its values and the VJP with the
-  token weights as cotangent give ``d_hidden`` per token (exact for any
-  later cotangent: a token's value depends on its own hidden state only)
-  and ``d_unembedding`` summed over the weighted tokens (exact when the
-  cotangent is a multiple of the weights, which is what a masked mean gives;
-  the backward pass checks it and recomputes otherwise).
+  Each chunk's logits are computed once; from the same block come its
+  values, ``d values_i / d hidden_i`` per token (exact for any later
+  cotangent: a token's value depends on its own hidden state only) and
+  ``sum_i weights_i d values_i / d unembedding`` (exact when the cotangent
+  is a multiple of the weights, which is what a masked mean gives; the
+  backward pass checks it and recomputes otherwise).
   """
   unembedding32 = unembedding.astype(jnp.float32)
 
   def one_chunk(d_unembedding, chunk):
     h, th, w = chunk
-
-    def values_of(h32, w32):
-      return _chunk_values(divergence, h32, w32, th, teacher_unembedding,
-                           temperature, hyper)
-
-    values, vjp = jax.vjp(values_of, h.astype(jnp.float32), unembedding32)
-    d_h, d_w = vjp(w.astype(values.dtype))
-    return d_unembedding + d_w, (values, d_h)
+    values, d_h, d_unembedding = _chunk_grads(
+        divergence, h.astype(jnp.float32), unembedding32, th,
+        teacher_unembedding, temperature, hyper, w, d_unembedding)
+    return d_unembedding, (values, d_h)
 
   d_unembedding, (values, d_hidden) = lax.scan(
       one_chunk, jnp.zeros_like(unembedding32), (hidden, teacher_hidden, weights))
@@ -118,42 +193,29 @@ def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
   return values, residuals
 
 
-def _recomputed_unembedding_grad(divergence, hidden, unembedding, teacher_hidden,
-                                 teacher_unembedding, temperature, hyper, cotangent):
-  """``d_unembedding`` for any cotangent, recomputing each chunk's logits."""
-  unembedding32 = unembedding.astype(jnp.float32)
-
-  def one_chunk(d_unembedding, chunk):
-    h, th, ct = chunk
-    _, vjp = jax.vjp(
-        lambda w32: _chunk_values(divergence, h.astype(jnp.float32), w32, th,
-                                  teacher_unembedding, temperature, hyper),
-        unembedding32)
-    (d_w,) = vjp(ct)
-    return d_unembedding + d_w, None
-
-  d_unembedding, _ = lax.scan(
-      one_chunk, jnp.zeros_like(unembedding32), (hidden, teacher_hidden, cotangent))
-  return d_unembedding
-
-
 def _by_tokens_bwd(divergence, residuals, cotangent):
   (hidden, unembedding, teacher_hidden, teacher_unembedding, weights, temperature,
    hyper, d_hidden, d_unembedding) = residuals
   cotangent = cotangent.astype(jnp.float32)
   weights = weights.astype(jnp.float32)
   # A masked mean's cotangent is c * weights: then the gradient summed in the
-  # forward pass, times c, is exact. Anything else is recomputed.
+  # forward pass, times c, is exact. Anything else is recomputed, chunk by
+  # chunk. A loop of 0 or `chunks` steps, not a `lax.cond`, chooses: the
+  # sum scaled in place then is the output, and no second [D, V] is held.
   scale = jnp.sum(cotangent * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   deviation = jnp.max(jnp.abs(cotangent - scale * weights))
   proportional = deviation <= 1e-6 * jnp.maximum(jnp.max(jnp.abs(cotangent)), 1e-30)
-  d_unembedding = lax.cond(
-      proportional,
-      lambda: scale * d_unembedding,
-      lambda: _recomputed_unembedding_grad(
-          divergence, hidden, unembedding, teacher_hidden, teacher_unembedding,
-          temperature, hyper, cotangent),
-  )
+  unembedding32 = unembedding.astype(jnp.float32)
+
+  def recompute(i, d_unembedding):
+    return _chunk_grads(
+        divergence, hidden[i].astype(jnp.float32), unembedding32,
+        teacher_hidden[i], teacher_unembedding, temperature, hyper, cotangent[i],
+        d_unembedding)[2]
+
+  d_unembedding = lax.fori_loop(
+      0, jnp.where(proportional, 0, hidden.shape[0]), recompute,
+      jnp.where(proportional, scale * d_unembedding, 0.0))
   return (
       (cotangent[..., None] * d_hidden).astype(hidden.dtype),
       d_unembedding.astype(unembedding.dtype),
