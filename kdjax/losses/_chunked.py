@@ -48,6 +48,11 @@ def _partial_sum(divergence: str, log_q, log_p, valid, hyper) -> Array:
   return log_space_fn(log_q, valid, log_p, valid, hyper)
 
 
+def _kept(hidden, keep):
+  """`hidden` ``[C, D]`` with zeros on the tokens `keep` ``[C]`` drops."""
+  return jnp.where(keep[:, None], hidden, jnp.zeros((), hidden.dtype))
+
+
 def _tempered_logits(hidden, unembedding, temperature):
   logits = jnp.dot(hidden, unembedding, preferred_element_type=jnp.float32)
   return logits / temperature
@@ -150,24 +155,26 @@ def _chunk_grads(divergence, hidden, unembedding, teacher_hidden,
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _by_tokens(divergence, hidden, unembedding, teacher_hidden,
-               teacher_unembedding, weights, temperature, hyper):
+               teacher_unembedding, keep, weights, temperature, hyper):
   """``[chunks, C]`` values from ``[chunks, C, D]`` hidden states.
 
-  `weights` ``[chunks, C]`` are the reduction's token weights (0 on masked
-  and padding tokens, whose cotangent is always 0).
+  `keep` ``[chunks, C]`` is False on masked and padding tokens, whose hidden
+  states are replaced by zeros chunk by chunk; `weights` ``[chunks, C]`` are
+  the reduction's token weights (0 on masked and padding tokens, whose
+  cotangent is always 0).
   """
   del weights
 
   def one_chunk(chunk):
-    h, th = chunk
-    return _chunk_values(divergence, h, unembedding, th, teacher_unembedding,
-                         temperature, hyper)
+    h, th, k = chunk
+    return _chunk_values(divergence, _kept(h, k), unembedding, _kept(th, k),
+                         teacher_unembedding, temperature, hyper)
 
-  return lax.map(one_chunk, (hidden, teacher_hidden))
+  return lax.map(one_chunk, (hidden, teacher_hidden, keep))
 
 
 def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
-                   teacher_unembedding, weights, temperature, hyper):
+                   teacher_unembedding, keep, weights, temperature, hyper):
   """Values and, in the same pass over the chunks, their gradients.
 
   Each chunk's logits are computed once; from the same block come its
@@ -180,22 +187,23 @@ def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
   unembedding32 = unembedding.astype(jnp.float32)
 
   def one_chunk(d_unembedding, chunk):
-    h, th, w = chunk
+    h, th, k, w = chunk
     values, d_h, d_unembedding = _chunk_grads(
-        divergence, h.astype(jnp.float32), unembedding32, th,
+        divergence, _kept(h, k).astype(jnp.float32), unembedding32, _kept(th, k),
         teacher_unembedding, temperature, hyper, w, d_unembedding)
     return d_unembedding, (values, d_h)
 
   d_unembedding, (values, d_hidden) = lax.scan(
-      one_chunk, jnp.zeros_like(unembedding32), (hidden, teacher_hidden, weights))
-  residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding,
+      one_chunk, jnp.zeros_like(unembedding32),
+      (hidden, teacher_hidden, keep, weights))
+  residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding, keep,
                weights, temperature, hyper, d_hidden, d_unembedding)
   return values, residuals
 
 
 def _by_tokens_bwd(divergence, residuals, cotangent):
-  (hidden, unembedding, teacher_hidden, teacher_unembedding, weights, temperature,
-   hyper, d_hidden, d_unembedding) = residuals
+  (hidden, unembedding, teacher_hidden, teacher_unembedding, keep, weights,
+   temperature, hyper, d_hidden, d_unembedding) = residuals
   cotangent = cotangent.astype(jnp.float32)
   weights = weights.astype(jnp.float32)
   # A masked mean's cotangent is c * weights: then the gradient summed in the
@@ -209,8 +217,9 @@ def _by_tokens_bwd(divergence, residuals, cotangent):
 
   def recompute(i, d_unembedding):
     return _chunk_grads(
-        divergence, hidden[i].astype(jnp.float32), unembedding32,
-        teacher_hidden[i], teacher_unembedding, temperature, hyper, cotangent[i],
+        divergence, _kept(hidden[i], keep[i]).astype(jnp.float32), unembedding32,
+        _kept(teacher_hidden[i], keep[i]), teacher_unembedding, temperature,
+        hyper, cotangent[i],
         d_unembedding)[2]
 
   d_unembedding = lax.fori_loop(
@@ -221,6 +230,7 @@ def _by_tokens_bwd(divergence, residuals, cotangent):
       d_unembedding.astype(unembedding.dtype),
       jnp.zeros_like(teacher_hidden),
       jnp.zeros_like(teacher_unembedding),
+      None,
       None,
       jnp.zeros_like(temperature),
       jnp.zeros_like(hyper),
@@ -265,18 +275,20 @@ def _block_log_probs(h, w, th, tw, valid, temperature, log_norm_q, log_norm_p):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _by_tokens_and_vocab(divergence, hidden, unembedding, teacher_hidden,
-                         teacher_unembedding, valid, temperature, hyper):
+                         teacher_unembedding, keep, valid, temperature, hyper):
   """Values ``[chunks, C]``; unembeddings as ``[vocab_chunks, D, Vc]``."""
   return _by_tokens_and_vocab_fwd(
       divergence, hidden, unembedding, teacher_hidden, teacher_unembedding,
-      valid, temperature, hyper,
+      keep, valid, temperature, hyper,
   )[0]
 
 
 def _by_tokens_and_vocab_fwd(divergence, hidden, unembedding, teacher_hidden,
-                             teacher_unembedding, valid, temperature, hyper):
+                             teacher_unembedding, keep, valid, temperature,
+                             hyper):
   def one_chunk(chunk):
-    h, th = chunk
+    h, th, k = chunk
+    h, th = _kept(h, k), _kept(th, k)
     log_norm_q = _log_normalizer(h, unembedding, valid, temperature)
     log_norm_p = _log_normalizer(th, teacher_unembedding, valid, temperature)
 
@@ -298,22 +310,23 @@ def _by_tokens_and_vocab_fwd(divergence, hidden, unembedding, teacher_hidden,
     return value * jnp.square(temperature), log_norm_q, log_norm_p, grad_sum
 
   values, log_norm_q, log_norm_p, grad_sum = lax.map(
-      one_chunk, (hidden, teacher_hidden)
+      one_chunk, (hidden, teacher_hidden, keep)
   )
-  residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding, valid,
-               temperature, hyper, log_norm_q, log_norm_p, grad_sum)
+  residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding, keep,
+               valid, temperature, hyper, log_norm_q, log_norm_p, grad_sum)
   return values, residuals
 
 
 def _by_tokens_and_vocab_bwd(divergence, residuals, cotangent):
-  (hidden, unembedding, teacher_hidden, teacher_unembedding, valid, temperature,
-   hyper, log_norm_q, log_norm_p, grad_sum) = residuals
+  (hidden, unembedding, teacher_hidden, teacher_unembedding, keep, valid,
+   temperature, hyper, log_norm_q, log_norm_p, grad_sum) = residuals
   unembedding32 = unembedding.astype(jnp.float32)
   scale = jnp.square(temperature)
 
   def one_chunk(d_unembedding, chunk):
-    h, th, ct, lnq, lnp, g_sum = chunk
-    h32 = h.astype(jnp.float32)
+    h, th, k, ct, lnq, lnp, g_sum = chunk
+    h32 = _kept(h, k).astype(jnp.float32)
+    th = _kept(th, k)
     # d(T² ct f)/d(log q) summed over the vocabulary, per token.
     weight = ct * scale
     total = weight * g_sum
@@ -339,13 +352,15 @@ def _by_tokens_and_vocab_bwd(divergence, residuals, cotangent):
   d_unembedding, d_hidden = lax.scan(
       one_chunk,
       jnp.zeros_like(unembedding32),
-      (hidden, teacher_hidden, cotangent, log_norm_q, log_norm_p, grad_sum),
+      (hidden, teacher_hidden, keep, cotangent, log_norm_q, log_norm_p,
+       grad_sum),
   )
   return (
       d_hidden,
       d_unembedding.astype(unembedding.dtype),
       jnp.zeros_like(teacher_hidden),
       jnp.zeros_like(teacher_unembedding),
+      None,
       None,
       jnp.zeros_like(temperature),
       jnp.zeros_like(hyper),
@@ -407,12 +422,12 @@ def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
   unembedding = student_unembedding[:, :vocab]
   teacher_unembedding = lax.stop_gradient(teacher_unembedding[:, :vocab])
   weights = jnp.ones((tokens,), jnp.float32)
+  keep = jnp.ones((tokens,), bool)
   if mask is not None:
-    # Masked tokens see zero hidden states: finite, and no gradient.
-    flat_mask = mask.reshape(tokens, 1)
-    hidden = jnp.where(flat_mask, hidden, 0)
-    teacher = jnp.where(flat_mask, teacher, 0)
-    weights = flat_mask[:, 0].astype(jnp.float32)
+    # Masked tokens see zero hidden states, a chunk at a time (no copy of
+    # the hidden states): finite, and no gradient.
+    keep = mask.reshape(tokens)
+    weights = keep.astype(jnp.float32)
   if reduction_mask is not None:
     weights = weights * reduction_mask.reshape(tokens).astype(jnp.float32)
 
@@ -424,16 +439,18 @@ def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
   hidden = hidden.reshape(chunks, chunk, hidden.shape[-1])
   teacher = teacher.reshape(chunks, chunk, teacher.shape[-1])
   weights = jnp.pad(weights, (0, padding)).reshape(chunks, chunk)
+  keep = jnp.pad(keep, (0, padding)).reshape(chunks, chunk)
 
   if vocab_chunk is None or vocab_chunk >= vocab:
     values = _by_tokens(divergence, hidden, unembedding, teacher,
-                        teacher_unembedding, weights, temperature, hyper)
+                        teacher_unembedding, keep, weights, temperature, hyper)
   else:
     valid = jnp.arange(_vocab_blocks_size(vocab, vocab_chunk)) < vocab
     valid = valid.reshape(-1, 1, vocab_chunk)
     values = _by_tokens_and_vocab(
         divergence, hidden, _vocab_blocks(unembedding, vocab, vocab_chunk),
-        teacher, _vocab_blocks(teacher_unembedding, vocab, vocab_chunk), valid,
+        teacher, _vocab_blocks(teacher_unembedding, vocab, vocab_chunk), keep,
+        valid,
         temperature, hyper,
     )
   values = values.reshape(-1)[:tokens].reshape(token_shape)
