@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from kdjax import _checks
@@ -69,16 +70,35 @@ def _tempered_logits(hidden, unembedding, temperature):
 _COLUMNS = 2048
 
 
-def _chunk_values(divergence, hidden, unembedding, teacher_hidden,
-                  teacher_unembedding, temperature, hyper):
-  """Per-token divergence ``[C]`` of one token chunk, whole vocabulary."""
-  log_q = jax.nn.log_softmax(_tempered_logits(hidden, unembedding, temperature))
-  log_p = jax.nn.log_softmax(
-      _tempered_logits(teacher_hidden, teacher_unembedding, temperature)
-  )
-  valid = jnp.ones((1, log_q.shape[-1]), bool)
-  values = _partial_sum(divergence, log_q, log_p, valid, hyper)
-  return values * jnp.square(temperature)
+class _Layout(NamedTuple):
+  """The static layout of the whole-vocabulary path.
+
+  `vocab` is the true vocabulary and `width` the unembeddings' columns
+  (``width > vocab`` only under a mesh: the padding columns are masked).
+  With a `mesh`, the tokens are split over `token_axes` and the
+  unembeddings' columns over `vocab_axis` (each may be None), and every
+  device runs the chunk loop on its own tokens and columns.
+  """
+
+  divergence: str
+  vocab: int
+  width: int
+  token_chunk: int
+  mesh: Any = None
+  token_axes: tuple[str, ...] | None = None
+  vocab_axis: str | None = None
+
+
+def _vocab_sum(layout, x):
+  return x if layout.vocab_axis is None else lax.psum(x, layout.vocab_axis)
+
+
+def _vocab_max(layout, x):
+  return x if layout.vocab_axis is None else lax.pmax(x, layout.vocab_axis)
+
+
+def _token_sum(layout, x):
+  return x if layout.token_axes is None else lax.psum(x, layout.token_axes)
 
 
 def _over_columns(vocab, fn, carry):
@@ -91,52 +111,81 @@ def _over_columns(vocab, fn, carry):
   return carry
 
 
-def _chunk_grads(divergence, hidden, unembedding, teacher_hidden,
-                 teacher_unembedding, temperature, hyper, weights,
-                 d_unembedding):
-  """One chunk's values ``[C]`` and gradients, from one pass over its logits.
+def _chunk_pass(layout, hidden, unembedding, teacher_hidden, teacher_unembedding,
+                temperature, hyper, weights=None, d_unembedding=None):
+  """One chunk's values ``[C]`` and, with `weights`, its gradients.
 
-  Returns the values, ``d values_i / d hidden_i`` per token ``[C, D]`` and
-  `d_unembedding` ``[D, V]`` plus ``sum_i weights_i d values_i / d
-  unembedding``, updated in place a block of columns at a time (float32).
-  The logits are tempered by scaling the hidden states (``[C, D]``) rather
-  than the ``[C, V]`` logits; the log-softmax's chain rule, ``d/ds_u = (g_u
-  - q_u sum_v g_v) / T`` with ``g = d(divergence)/d(log q)`` (elementwise),
-  is applied a block of columns at a time.
+  With `weights` ``[C]`` (and the ``[D, V]`` accumulator `d_unembedding`)
+  also returns ``d values_i / d hidden_i`` per token ``[C, D]`` and
+  `d_unembedding` plus ``sum_i weights_i d values_i / d unembedding``,
+  updated in place a block of columns at a time (float32), all from the
+  same logits. The logits are tempered by scaling the hidden states
+  (``[C, D]``) rather than the ``[C, V]`` logits; the log-softmax's chain
+  rule, ``d/ds_u = (g_u - q_u sum_v g_v) / T`` with ``g =
+  d(divergence)/d(log q)`` (elementwise), is applied a block of columns at a
+  time. Under a vocabulary axis the log-normalisers, the sums over the
+  vocabulary and ``d_hidden`` are combined over the devices.
   """
   inverse = 1.0 / temperature
   scaled = hidden * inverse
   logits = jnp.dot(scaled, unembedding, preferred_element_type=jnp.float32)
   teacher = jnp.dot(teacher_hidden * inverse.astype(teacher_hidden.dtype),
                     teacher_unembedding, preferred_element_type=jnp.float32)
-  log_norm_q = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-  log_norm_p = jax.nn.logsumexp(teacher, axis=-1, keepdims=True)
+  columns = logits.shape[-1]
+  offset = 0
+  if layout.vocab_axis is not None:
+    offset = lax.axis_index(layout.vocab_axis) * columns
+
+  def valid_columns(start, size):
+    if layout.width == layout.vocab:
+      return jnp.ones((1, size), bool)
+    return (offset + start + jnp.arange(size) < layout.vocab)[None, :]
+
+  def log_normalizer(x):
+    x = jnp.where(valid_columns(0, columns), x, -jnp.inf)
+    peak = _vocab_max(layout, jnp.max(x, axis=-1, keepdims=True))
+    peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    total = _vocab_sum(layout, jnp.sum(jnp.exp(x - peak), axis=-1, keepdims=True))
+    return peak + jnp.log(total)
+
+  log_norm_q = log_normalizer(logits)
+  log_norm_p = log_normalizer(teacher)
 
   def terms(start, size):
-    """Partial sums and ``g`` on columns ``[start, start + size)``."""
-    log_q = lax.dynamic_slice_in_dim(logits, start, size, axis=1) - log_norm_q
-    log_p = lax.dynamic_slice_in_dim(teacher, start, size, axis=1) - log_norm_p
-    valid = jnp.ones((1, size), bool)
+    """Partial sums, ``g`` and ``q`` on columns ``[start, start + size)``."""
+    valid = valid_columns(start, size)
+    log_q = jnp.where(
+        valid, lax.dynamic_slice_in_dim(logits, start, size, axis=1) - log_norm_q,
+        -jnp.inf)
+    log_p = jnp.where(
+        valid, lax.dynamic_slice_in_dim(teacher, start, size, axis=1) - log_norm_p,
+        -jnp.inf)
     partial, vjp = jax.vjp(
-        lambda lq: _partial_sum(divergence, lq, log_p, valid, hyper), log_q)
+        lambda lq: _partial_sum(layout.divergence, lq, log_p, valid, hyper), log_q)
     (g,) = vjp(jnp.ones_like(partial))
-    return partial, g, log_q
+    return partial, g, jnp.where(valid, jnp.exp(log_q), 0.0)
 
   def add_sums(start, size, carry):
     values, g_sum = carry
     partial, g, _ = terms(start, size)
+    if weights is None:
+      return values + partial, g_sum
     return values + partial, g_sum + jnp.sum(g, axis=-1, keepdims=True)
 
   zeros = jnp.zeros(hidden.shape[:1], jnp.float32)
-  values, g_sum = _over_columns(logits.shape[-1], add_sums, (zeros, zeros[:, None]))
+  values, g_sum = _over_columns(columns, add_sums, (zeros, zeros[:, None]))
   factor = jnp.square(temperature)
+  values = _vocab_sum(layout, values) * factor
+  if weights is None:
+    return values
+  g_sum = _vocab_sum(layout, g_sum)
   weighted = scaled * weights[:, None]
 
   def add_block(start, size, carry):
     d_hidden, d_unembedding = carry
-    _, g, log_q = terms(start, size)
+    _, g, q = terms(start, size)
     # d(T^2 f)/d(tempered logits) on these columns.
-    d_logits = factor * (g - jnp.exp(log_q) * g_sum)
+    d_logits = factor * (g - q * g_sum)
     w = lax.dynamic_slice_in_dim(unembedding, start, size, axis=1)
     d_hidden = d_hidden + jnp.dot(d_logits, w.T,
                                   preferred_element_type=jnp.float32)
@@ -148,33 +197,113 @@ def _chunk_grads(divergence, hidden, unembedding, teacher_hidden,
     return d_hidden, d_unembedding
 
   d_hidden, d_unembedding = _over_columns(
-      logits.shape[-1], add_block,
-      (jnp.zeros(hidden.shape, jnp.float32), d_unembedding))
-  return values * factor, d_hidden * inverse, d_unembedding
+      columns, add_block, (jnp.zeros(hidden.shape, jnp.float32), d_unembedding))
+  return values, _vocab_sum(layout, d_hidden) * inverse, d_unembedding
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _by_tokens(divergence, hidden, unembedding, teacher_hidden,
-               teacher_unembedding, keep, weights, temperature, hyper):
-  """``[chunks, C]`` values from ``[chunks, C, D]`` hidden states.
+def _chunked(layout, *arrays):
+  """``[n, ...]`` token arrays as ``[chunks, token_chunk, ...]``, zero-padded."""
+  tokens = arrays[0].shape[0]
+  chunk = min(layout.token_chunk, tokens)
+  chunks = -(-tokens // chunk)
+  padding = chunks * chunk - tokens
+  return tuple(
+      jnp.pad(a, ((0, padding),) + ((0, 0),) * (a.ndim - 1)).reshape(
+          (chunks, chunk) + a.shape[1:]) for a in arrays)
 
-  `keep` ``[chunks, C]`` is False on masked and padding tokens, whose hidden
-  states are replaced by zeros chunk by chunk; `weights` ``[chunks, C]`` are
-  the reduction's token weights (0 on masked and padding tokens, whose
-  cotangent is always 0).
-  """
-  del weights
+
+def _local_values(layout, hidden, unembedding, teacher_hidden,
+                  teacher_unembedding, keep, temperature, hyper):
+  """Values ``[n]`` of this device's tokens (no gradient)."""
+  tokens = hidden.shape[0]
+  chunks = _chunked(layout, hidden, teacher_hidden, keep)
 
   def one_chunk(chunk):
     h, th, k = chunk
-    return _chunk_values(divergence, _kept(h, k), unembedding, _kept(th, k),
-                         teacher_unembedding, temperature, hyper)
+    return _chunk_pass(layout, _kept(h, k), unembedding, _kept(th, k),
+                       teacher_unembedding, temperature, hyper)
 
-  return lax.map(one_chunk, (hidden, teacher_hidden, keep))
+  return lax.map(one_chunk, chunks).reshape(-1)[:tokens]
 
 
-def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
+def _local_forward(layout, hidden, unembedding, teacher_hidden,
                    teacher_unembedding, keep, weights, temperature, hyper):
+  """This device's values ``[n]``, ``d values / d hidden`` and weighted ``d/d unembedding``."""
+  tokens = hidden.shape[0]
+  unembedding32 = unembedding.astype(jnp.float32)
+
+  def one_chunk(d_unembedding, chunk):
+    h, th, k, w = chunk
+    values, d_h, d_unembedding = _chunk_pass(
+        layout, _kept(h, k).astype(jnp.float32), unembedding32, _kept(th, k),
+        teacher_unembedding, temperature, hyper, w, d_unembedding)
+    return d_unembedding, (values, d_h)
+
+  d_unembedding, (values, d_hidden) = lax.scan(
+      one_chunk, jnp.zeros_like(unembedding32),
+      _chunked(layout, hidden, teacher_hidden, keep, weights))
+  values = values.reshape(-1)[:tokens]
+  d_hidden = d_hidden.reshape(-1, hidden.shape[-1])[:tokens]
+  return values, d_hidden, _token_sum(layout, d_unembedding)
+
+
+def _local_recompute(layout, hidden, unembedding, teacher_hidden,
+                     teacher_unembedding, keep, cotangent, temperature, hyper,
+                     trips, d_unembedding):
+  """`d_unembedding` plus the unembedding's gradient for any `cotangent`.
+
+  Recomputes each chunk's logits; runs `trips` chunks (0 or all of them).
+  """
+  unembedding32 = unembedding.astype(jnp.float32)
+  hidden, teacher_hidden, keep, cotangent = _chunked(
+      layout, hidden, teacher_hidden, keep, cotangent)
+
+  def recompute(i, accumulator):
+    return _chunk_pass(
+        layout, _kept(hidden[i], keep[i]).astype(jnp.float32), unembedding32,
+        _kept(teacher_hidden[i], keep[i]), teacher_unembedding, temperature,
+        hyper, cotangent[i], accumulator)[2]
+
+  if layout.token_axes is None:
+    return lax.fori_loop(0, trips, recompute, d_unembedding)
+  local = lax.fori_loop(0, trips, recompute, jnp.zeros_like(d_unembedding))
+  return d_unembedding + _token_sum(layout, local)
+
+
+def _sharded(layout, fn, in_kinds, out_kinds):
+  """`fn` per device under `layout.mesh` (kinds: tokens, rows, vocab, scalar)."""
+  if layout.mesh is None:
+    return functools.partial(fn, layout)
+  specs = {'tokens': P(layout.token_axes), 'rows': P(layout.token_axes, None),
+           'vocab': P(None, layout.vocab_axis), 'scalar': P()}
+  return jax.shard_map(
+      functools.partial(fn, layout), mesh=layout.mesh,
+      in_specs=tuple(specs[k] for k in in_kinds),
+      out_specs=tuple(specs[k] for k in out_kinds) if isinstance(
+          out_kinds, tuple) else specs[out_kinds],
+      check_vma=False)
+
+
+_INPUT_KINDS = ('rows', 'vocab', 'rows', 'vocab', 'tokens')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(layout, hidden, unembedding, teacher_hidden, teacher_unembedding,
+           keep, weights, temperature, hyper):
+  """Values ``[n]`` of ``[n, D]`` hidden states; gradients fused in the forward pass.
+
+  `keep` ``[n]`` is False on masked tokens, whose hidden states are
+  replaced by zeros chunk by chunk (no copy); `weights` ``[n]`` are the
+  reduction's token weights (0 on masked tokens, whose cotangent is 0).
+  """
+  del weights
+  return _sharded(layout, _local_values, _INPUT_KINDS + ('scalar', 'scalar'),
+                  'tokens')(hidden, unembedding, teacher_hidden,
+                            teacher_unembedding, keep, temperature, hyper)
+
+
+def _fused_fwd(layout, hidden, unembedding, teacher_hidden, teacher_unembedding,
+               keep, weights, temperature, hyper):
   """Values and, in the same pass over the chunks, their gradients.
 
   Each chunk's logits are computed once; from the same block come its
@@ -184,24 +313,17 @@ def _by_tokens_fwd(divergence, hidden, unembedding, teacher_hidden,
   is a multiple of the weights, which is what a masked mean gives; the
   backward pass checks it and recomputes otherwise).
   """
-  unembedding32 = unembedding.astype(jnp.float32)
-
-  def one_chunk(d_unembedding, chunk):
-    h, th, k, w = chunk
-    values, d_h, d_unembedding = _chunk_grads(
-        divergence, _kept(h, k).astype(jnp.float32), unembedding32, _kept(th, k),
-        teacher_unembedding, temperature, hyper, w, d_unembedding)
-    return d_unembedding, (values, d_h)
-
-  d_unembedding, (values, d_hidden) = lax.scan(
-      one_chunk, jnp.zeros_like(unembedding32),
-      (hidden, teacher_hidden, keep, weights))
+  values, d_hidden, d_unembedding = _sharded(
+      layout, _local_forward, _INPUT_KINDS + ('tokens', 'scalar', 'scalar'),
+      ('tokens', 'rows', 'vocab'))(
+          hidden, unembedding, teacher_hidden, teacher_unembedding, keep,
+          weights, temperature, hyper)
   residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding, keep,
                weights, temperature, hyper, d_hidden, d_unembedding)
   return values, residuals
 
 
-def _by_tokens_bwd(divergence, residuals, cotangent):
+def _fused_bwd(layout, residuals, cotangent):
   (hidden, unembedding, teacher_hidden, teacher_unembedding, keep, weights,
    temperature, hyper, d_hidden, d_unembedding) = residuals
   cotangent = cotangent.astype(jnp.float32)
@@ -213,20 +335,18 @@ def _by_tokens_bwd(divergence, residuals, cotangent):
   scale = jnp.sum(cotangent * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   deviation = jnp.max(jnp.abs(cotangent - scale * weights))
   proportional = deviation <= 1e-6 * jnp.maximum(jnp.max(jnp.abs(cotangent)), 1e-30)
-  unembedding32 = unembedding.astype(jnp.float32)
-
-  def recompute(i, d_unembedding):
-    return _chunk_grads(
-        divergence, _kept(hidden[i], keep[i]).astype(jnp.float32), unembedding32,
-        _kept(teacher_hidden[i], keep[i]), teacher_unembedding, temperature,
-        hyper, cotangent[i],
-        d_unembedding)[2]
-
-  d_unembedding = lax.fori_loop(
-      0, jnp.where(proportional, 0, hidden.shape[0]), recompute,
-      jnp.where(proportional, scale * d_unembedding, 0.0))
+  local_tokens = hidden.shape[0]
+  if layout.token_axes is not None:
+    local_tokens //= math.prod(layout.mesh.shape[a] for a in layout.token_axes)
+  chunks = -(-local_tokens // min(layout.token_chunk, local_tokens))
+  d_unembedding = _sharded(
+      layout, _local_recompute,
+      _INPUT_KINDS + ('tokens', 'scalar', 'scalar', 'scalar', 'vocab'), 'vocab')(
+          hidden, unembedding, teacher_hidden, teacher_unembedding, keep,
+          cotangent, temperature, hyper, jnp.where(proportional, 0, chunks),
+          jnp.where(proportional, scale * d_unembedding, 0.0))
   return (
-      (cotangent[..., None] * d_hidden).astype(hidden.dtype),
+      (cotangent[:, None] * d_hidden).astype(hidden.dtype),
       d_unembedding.astype(unembedding.dtype),
       jnp.zeros_like(teacher_hidden),
       jnp.zeros_like(teacher_unembedding),
@@ -237,7 +357,7 @@ def _by_tokens_bwd(divergence, residuals, cotangent):
   )
 
 
-_by_tokens.defvjp(_by_tokens_fwd, _by_tokens_bwd)
+_fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 # ----------------------------------------------------------------------------
@@ -408,19 +528,26 @@ def _check_chunk(name: str, value: Any, allow_none: bool) -> None:
 
 @functools.partial(
     jax.jit,
-    static_argnames=('divergence', 'vocab', 'token_chunk', 'vocab_chunk'),
+    static_argnames=('divergence', 'vocab', 'token_chunk', 'vocab_chunk',
+                     'mesh', 'token_axes', 'vocab_axis'),
 )
 def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
                   teacher_unembedding, mask, reduction_mask, temperature, hyper, *,
-                  divergence, vocab, token_chunk, vocab_chunk):
+                  divergence, vocab, token_chunk, vocab_chunk, mesh=None,
+                  token_axes=None, vocab_axis=None):
   token_shape = student_hidden.shape[:-1]
   tokens = math.prod(token_shape)
   hidden = student_hidden.reshape(tokens, student_hidden.shape[-1])
   teacher = lax.stop_gradient(
       teacher_hidden.reshape(tokens, teacher_hidden.shape[-1])
   )
-  unembedding = student_unembedding[:, :vocab]
-  teacher_unembedding = lax.stop_gradient(teacher_unembedding[:, :vocab])
+  teacher_unembedding = lax.stop_gradient(teacher_unembedding)
+  if vocab_axis is None:
+    unembedding = student_unembedding[:, :vocab]
+    teacher_unembedding = teacher_unembedding[:, :vocab]
+  else:
+    # Sharded columns stay as they are; the padding ones are masked.
+    unembedding = student_unembedding
   weights = jnp.ones((tokens,), jnp.float32)
   keep = jnp.ones((tokens,), bool)
   if mask is not None:
@@ -431,32 +558,68 @@ def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
   if reduction_mask is not None:
     weights = weights * reduction_mask.reshape(tokens).astype(jnp.float32)
 
-  chunk = min(token_chunk, tokens)
-  chunks = -(-tokens // chunk)
-  padding = chunks * chunk - tokens
-  hidden = jnp.pad(hidden, ((0, padding), (0, 0)))
-  teacher = jnp.pad(teacher, ((0, padding), (0, 0)))
-  hidden = hidden.reshape(chunks, chunk, hidden.shape[-1])
-  teacher = teacher.reshape(chunks, chunk, teacher.shape[-1])
-  weights = jnp.pad(weights, (0, padding)).reshape(chunks, chunk)
-  keep = jnp.pad(keep, (0, padding)).reshape(chunks, chunk)
-
   if vocab_chunk is None or vocab_chunk >= vocab:
-    values = _by_tokens(divergence, hidden, unembedding, teacher,
-                        teacher_unembedding, keep, weights, temperature, hyper)
+    layout = _Layout(divergence, vocab, unembedding.shape[-1], token_chunk,
+                     mesh, token_axes, vocab_axis)
+    values = _fused(layout, hidden, unembedding, teacher, teacher_unembedding,
+                    keep, weights, temperature, hyper)
   else:
+    chunk = min(token_chunk, tokens)
+    chunks = -(-tokens // chunk)
+    padding = chunks * chunk - tokens
+    hidden = jnp.pad(hidden, ((0, padding), (0, 0)))
+    teacher = jnp.pad(teacher, ((0, padding), (0, 0)))
+    hidden = hidden.reshape(chunks, chunk, hidden.shape[-1])
+    teacher = teacher.reshape(chunks, chunk, teacher.shape[-1])
+    keep = jnp.pad(keep, (0, padding)).reshape(chunks, chunk)
     valid = jnp.arange(_vocab_blocks_size(vocab, vocab_chunk)) < vocab
     valid = valid.reshape(-1, 1, vocab_chunk)
     values = _by_tokens_and_vocab(
         divergence, hidden, _vocab_blocks(unembedding, vocab, vocab_chunk),
         teacher, _vocab_blocks(teacher_unembedding, vocab, vocab_chunk), keep,
-        valid,
-        temperature, hyper,
+        valid, temperature, hyper,
     )
   values = values.reshape(-1)[:tokens].reshape(token_shape)
   if mask is not None:
     values = jnp.where(mask, values, 0.0)
   return values
+
+
+def _check_mesh(mesh, token_axes, vocab_axis, vocab_chunk, hidden_shape,
+                student_unembedding_shape, teacher_unembedding_shape):
+  """Normalised `(token_axes, vocab_axis)`; errors name the axes and shapes."""
+  if mesh is None:
+    if token_axes is not None or vocab_axis is not None:
+      raise ValueError(
+          f'token_axes={token_axes!r} and vocab_axis={vocab_axis!r} need a mesh; '
+          'got mesh=None.')
+    return None, None
+  if isinstance(token_axes, str):
+    token_axes = (token_axes,)
+  token_axes = None if not token_axes else tuple(token_axes)
+  for name in (token_axes or ()) + ((vocab_axis,) if vocab_axis else ()):
+    if name not in mesh.shape:
+      raise ValueError(
+          f'axis {name!r} is not in the mesh, whose axes are {tuple(mesh.shape)}.')
+  if vocab_chunk is not None:
+    raise ValueError('vocab_chunk cannot be combined with a mesh; shard the '
+                     'vocabulary with vocab_axis instead.')
+  if token_axes is not None:
+    size = math.prod(mesh.shape[a] for a in token_axes)
+    if hidden_shape[0] % size:
+      raise ValueError(
+          f'student_hidden.shape={hidden_shape}: its leading dimension must be a '
+          f'multiple of {size}, the devices on token_axes={token_axes}.')
+  if vocab_axis is not None:
+    size = mesh.shape[vocab_axis]
+    if (student_unembedding_shape[1] != teacher_unembedding_shape[1]
+        or student_unembedding_shape[1] % size):
+      raise ValueError(
+          'with vocab_axis, student_unembedding and teacher_unembedding must have '
+          f'the same number of columns, a multiple of {size} (the devices on '
+          f'{vocab_axis!r}); got {student_unembedding_shape} and '
+          f'{teacher_unembedding_shape}.')
+  return token_axes, vocab_axis
 
 
 def _vocab_blocks_size(vocab: int, vocab_chunk: int) -> int:
@@ -479,6 +642,9 @@ def chunked_divergence(
     token_chunk: int = 128,
     vocab_chunk: int | None = None,
     reduction_mask: ArrayLike | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    token_axes: str | tuple[str, ...] | None = None,
+    vocab_axis: str | None = None,
 ) -> Array:
   r"""Per-token divergence of ``hidden @ unembedding`` logits, never materialised.
 
@@ -538,6 +704,18 @@ def chunked_divergence(
       `token_mask` is not given. It changes no value and no gradient, only
       which cotangents take the fused path; default `token_mask` (or every
       token).
+    mesh: optional :class:`jax.sharding.Mesh`. With it the loss runs under
+      ``jax.shard_map``: each device takes the tokens of its `token_axes`
+      shard and the unembedding columns of its `vocab_axis` shard, the
+      log-normalisers and sums over the vocabulary are combined over
+      `vocab_axis` (``pmax``/``psum``), and the unembedding's gradient over
+      `token_axes`. No device ever holds more than its own columns.
+    token_axes: the mesh axes (a name or a tuple) the leading (batch) axis
+      of the hidden states is sharded over; None: not sharded.
+    vocab_axis: the mesh axis the unembeddings' columns are sharded over;
+      None: not sharded. Both unembeddings must then have the same number
+      of columns (pad them; `vocab_size` masks the padding), a multiple of
+      the axis' devices. Not with `vocab_chunk`.
 
   Returns:
     ``[batch, time]`` per-token divergences (float32), 0 where masked.
@@ -604,6 +782,9 @@ def chunked_divergence(
     raise ValueError(f'{takes} must be a scalar, got shape {jnp.shape(hyper)}.')
   _check_chunk('token_chunk', token_chunk, allow_none=False)
   _check_chunk('vocab_chunk', vocab_chunk, allow_none=True)
+  token_axes, vocab_axis = _check_mesh(
+      mesh, token_axes, vocab_axis, vocab_chunk, student_shape,
+      tuple(jnp.shape(student_unembedding)), tuple(jnp.shape(teacher_unembedding)))
   reduction = _sequence.aligned_token_mask(
       reduction_mask, 'student_hidden', student_shape[:-1])
   return _chunked_body(
@@ -619,4 +800,7 @@ def chunked_divergence(
       vocab=vocab,
       token_chunk=int(token_chunk),
       vocab_chunk=None if vocab_chunk is None else int(vocab_chunk),
+      mesh=mesh,
+      token_axes=token_axes,
+      vocab_axis=vocab_axis,
   )
