@@ -14,10 +14,15 @@ the student's hidden states and unembedding, in one ``jax.jit``:
 
 Each variant runs in its own subprocess, and so does a *baseline* that does
 everything but the loss (imports, the same inputs, a jitted function with
-outputs of the same shapes), so that whole-process peak RSS
-(``resource.getrusage(...).ru_maxrss``) minus the baseline's is the memory
-the loss costs. XLA's temporary allocation comes from the compiled
-function's ``memory_analysis().temp_size_in_bytes``, read before running: a
+outputs of the same shapes). The memory a step costs is the process's peak
+resident memory during the timed calls (``VmHWM`` in ``/proc/self/status``,
+reset through ``/proc/self/clear_refs`` after the inputs were made, the
+function compiled and run once) minus its resident memory just before them;
+the loss's is that minus the baseline's (its outputs). Making the inputs
+(random normal draws) peaks above a small loss's step, so the whole
+process's ``ru_maxrss`` would hide it. XLA's temporary allocation comes from
+the compiled function's ``memory_analysis().temp_size_in_bytes``, read
+before running: a
 variant whose arguments + temporaries exceed ``--max-gib`` is not run. The
 step time is the median over ``--repeats`` calls after one warm-up call. The
 parent checks that both variants give the same loss.
@@ -34,9 +39,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import gc
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -125,21 +130,44 @@ def worker(args) -> dict:
   if needed > args.max_gib * GIB:
     result.update(skipped=True, why=f'not run (needs {needed / GIB:.1f} GiB)')
     return result
-  loss, _ = jax.block_until_ready(compiled(*inputs))
+  outputs = jax.block_until_ready(compiled(*inputs))
+  loss = float(outputs[0])
+  del outputs
+  gc.collect()
+  before = _reset_peak_rss()
   times = []
   for _ in range(args.repeats):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(*inputs))
+    jax.block_until_ready(compiled(*inputs))  # the outputs are freed at once
     times.append(time.perf_counter() - start)
   result.update(
       skipped=False,
-      loss=float(loss),
+      loss=loss,
       step_s=float(np.median(times)),
       step_s_all=times,
-      # Linux reports kilobytes.
-      peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      step_rss_bytes=_peak_rss() - before,
   )
   return result
+
+
+def _status_bytes(key: str) -> int:
+  """A ``/proc/self/status`` memory line (kilobytes) in bytes."""
+  with open('/proc/self/status', encoding='ascii') as status:
+    for line in status:
+      if line.startswith(key + ':'):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError(f'no {key} in /proc/self/status')
+
+
+def _reset_peak_rss() -> int:
+  """Resets the peak resident memory to the current one, which it returns."""
+  with open('/proc/self/clear_refs', 'w', encoding='ascii') as clear_refs:
+    clear_refs.write('5')
+  return _status_bytes('VmRSS')
+
+
+def _peak_rss() -> int:
+  return _status_bytes('VmHWM')
 
 
 # ----------------------------------------------------------------------------
@@ -183,7 +211,7 @@ def _mib(x):
 
 def table(results, args) -> tuple[str, list[str]]:
   lines = [
-      '| vocab | variant | XLA temp MiB | peak RSS - baseline MiB | step s '
+      '| vocab | variant | XLA temp MiB | step RSS - baseline MiB | step s '
       '(median) | compile s | memory ratio plain/chunked (temp; RSS) | '
       'time ratio chunked/plain |',
       '|---:|---|---:|---:|---:|---:|---:|---:|',
@@ -196,8 +224,8 @@ def table(results, args) -> tuple[str, list[str]]:
       name = _chunked_name(token_chunk)
       chunked = results[(vocab, name)]
       if not plain['skipped'] and not chunked['skipped']:
-        plain_rss = plain['peak_rss_bytes'] - base['peak_rss_bytes']
-        chunked_rss = chunked['peak_rss_bytes'] - base['peak_rss_bytes']
+        plain_rss = plain['step_rss_bytes'] - base['step_rss_bytes']
+        chunked_rss = chunked['step_rss_bytes'] - base['step_rss_bytes']
         temp_ratio = plain['temp_bytes'] / max(chunked['temp_bytes'], 1)
         rss_ratio = plain_rss / max(chunked_rss, 1)
         time_ratio = chunked['step_s'] / plain['step_s']
@@ -222,7 +250,7 @@ def table(results, args) -> tuple[str, list[str]]:
         cells = [_mib(r['temp_bytes']), r['why'], '', f'{r["compile_s"]:.1f}']
       else:
         cells = [_mib(r['temp_bytes']),
-                 _mib(r['peak_rss_bytes'] - base['peak_rss_bytes']),
+                 _mib(r['step_rss_bytes'] - base['step_rss_bytes']),
                  f'{r["step_s"]:.2f}', f'{r["compile_s"]:.1f}']
       lines.append(f'| {vocab} | {name} | ' + ' | '.join(cells + extra) + ' |')
   return '\n'.join(lines), verdicts
@@ -253,9 +281,11 @@ forward pass); *chunked N* is `losses.chunked_divergence` with
 with respect to the hidden states and the unembedding come from the same
 block in the forward pass (the backward pass scales them). Each variant ran
 in its own process. *XLA temp* is the compiled
-function's `memory_analysis().temp_size_in_bytes`; *peak RSS - baseline* is
-the process's peak resident memory (`ru_maxrss`) minus that of a process
-doing everything but the loss; the step time is the median of
+function's `memory_analysis().temp_size_in_bytes`; *step RSS - baseline* is
+the peak resident memory during the timed calls over that just before them
+(`VmHWM` reset through `/proc/self/clear_refs`), minus the same for a
+process doing everything but the loss (whose outputs have the same shapes);
+the step time is the median of
 {args.repeats} calls after a warm-up call. Both variants were checked to
 give the same loss. Vocabularies given in `--compile-only-vocabs` were
 compiled but not run (too slow for the busy machine): only their XLA
