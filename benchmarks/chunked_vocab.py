@@ -31,6 +31,7 @@ Usage::
 
   python benchmarks/chunked_vocab.py                      # vocab 32000 and 128000
   python benchmarks/chunked_vocab.py --vocabs 32000 --repeats 3
+  python benchmarks/chunked_vocab.py --plain-compile-only-vocabs 128000
   python benchmarks/chunked_vocab.py --write-docs         # update docs/performance.md
 """
 
@@ -179,7 +180,8 @@ def run_variant(variant, vocab, args, token_chunk=None) -> dict:
              str(vocab)] + _forwarded_argv()
   if token_chunk is not None:
     command += ['--token-chunk', str(token_chunk)]
-  if vocab in args.compile_only_vocabs:
+  if vocab in args.compile_only_vocabs or (
+      variant == 'plain' and vocab in args.plain_compile_only_vocabs):
     command.append('--no-run')
   out = subprocess.run(command, check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -288,8 +290,9 @@ process doing everything but the loss (whose outputs have the same shapes);
 the step time is the median of
 {args.repeats} calls after a warm-up call. Both variants were checked to
 give the same loss. Vocabularies given in `--compile-only-vocabs` were
-compiled but not run (too slow for the busy machine): only their XLA
-temporary memory is reported. Goal: at least {MEMORY_GOAL:.0f}x less memory at no more
+compiled but not run (too slow for the busy machine), and so was the plain
+loss at those in `--plain-compile-only-vocabs`: only their XLA temporary
+memory is reported. Goal: at least {MEMORY_GOAL:.0f}x less memory at no more
 than {TIME_GOAL}x the time.
 
 * Command: `{command}`
@@ -326,6 +329,11 @@ def parse_args(argv=None):
                       type=lambda s: [int(v) for v in s.split(',') if v],
                       help='vocabularies only compiled (XLA temp memory, no '
                       'run): for a machine too slow or too busy to time them')
+  parser.add_argument('--plain-compile-only-vocabs', default='',
+                      type=lambda s: [int(v) for v in s.split(',') if v],
+                      help='vocabularies at which the plain loss is only '
+                      'compiled (the chunked ones run): its XLA temp memory '
+                      'is compared, not its time or RSS')
   parser.add_argument('--write-docs', action='store_true')
   parser.add_argument('--worker', choices=('baseline', 'plain', 'chunked'),
                       help=argparse.SUPPRESS)
