@@ -323,13 +323,13 @@ def _grad_temp_bytes(shapes, **kwargs):
 
 
 def _column_block_bytes(token_chunk, dim, columns):
-  """A [token_chunk, columns] slice of the logits' gradient and its [dim, columns] product."""
+  """A [token_chunk, columns] slice of d_logits and its [dim, columns] product."""
   columns = min(columns, _chunked._COLUMNS)
   return (token_chunk + dim) * columns * 4
 
 
 def test_memory_bound_from_block_sizes():
-  """Temp memory of loss + grad: two logits blocks, the d_hidden residual, column slices.
+  """Loss + grad temp memory: two logits blocks, d_hidden, column slices.
 
   No [dim, vocab] array besides the gradient's own accumulator (which is
   the output) and no third [token_chunk, vocab] block: either would exceed

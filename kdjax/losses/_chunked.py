@@ -228,7 +228,7 @@ def _local_values(layout, hidden, unembedding, teacher_hidden,
 
 def _local_forward(layout, hidden, unembedding, teacher_hidden,
                    teacher_unembedding, keep, weights, temperature, hyper):
-  """This device's values ``[n]``, ``d values / d hidden`` and weighted ``d/d unembedding``."""
+  """This device's values ``[n]`` and gradients (see :func:`_chunk_pass`)."""
   tokens = hidden.shape[0]
   unembedding32 = unembedding.astype(jnp.float32)
 
