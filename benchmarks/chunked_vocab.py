@@ -242,10 +242,11 @@ def table(results, args) -> tuple[str, list[str]]:
       else:
         temp_ratio = plain['temp_bytes'] / max(chunked['temp_bytes'], 1)
         cells = [f'{temp_ratio:.1f}x; -', '']
+        why = ', '.join(f'{name} {r["why"]}' for name, r in (
+            ('plain', plain), ('chunked', chunked)) if r['skipped'])
         verdicts.append(
             f'vocab {vocab}, token_chunk {token_chunk}: {temp_ratio:.1f}x less XLA temp '
-            f'memory (plain {plain["why"]}, chunked {chunked["why"]}: RSS and time not '
-            'measured)')
+            f'memory ({why}: RSS and time ratios not measured)')
       rows.append((name, chunked, cells))
     for name, r, extra in rows:
       if r['skipped']:
