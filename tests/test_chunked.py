@@ -257,10 +257,17 @@ def test_chunked_distill_term_in_a_train_step():
   teacher_variables = {'params': {'unembedding': teacher_unembedding}}
   teacher_apply = adapters.from_function(teacher_fn, inputs='teacher_x')
   results = []
+  mesh = jax.make_mesh((2, 4), ('data', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
   for student_apply, term in (
       (adapters.from_function(student_fn),
        objective.chunked_distill('skew_kl', temperature=2.0, alpha=0.3,
                                  vocab_size=VOCAB, token_chunk=4)),
+      # The same per device, the batch split over the mesh's data axis.
+      (adapters.from_function(student_fn),
+       objective.chunked_distill('skew_kl', temperature=2.0, alpha=0.3,
+                                 vocab_size=VOCAB, token_chunk=4, mesh=mesh,
+                                 token_axes='data')),
       (adapters.from_function(student_logits_fn),
        objective.token_distill('skew_kl', temperature=2.0, alpha=0.3,
                                vocab_size=VOCAB)),
@@ -271,10 +278,11 @@ def test_chunked_distill_term_in_a_train_step():
     state = step_lib.init_train_state({'params': params}, optax.sgd(0.1))
     state, stats = train_step(state, teacher_variables, batch)
     results.append((state.params, stats['loss/kd']))
-  (chunked_params, chunked_loss), (plain_params, plain_loss) = results
-  np.testing.assert_allclose(chunked_loss, plain_loss, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               chunked_params, plain_params)
+  *chunked, (plain_params, plain_loss) = results
+  for chunked_params, chunked_loss in chunked:
+    np.testing.assert_allclose(chunked_loss, plain_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 chunked_params, plain_params)
 
 
 def test_errors():
