@@ -662,9 +662,11 @@ def chunked_divergence(
   (when it is differentiated): each chunk's logits are computed once, and
   its values and their gradients with respect to the hidden states (per
   token) and the unembedding (summed over the tokens of `reduction_mask`)
-  come from the same block. The backward pass only scales them by the
-  incoming cotangent, so a training step costs what the plain loss costs.
-  That sum is exact when the cotangent is a multiple of `reduction_mask`
+  come from the same block. Only the two models' ``[token_chunk, vocab]``
+  logits blocks are whole: the gradient is applied a block of vocabulary
+  columns at a time, and the unembedding's is accumulated in place. The
+  backward pass only scales them by the incoming cotangent (in place), so
+  a training step costs what the plain loss costs. That sum is exact when the cotangent is a multiple of `reduction_mask`
   (a masked mean's is); the backward pass checks this and otherwise
   recomputes the unembedding's gradient chunk by chunk (exact for any
   cotangent, at the old cost). With `vocab_chunk` the backward pass
