@@ -350,6 +350,15 @@ def test_memory_bound_from_block_sizes():
   assert bound - 2 * chunk * vocab * 4 < min(dim * vocab * 4, chunk * vocab * 4)
   temp = _grad_temp_bytes(_memory_shapes(batch, time, dim, vocab), token_chunk=chunk)
   assert temp <= bound, (temp, bound)
+  # Vocabulary blocks of 2,048: [chunk, vocab_chunk] blocks and [dim,
+  # vocab_chunk] products only, below one [dim, vocab] array in all.
+  vocab_chunk = 2048
+  bound = (8 * chunk * vocab_chunk * 4 + 2 * dim * vocab_chunk * 4
+           + batch * time * dim * 4 + 2**18)
+  assert bound < dim * vocab * 4
+  temp = _grad_temp_bytes(_memory_shapes(batch, time, dim, vocab), token_chunk=chunk,
+                          vocab_chunk=vocab_chunk)
+  assert temp <= bound, (temp, bound)
 
 
 def test_shard_map_over_data_and_vocabulary():

@@ -362,86 +362,106 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 # ----------------------------------------------------------------------------
 # Vocabulary in chunks too: online logsumexp.
+#
+# The unembeddings stay `[D, V']` (V' = V rounded up to `vocab_chunk`; the
+# padding columns are masked) and each block is a dynamic slice of their
+# columns, so that no transposed `[blocks, D, vocab_chunk]` copy of either
+# is made; the backward pass adds each block's gradient into the `[D, V']`
+# accumulator in place.
 
 
-def _log_normalizer(hidden, unembedding_chunks, valid_chunks, temperature):
+def _column_block(x, j, vocab_chunk):
+  return lax.dynamic_slice_in_dim(x, j * vocab_chunk, vocab_chunk, axis=1)
+
+
+def _block_valid(j, vocab, vocab_chunk):
+  return (j * vocab_chunk + jnp.arange(vocab_chunk) < vocab)[None, :]
+
+
+def _log_normalizer(hidden, unembedding, vocab, vocab_chunk, temperature):
   """``logsumexp(hidden @ unembedding / T)`` over vocabulary chunks, ``[C]``."""
 
-  def step(carry, chunk):
+  def step(j, carry):
     running_max, running_sum = carry
-    w, valid = chunk
-    logits = jnp.where(valid, _tempered_logits(hidden, w, temperature), -jnp.inf)
+    logits = jnp.where(
+        _block_valid(j, vocab, vocab_chunk),
+        _tempered_logits(hidden, _column_block(unembedding, j, vocab_chunk),
+                         temperature), -jnp.inf)
     new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
     running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
         jnp.exp(logits - new_max[:, None]), axis=-1
     )
-    return (new_max, running_sum), None
+    return new_max, running_sum
 
   start = (
       jnp.full(hidden.shape[:1], -jnp.inf, jnp.float32),
       jnp.zeros(hidden.shape[:1], jnp.float32),
   )
-  (running_max, running_sum), _ = lax.scan(
-      step, start, (unembedding_chunks, valid_chunks)
-  )
+  blocks = unembedding.shape[1] // vocab_chunk
+  running_max, running_sum = lax.fori_loop(0, blocks, step, start)
   return running_max + jnp.log(running_sum)
 
 
-def _block_log_probs(h, w, th, tw, valid, temperature, log_norm_q, log_norm_p):
+def _block_log_probs(h, w, th, tw, temperature, log_norm_q, log_norm_p):
   log_q = _tempered_logits(h, w, temperature) - log_norm_q[:, None]
   log_p = _tempered_logits(th, tw, temperature) - log_norm_p[:, None]
   return log_q, log_p
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _by_tokens_and_vocab(divergence, hidden, unembedding, teacher_hidden,
-                         teacher_unembedding, keep, valid, temperature, hyper):
-  """Values ``[chunks, C]``; unembeddings as ``[vocab_chunks, D, Vc]``."""
+def _by_tokens_and_vocab(static, hidden, unembedding, teacher_hidden,
+                         teacher_unembedding, keep, temperature, hyper):
+  """Values ``[chunks, C]``; `static` is ``(divergence, vocab, vocab_chunk)``."""
   return _by_tokens_and_vocab_fwd(
-      divergence, hidden, unembedding, teacher_hidden, teacher_unembedding,
-      keep, valid, temperature, hyper,
+      static, hidden, unembedding, teacher_hidden, teacher_unembedding,
+      keep, temperature, hyper,
   )[0]
 
 
-def _by_tokens_and_vocab_fwd(divergence, hidden, unembedding, teacher_hidden,
-                             teacher_unembedding, keep, valid, temperature,
-                             hyper):
+def _by_tokens_and_vocab_fwd(static, hidden, unembedding, teacher_hidden,
+                             teacher_unembedding, keep, temperature, hyper):
+  divergence, vocab, vocab_chunk = static
+  blocks = unembedding.shape[1] // vocab_chunk
+
   def one_chunk(chunk):
     h, th, k = chunk
     h, th = _kept(h, k), _kept(th, k)
-    log_norm_q = _log_normalizer(h, unembedding, valid, temperature)
-    log_norm_p = _log_normalizer(th, teacher_unembedding, valid, temperature)
+    log_norm_q = _log_normalizer(h, unembedding, vocab, vocab_chunk, temperature)
+    log_norm_p = _log_normalizer(th, teacher_unembedding, vocab, vocab_chunk,
+                                 temperature)
 
-    def vocab_step(carry, block):
+    def vocab_step(j, carry):
       value, grad_sum = carry
-      w, tw, v = block
-      log_q, log_p = _block_log_probs(h, w, th, tw, v, temperature, log_norm_q,
-                                      log_norm_p)
+      v = _block_valid(j, vocab, vocab_chunk)
+      log_q, log_p = _block_log_probs(
+          h, _column_block(unembedding, j, vocab_chunk), th,
+          _column_block(teacher_unembedding, j, vocab_chunk), temperature,
+          log_norm_q, log_norm_p)
       partial, vjp = jax.vjp(
           lambda lq: _partial_sum(divergence, lq, log_p, v, hyper), log_q
       )
       (g,) = vjp(jnp.ones_like(partial))
-      return (value + partial, grad_sum + jnp.sum(g, axis=-1)), None
+      return value + partial, grad_sum + jnp.sum(g, axis=-1)
 
     zeros = jnp.zeros(h.shape[:1], jnp.float32)
-    (value, grad_sum), _ = lax.scan(
-        vocab_step, (zeros, zeros), (unembedding, teacher_unembedding, valid)
-    )
+    value, grad_sum = lax.fori_loop(0, blocks, vocab_step, (zeros, zeros))
     return value * jnp.square(temperature), log_norm_q, log_norm_p, grad_sum
 
   values, log_norm_q, log_norm_p, grad_sum = lax.map(
       one_chunk, (hidden, teacher_hidden, keep)
   )
   residuals = (hidden, unembedding, teacher_hidden, teacher_unembedding, keep,
-               valid, temperature, hyper, log_norm_q, log_norm_p, grad_sum)
+               temperature, hyper, log_norm_q, log_norm_p, grad_sum)
   return values, residuals
 
 
-def _by_tokens_and_vocab_bwd(divergence, residuals, cotangent):
-  (hidden, unembedding, teacher_hidden, teacher_unembedding, keep, valid,
+def _by_tokens_and_vocab_bwd(static, residuals, cotangent):
+  divergence, vocab, vocab_chunk = static
+  (hidden, unembedding, teacher_hidden, teacher_unembedding, keep,
    temperature, hyper, log_norm_q, log_norm_p, grad_sum) = residuals
   unembedding32 = unembedding.astype(jnp.float32)
   scale = jnp.square(temperature)
+  blocks = unembedding.shape[1] // vocab_chunk
 
   def one_chunk(d_unembedding, chunk):
     h, th, k, ct, lnq, lnp, g_sum = chunk
@@ -451,9 +471,13 @@ def _by_tokens_and_vocab_bwd(divergence, residuals, cotangent):
     weight = ct * scale
     total = weight * g_sum
 
-    def vocab_step(d_h, block):
-      w, tw, v = block
-      log_q, log_p = _block_log_probs(h32, w, th, tw, v, temperature, lnq, lnp)
+    def vocab_step(j, carry):
+      d_h, d_unembedding = carry
+      v = _block_valid(j, vocab, vocab_chunk)
+      w = _column_block(unembedding32, j, vocab_chunk)
+      log_q, log_p = _block_log_probs(
+          h32, w, th, _column_block(teacher_unembedding, j, vocab_chunk),
+          temperature, lnq, lnp)
       _, vjp = jax.vjp(
           lambda lq: _partial_sum(divergence, lq, log_p, v, hyper), log_q
       )
@@ -461,13 +485,17 @@ def _by_tokens_and_vocab_bwd(divergence, residuals, cotangent):
       q = jnp.where(v, jnp.exp(log_q), 0.0)
       d_logits = (g - q * total[:, None]) / temperature
       d_h = d_h + jnp.dot(d_logits, w.T, preferred_element_type=jnp.float32)
-      d_w = jnp.dot(h32.T, d_logits, preferred_element_type=jnp.float32)
-      return d_h, d_w
+      update = lax.dot_general(h32, d_logits, (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+      d_unembedding = lax.dynamic_update_slice_in_dim(
+          d_unembedding,
+          _column_block(d_unembedding, j, vocab_chunk) + update,
+          j * vocab_chunk, axis=1)
+      return d_h, d_unembedding
 
-    d_h, d_w = lax.scan(
-        vocab_step, jnp.zeros_like(h32), (unembedding32, teacher_unembedding, valid)
-    )
-    return d_unembedding + d_w, d_h.astype(hidden.dtype)
+    d_h, d_unembedding = lax.fori_loop(
+        0, blocks, vocab_step, (jnp.zeros_like(h32), d_unembedding))
+    return d_unembedding, d_h.astype(hidden.dtype)
 
   d_unembedding, d_hidden = lax.scan(
       one_chunk,
@@ -481,7 +509,6 @@ def _by_tokens_and_vocab_bwd(divergence, residuals, cotangent):
       jnp.zeros_like(teacher_hidden),
       jnp.zeros_like(teacher_unembedding),
       None,
-      None,
       jnp.zeros_like(temperature),
       jnp.zeros_like(hyper),
   )
@@ -490,11 +517,13 @@ def _by_tokens_and_vocab_bwd(divergence, residuals, cotangent):
 _by_tokens_and_vocab.defvjp(_by_tokens_and_vocab_fwd, _by_tokens_and_vocab_bwd)
 
 
-def _vocab_blocks(unembedding: Array, vocab: int, vocab_chunk: int) -> Array:
-  """``[D, V]`` -> ``[ceil(V / Vc), D, Vc]``, zero-padded at the end."""
-  blocks = -(-vocab // vocab_chunk)
-  padded = jnp.pad(unembedding, ((0, 0), (0, blocks * vocab_chunk - vocab)))
-  return padded.reshape(padded.shape[0], blocks, vocab_chunk).transpose(1, 0, 2)
+def _padded_columns(unembedding: Array, vocab: int, vocab_chunk: int) -> Array:
+  """``[D, V]`` -> ``[D, ceil(V / Vc) * Vc]``, zero-padded (no copy if equal)."""
+  width = _vocab_blocks_size(vocab, vocab_chunk)
+  if unembedding.shape[1] == width:
+    return unembedding
+  return jnp.pad(unembedding[:, :vocab], ((0, 0), (0, width - vocab)))
+
 
 
 # ----------------------------------------------------------------------------
@@ -542,12 +571,6 @@ def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
       teacher_hidden.reshape(tokens, teacher_hidden.shape[-1])
   )
   teacher_unembedding = lax.stop_gradient(teacher_unembedding)
-  if vocab_axis is None:
-    unembedding = student_unembedding[:, :vocab]
-    teacher_unembedding = teacher_unembedding[:, :vocab]
-  else:
-    # Sharded columns stay as they are; the padding ones are masked.
-    unembedding = student_unembedding
   weights = jnp.ones((tokens,), jnp.float32)
   keep = jnp.ones((tokens,), bool)
   if mask is not None:
@@ -559,6 +582,11 @@ def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
     weights = weights * reduction_mask.reshape(tokens).astype(jnp.float32)
 
   if vocab_chunk is None or vocab_chunk >= vocab:
+    # Sharded columns stay as they are; the padding ones are masked.
+    unembedding = student_unembedding
+    if vocab_axis is None:
+      unembedding = unembedding[:, :vocab]
+      teacher_unembedding = teacher_unembedding[:, :vocab]
     layout = _Layout(divergence, vocab, unembedding.shape[-1], token_chunk,
                      mesh, token_axes, vocab_axis)
     values = _fused(layout, hidden, unembedding, teacher, teacher_unembedding,
@@ -572,12 +600,11 @@ def _chunked_body(student_hidden, student_unembedding, teacher_hidden,
     hidden = hidden.reshape(chunks, chunk, hidden.shape[-1])
     teacher = teacher.reshape(chunks, chunk, teacher.shape[-1])
     keep = jnp.pad(keep, (0, padding)).reshape(chunks, chunk)
-    valid = jnp.arange(_vocab_blocks_size(vocab, vocab_chunk)) < vocab
-    valid = valid.reshape(-1, 1, vocab_chunk)
     values = _by_tokens_and_vocab(
-        divergence, hidden, _vocab_blocks(unembedding, vocab, vocab_chunk),
-        teacher, _vocab_blocks(teacher_unembedding, vocab, vocab_chunk), keep,
-        valid, temperature, hyper,
+        (divergence, vocab, vocab_chunk), hidden,
+        _padded_columns(student_unembedding, vocab, vocab_chunk), teacher,
+        _padded_columns(teacher_unembedding, vocab, vocab_chunk), keep,
+        temperature, hyper,
     )
   values = values.reshape(-1)[:tokens].reshape(token_shape)
   if mask is not None:
