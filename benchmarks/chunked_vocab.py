@@ -14,10 +14,15 @@ the student's hidden states and unembedding, in one ``jax.jit``:
 
 Each variant runs in its own subprocess, and so does a *baseline* that does
 everything but the loss (imports, the same inputs, a jitted function with
-outputs of the same shapes), so that whole-process peak RSS
-(``resource.getrusage(...).ru_maxrss``) minus the baseline's is the memory
-the loss costs. XLA's temporary allocation comes from the compiled
-function's ``memory_analysis().temp_size_in_bytes``, read before running: a
+outputs of the same shapes). The memory a step costs is the process's peak
+resident memory during the timed calls (``VmHWM`` in ``/proc/self/status``,
+reset through ``/proc/self/clear_refs`` after the inputs were made, the
+function compiled and run once) minus its resident memory just before them;
+the loss's is that minus the baseline's (its outputs). Making the inputs
+(random normal draws) peaks above a small loss's step, so the whole
+process's ``ru_maxrss`` would hide it. XLA's temporary allocation comes from
+the compiled function's ``memory_analysis().temp_size_in_bytes``, read
+before running: a
 variant whose arguments + temporaries exceed ``--max-gib`` is not run. The
 step time is the median over ``--repeats`` calls after one warm-up call. The
 parent checks that both variants give the same loss.
@@ -26,6 +31,7 @@ Usage::
 
   python benchmarks/chunked_vocab.py                      # vocab 32000 and 128000
   python benchmarks/chunked_vocab.py --vocabs 32000 --repeats 3
+  python benchmarks/chunked_vocab.py --plain-compile-only-vocabs 128000
   python benchmarks/chunked_vocab.py --write-docs         # update docs/performance.md
 """
 
@@ -34,9 +40,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import gc
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -125,21 +131,44 @@ def worker(args) -> dict:
   if needed > args.max_gib * GIB:
     result.update(skipped=True, why=f'not run (needs {needed / GIB:.1f} GiB)')
     return result
-  loss, _ = jax.block_until_ready(compiled(*inputs))
+  outputs = jax.block_until_ready(compiled(*inputs))
+  loss = float(outputs[0])
+  del outputs
+  gc.collect()
+  before = _reset_peak_rss()
   times = []
   for _ in range(args.repeats):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(*inputs))
+    jax.block_until_ready(compiled(*inputs))  # the outputs are freed at once
     times.append(time.perf_counter() - start)
   result.update(
       skipped=False,
-      loss=float(loss),
+      loss=loss,
       step_s=float(np.median(times)),
       step_s_all=times,
-      # Linux reports kilobytes.
-      peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      step_rss_bytes=_peak_rss() - before,
   )
   return result
+
+
+def _status_bytes(key: str) -> int:
+  """A ``/proc/self/status`` memory line (kilobytes) in bytes."""
+  with open('/proc/self/status', encoding='ascii') as status:
+    for line in status:
+      if line.startswith(key + ':'):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError(f'no {key} in /proc/self/status')
+
+
+def _reset_peak_rss() -> int:
+  """Resets the peak resident memory to the current one, which it returns."""
+  with open('/proc/self/clear_refs', 'w', encoding='ascii') as clear_refs:
+    clear_refs.write('5')
+  return _status_bytes('VmRSS')
+
+
+def _peak_rss() -> int:
+  return _status_bytes('VmHWM')
 
 
 # ----------------------------------------------------------------------------
@@ -151,7 +180,8 @@ def run_variant(variant, vocab, args, token_chunk=None) -> dict:
              str(vocab)] + _forwarded_argv()
   if token_chunk is not None:
     command += ['--token-chunk', str(token_chunk)]
-  if vocab in args.compile_only_vocabs:
+  if vocab in args.compile_only_vocabs or (
+      variant == 'plain' and vocab in args.plain_compile_only_vocabs):
     command.append('--no-run')
   out = subprocess.run(command, check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -183,7 +213,7 @@ def _mib(x):
 
 def table(results, args) -> tuple[str, list[str]]:
   lines = [
-      '| vocab | variant | XLA temp MiB | peak RSS - baseline MiB | step s '
+      '| vocab | variant | XLA temp MiB | step RSS - baseline MiB | step s '
       '(median) | compile s | memory ratio plain/chunked (temp; RSS) | '
       'time ratio chunked/plain |',
       '|---:|---|---:|---:|---:|---:|---:|---:|',
@@ -196,8 +226,8 @@ def table(results, args) -> tuple[str, list[str]]:
       name = _chunked_name(token_chunk)
       chunked = results[(vocab, name)]
       if not plain['skipped'] and not chunked['skipped']:
-        plain_rss = plain['peak_rss_bytes'] - base['peak_rss_bytes']
-        chunked_rss = chunked['peak_rss_bytes'] - base['peak_rss_bytes']
+        plain_rss = plain['step_rss_bytes'] - base['step_rss_bytes']
+        chunked_rss = chunked['step_rss_bytes'] - base['step_rss_bytes']
         temp_ratio = plain['temp_bytes'] / max(chunked['temp_bytes'], 1)
         rss_ratio = plain_rss / max(chunked_rss, 1)
         time_ratio = chunked['step_s'] / plain['step_s']
@@ -212,17 +242,18 @@ def table(results, args) -> tuple[str, list[str]]:
       else:
         temp_ratio = plain['temp_bytes'] / max(chunked['temp_bytes'], 1)
         cells = [f'{temp_ratio:.1f}x; -', '']
+        why = ', '.join(f'{name} {r["why"]}' for name, r in (
+            ('plain', plain), ('chunked', chunked)) if r['skipped'])
         verdicts.append(
             f'vocab {vocab}, token_chunk {token_chunk}: {temp_ratio:.1f}x less XLA temp '
-            f'memory (plain {plain["why"]}, chunked {chunked["why"]}: RSS and time not '
-            'measured)')
+            f'memory ({why}: RSS and time ratios not measured)')
       rows.append((name, chunked, cells))
     for name, r, extra in rows:
       if r['skipped']:
         cells = [_mib(r['temp_bytes']), r['why'], '', f'{r["compile_s"]:.1f}']
       else:
         cells = [_mib(r['temp_bytes']),
-                 _mib(r['peak_rss_bytes'] - base['peak_rss_bytes']),
+                 _mib(r['step_rss_bytes'] - base['step_rss_bytes']),
                  f'{r["step_s"]:.2f}', f'{r["compile_s"]:.1f}']
       lines.append(f'| {vocab} | {name} | ' + ' | '.join(cells + extra) + ' |')
   return '\n'.join(lines), verdicts
@@ -253,13 +284,16 @@ forward pass); *chunked N* is `losses.chunked_divergence` with
 with respect to the hidden states and the unembedding come from the same
 block in the forward pass (the backward pass scales them). Each variant ran
 in its own process. *XLA temp* is the compiled
-function's `memory_analysis().temp_size_in_bytes`; *peak RSS - baseline* is
-the process's peak resident memory (`ru_maxrss`) minus that of a process
-doing everything but the loss; the step time is the median of
+function's `memory_analysis().temp_size_in_bytes`; *step RSS - baseline* is
+the peak resident memory during the timed calls over that just before them
+(`VmHWM` reset through `/proc/self/clear_refs`), minus the same for a
+process doing everything but the loss (whose outputs have the same shapes);
+the step time is the median of
 {args.repeats} calls after a warm-up call. Both variants were checked to
 give the same loss. Vocabularies given in `--compile-only-vocabs` were
-compiled but not run (too slow for the busy machine): only their XLA
-temporary memory is reported. Goal: at least {MEMORY_GOAL:.0f}x less memory at no more
+compiled but not run (too slow for the busy machine), and so was the plain
+loss at those in `--plain-compile-only-vocabs`: only their XLA temporary
+memory is reported. Goal: at least {MEMORY_GOAL:.0f}x less memory at no more
 than {TIME_GOAL}x the time.
 
 * Command: `{command}`
@@ -296,6 +330,11 @@ def parse_args(argv=None):
                       type=lambda s: [int(v) for v in s.split(',') if v],
                       help='vocabularies only compiled (XLA temp memory, no '
                       'run): for a machine too slow or too busy to time them')
+  parser.add_argument('--plain-compile-only-vocabs', default='',
+                      type=lambda s: [int(v) for v in s.split(',') if v],
+                      help='vocabularies at which the plain loss is only '
+                      'compiled (the chunked ones run): its XLA temp memory '
+                      'is compared, not its time or RSS')
   parser.add_argument('--write-docs', action='store_true')
   parser.add_argument('--worker', choices=('baseline', 'plain', 'chunked'),
                       help=argparse.SUPPRESS)

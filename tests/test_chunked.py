@@ -15,6 +15,7 @@ import pytest
 
 from kdjax import adapters
 from kdjax import losses
+from kdjax.losses import _chunked
 from kdjax import objective
 from kdjax import step as step_lib
 from kdjax._outputs import Outputs
@@ -256,10 +257,17 @@ def test_chunked_distill_term_in_a_train_step():
   teacher_variables = {'params': {'unembedding': teacher_unembedding}}
   teacher_apply = adapters.from_function(teacher_fn, inputs='teacher_x')
   results = []
+  mesh = jax.make_mesh((2, 4), ('data', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
   for student_apply, term in (
       (adapters.from_function(student_fn),
        objective.chunked_distill('skew_kl', temperature=2.0, alpha=0.3,
                                  vocab_size=VOCAB, token_chunk=4)),
+      # The same per device, the batch split over the mesh's data axis.
+      (adapters.from_function(student_fn),
+       objective.chunked_distill('skew_kl', temperature=2.0, alpha=0.3,
+                                 vocab_size=VOCAB, token_chunk=4, mesh=mesh,
+                                 token_axes='data')),
       (adapters.from_function(student_logits_fn),
        objective.token_distill('skew_kl', temperature=2.0, alpha=0.3,
                                vocab_size=VOCAB)),
@@ -270,10 +278,11 @@ def test_chunked_distill_term_in_a_train_step():
     state = step_lib.init_train_state({'params': params}, optax.sgd(0.1))
     state, stats = train_step(state, teacher_variables, batch)
     results.append((state.params, stats['loss/kd']))
-  (chunked_params, chunked_loss), (plain_params, plain_loss) = results
-  np.testing.assert_allclose(chunked_loss, plain_loss, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               chunked_params, plain_params)
+  *chunked, (plain_params, plain_loss) = results
+  for chunked_params, chunked_loss in chunked:
+    np.testing.assert_allclose(chunked_loss, plain_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 chunked_params, plain_params)
 
 
 def test_errors():
@@ -303,3 +312,151 @@ def test_errors():
          teacher_unembedding)
   with pytest.raises(ValueError, match=r'temperature must be > 0'):
     call(hidden, unembedding, teacher_hidden, teacher_unembedding, temperature=0.0)
+
+
+def _memory_shapes(batch, time, dim, vocab, token_sharding=None, vocab_sharding=None):
+  return (
+      jax.ShapeDtypeStruct((batch, time, dim), jnp.float32, sharding=token_sharding),
+      jax.ShapeDtypeStruct((dim, vocab), jnp.float32, sharding=vocab_sharding),
+      jax.ShapeDtypeStruct((batch, time, dim), jnp.float32, sharding=token_sharding),
+      jax.ShapeDtypeStruct((dim, vocab), jnp.float32, sharding=vocab_sharding),
+  )
+
+
+def _grad_temp_bytes(shapes, **kwargs):
+  """XLA temp bytes of the gradient of ``sum(values)`` (a masked mean's cotangent)."""
+  loss = lambda *a: jnp.sum(losses.chunked_divergence(*a, **kwargs))
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def _column_block_bytes(token_chunk, dim, columns):
+  """A [token_chunk, columns] slice of d_logits and its [dim, columns] product."""
+  columns = min(columns, _chunked._COLUMNS)
+  return (token_chunk + dim) * columns * 4
+
+
+def test_memory_bound_from_block_sizes():
+  """Loss + grad temp memory: two logits blocks, d_hidden, column slices.
+
+  No [dim, vocab] array besides the gradient's own accumulator (which is
+  the output) and no third [token_chunk, vocab] block: either would exceed
+  the bound, whose slack (the column slices) is below one of them.
+  """
+  batch, time, dim, vocab, chunk = 2, 128, 64, 16384, 32
+  bound = (2 * chunk * vocab * 4  # the student's and the teacher's logits block
+           + batch * time * dim * 4  # d values / d hidden, per token
+           + 2 * _column_block_bytes(chunk, dim, vocab) + 2**18)
+  assert bound - 2 * chunk * vocab * 4 < min(dim * vocab * 4, chunk * vocab * 4)
+  temp = _grad_temp_bytes(_memory_shapes(batch, time, dim, vocab), token_chunk=chunk)
+  assert temp <= bound, (temp, bound)
+  # Vocabulary blocks of 2,048: [chunk, vocab_chunk] blocks and [dim,
+  # vocab_chunk] products only, below one [dim, vocab] array in all.
+  vocab_chunk = 2048
+  bound = (8 * chunk * vocab_chunk * 4 + 2 * dim * vocab_chunk * 4
+           + batch * time * dim * 4 + 2**18)
+  assert bound < dim * vocab * 4
+  temp = _grad_temp_bytes(_memory_shapes(batch, time, dim, vocab), token_chunk=chunk,
+                          vocab_chunk=vocab_chunk)
+  assert temp <= bound, (temp, bound)
+
+
+def test_shard_map_over_data_and_vocabulary():
+  """mesh/token_axes/vocab_axis: the same values and gradients as one device."""
+  arrays, mask, cotangent = _inputs()
+  hidden, unembedding, teacher_hidden, teacher_unembedding = arrays
+  # Both vocabularies padded to 40 columns (10 per device); 37 are real.
+  unembedding = jnp.pad(unembedding, ((0, 0), (0, TEACHER_VOCAB - VOCAB)))
+  arrays = (hidden, unembedding, teacher_hidden, teacher_unembedding)
+  mesh = jax.make_mesh((2, 4), ('data', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  tokens = NamedSharding(mesh, P('data'))
+  vocab = NamedSharding(mesh, P(None, 'tensor'))
+  sharded = (
+      jax.device_put(hidden, tokens), jax.device_put(unembedding, vocab),
+      jax.device_put(teacher_hidden, tokens),
+      jax.device_put(teacher_unembedding, vocab),
+  )
+  kwargs = dict(divergence='jsd', temperature=2.0, vocab_size=VOCAB,
+                token_chunk=4, token_mask=mask)
+  # A random cotangent (the recomputing backward pass) and a masked mean's
+  # (the gradients summed in the forward pass, over the devices).
+  for ct in (cotangent, 0.25 * mask.astype(jnp.float32)):
+    values, grads = _values_and_grads(losses.chunked_divergence, arrays, ct,
+                                      **kwargs)
+    s_values, s_grads = _values_and_grads(
+        losses.chunked_divergence, sharded, jax.device_put(ct, tokens),
+        mesh=mesh, token_axes='data', vocab_axis='tensor', **kwargs)
+    np.testing.assert_allclose(s_values, values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(s_values)[~np.asarray(mask)], 0.0)
+    for name, grad, s_grad in zip(('hidden', 'unembedding'), grads, s_grads):
+      assert s_grad.shape == grad.shape
+      np.testing.assert_allclose(s_grad, grad, rtol=1e-5, atol=1e-6, err_msg=name)
+    # The padding columns take no part: no gradient reaches them.
+    np.testing.assert_array_equal(np.asarray(s_grads[1])[:, VOCAB:], 0.0)
+  # Only the vocabulary sharded (tokens replicated), and only the tokens.
+  kwargs = dict(divergence='forward_kl', temperature=1.5, vocab_size=VOCAB,
+                token_chunk=4, token_mask=mask)
+  values, grads = _values_and_grads(losses.chunked_divergence, arrays, cotangent,
+                                    **kwargs)
+  for token_axes, vocab_axis in ((None, 'tensor'), ('data', None)):
+    s_values, s_grads = _values_and_grads(
+        losses.chunked_divergence, arrays, cotangent, mesh=mesh,
+        token_axes=token_axes, vocab_axis=vocab_axis, **kwargs)
+    np.testing.assert_allclose(s_values, values, rtol=1e-5, atol=1e-6)
+    for grad, s_grad in zip(grads[:2], s_grads[:2]):
+      np.testing.assert_allclose(s_grad, grad, rtol=1e-5, atol=1e-6,
+                                 err_msg=f'{token_axes}, {vocab_axis}')
+
+
+def test_shard_map_memory_per_device():
+  """Per device: its share of the blocks, not an all-gathered unembedding."""
+  batch, time, dim, vocab, chunk = 2, 128, 64, 16384, 32
+  mesh = jax.make_mesh((2, 4), ('data', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  shapes = _memory_shapes(batch, time, dim, vocab, NamedSharding(mesh, P('data')),
+                          NamedSharding(mesh, P(None, 'tensor')))
+  local_vocab, local_tokens = vocab // 4, batch * time // 2
+  bound = (2 * chunk * local_vocab * 4  # the two logits blocks, local columns
+           + dim * local_vocab * 4  # the summed gradient's all-reduce
+           + local_tokens * dim * 4
+           + 2 * _column_block_bytes(chunk, dim, local_vocab) + 2**18)
+  temp = _grad_temp_bytes(shapes, token_chunk=chunk, mesh=mesh, token_axes='data',
+                          vocab_axis='tensor')
+  assert temp <= bound, (temp, bound)
+  # The full unembedding (what a device holds if it is all-gathered) is more.
+  assert bound < dim * vocab * 4 + 2 * chunk * local_vocab * 4
+
+
+def test_reduction_mask_other_than_token_mask():
+  """Tokens outside reduction_mask still get exact gradients from any cotangent."""
+  arrays, mask, cotangent = _inputs(seed=2)
+  reduction = np.asarray(mask).copy()
+  reduction[0, :] = False  # real tokens the reduction leaves out
+  kwargs = dict(divergence='forward_kl', temperature=1.5, token_mask=mask,
+                vocab_size=VOCAB)
+  plain_values, plain_grads = _values_and_grads(_plain, arrays, cotangent, **kwargs)
+  values, grads = _values_and_grads(
+      losses.chunked_divergence, arrays, cotangent, token_chunk=4,
+      reduction_mask=reduction, **kwargs)
+  np.testing.assert_allclose(values, plain_values, rtol=1e-4, atol=1e-5)
+  for grad, plain_grad in zip(grads[:2], plain_grads[:2]):
+    np.testing.assert_allclose(grad, plain_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_mesh_errors():
+  (hidden, unembedding, teacher_hidden, teacher_unembedding), _, _ = _inputs()
+  mesh = jax.make_mesh((2, 4), ('data', 'tensor'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  call = functools.partial(losses.chunked_divergence, hidden, unembedding,
+                           teacher_hidden, teacher_unembedding, vocab_size=VOCAB)
+  with pytest.raises(ValueError, match=r"vocab_axis='tensor' need a mesh"):
+    call(vocab_axis='tensor')
+  with pytest.raises(ValueError, match=r"axis 'model' is not in the mesh.*'data', 'tensor'"):
+    call(mesh=mesh, vocab_axis='model')
+  with pytest.raises(ValueError, match=r'same number of columns, a multiple of 4.*\(8, 37\).*\(12, 40\)'):
+    call(mesh=mesh, vocab_axis='tensor')
+  with pytest.raises(ValueError, match=r'\(2, 7, 8\).*multiple of 8'):
+    call(mesh=mesh, token_axes=('data', 'tensor'))
+  with pytest.raises(ValueError, match=r'vocab_chunk cannot be combined with a mesh'):
+    call(mesh=mesh, token_axes='data', vocab_chunk=8)

@@ -257,8 +257,14 @@ def test_chunked_divergence(name):
   def check(case):
     (h, th), (w, tw) = case['hidden'], case['unembedding']
     kw = dict(divergence=name, temperature=case['temperature'], token_mask=case['token_mask'])
-    values = losses.chunked_divergence(h, w, th, tw, token_chunk=2, vocab_chunk=2, **kw)
     dense = losses.token_divergence(h @ w, th @ tw, **kw)
+    # The whole-vocabulary (fused) form too: finite and equal, gradient finite.
+    fused = losses.chunked_divergence(h, w, th, tw, token_chunk=2, **kw)
+    _assert_finite(name, fused)
+    _assert_close(name, fused, dense, 1e-4 * max(1.0, np.abs(dense).max()))
+    _assert_finite(name, jax.grad(lambda x: jnp.sum(losses.chunked_divergence(
+        x, w, th, tw, token_chunk=2, **kw)))(h))
+    values = losses.chunked_divergence(h, w, th, tw, token_chunk=2, vocab_chunk=2, **kw)
     _assert_finite(name, values)
     _assert_close(name, values, dense, 1e-4 * max(1.0, np.abs(dense).max()))
     assert (np.asarray(values)[~case['token_mask']] == 0).all()

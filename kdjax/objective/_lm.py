@@ -139,6 +139,9 @@ def chunked_distill(
     alpha: Schedule | None = None,
     token_chunk: int = 128,
     vocab_chunk: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    token_axes: str | tuple[str, ...] | None = None,
+    vocab_axis: str | None = None,
 ) -> Term:
   """A token-level distillation term that never materialises the logits.
 
@@ -146,8 +149,9 @@ def chunked_distill(
   and unembedding matrices, read from their :class:`~kdjax.Outputs`
   features (a language model may then return ``logits=None``). Equal to
   :func:`token_distill` on ``hidden @ unembedding`` logits, but computed
-  `token_chunk` tokens at a time with a recomputing custom VJP, so the
-  ``[batch, time, vocab]`` logits of neither model are ever held. The
+  `token_chunk` tokens at a time with the gradients computed in the same
+  pass (a custom VJP), so the ``[batch, time, vocab]`` logits of neither
+  model are ever held. The
   batch's padding mask (``batch['mask']``, times `mask_key`'s) is handed
   to it as the ``reduction_mask``, so the step takes its fused gradient
   path (one pass over the logits); an objective averaging with another mask
@@ -172,6 +176,11 @@ def chunked_distill(
     token_chunk: tokens per chunk.
     vocab_chunk: optional vocabulary block size (see
       :func:`kdjax.losses.chunked_divergence`).
+    mesh: optional mesh; with `token_axes` and `vocab_axis` the loss runs
+      per device under ``shard_map`` (see
+      :func:`kdjax.losses.chunked_divergence`).
+    token_axes: the mesh axes the batch is sharded over.
+    vocab_axis: the mesh axis the unembeddings' columns are sharded over.
 
   Returns:
     A :class:`Term` giving ``[batch, time]`` values and ``batch[mask_key]``
@@ -182,7 +191,7 @@ def chunked_distill(
           student.feature(student_hidden), student.feature(student_unembedding),
           teacher.feature(teacher_hidden), teacher.feature(teacher_unembedding),
           vocab_size=vocab_size, token_chunk=token_chunk, vocab_chunk=vocab_chunk,
-          **kwargs),
+          mesh=mesh, token_axes=token_axes, vocab_axis=vocab_axis, **kwargs),
       divergence, temperature, beta, alpha, mask_key, reduction_hint=True)
 
 
