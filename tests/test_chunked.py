@@ -170,27 +170,31 @@ def test_masked_nan_tokens_and_flat_tokens():
   np.testing.assert_allclose(flat.reshape(BATCH, TIME), values, rtol=1e-5)
 
 
-def test_sharded_over_data_and_vocabulary():
+def _padded_sharded_inputs():
+  """The inputs, the vocabulary padded to 40 columns (10 per device; 37 are
+  real), and their copies sharded over a (data 2, tensor 4) mesh: tokens
+  over 'data', the unembeddings' columns over 'tensor'. Auto axes, as
+  kdjax.parallel makes them."""
   arrays, mask, cotangent = _inputs()
   hidden, unembedding, teacher_hidden, teacher_unembedding = arrays
-  # Both vocabularies padded to 40 columns (10 per device); 37 are real.
   unembedding = jnp.pad(unembedding, ((0, 0), (0, TEACHER_VOCAB - VOCAB)))
   arrays = (hidden, unembedding, teacher_hidden, teacher_unembedding)
-  # Auto axes, as kdjax.parallel makes them: slicing the padded vocabulary
-  # (40 -> 37 columns over 4 devices) is left to the compiler.
   mesh = jax.make_mesh((2, 4), ('data', 'tensor'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
   tokens = NamedSharding(mesh, P('data'))
   vocab = NamedSharding(mesh, P(None, 'tensor'))
+  sharded = tuple(jax.device_put(a, s) for a, s in zip(arrays, (tokens, vocab, tokens, vocab)))
+  return arrays, sharded, mask, cotangent, mesh, tokens
+
+
+def test_sharded_over_data_and_vocabulary():
+  # Slicing the padded vocabulary (40 -> 37 columns over 4 devices) is left
+  # to the compiler.
+  arrays, sharded, mask, cotangent, _, tokens = _padded_sharded_inputs()
   kwargs = dict(divergence='jsd', temperature=2.0, vocab_size=VOCAB,
                 token_chunk=4)
   values, grads = _values_and_grads(
       losses.chunked_divergence, arrays, cotangent, token_mask=mask, **kwargs)
-  sharded = (
-      jax.device_put(hidden, tokens), jax.device_put(unembedding, vocab),
-      jax.device_put(teacher_hidden, tokens),
-      jax.device_put(teacher_unembedding, vocab),
-  )
   for vocab_chunk in (None, 8):
     s_values, s_grads = _values_and_grads(
         losses.chunked_divergence, sharded, jax.device_put(cotangent, tokens),
@@ -363,20 +367,7 @@ def test_memory_bound_from_block_sizes():
 
 def test_shard_map_over_data_and_vocabulary():
   """mesh/token_axes/vocab_axis: the same values and gradients as one device."""
-  arrays, mask, cotangent = _inputs()
-  hidden, unembedding, teacher_hidden, teacher_unembedding = arrays
-  # Both vocabularies padded to 40 columns (10 per device); 37 are real.
-  unembedding = jnp.pad(unembedding, ((0, 0), (0, TEACHER_VOCAB - VOCAB)))
-  arrays = (hidden, unembedding, teacher_hidden, teacher_unembedding)
-  mesh = jax.make_mesh((2, 4), ('data', 'tensor'),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  tokens = NamedSharding(mesh, P('data'))
-  vocab = NamedSharding(mesh, P(None, 'tensor'))
-  sharded = (
-      jax.device_put(hidden, tokens), jax.device_put(unembedding, vocab),
-      jax.device_put(teacher_hidden, tokens),
-      jax.device_put(teacher_unembedding, vocab),
-  )
+  arrays, sharded, mask, cotangent, mesh, tokens = _padded_sharded_inputs()
   kwargs = dict(divergence='jsd', temperature=2.0, vocab_size=VOCAB,
                 token_chunk=4, token_mask=mask)
   # A random cotangent (the recomputing backward pass) and a masked mean's
