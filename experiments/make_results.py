@@ -28,6 +28,7 @@ import subprocess
 import sys
 
 from experiments import cifar_kd
+from experiments import distilbert
 from experiments import fastspeech2
 from experiments import hinton
 from experiments import hinton_large
@@ -92,6 +93,12 @@ EXPERIMENTS = (
         'Reimers & Gurevych (2020): multilingual sentence embeddings by distillation (cpu scale)',
         'make multilingual-demo',
         lambda r: multilingual.describe(r) + '\n\n' + multilingual.format_table(r),
+    ),
+    (
+        'distilbert_cpu',
+        'DistilBERT (2019) and Well-Read Students (2019): distilling a BERT on Debian text (cpu scale)',
+        'make bert-demo',
+        lambda r: distilbert.describe(r) + '\n\n' + distilbert.format_table(r),
     ),
     (
         'fastspeech2_cpu',

@@ -143,7 +143,6 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
     c.eval.speed_batches = 1
     c.eval.speed_rounds = 2
   elif scale == 'full':
-    c.data.max_prose_mb = 100.0
     c.data.vocab_size = 30_522
     c.data.tokenizer_paragraphs = 1_000_000
     c.data.max_tokens = 512
