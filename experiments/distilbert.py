@@ -902,8 +902,15 @@ def stage_counts(config: ml_collections.ConfigDict, train_examples: int) -> dict
 
 
 def sizing(config: ml_collections.ConfigDict, workdir: str, repeats: int = 5) -> dict[str, Any]:
-  """Times one step of each stage (after its compile) and estimates the whole run."""
+  """Times one step of each stage (after its compile) and estimates the whole run.
+
+  Both the wall time and this process's CPU time per step are measured: on
+  a loaded machine the wall time says little, while the CPU time bounds a
+  quiet machine's wall time (between CPU / cores and CPU).
+  """
+  start = time.time()
   experiment = Experiment(config, workdir)
+  data_seconds = time.time() - start
   c, e = config, experiment
   teacher = e.init['teacher_mlm'](0)
   load_before = os.getloadavg()
@@ -911,24 +918,25 @@ def sizing(config: ml_collections.ConfigDict, workdir: str, repeats: int = 5) ->
   def time_step(step_fn, state, teacher_variables, batches):
     state, _ = step_fn(state, teacher_variables, next(batches))  # compile
     jax.block_until_ready(state.params)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(repeats):
       state, _ = step_fn(state, teacher_variables, next(batches))
     jax.block_until_ready(state.params)
-    return (time.perf_counter() - start) / repeats
+    return ((time.perf_counter() - start) / repeats,
+            (time.process_time() - cpu_start) / repeats)
 
-  seconds = {}
+  timed = {}
   opt = e._mlm_optimizer(100)
   mlm = objective_lib.Objective(terms={'mlm': objective_lib.masked_lm()})
   state = with_learning_rate(step_lib.init_train_state({'params': _copy(teacher)}, opt), 1e-4)
-  seconds['teacher_mlm_steps'] = time_step(
+  timed['teacher_mlm_steps'] = time_step(
       e._step('size_teacher', e.mlm_apply['teacher'], None, mlm, opt), state, None,
       e._mlm_batches(0, c.mlm.batch_size))
   student = zoo.bert_student_from_teacher(teacher, tuple(c.model.student_layers_from_teacher))
   for key, needs in (('student_distil_steps', True), ('student_mlm_only_steps', False)):
     state = with_learning_rate(step_lib.init_train_state({'params': _copy(student)}, opt), 1e-4)
     objective = distilbert_objective(2.0) if needs else mlm
-    seconds[key] = time_step(
+    timed[key] = time_step(
         e._step(('size', needs), e.mlm_apply['student'], e.mlm_apply['teacher'] if needs
                 else None, objective, opt), state, {'params': teacher} if needs else None,
         e._mlm_batches(0, c.mlm.batch_size, weight_entries(c.distil.weights)))
@@ -938,21 +946,27 @@ def sizing(config: ml_collections.ConfigDict, workdir: str, repeats: int = 5) ->
     params = e.init[f'{which}_classifier'](0)
     classifiers[which] = params
     state = with_learning_rate(step_lib.init_train_state({'params': _copy(params)}, opt), 1e-4)
-    seconds[f'{which}_finetune_steps'] = time_step(
+    timed[f'{which}_finetune_steps'] = time_step(
         e._step(('size_ft', which), e.classifier_apply[which], None, ce, opt), state, None,
         e._row_batches(e.data.sections['train'], 0, c.finetune.batch_size))
   kd = objective_lib.Objective(terms={'kd': objective_lib.distill(losses.kl_divergence)})
   state = with_learning_rate(step_lib.init_train_state({'params': _copy(classifiers['student'])},
                                                         opt), 1e-4)
-  seconds['well_read_distill_steps'] = time_step(
+  timed['well_read_distill_steps'] = time_step(
       e._step('size_wrs', e.classifier_apply['student'], e.classifier_apply['teacher'], kd, opt),
       state, {'params': classifiers['teacher']},
       e._row_batches(e.data.transfer['related'], 0, c.well_read.batch_size))
   counts = stage_counts(config, experiment.data.report['sections']['train'])
-  estimate = {k: counts[k] * seconds[k] for k in counts}
-  return {'seconds_per_step': seconds, 'steps': counts, 'estimated_seconds': estimate,
-          'estimated_total_seconds': sum(estimate.values()),
+  wall = {k: counts[k] * timed[k][0] for k in counts}
+  cpu = {k: counts[k] * timed[k][1] for k in counts}
+  return {'wall_seconds_per_step': {k: v[0] for k, v in timed.items()},
+          'cpu_seconds_per_step': {k: v[1] for k, v in timed.items()},
+          'steps': counts, 'estimated_wall_seconds': wall,
+          'estimated_total_wall_seconds': sum(wall.values()),
+          'estimated_total_cpu_seconds': sum(cpu.values()),
+          'data_seconds': data_seconds, 'cpu_count': os.cpu_count(),
           'load_average': {'before': list(load_before), 'after': list(os.getloadavg())}}
+
 
 
 # ----------------------------------------------------------------------------
