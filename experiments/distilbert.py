@@ -290,7 +290,8 @@ def bert_config(config: ml_collections.ConfigDict, vocab_size: int, num_layers: 
 
 
 class SectionClassifier(nn.Module):
-  """A :class:`kdjax.zoo.BertEncoder` (no MLM head) + dropout + a linear layer on the mean-pooled tokens."""
+  """A :class:`kdjax.zoo.BertEncoder` (no MLM head), then dropout and a linear layer on the
+  mean-pooled tokens."""
 
   config: zoo.BertConfig
   num_classes: int
@@ -442,8 +443,8 @@ class Experiment:
 
   # -- batches ----------------------------------------------------------------
 
-  def _mlm_batches(self, seed: int, batch_size: int,
-                   extra: Mapping[str, np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
+  def _mlm_batches(self, seed: int, batch_size: int, extra: Mapping[str, np.ndarray] | None = None
+                   ) -> Iterator[dict[str, np.ndarray]]:
     rows, rng = self.data.prose_train, np.random.default_rng(seed)
     ones = np.ones((batch_size, rows.shape[1]), np.int32)
     while True:
@@ -481,8 +482,8 @@ class Experiment:
     right = total = 0
     for chunk, count in self._padded_batches(batch):
       # The repeated rows that fill the last batch are not counted.
-      chunk['mlm_mask'] = chunk['mlm_mask'] * (np.arange(len(chunk['tokens'])) < count)[:, None].astype(
-          np.int32)
+      real = (np.arange(len(chunk['tokens'])) < count)[:, None]
+      chunk['mlm_mask'] = chunk['mlm_mask'] * real.astype(np.int32)
       r, t = self._mlm_accuracy[which](variables, chunk)
       right, total = right + int(r), total + int(t)
     return right / max(total, 1)
@@ -516,7 +517,11 @@ class Experiment:
     return state, curve
 
   def pretrain_teacher(self) -> tuple[dict[str, Any], dict[int, float]]:
-    """The teacher's masked-LM pre-training; returns its params and validation MLM accuracy by step."""
+    """The teacher's masked-LM pre-training.
+
+    Returns:
+      Its params and the validation masked-token accuracy by step.
+    """
     c = self.config
     params = self.init['teacher_mlm'](c.teacher_seed)
     optimizer = self._mlm_optimizer(c.mlm.teacher_steps)

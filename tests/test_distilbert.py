@@ -1,4 +1,4 @@
-"""DistilBERT and Well-Read Students: masking, packing, initialisation, loss, configs, a smoke run."""
+"""DistilBERT and Well-Read Students: masking, packing, init, loss, configs, a smoke run."""
 
 from __future__ import annotations
 
@@ -141,8 +141,9 @@ def test_triple_loss_and_its_ablations_match_numpy(weights):
   batch = {'token_mask': token_mask, 'mlm_mask': mlm, 'mlm_labels': labels.astype(np.int32)}
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   batch.update(distilbert.weight_entries(weights))
-  loss, _ = distilbert.distilbert_objective(2.0)(Outputs(f32(logits_s), {'sequence': f32(hidden_s)}),
-                      Outputs(f32(logits_t), {'sequence': f32(hidden_t)}), batch)
+  loss, _ = distilbert.distilbert_objective(2.0)(
+      Outputs(f32(logits_s), {'sequence': f32(hidden_s)}),
+      Outputs(f32(logits_t), {'sequence': f32(hidden_t)}), batch)
   at = mlm.astype(bool)
   p_t, log_q = np.exp(_log_softmax(logits_t / 2)), _log_softmax(logits_s / 2)
   kd = 4.0 * (p_t * (np.log(p_t) - log_q)).sum(-1)[at].mean()
