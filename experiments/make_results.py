@@ -29,6 +29,7 @@ import sys
 
 from experiments import _common
 from experiments import cifar_kd
+from experiments import distilbert
 from experiments import fastspeech2
 from experiments import hinton
 from experiments import hinton_large
@@ -107,6 +108,12 @@ EXPERIMENTS = (
         'make multilingual-demo',
         lambda r: multilingual.describe(r) + '\n\n' + multilingual.format_table(r),
         multilingual.claims,
+    ),
+    (
+        'distilbert_cpu',
+        'DistilBERT (2019) and Well-Read Students (2019): distilling a BERT on Debian text (cpu scale)',
+        'make bert-demo',
+        lambda r: distilbert.describe(r) + '\n\n' + distilbert.format_table(r),
     ),
     (
         'fastspeech2_cpu',
