@@ -1002,37 +1002,30 @@ def _test(results, part, variant):
 
 
 def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """Each paper claim with its paired difference over seeds and a verdict."""
+  """Each paper claim, judged now from the recorded per-seed numbers (:func:`_common.claim`)."""
   per_seed, c = results['per_seed'], results['config']
   out = []
 
-  def better(claim, part, variant, baseline_part, baseline_variant, sign=1.0):
-    diff = _common.paired_difference(_test(results, part, variant),
-                                     _test(results, baseline_part, baseline_variant))
-    out.append({'claim': claim, 'difference': diff, 'scale': 100.0,
-                'verdict': _common.paired_verdict(diff, claim_sign=sign)})
+  def better(text, part, variant, baseline_part, baseline_variant):
+    out.append(_common.claim(text, _test(results, part, variant),
+                             _test(results, baseline_part, baseline_variant),
+                             scale=100, unit='points'))
 
   if 'distilbert' in per_seed[0]:
     fraction = c['claims']['retained_fraction']
     teacher = [r['teacher']['test'] for r in per_seed]
-    diff = _common.paired_difference(_test(results, 'distilbert', 'triple'),
-                                     [fraction * t for t in teacher])
-    out.append({'claim': f'DistilBERT keeps ≥ {100 * fraction:g} % of the teacher\'s test '
-                         'accuracy (student minus that share of the teacher)',
-                'difference': diff, 'scale': 100.0, 'verdict': _common.paired_verdict(diff)})
-    params = results['params']
-    out.append({'claim': 'DistilBERT has fewer parameters (student / teacher, encoder)',
-                'difference': {'ratio': params['student'] / params['teacher']},
-                'verdict': _common.SHOWN if params['student'] < params['teacher']
-                else _common.CONTRADICTED})
+    out.append(_common.claim(
+        f"DistilBERT keeps ≥ {100 * fraction:g} % of the teacher's test accuracy (student "
+        'minus that share of the teacher)', _test(results, 'distilbert', 'triple'),
+        [fraction * t for t in teacher], scale=100, unit='points'))
+    # The parameter ratio is a count, not a measurement over seeds: format_table states it.
     speed = results.get('speed')
     if speed:
-      t, s = speed['seconds']['teacher'], speed['seconds']['student']
-      diff = _common.paired_difference(t, s)
       loaded = max(speed['load_average']['before'][0], speed['load_average']['after'][0]) > 2
-      out.append({'claim': 'DistilBERT infers faster (teacher minus student seconds per round'
-                           + (', measured at load > 2: not a result' if loaded else '') + ')',
-                  'difference': diff, 'scale': 1.0, 'verdict': _common.paired_verdict(diff)})
+      out.append(_common.claim(
+          'DistilBERT infers faster (teacher minus student seconds per round)',
+          speed['seconds']['teacher'], speed['seconds']['student'], digits=4, unit='s',
+          caveat='measured at a load average above 2: not a result' if loaded else None))
     for variant, what in (('no_kd', 'the soft-target term'), ('no_mlm', 'the masked-LM term'),
                           ('no_cos', 'the cosine term'),
                           ('random_init', 'the initialisation from the teacher'),
@@ -1047,7 +1040,6 @@ def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     better('A task-related transfer set beats an unrelated one (both (c))', 'well_read',
            'c_pretrained_distill', 'well_read', 'c_unrelated_transfer')
   return out
-
 
 LABELS = {
     'distilbert/triple': 'DistilBERT: triple loss 5/2/1, teacher init',
@@ -1112,16 +1104,6 @@ def format_table(results: Mapping[str, Any]) -> str:
                   f"Inference time ratio teacher / student: "
                   f"{_common.mean_std_text(speed['ratio'], digits=2)} (batch {speed['batch']}, "
                   f"load average {load['before'][0]:.1f} before, {load['after'][0]:.1f} after)."]
-  lines += ['', 'Claims (paired differences over seeds, 90 % t interval):', '']
-  claim_rows = []
-  for claim in results['claims']:
-    d = claim['difference']
-    scale = claim.get('scale', 1.0)
-    measured = (f"{d['ratio']:.2f}" if 'ratio' in d else
-                f"{_common.mean_std_text(d, scale=scale, digits=2)} "
-                f"[{scale * d['ci'][0]:.2f}, {scale * d['ci'][1]:.2f}]")
-    claim_rows.append([claim['claim'], measured, claim['verdict']])
-  lines += _common.markdown_table(['claim', 'measured', 'verdict'], claim_rows)
   return '\n'.join(lines)
 
 
@@ -1135,6 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   results = run(config, workdir, _common.command(MODULE, argv))
   print(format_table(results))
+  print('\n' + '\n'.join(_common.claims_table(claims(results))))
   print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
         f"results in {workdir}/results.json")
 

@@ -114,6 +114,7 @@ EXPERIMENTS = (
         'DistilBERT (2019) and Well-Read Students (2019): distilling a BERT on Debian text (cpu scale)',
         'make bert-demo',
         lambda r: distilbert.describe(r) + '\n\n' + distilbert.format_table(r),
+        distilbert.claims,
     ),
     (
         'fastspeech2_cpu',
