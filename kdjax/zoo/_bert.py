@@ -507,6 +507,13 @@ def _place(params: dict, path: tuple, value: np.ndarray) -> None:
   params[leaf] = value
 
 
+def _expected_shapes(config: BertConfig) -> dict[str, jax.ShapeDtypeStruct]:
+  """``'path/to/leaf' -> shape`` of a :class:`BertEncoder`'s params (no compile)."""
+  return traverse_util.flatten_dict(jax.eval_shape(
+      lambda: nn.meta.unbox(BertEncoder(config).init(
+          jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))['params'])), sep='/')
+
+
 def bert_params_from_hf(
     tensors: Mapping[str, np.ndarray], config: BertConfig
 ) -> tuple[dict[str, Any], BertConfig]:
@@ -558,9 +565,7 @@ def bert_params_from_hf(
       value = value.reshape(shape) if value.size == int(np.prod(shape)) else value
     _place(params, path, value.astype(config.param_dtype))
   config = dataclasses.replace(config, **groups)
-  expected = traverse_util.flatten_dict(jax.eval_shape(
-      lambda: nn.meta.unbox(BertEncoder(config).init(
-          jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))['params'])), sep='/')
+  expected = _expected_shapes(config)
   problems = [f'{path}: checkpoint {value.shape}, config {expected[path].shape}'
               for path, value in traverse_util.flatten_dict(params, sep='/').items()
               if tuple(value.shape) != tuple(expected[path].shape)]
@@ -571,6 +576,68 @@ def bert_params_from_hf(
         f'{len(unexpected)} unexpected tensor(s) {unexpected}; {len(problems)} of another '
         f'shape {problems}.')
   return params, config
+
+
+def bert_params_to_hf(params: Mapping[str, Any], config: BertConfig) -> dict[str, np.ndarray]:
+  """A :class:`BertEncoder`'s params as a Hugging Face BERT state dict.
+
+  The inverse of :func:`bert_params_from_hf`: ``BertModel``'s names
+  (``embeddings.*``, ``encoder.layer.<i>.*``, ``pooler.*`` with the
+  pooler) and torch's ``Linear`` layout (``weight [out, in]``), so that
+  ``safetensors.numpy.save_file(bert_params_to_hf(params, config),
+  'model.safetensors')`` next to a ``config.json`` is a checkpoint that
+  ``transformers`` and :func:`load_bert` read. With ``config.mlm_head`` the
+  names are ``BertForMaskedLM``'s: the encoder's under ``bert.`` and the
+  head's ``cls.predictions.transform.*`` and ``cls.predictions.bias`` (the
+  decoder is tied to the word embeddings and not written, as
+  ``save_pretrained`` leaves tied weights out). A student's projection
+  (``config.projection_width``, TinyBERT's ``W_h``) is not a BERT tensor and
+  is left out.
+
+  Args:
+    params: the encoder's ``params`` (boxed or not), or its variables
+      ``{'params': ...}``.
+    config: its :class:`BertConfig` (``pooler`` and ``mlm_head`` say which
+      tensors exist).
+
+  Returns:
+    name -> C-contiguous NumPy array in the params' dtype.
+
+  Raises:
+    ValueError: listing every missing parameter, every unexpected one and
+      every parameter whose shape is not the config's.
+  """
+  if 'params' in params:
+    params = params['params']
+  flat = traverse_util.flatten_dict(jax.device_get(nn.meta.unbox(dict(params))), sep='/')
+  expected = _expected_shapes(config)
+  missing = sorted(set(expected) - set(flat))
+  unexpected = sorted(set(flat) - set(expected))
+  problems = [f'{path}: params {np.shape(value)}, config {expected[path].shape}'
+              for path, value in flat.items()
+              if path in expected and tuple(np.shape(value)) != tuple(expected[path].shape)]
+  if missing or unexpected or problems:
+    raise ValueError(
+        f'params do not fit BertConfig(num_layers={config.num_layers}, hidden={config.hidden}, '
+        f'pooler={config.pooler}, mlm_head={config.mlm_head}, projection_width='
+        f'{config.projection_width}, ...): {len(missing)} missing {missing}; '
+        f'{len(unexpected)} unexpected {unexpected}; {len(problems)} of another shape '
+        f'{problems}.')
+  required, optional = _tensor_map(config)
+  wanted = dict(required)
+  for name, present in (('pooler', config.pooler), ('mlm_head', config.mlm_head)):
+    if present:
+      wanted.update(optional[name])
+  prefix = 'bert.' if config.mlm_head else ''
+  tensors = {}
+  for name, target in wanted.items():
+    path, shape = (target[:-1], target[-1]) if isinstance(target[-1], tuple) else (target, None)
+    value = np.asarray(flat['/'.join(path)])
+    if shape is not None:  # our kernel [in..., out...] -> torch Linear weight [out, in]
+      out = int(np.prod(wanted[name.rsplit('.', 1)[0] + '.bias'][-1]))
+      value = value.reshape(-1, out).T if path[-1] == 'kernel' else value.reshape(out)
+    tensors[name if name.startswith('cls.') else prefix + name] = np.ascontiguousarray(value)
+  return tensors
 
 
 @dataclasses.dataclass(frozen=True)
