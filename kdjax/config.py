@@ -449,6 +449,21 @@ def sum_below(keys: Sequence[str], limit: float) -> Rule:
   return rule
 
 
+def disjoint(key: str, other_key: str) -> Rule:
+  """``config.<key>`` (a value or a sequence) shares no value with the
+  sequence ``config.<other_key>``: e.g. the seeds that choose the
+  hyper-parameters are never among the reported seeds."""
+
+  def rule(config, context):
+    value, other = value_at(config, key), tuple(value_at(config, other_key))
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    shared = sorted(set(values) & set(other))
+    if shared:
+      yield (key, value, f'must share no value with {other_key} = {other}; shared: {shared}')
+
+  return rule
+
+
 def distinct_non_empty(*keys: str) -> list[Rule]:
   """:func:`non_empty` and :func:`distinct` for each of `keys`."""
   return [rule(key) for key in keys for rule in (non_empty, distinct)]

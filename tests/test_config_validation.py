@@ -139,6 +139,7 @@ def _generic_config(**changes):
       'student_vocab': 32_064, 'vocab_padding': 64, 'teacher_vocab': 32_000,
       'layer_map': ((0, 1), (1, 3)), 'student_layers': 2, 'teacher_layers': 4,
       'warmup': 10.0, 'peak': 1.0, 'final': 0.1,
+      'seeds': (0, 1, 2), 'selection_seed': 100, 'selection_seeds': (100, 101),
   })
   for key, value in changes.items():
     *path, last = key.split('.')
@@ -158,6 +159,8 @@ def _generic_schema():
       cl.layer_map_in_range('layer_map', 'student_layers', 'teacher_layers'),
       cl.schedule_nonnegative(('peak', 'final'), lambda c: (0.0, c.peak, c.final),
                               'the learning rate'),
+      cl.disjoint('selection_seed', 'seeds'),
+      cl.disjoint('selection_seeds', 'seeds'),
   ))
 
 
@@ -170,6 +173,9 @@ BAD_COMBINATIONS = [
     ({'layer_map': ((0, 4),)}, 'layer_map = ((0, 4),)', 'teacher in [0, 4)'),
     ({'layer_map': ((0, -1),)}, 'layer_map = ((0, -1),)', 'out of range: [(0, -1)]'),
     ({'final': -0.1}, 'final = -0.1', 'the learning rate goes negative (reaches -0.1)'),
+    ({'selection_seed': 2}, 'selection_seed = 2',
+     'must share no value with seeds = (0, 1, 2); shared: [2]'),
+    ({'selection_seeds': (1, 100, 0)}, 'selection_seeds = (1, 100, 0)', 'shared: [0, 1]'),
 ]
 
 

@@ -215,16 +215,9 @@ def schema() -> config_lib.Schema:
   rules = (*cl.distinct_non_empty('seeds', 'parts', 'finetune.learning_rate_grid',
                                   'model.student_layers_from_teacher'),
            cl.divisible('model.hidden', 'model.num_heads'),
-           _selection_seed_not_reported, _student_layers_in_teacher, _weight_triples)
+           cl.disjoint('selection_seed', 'seeds'), _student_layers_in_teacher,
+           _weight_triples)
   return cl.Schema(get_config('cpu'), bounds, rules)
-
-
-def _selection_seed_not_reported(config, context):
-  del context
-  if config.selection_seed in tuple(config.seeds):
-    return [('selection_seed', config.selection_seed,
-             f'must not be one of the reported seeds {tuple(config.seeds)}')]
-  return []
 
 
 def _student_layers_in_teacher(config, context):

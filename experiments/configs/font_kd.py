@@ -115,13 +115,6 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   return c
 
 
-def _not_reported(config, context):
-  del context
-  if config.select.seed in tuple(config.seeds):
-    yield ('select.seed', config.select.seed,
-           f'the selection seed is one of the reported seeds {tuple(config.seeds)}')
-
-
 def _image_size(config, context):
   del context
   if config.data.image_size not in (8, 16, 32):
@@ -145,4 +138,5 @@ def schema() -> config_lib.Schema:
   bounds['select.seed'] = cl.nonnegative()
   bounds['select.fixed_learning_rate'] = cl.nonnegative()
   bounds['select.fixed_dkd_beta'] = cl.nonnegative()
-  return cl.Schema(get_config('cpu'), bounds, (*base.rules, _not_reported, _image_size))
+  return cl.Schema(get_config('cpu'), bounds,
+                   (*base.rules, cl.disjoint('select.seed', 'seeds'), _image_size))

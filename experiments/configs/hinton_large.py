@@ -101,15 +101,6 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   return c
 
 
-def _selection_seeds_not_reported(config, context):
-  """The selection seeds and the reported seeds share no seed."""
-  del context
-  shared = sorted(set(config.seeds) & set(config.selection_seeds))
-  if shared:
-    yield ('selection_seeds', config.selection_seeds,
-           f'must not hold a reported seed (seeds = {config.seeds}); shared: {shared}')
-
-
 def schema() -> config_lib.Schema:
   """What ``experiments/hinton_large.py`` accepts: keys and types of the defaults,
   these bounds, and the rules below."""
@@ -150,5 +141,5 @@ def schema() -> config_lib.Schema:
   rules = (*cl.distinct_non_empty('seeds', 'selection_seeds', 'grid.teacher_dropout',
                                   'grid.teacher_learning_rate', 'grid.width', 'grid.learning_rate',
                                   'grid.temperature', 'grid.soft_weight', 'omitted.bias_grid'),
-           cl.non_empty('teacher.hidden_sizes'), _selection_seeds_not_reported)
+           cl.non_empty('teacher.hidden_sizes'), cl.disjoint('selection_seeds', 'seeds'))
   return cl.Schema(get_config('cpu'), bounds, rules)

@@ -225,14 +225,6 @@ def _fits_context(config, context):
   return problems
 
 
-def _selection_seed_not_reported(config, context):
-  del context
-  if config.selection_seed in tuple(config.seeds):
-    return [('selection_seed', config.selection_seed,
-             'a seed not in seeds (the selection seed is never reported)')]
-  return []
-
-
 def schema() -> config_lib.Schema:
   """What ``experiments/lm_distill.py`` accepts: keys and types of the defaults,
   these bounds, and the rules below."""
@@ -283,5 +275,5 @@ def schema() -> config_lib.Schema:
            cl.divisible('teacher.hidden', 'teacher.num_heads'),
            cl.divisible('student.hidden', 'student.num_heads'),
            cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0),
-           _fits_context, _selection_seed_not_reported)
+           _fits_context, cl.disjoint('selection_seed', 'seeds'))
   return cl.Schema(get_config('cpu'), bounds, rules)

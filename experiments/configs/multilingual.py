@@ -141,16 +141,8 @@ def schema() -> config_lib.Schema:
   rules = (*cl.distinct_non_empty('seeds', 'data.langs', 'train.learning_rate_grid',
                                   'student.teacher_layers'),
            cl.sum_below(('data.val_fraction', 'data.test_fraction'), 1.0),
-           _selection_seed_not_reported, _steps_multiple_of_eval_every)
+           cl.disjoint('selection_seed', 'seeds'), _steps_multiple_of_eval_every)
   return cl.Schema(get_config('cpu'), bounds, rules)
-
-
-def _selection_seed_not_reported(config, context):
-  del context
-  if config.selection_seed in tuple(config.seeds):
-    return [('selection_seed', config.selection_seed,
-             f'must not be one of the reported seeds {tuple(config.seeds)}')]
-  return []
 
 
 def _steps_multiple_of_eval_every(config, context):
