@@ -16,6 +16,7 @@ import os
 import pathlib
 import statistics
 import sys
+import time
 from typing import Any
 
 from flax import linen as nn
@@ -214,3 +215,23 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
 def write_section(title: str, section: str, path: pathlib.Path = DOCS) -> None:
   """Replaces (or appends) the ``title`` section of `path`, keeping the rest."""
   _docs.write_section(title, section, path)
+
+
+def time_alternating(sides: dict[str, Any], *, warmup: int, repeats: int,
+                     steps: int) -> dict[str, np.ndarray]:
+  """Seconds per step of each side, the sides taking turns (the order rotated each repeat).
+
+  Each side has ``run(k)``, which does k steps and waits for them. After
+  `warmup` steps of every side, each of `repeats` rounds times `steps`
+  steps of every side in turn, so that load changes hit every side alike.
+  """
+  for side in sides.values():
+    side.run(warmup)
+  times = {name: [] for name in sides}
+  names = list(sides)
+  for rep in range(repeats):
+    for name in names[rep % len(names):] + names[:rep % len(names)]:
+      start = time.perf_counter()
+      sides[name].run(steps)
+      times[name].append((time.perf_counter() - start) / steps)
+  return {name: np.asarray(v) for name, v in times.items()}

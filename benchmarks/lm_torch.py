@@ -271,19 +271,6 @@ def check_losses(args, parts, sides: dict[str, Side], steps: int) -> dict[str, l
 # Time (one process, alternating) and memory (one process per side).
 
 
-def time_sides(args, sides: dict[str, Side]) -> dict[str, np.ndarray]:
-  for side in sides.values():
-    side.run(args.warmup)
-  times = {name: [] for name in sides}
-  names = list(sides)
-  for rep in range(args.repeats):
-    for name in names[rep % len(names):] + names[:rep % len(names)]:
-      start = time.perf_counter()
-      sides[name].run(args.steps)
-      times[name].append((time.perf_counter() - start) / args.steps)
-  return {name: np.asarray(v) for name, v in times.items()}
-
-
 def rss_kib(field: str) -> int:
   with open('/proc/self/status', encoding='utf-8') as f:
     for line in f:
@@ -327,7 +314,8 @@ def measure(args, argv: list[str], *, memory: bool = True) -> dict[str, Any]:
   if 'torch' not in sides:
     raise SystemExit("--sides must include 'torch'")
   history = check_losses(args, parts, sides, args.check_steps)
-  times = time_sides(args, sides) if args.repeats else {}
+  times = (common.time_alternating(sides, warmup=args.warmup, repeats=args.repeats,
+                                   steps=args.steps) if args.repeats else {})
   result = {'history': history, 'times': times}
   if memory:
     passthrough = [a for a in argv if a not in ('--write-docs', '--markdown')]

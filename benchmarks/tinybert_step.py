@@ -445,19 +445,6 @@ def check_equivalence(args, sides: dict[str, Any]) -> dict[str, Any]:
 # Timing.
 
 
-def time_steps(args, sides: dict[str, Any]) -> dict[str, np.ndarray]:
-  for side in sides.values():
-    side.run(args.warmup)
-  times = {name: [] for name in sides}
-  names = list(sides)
-  for rep in range(args.repeats):
-    for name in names[rep % len(names):] + names[:rep % len(names)]:
-      start = time.perf_counter()
-      sides[name].run(args.steps)
-      times[name].append((time.perf_counter() - start) / args.steps)
-  return {name: np.asarray(v) for name, v in times.items()}
-
-
 def param_count(params) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
@@ -647,7 +634,8 @@ def main(argv=None) -> None:
   result = {'check': check_equivalence(args, sides)}
   if not args.repeats:
     return
-  result['times'] = time_steps(args, sides)
+  result['times'] = common.time_alternating(sides, warmup=args.warmup, repeats=args.repeats,
+                                            steps=args.steps)
   result['inference'] = inference(args, parts)
   print()
   print(common.text_table(STEP_HEADERS, step_rows(result['times'])))

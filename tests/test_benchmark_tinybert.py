@@ -63,7 +63,8 @@ def test_equivalence_check_passes_and_catches_a_wrong_twin(parts):
   # The reporting runs on these sides (one timed block, one inference call each).
   args = bench.parse_args(['--tiny', '--repeats', '1', '--warmup', '0',
                            '--inference-repeats', '1'])
-  report = {'check': result, 'times': bench.time_steps(args, sides),
+  report = {'check': result, 'times': bench.common.time_alternating(
+                sides, warmup=args.warmup, repeats=args.repeats, steps=args.steps),
             'inference': bench.inference(args, parts)}
   assert report['inference']['student']['params'] < report['inference']['teacher']['params']
   section = bench.docs_section(report, args, ['--tiny'], parts, '0.00, 0.00, 0.00')
