@@ -15,7 +15,7 @@ energy are known frame for frame.
   reduction factor r = 3 (frames per decoder step; r = 5 cannot be usable:
   rounding even the true boundaries to groups of 5 frames leaves 48 % of
   phonemes within one frame) and guided attention (weight 10 decayed to 0
-  over ``alignment.guided_decay_steps``), 100 epochs (3,800 steps);
+  over ``alignment.guided_decay_steps``, σ = 0.1), 100 epochs (3,800 steps);
   durations read from every head averaged by the best monotonic path
   (``alignment.head='mean'``, ``alignment.extraction='monotonic'``: 0.4 to
   1.4 frames better than FastSpeech's focus-head argmax at 75 to 375
@@ -79,7 +79,9 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.alignment.reduction_factors = (3,)
   c.alignment.guided_weights = (10.0,)  # 0 measured: the attention stays uniform
   c.alignment.guided_decay_steps = 2000  # linear decay of the guided weight to 0
-  c.alignment.guided_sigma = 0.2
+  # Tachibana et al. use 0.2; 0.1 gave 0.4-0.6 frames less duration error
+  # at 225-300 steps (one seed each, docs/speech.md).
+  c.alignment.guided_sigma = 0.1
   # The teacher's decoder positions at the training data's phonemes per
   # decoder step (Deep Voice 3's position rate), not one phoneme per step.
   c.alignment.position_rate = False
