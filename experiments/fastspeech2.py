@@ -32,6 +32,7 @@ training and generation included for (b)). Usage::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import functools
 import os
 import shutil
 import sys
@@ -230,7 +231,7 @@ def overlap_mask(pred_mask: np.ndarray, true_mask: np.ndarray) -> np.ndarray:
 # Teacher.
 
 
-def teacher_config(config, r: int) -> zoo.TransformerTTSConfig:
+def teacher_config(config, r: int, position_rate: float = 1.0) -> zoo.TransformerTTSConfig:
   t = config.teacher
   return zoo.TransformerTTSConfig(
       vocab_size=len(data_lib.PHONEMES), num_mels=NUM_MELS * r, hidden=t.hidden,
@@ -238,7 +239,14 @@ def teacher_config(config, r: int) -> zoo.TransformerTTSConfig:
       mlp_dim=t.mlp_dim, max_source_len=config.data.max_phonemes,
       max_frames=-(-config.data.max_frames // r), decoder_prenet_dim=t.prenet_dim,
       postnet_layers=t.postnet_layers, postnet_channels=t.postnet_channels, num_speakers=2,
-      dropout_rate=t.dropout)
+      dropout_rate=t.dropout, decoder_position_rate=position_rate)
+
+
+def position_rate(examples, r: int) -> float:
+  """Phonemes per decoder step (``r`` frames) over `examples`: the teacher's
+  ``decoder_position_rate`` (Deep Voice 3's position rate)."""
+  phonemes = sum(len(e['phonemes']) for e in examples)
+  return r * phonemes / sum(int(e['num_frames']) for e in examples)
 
 
 def teacher_objective(config, guided_weight: float) -> objective_lib.Objective:
@@ -276,9 +284,10 @@ def _batches(arrays: Mapping[str, np.ndarray], size: int):
 class Teacher:
   """A Transformer TTS at reduction factor ``r``: training, alignment, generation."""
 
-  def __init__(self, config, r: int, guided_weight: float, num_train: int):
+  def __init__(self, config, r: int, guided_weight: float, num_train: int,
+               position_rate: float = 1.0):
     self.config, self.r, self.guided_weight = config, r, guided_weight
-    self.model_config = teacher_config(config, r)
+    self.model_config = teacher_config(config, r, position_rate)
     self.module = zoo.TransformerTTS(self.model_config)
     self.steps = _steps(num_train, config.teacher)
     self.optimizer = _optimizer(config.teacher, self.steps)
@@ -300,7 +309,15 @@ class Teacher:
                                           stop_threshold=config.alignment.stop_threshold)
 
   def alignment(self, variables, arrays, batch_size: int) -> dict[str, Any]:
-    """Teacher forced on true mels: focus rates, the chosen head, duration errors vs truth."""
+    """Teacher forced on true mels: focus rates, the chosen head, duration errors vs truth.
+
+    Durations come from ``config.alignment.head`` (``'focus'``: the head of
+    highest mean focus rate, FastSpeech's rule; ``'mean'``: the average of
+    every head) by ``config.alignment.extraction`` (``'argmax'``, FastSpeech's
+    per-frame argmax, or ``'monotonic'``, the best monotonic path). FastSpeech's
+    own rule (focus head, argmax) is recorded beside as ``'fastspeech_rule'``.
+    """
+    a = self.config.alignment
     frames = arrays['mel'].shape[1]
     attention, l1 = [], []
     for real, batch in _batches(arrays, batch_size):
@@ -310,23 +327,27 @@ class Teacher:
       l1.append(mel_l1(mel, batch['mel'][:real], batch['frame_mask'][:real]) *
                 batch['frame_mask'][:real].sum())
     attention = np.concatenate(attention)
-    mask, lengths = arrays['phoneme_mask'], arrays['num_frames']
+    mask, lengths, true = arrays['phoneme_mask'], arrays['num_frames'], arrays['durations']
+
+    def errors_of(head, method):
+      durations, _ = zoo.extract_durations(attention, mask, lengths, head=head, method=method)
+      return duration_errors(np.asarray(durations), true, mask)
+
     focus = np.asarray(zoo.focus_rate(attention, mask, lengths)).mean(0)  # [layers, heads]
-    head = tuple(int(i) for i in np.unravel_index(np.argmax(focus), focus.shape))
-    errors = {}
-    for layer in range(focus.shape[0]):
-      for h in range(focus.shape[1]):
-        durations, _ = zoo.extract_durations(attention, mask, lengths, head=(layer, h))
-        errors[(layer, h)] = duration_errors(np.asarray(durations), arrays['durations'], mask)
-    oracle = min(errors, key=lambda k: errors[k]['mae'])
-    per_example, _ = zoo.extract_durations(attention, mask, lengths)
+    focus_head = tuple(int(i) for i in np.unravel_index(np.argmax(focus), focus.shape))
+    head = list(focus_head) if a.head == 'focus' else 'mean'
+    chosen = errors_of(focus_head if a.head == 'focus' else 'mean', a.extraction)
+    per_head = {(layer, h): errors_of((layer, h), a.extraction)
+                for layer in range(focus.shape[0]) for h in range(focus.shape[1])}
+    oracle = min(per_head, key=lambda k: per_head[k]['mae'])
+    per_example, _ = zoo.extract_durations(attention, mask, lengths, method=a.extraction)
     return {
-        'head': list(head), 'focus_rate': focus.tolist(),
-        'duration_mae': errors[head]['mae'], 'within_one': errors[head]['within_one'],
-        'per_example_head': duration_errors(np.asarray(per_example), arrays['durations'], mask),
-        'best_head_by_error': {'head': list(oracle), **errors[oracle]},
-        'uniform_baseline': duration_errors(uniform_durations(lengths, mask),
-                                            arrays['durations'], mask),
+        'head': head, 'extraction': a.extraction, 'focus_rate': focus.tolist(),
+        'duration_mae': chosen['mae'], 'within_one': chosen['within_one'],
+        'fastspeech_rule': {'head': list(focus_head), **errors_of(focus_head, 'argmax')},
+        'per_example_head': duration_errors(np.asarray(per_example), true, mask),
+        'best_head_by_error': {'head': list(oracle), **per_head[oracle]},
+        'uniform_baseline': duration_errors(uniform_durations(lengths, mask), true, mask),
         'mel_l1_forced': float(sum(l1) / arrays['frame_mask'].sum()),
     }
 
@@ -344,9 +365,13 @@ class Teacher:
       tick = time.perf_counter()
       out = jax.block_until_ready(call())
       seconds += time.perf_counter() - tick
-      n = np.minimum(np.asarray(out.lengths)[:real] * self.r, frames)
-      att = frame_attention(np.asarray(out.attention)[:real], self.r, frames)
-      d, _ = zoo.extract_durations(att, batch['phoneme_mask'][:real], n, head=tuple(head))
+      # The whole batch (its padding rows repeat a real one): one compilation.
+      n = np.minimum(np.asarray(out.lengths) * self.r, frames)
+      att = frame_attention(np.asarray(out.attention), self.r, frames)
+      d, _ = zoo.extract_durations(att, batch['phoneme_mask'], n,
+                                   head=head if isinstance(head, str) else tuple(head),
+                                   method=self.config.alignment.extraction)
+      d = np.asarray(d)[:real]
       mels.append(ungroup_frames(np.asarray(out.mels)[:real], self.r, frames))
       lengths.append(np.asarray(out.lengths)[:real])
       durations.append(np.asarray(d))
@@ -418,10 +443,19 @@ class Student:
                                        rng=jax.random.fold_in(key, 1))
 
     self.init = init
-    self.free = jax.jit(lambda v, b: self.module.apply(
-        v, b['phonemes'], b['phoneme_mask'], speaker=b['speaker']))
-    self.aligned = jax.jit(lambda v, b: self.module.apply(
-        v, b['phonemes'], b['phoneme_mask'], durations=b['durations'], speaker=b['speaker']))
+    self.free, self.aligned = _student_inference(self.model_config)
+
+
+@functools.lru_cache(maxsize=None)
+def _student_inference(model_config: zoo.FastSpeechConfig):
+  """The jitted free-running and aligned forward passes, shared by the variants of one
+  model config (one compilation for (a) and (b))."""
+  module = zoo.FastSpeech(model_config)
+  free = jax.jit(lambda v, b: module.apply(v, b['phonemes'], b['phoneme_mask'],
+                                           speaker=b['speaker']))
+  aligned = jax.jit(lambda v, b: module.apply(
+      v, b['phonemes'], b['phoneme_mask'], durations=b['durations'], speaker=b['speaker']))
+  return free, aligned
 
 
 def synthesize_student(student: Student, variables, arrays, batch_size: int) -> dict:
@@ -593,8 +627,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   # 1. Teacher candidates, chosen on validation by the duration error.
   candidates = []
   for r in config.alignment.reduction_factors:
+    rate = position_rate(splits['train'], int(r)) if config.alignment.position_rate else 1.0
     for weight in config.alignment.guided_weights:
-      teacher = Teacher(config, int(r), float(weight), num_train)
+      teacher = Teacher(config, int(r), float(weight), num_train, rate)
       variables, seconds = train_model(
           teacher, teacher_batch(arrays['train'], teacher.r), seed=config.teacher_seed,
           workdir=os.path.join(workdir, f'teacher_r{r}_g{weight:g}'),
@@ -602,7 +637,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
           run={'phase': 'teacher', 'r': int(r), 'guided': float(weight)},
           objective=teacher_objective(config, float(weight)))
       validation = teacher.alignment(variables, arrays['val'], eval_batch)
-      candidates.append({'r': int(r), 'guided_weight': float(weight), 'seconds': seconds,
+      candidates.append({'r': int(r), 'guided_weight': float(weight), 'position_rate': rate,
+                         'seconds': seconds,
                          'steps': teacher.steps, 'validation': validation,
                          '_teacher': teacher, '_variables': variables})
       if config.progress:
@@ -740,8 +776,10 @@ def describe(results: Mapping[str, Any]) -> str:
       f"r = {teacher['r']}, guided attention weight {teacher['guided_weight']:g} decayed "
       f"linearly to 0 over {config['alignment']['guided_decay_steps']} steps (chosen among "
       f"{len(teacher['candidates'])} candidates by validation duration error). Its alignment "
-      f"on the validation split (teacher forced, head {v['head']} of highest mean focus "
-      f"rate): duration error {v['duration_mae']:.2f} frames, {v['within_one']:.0%} of "
+      f"on the validation split (teacher forced, durations from "
+      f"{'the average of every head' if v['head'] == 'mean' else 'head ' + str(v['head'])} "
+      f"by {'the best monotonic path' if v['extraction'] == 'monotonic' else 'argmax'}): "
+      f"duration error {v['duration_mae']:.2f} frames, {v['within_one']:.0%} of "
       f"phonemes within one frame ({'usable' if teacher['alignment_usable'] else 'NOT usable'}"
       f"; threshold {config['alignment']['usable_within_one']:.0%}). Students: FastSpeech "
       f"{s['encoder_layers']}+{s['decoder_layers']} layers × {s['hidden']}, "
@@ -793,16 +831,19 @@ def format_alignment(results: Mapping[str, Any]) -> str:
   rows = []
   for c in results['candidates']:
     v = c['validation']
-    best = v['best_head_by_error']
+    best, rule, uniform = v['best_head_by_error'], v['fastspeech_rule'], v['uniform_baseline']
     rows.append([str(c['r']), f"{c['guided_weight']:g}", str(c['steps']), f"{c['seconds']:.0f}",
                  f"{v['mel_l1_forced']:.3f}", f"{max(map(max, v['focus_rate'])):.3f}",
-                 str(v['head']), f"{v['duration_mae']:.2f}", f"{v['within_one']:.0%}",
+                 f"{v['head']} {v['extraction']}", f"{v['duration_mae']:.2f}",
+                 f"{v['within_one']:.0%}",
+                 f"{rule['head']}: {rule['mae']:.2f} / {rule['within_one']:.0%}",
                  f"{v['per_example_head']['mae']:.2f}",
                  f"{best['head']}: {best['mae']:.2f}",
-                 f"{v['uniform_baseline']['mae']:.2f} / {v['uniform_baseline']['within_one']:.0%}"])
+                 f"{uniform['mae']:.2f} / {uniform['within_one']:.0%}"])
   return '\n'.join(_common.markdown_table(
       ['r', 'guided weight', 'steps', 'seconds', 'forced mel L1', 'best focus rate',
-       'head (focus)', 'duration MAE', 'within ±1', 'MAE (per-example head)',
+       'durations from', 'duration MAE', 'within ±1',
+       'FastSpeech rule (focus head, argmax): MAE / within ±1', 'MAE (per-example head)',
        'head of least MAE', 'uniform durations: MAE / within ±1'], rows))
 
 

@@ -147,3 +147,9 @@ def test_smoke_run_one_step_per_variant(tmp_path):
                      'spectrograms.png']
   assert 'provenance' in results
   assert '(c) FastSpeech 2' in fs2.format_table(results)
+
+
+def test_position_rate_is_phonemes_per_decoder_step():
+  examples = [{'phonemes': np.arange(4), 'num_frames': 10},
+              {'phonemes': np.arange(2), 'num_frames': 20}]
+  assert fs2.position_rate(examples, 3) == pytest.approx(3 * 6 / 30)

@@ -3,6 +3,7 @@ losses, Griffin-Lim, one train step of teacher and student on the shipped sample
 
 import dataclasses
 import functools
+import itertools
 import os
 import wave
 
@@ -25,7 +26,7 @@ VOCAB, MELS = 12, 8
 TEACHER = zoo.TransformerTTSConfig(
     vocab_size=VOCAB, num_mels=MELS, hidden=16, num_heads=2, encoder_layers=1, decoder_layers=2,
     mlp_dim=32, max_source_len=8, max_frames=16, prenet_conv_layers=1, decoder_prenet_dim=16,
-    postnet_layers=2, postnet_channels=8, num_speakers=2)
+    postnet_layers=2, postnet_channels=8, num_speakers=2, decoder_position_rate=0.6)
 STUDENT = zoo.FastSpeechConfig(
     vocab_size=VOCAB, num_mels=MELS, hidden=16, num_heads=2, encoder_layers=1, decoder_layers=1,
     conv_filter=24, conv_kernels=(3, 1), max_source_len=8, max_frames=16, predictor_filter=8,
@@ -130,6 +131,14 @@ def _diagonal_attention(durations, lengths, num_phonemes, frames, sharp=0.9):
   return attention
 
 
+def test_decoder_position_rate_scales_the_sinusoids_positions():
+  plain = zoo._seq2seq._sinusoids(12, 6)
+  np.testing.assert_array_equal(zoo._tts._rated_sinusoids(12, 6, 1.0), plain)
+  np.testing.assert_allclose(zoo._tts._rated_sinusoids(12, 6, 0.5)[::2], plain[:6], atol=1e-6)
+  with pytest.raises(ValueError, match='decoder_position_rate must be positive'):
+    dataclasses.replace(TEACHER, decoder_position_rate=0.0)
+
+
 def test_extract_durations_recovers_a_diagonal_alignment_exactly():
   true = [np.array([3, 1, 4, 2], np.int32), np.array([2, 5, 3], np.int32)]
   lengths = np.array([10, 10], np.int32)
@@ -151,6 +160,72 @@ def test_extract_durations_recovers_a_diagonal_alignment_exactly():
   # Any head's durations sum to the lengths, sharp or not.
   blurred, _ = zoo.extract_durations(attention, src_mask, lengths, head=(0, 1))
   np.testing.assert_array_equal(np.asarray(blurred).sum(-1), lengths)
+
+
+def _best_monotonic_path(log_probs, frames, phonemes):
+  """Brute force: every split of `frames` frames into `phonemes` non-empty runs."""
+  best, path = -np.inf, None
+  for cuts in itertools.combinations(range(1, frames), phonemes - 1):
+    owner = np.repeat(np.arange(phonemes), np.diff((0, *cuts, frames)))
+    score = log_probs[np.arange(frames), owner].sum()
+    if score > best:
+      best, path = score, owner
+  return path
+
+
+def test_monotonic_alignment_is_the_best_monotonic_path():
+  rng = np.random.default_rng(5)
+  frames, phonemes = np.array([7, 5, 6, 2, 0]), np.array([3, 5, 1, 3, 2])
+  attention = rng.dirichlet(np.ones(6), size=(5, 8)).astype(np.float32)
+  src_mask = np.arange(6)[None] < phonemes[:, None]
+  got = np.asarray(zoo.monotonic_alignment(attention, src_mask, frames))
+  for b in range(3):  # feasible rows: the best of all monotonic paths
+    want = _best_monotonic_path(np.log(attention[b]), frames[b], phonemes[b])
+    np.testing.assert_array_equal(got[b, :frames[b]], want)
+  # Fewer frames than phonemes: no monotonic path, the argmax of each frame.
+  np.testing.assert_array_equal(got[3, :2], attention[3, :2, :3].argmax(-1))
+  np.testing.assert_array_equal(got[:, :][np.arange(8)[None] >= frames[:, None]], -1)
+  jitted = jax.jit(zoo.monotonic_alignment)(attention, src_mask, frames)
+  np.testing.assert_array_equal(jitted, got)
+
+
+def test_monotonic_durations_recover_the_diagonal_and_repair_a_stray_frame():
+  true = [np.array([3, 1, 4, 2], np.int32), np.array([2, 5, 3], np.int32)]
+  lengths = np.array([10, 10], np.int32)
+  src_mask = np.zeros((2, 5), bool)
+  src_mask[0, :4] = src_mask[1, :3] = True
+  attention = _diagonal_attention(true, lengths, 5, 12)
+  for head in ((1, 0), None):
+    durations, _ = zoo.extract_durations(attention, src_mask, lengths, head=head,
+                                         method='monotonic')
+    np.testing.assert_array_equal(durations[0], [3, 1, 4, 2, 0])
+    np.testing.assert_array_equal(durations[1], [2, 5, 3, 0, 0])
+  # One frame of phoneme 2 glances back at phoneme 0: argmax miscounts,
+  # the monotonic path cannot go back and keeps the true durations.
+  attention[0, 1, 0, 6, :4] = [0.5, 0.1, 0.35, 0.05]
+  argmax, _ = zoo.extract_durations(attention, src_mask, lengths, head=(1, 0))
+  np.testing.assert_array_equal(argmax[0], [4, 1, 3, 2, 0])
+  path, _ = zoo.extract_durations(attention, src_mask, lengths, head=(1, 0),
+                                  method='monotonic')
+  np.testing.assert_array_equal(path[0], [3, 1, 4, 2, 0])
+  # Every phoneme gets a frame even from a blurred head; the sum is the length.
+  blurred, _ = zoo.extract_durations(attention, src_mask, lengths, head=(0, 1),
+                                     method='monotonic')
+  assert (np.asarray(blurred)[src_mask] >= 1).all()
+  np.testing.assert_array_equal(np.asarray(blurred).sum(-1), lengths)
+
+
+def test_mean_head_durations_use_the_average_attention():
+  true = [np.array([3, 1, 4, 2], np.int32)]
+  lengths = np.array([10], np.int32)
+  src_mask = np.arange(5)[None] < 4
+  attention = _diagonal_attention(true, lengths, 5, 12)
+  mean = attention.mean(axis=(1, 2), keepdims=True)
+  for method in ('argmax', 'monotonic'):
+    got, chosen = zoo.extract_durations(attention, src_mask, lengths, head='mean', method=method)
+    want, _ = zoo.extract_durations(mean, src_mask, lengths, head=(0, 0), method=method)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(chosen, [[-1, -1]])
 
 
 def test_focus_rate_matches_its_formula():
@@ -597,6 +672,12 @@ def test_bad_inputs_raise_clear_errors():
     zoo.extract_durations(attention, np.ones((2, 3), bool), np.array([1, 5], np.int32))
   with pytest.raises(ValueError, match='head='):
     zoo.extract_durations(attention, np.ones((2, 3), bool), np.ones(2, np.int32), head=(0, 2))
+  with pytest.raises(ValueError, match="head must be"):
+    zoo.extract_durations(attention, np.ones((2, 3), bool), np.ones(2, np.int32), head='max')
+  with pytest.raises(ValueError, match="method must be 'argmax' or 'monotonic'"):
+    zoo.extract_durations(attention, np.ones((2, 3), bool), np.ones(2, np.int32), method='mas')
+  with pytest.raises(ValueError, match=r'attention must be \[batch, frames, phonemes\]'):
+    zoo.monotonic_alignment(attention, np.ones((2, 3), bool), np.ones(2, np.int32))
   teacher, teacher_variables, _ = _teacher()
   generate = zoo.make_tts_generate(teacher, max_frames=4)
   with pytest.raises(ValueError, match='pass rng'):

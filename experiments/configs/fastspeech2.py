@@ -10,21 +10,22 @@ energy are known frame for frame.
 * ``smoke``: the shipped five utterances (``tests/data/speech_sample.npz``),
   tiny models, one step per model: what the CI test runs.
 * ``cpu`` (what ``make tts-demo`` runs): a 2,000-utterance build;
-  utterances of at most 400 frames (4 s) and 64 phonemes; a 2+2-layer,
-  128-wide Transformer TTS teacher with reduction factor r (frames per
-  decoder step) and guided attention (weight decayed to 0 over
-  ``alignment.guided_decay_steps``), the (r, weight) candidates chosen on
-  validation by the teacher's duration error against the true durations;
-  2+2-layer, 64-wide FastSpeech students (15 epochs), 3 seeds per variant.
-  Sizing (``python -m benchmarks.fastspeech2_sizing``, 2026-12-06, the
-  shared 2-core machine at load average 7.0 -> 5.8, so an estimate for
-  scheduling): 1.26 s per teacher step (batch 16, 400 frames, r = 3; 2,430
-  steps per candidate), 0.96 s per student step (1.08 s with the variance
-  adaptor; 1,215 steps per run), 0.9 s per generation batch of 32: about
-  1.7 h for the two teacher candidates and the generation and 3.1 h for
-  the 9 student runs, **about 4.8 h** at that load, compilation and
-  evaluation excluded (roughly a third of it on 2 idle cores, not
-  measured). Not a run for the shared machine. Command::
+  utterances of at most 400 frames (4 s) and 64 phonemes (612 training
+  utterances fit); a 2+2-layer, 128-wide Transformer TTS teacher with
+  reduction factor r = 3 (frames per decoder step; r = 5 cannot be usable:
+  rounding even the true boundaries to groups of 5 frames leaves 48 % of
+  phonemes within one frame) and guided attention (weight 10 decayed to 0
+  over ``alignment.guided_decay_steps``, σ = 0.1), 100 epochs (3,800 steps);
+  durations read from every head averaged by the best monotonic path
+  (``alignment.head='mean'``, ``alignment.extraction='monotonic'``: 0.4 to
+  1.4 frames better than FastSpeech's focus-head argmax at 75 to 375
+  steps, docs/speech.md); 2+2-layer, 64-wide FastSpeech students (15
+  epochs, 570 steps), 3 seeds per variant. Sizing
+  (``python -m benchmarks.fastspeech2_sizing``, 2026-12-06, the shared
+  2-core machine at load average 19, process CPU seconds per step): 0.48 s
+  per teacher step, 0.50 s per student step (0.62 s with the variance
+  adaptor), 0.5 s per generation batch of 32: 1.3 h of CPU, **about 0.6 to
+  1.3 h alone on 2 cores**, compilation and evaluation excluded. Command::
 
       python -m experiments.fastspeech2 --config=experiments/configs/fastspeech2.py:cpu \\
           --workdir=runs/fastspeech2_cpu
@@ -73,12 +74,23 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict({
       'hidden': 128, 'num_heads': 4, 'encoder_layers': 2, 'decoder_layers': 2, 'mlp_dim': 512,
       'prenet_dim': 128, 'postnet_layers': 3, 'postnet_channels': 128,
-      'stop_positive_weight': 5.0, **_recipe(30, 16, 1e-3, 200, 0.1)})
+      'stop_positive_weight': 5.0, **_recipe(100, 16, 1e-3, 200, 0.1)})
   c.alignment = ml_collections.ConfigDict()
   c.alignment.reduction_factors = (3,)
-  c.alignment.guided_weights = (10.0, 0.0)
+  c.alignment.guided_weights = (10.0,)  # 0 measured: the attention stays uniform
   c.alignment.guided_decay_steps = 2000  # linear decay of the guided weight to 0
-  c.alignment.guided_sigma = 0.2
+  # Tachibana et al. use 0.2; 0.1 gave 0.4-0.6 frames less duration error
+  # at 225-300 steps (one seed each, docs/speech.md).
+  c.alignment.guided_sigma = 0.1
+  # The teacher's decoder positions at the training data's phonemes per
+  # decoder step (Deep Voice 3's position rate), not one phoneme per step.
+  c.alignment.position_rate = False
+  # How durations are read from the teacher's attention (zoo.extract_durations):
+  # 'focus' (the head of highest mean focus rate on validation, FastSpeech's
+  # rule) or 'mean' (every head averaged); 'monotonic' (the best monotonic
+  # path, Glow-TTS's search) or 'argmax' (each frame's top phoneme, FastSpeech).
+  c.alignment.head = 'mean'
+  c.alignment.extraction = 'monotonic'
   c.alignment.stop_threshold = 0.5
   c.alignment.generate_batch_size = 32
   # The teacher's alignment counts as usable when its durations on the
@@ -170,6 +182,8 @@ def schema() -> config_lib.Schema:
       'alignment.guided_decay_steps': cl.positive(),
       'alignment.guided_sigma': cl.positive(),
       'alignment.stop_threshold': cl.unit_interval(high_open=True),
+      'alignment.head': cl.one_of('focus', 'mean'),
+      'alignment.extraction': cl.one_of('monotonic', 'argmax'),
       'alignment.generate_batch_size': cl.positive(),
       'alignment.usable_within_one': cl.unit_interval(),
       'eval.batch_size': cl.positive(),

@@ -80,6 +80,7 @@ from kdjax.zoo._tts import focus_rate
 from kdjax.zoo._fastspeech import frame_phoneme_index
 from kdjax.zoo._fastspeech import length_regulate
 from kdjax.zoo._tts import make_tts_generate
+from kdjax.zoo._tts import monotonic_alignment
 from kdjax.zoo._fastspeech import phoneme_average
 from kdjax.zoo._fastspeech import predicted_durations
 from kdjax.zoo._fastspeech import quantize
@@ -90,5 +91,5 @@ from kdjax.zoo._fastspeech import variance_bins
 __all__ += ['FastSpeech', 'FastSpeechConfig', 'SpeechGeneration', 'TTS_LOGICAL_AXES',
             'TransformerTTS', 'TransformerTTSConfig', 'VariancePredictor', 'extract_durations',
             'fastspeech_apply', 'focus_rate', 'frame_phoneme_index', 'length_regulate',
-            'make_tts_generate', 'phoneme_average', 'predicted_durations', 'quantize',
+            'make_tts_generate', 'monotonic_alignment', 'phoneme_average', 'predicted_durations', 'quantize',
             'shift_frames_right', 'transformer_tts_apply', 'variance_bins']

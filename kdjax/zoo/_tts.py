@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import functools
 from typing import Any
 
 from flax import linen as nn
@@ -89,6 +90,13 @@ class TransformerTTSConfig:
       the encoder output.
     dropout_rate: dropout on embeddings and residual branches in training.
     head_dim: the per-head width; ``None`` means ``hidden // num_heads``.
+    decoder_position_rate: the decoder's sinusoids are taken at frame
+      ``p`` times this rate (Deep Voice 3's position rate, Ping et al.,
+      2018, https://arxiv.org/abs/1710.07654): with the data's phonemes per
+      decoder step, frame ``p``'s positions match those of the phoneme an
+      average speaking rate reaches at ``p``, so the attention's positional
+      part starts near the alignment's diagonal instead of at one phoneme
+      per frame. 1 is Transformer TTS.
     dtype: the compute dtype; outputs are float32.
     param_dtype: the parameters' dtype.
   """
@@ -114,6 +122,7 @@ class TransformerTTSConfig:
   num_speakers: int = 0
   dropout_rate: float = 0.1
   head_dim: int | None = None
+  decoder_position_rate: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -138,6 +147,9 @@ class TransformerTTSConfig:
       raise ValueError(f'{owner}.num_speakers must be >= 0, got {self.num_speakers}.')
     _check_rate(owner, 'dropout_rate', self.dropout_rate)
     _check_rate(owner, 'prenet_dropout', self.prenet_dropout)
+    if not self.decoder_position_rate > 0:
+      raise ValueError(f'{owner}.decoder_position_rate must be positive, got '
+                       f'{self.decoder_position_rate}.')
 
   @property
   def kv_dim(self) -> int:
@@ -255,6 +267,16 @@ class _TTSBlock(nn.Module):
     x, probs = self._cross(x, cache['cross_key'], cache['cross_value'], memory_mask, False,
                            cached=True)
     return self._residual(x, self.mlp(self.mlp_norm(x)), False), dict(cache, **self_cache), probs
+
+
+def _rated_sinusoids(length: int, width: int, rate: float) -> np.ndarray:
+  """The sinusoid table of :func:`kdjax.zoo._seq2seq._sinusoids` at positions ``rate * p``."""
+  if rate == 1.0:
+    return _sinusoids(length, width)
+  half = width // 2
+  inv_freq = 10_000.0 ** (-np.arange(half, dtype=np.float64) / half)
+  angles = rate * np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
 
 
 def _frame_dropout(x: jax.Array, key: jax.Array, positions: jax.Array, rate: float) -> jax.Array:
@@ -422,9 +444,10 @@ class TransformerTTS(nn.Module):
     self.postnet_net = _Postnet(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def _positions(self, positions: jax.Array, alpha: jax.Array, length: int) -> jax.Array:
-    """``alpha`` times the sinusoids at ``positions [time]``, as ``[1, time, hidden]``."""
-    table = jnp.asarray(_sinusoids(length, self.config.hidden))
+  def _positions(self, positions: jax.Array, alpha: jax.Array, length: int,
+                 rate: float = 1.0) -> jax.Array:
+    """``alpha`` times the sinusoids at ``rate * positions [time]``, as ``[1, time, hidden]``."""
+    table = jnp.asarray(_rated_sinusoids(length, self.config.hidden, rate))
     return alpha.astype(self.config.dtype) * jnp.take(table, positions, axis=0)[None].astype(
         self.config.dtype)
 
@@ -490,7 +513,8 @@ class TransformerTTS(nn.Module):
     _check_frames('frame_inputs', frame_inputs, encoded.shape[0], cfg.num_mels, cfg.max_frames)
     positions = jnp.arange(frame_inputs.shape[1])
     x = self.decoder_prenet(frame_inputs, positions, self._prenet_key(train, prenet_key))
-    x = x + self._positions(positions, self.decoder_alpha, cfg.max_frames)
+    x = x + self._positions(positions, self.decoder_alpha, cfg.max_frames,
+                            cfg.decoder_position_rate)
     x = nn.with_logical_constraint(self.dropout(x, deterministic=not train),
                                    ('batch', 'length', 'embed'))
     causal = _transformer._causal_mask(frame_inputs.shape[1])
@@ -579,7 +603,8 @@ class TransformerTTS(nn.Module):
     position = jnp.asarray(position, jnp.int32)
     positions = jnp.full((frame.shape[0], 1), position, jnp.int32)
     x = self.decoder_prenet(frame, position[None], self._prenet_key(False, prenet_key))
-    x = x + self._positions(position[None], self.decoder_alpha, cfg.max_frames)
+    x = x + self._positions(position[None], self.decoder_alpha, cfg.max_frames,
+                            cfg.decoder_position_rate)
     memory_mask = _transformer._key_mask(cache['source_mask'])
     new_cache = {'source_mask': cache['source_mask']}
     weights = []
@@ -774,52 +799,176 @@ def focus_rate(attention: jax.Array, src_mask: jax.Array, tgt_lengths: jax.Array
   return peaks.sum(axis=-1) / count
 
 
+def _monotonic_owner(log_probs: jax.Array, frames: jax.Array, phonemes: jax.Array) -> jax.Array:
+  """The monotonic path of largest summed ``log_probs [S, P]`` for one row, as each frame's phoneme.
+
+  Viterbi over paths that start at phoneme 0 on frame 0, end at phoneme
+  ``phonemes - 1`` on frame ``frames - 1``, and move on by at most one
+  phoneme per frame (so every phoneme gets at least one frame). Frames from
+  ``frames`` on get -1.
+  """
+  num_frames, num_phonemes = log_probs.shape
+  floor = jnp.float32(-1e30)
+  index = jnp.arange(num_phonemes)
+  real = index < phonemes
+  log_probs = jnp.where(real[None], log_probs, floor)
+  first = jnp.where(index == 0, log_probs[0], floor)
+
+  def forward(previous, row):
+    stay = previous
+    advance = jnp.concatenate([jnp.full((1,), floor), previous[:-1]])
+    moved = advance > stay  # ties stay on the phoneme
+    return row + jnp.where(moved, advance, stay), moved
+
+  _, moved = lax.scan(forward, first, log_probs[1:])  # moved[s - 1]: frame s came from j - 1
+  moved = jnp.concatenate([jnp.zeros((1, num_phonemes), bool), moved])
+
+  def backward(j, s):
+    inside = s < frames
+    owner = jnp.where(inside, j, -1)
+    step = jnp.where(inside & moved[s, jnp.maximum(j, 0)], 1, 0)
+    return j - step, owner
+
+  _, owners = lax.scan(backward, phonemes - 1, jnp.arange(num_frames), reverse=True)
+  return owners
+
+
+def monotonic_alignment(attention: jax.Array, src_mask: jax.Array,
+                        tgt_lengths: jax.Array) -> jax.Array:
+  r"""The monotonic alignment of largest likelihood under an attention matrix.
+
+  Each frame ``s`` is assigned to one phoneme ``t(s)`` with ``t(0) = 0``,
+  ``t(S - 1) = T - 1`` and ``t(s) - t(s - 1)`` in ``{0, 1}``, maximising
+  ``sum_s log a[s, t(s)]``: dynamic programming as the monotonic alignment
+  search of Glow-TTS (Kim et al., 2020), here over an autoregressive
+  teacher's encoder-decoder attention instead of a flow's likelihoods. The
+  argmax of each frame (FastSpeech) may jump back and forth and skip
+  phonemes; this path cannot, and gives every phoneme at least one frame.
+  A row with fewer real frames than phonemes has no such path: its frames
+  then go to their argmax phoneme.
+
+  Args:
+    attention: float ``[batch, frames, phonemes]``, one head's weights (or
+      an average of heads).
+    src_mask: bool ``[batch, phonemes]``, True on real phonemes (a prefix of
+      each row).
+    tgt_lengths: int ``[batch]``, real frames per row.
+
+  Returns:
+    int32 ``[batch, frames]``: each real frame's phoneme, -1 on padded
+    frames.
+
+  References:
+    Kim et al., "Glow-TTS: A Generative Flow for Text-to-Speech via
+    Monotonic Alignment Search" (2020), https://arxiv.org/abs/2005.11129.
+  """
+  _checks.check_floating('attention', attention)
+  shape = tuple(jnp.shape(attention))
+  if len(shape) != 3:
+    raise ValueError(f'attention must be [batch, frames, phonemes], got shape {shape}.')
+  if tuple(jnp.shape(src_mask)) != (shape[0], shape[2]):
+    raise ValueError(f'src_mask must be [batch, phonemes] = ({shape[0]}, {shape[2]}) for '
+                     f'attention with shape {shape}, got shape {jnp.shape(src_mask)}.')
+  _frame_mask_of(tgt_lengths, shape[0], shape[1], 'tgt_lengths')
+  return _monotonic_owners(jnp.asarray(attention, jnp.float32), jnp.asarray(src_mask, bool),
+                           jnp.asarray(tgt_lengths, jnp.int32))
+
+
+@jax.jit
+def _monotonic_owners(weights: jax.Array, src_mask: jax.Array, lengths: jax.Array) -> jax.Array:
+  """:func:`monotonic_alignment` after its checks (one compilation per shape)."""
+  log_probs = jnp.log(jnp.maximum(weights, jnp.finfo(jnp.float32).tiny))
+  counts = src_mask.sum(-1).astype(jnp.int32)
+  path = jax.vmap(_monotonic_owner)(log_probs, lengths, counts)
+  argmax = jnp.argmax(jnp.where(src_mask[:, None, :], weights, -1.0), axis=-1)
+  feasible = (lengths >= counts) & (counts > 0)
+  owner = jnp.where(feasible[:, None], path, argmax)
+  frame_mask = jnp.arange(weights.shape[1])[None] < lengths[:, None]
+  return jnp.where(frame_mask, owner, -1).astype(jnp.int32)
+
+
 def extract_durations(
     attention: jax.Array, src_mask: jax.Array, tgt_lengths: jax.Array, *,
-    head: tuple[int, int] | None = None,
+    head: tuple[int, int] | str | None = None, method: str = 'argmax',
 ) -> tuple[jax.Array, jax.Array]:
   """Phoneme durations from a teacher's encoder-decoder attention (FastSpeech).
 
   The attention head with the highest :func:`focus_rate` (chosen per
   example, or the fixed ``(layer, head)`` given, e.g. the best one averaged
-  over a dataset) gives the alignment: frame ``s`` belongs to the real
-  phoneme it attends to most, ``argmax_t a_{s,t}`` (the first on a tie), and
-  phoneme ``t``'s duration is the number of real frames that belong to it.
-  Every real frame belongs to exactly one real phoneme, so the durations of
-  a row sum to its length exactly (unless the row has no real phoneme:
-  then they are all 0), and padded phonemes get 0.
+  over a dataset, or ``'mean'``: the average of every layer's heads) gives
+  the alignment. With ``method='argmax'`` (FastSpeech) frame ``s`` belongs
+  to the real phoneme it attends to most, ``argmax_t a_{s,t}`` (the first on
+  a tie); with ``method='monotonic'`` to the phoneme of the most likely
+  monotonic path through the attention (:func:`monotonic_alignment`, the
+  Glow-TTS search), which never goes back or skips a phoneme. Phoneme
+  ``t``'s duration is the number of real frames that belong to it. Every
+  real frame belongs to exactly one real phoneme, so the durations of a
+  row sum to its length exactly (unless the row has no real phoneme: then
+  they are all 0), and padded phonemes get 0.
 
   Args:
     attention: float ``[batch, layers, heads, frames, phonemes]``.
     src_mask: bool ``[batch, phonemes]``, True on real phonemes.
     tgt_lengths: int ``[batch]``, real frames per example.
-    head: ``(layer, head)`` to use for every example; ``None`` picks the
-      highest focus rate per example.
+    head: ``(layer, head)`` to use for every example; ``'mean'`` for the
+      average over layers and heads; ``None`` picks the highest focus rate
+      per example.
+    method: ``'argmax'`` or ``'monotonic'``.
 
   Returns:
     ``(durations int32 [batch, phonemes], chosen int32 [batch, 2])``: the
-    durations and the ``(layer, head)`` each row used.
+    durations and the ``(layer, head)`` each row used (``(-1, -1)`` for
+    ``head='mean'``).
 
   References:
     Ren et al., "FastSpeech: Fast, Robust and Controllable Text to Speech"
-    (2019), section 3.3, https://arxiv.org/abs/1905.09263.
+    (2019), section 3.3, https://arxiv.org/abs/1905.09263; Kim et al.,
+    "Glow-TTS" (2020), https://arxiv.org/abs/2005.11129.
   """
   batch, layers, heads, frames, phonemes = _check_attention(attention, src_mask)
-  frame_mask = _frame_mask_of(tgt_lengths, batch, frames, 'tgt_lengths')
-  if head is None:
-    flat = jnp.argmax(focus_rate(attention, src_mask, tgt_lengths).reshape(batch, -1), axis=-1)
-    chosen = jnp.stack([flat // heads, flat % heads], axis=-1).astype(jnp.int32)
+  if method not in ('argmax', 'monotonic'):
+    raise ValueError(f"method must be 'argmax' or 'monotonic', got {method!r}.")
+  _frame_mask_of(tgt_lengths, batch, frames, 'tgt_lengths')
+  if isinstance(head, str):
+    if head != 'mean':
+      raise ValueError(f"head must be (layer, head), 'mean' or None, got {head!r}.")
+    mode, fixed = 'mean', (0, 0)
+  elif head is None:
+    mode, fixed = 'focus', (0, 0)
   else:
     layer, index = head
     if not (0 <= layer < layers and 0 <= index < heads):
       raise ValueError(f'head=(layer, head) must be within ({layers}, {heads}), got {head}.')
-    chosen = jnp.broadcast_to(jnp.asarray([layer, index], jnp.int32), (batch, 2))
-  picked = jax.vmap(lambda a, c: a[c[0], c[1]])(jnp.asarray(attention, jnp.float32), chosen)
-  picked = jnp.where(jnp.asarray(src_mask)[:, None, :], picked, -1.0)
-  owner = jnp.argmax(picked, axis=-1)  # [batch, frames]
+    mode, fixed = 'fixed', (layer, index)
+  return _durations(jnp.asarray(attention, jnp.float32), jnp.asarray(src_mask, bool),
+                    jnp.asarray(tgt_lengths, jnp.int32), jnp.asarray(fixed, jnp.int32),
+                    mode=mode, method=method)
+
+
+@functools.partial(jax.jit, static_argnames=('mode', 'method'))
+def _durations(attention: jax.Array, src_mask: jax.Array, lengths: jax.Array, fixed: jax.Array,
+               *, mode: str, method: str) -> tuple[jax.Array, jax.Array]:
+  """:func:`extract_durations` after its checks; `fixed` is the (layer, head) of mode 'fixed'."""
+  batch, _, heads, frames, phonemes = attention.shape
+  frame_mask = jnp.arange(frames)[None] < lengths[:, None]
+  if mode == 'mean':
+    chosen = jnp.full((batch, 2), -1, jnp.int32)
+    picked = attention.mean(axis=(1, 2))
+  else:
+    if mode == 'focus':
+      flat = jnp.argmax(focus_rate(attention, src_mask, lengths).reshape(batch, -1), axis=-1)
+      chosen = jnp.stack([flat // heads, flat % heads], axis=-1).astype(jnp.int32)
+    else:
+      chosen = jnp.broadcast_to(fixed, (batch, 2))
+    picked = jax.vmap(lambda a, c: a[c[0], c[1]])(attention, chosen)
+  if method == 'monotonic':
+    owner = _monotonic_owners(picked, src_mask, lengths)
+  else:
+    owner = jnp.argmax(jnp.where(src_mask[:, None, :], picked, -1.0), axis=-1)
+  # -1 (padded frames) one-hot encodes to zeros.
   one_hot = jax.nn.one_hot(owner, phonemes, dtype=jnp.int32) * frame_mask[..., None]
   # (Only a row without any real phoneme loses its frames here.)
-  one_hot = one_hot * jnp.asarray(src_mask)[:, None, :]
+  one_hot = one_hot * src_mask[:, None, :]
   return one_hot.sum(axis=1), chosen
 
 
