@@ -82,6 +82,7 @@ from kdjax._outputs import Outputs
 
 MODULE = 'experiments.tinybert'
 SPLITS = ('train', 'validation', 'test')
+TEACHER_LOGITS = 'teacher_logits'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +314,8 @@ class MlmHead(nn.Module):
     y = nn.Dense(self.hidden, kernel_init=nn.initializers.normal(0.02), name='transform')(hidden)
     y = nn.LayerNorm(epsilon=self.layer_norm_eps, name='norm')(nn.gelu(y, approximate=False))
     bias = self.param('bias', nn.initializers.zeros, (self.vocab_size,))
-    return jnp.einsum('...d,vd->...v', y, word_embedding) + bias
+    logits = jnp.einsum('...d,vd->...v', y, word_embedding)
+    return logits + bias.reshape((1,) * (logits.ndim - 1) + bias.shape)
 
 
 def mask_positions(lengths: np.ndarray, width: int, prob: float,
@@ -370,7 +372,7 @@ class Augmenter:
       hidden = hidden_at(variables, tokens, lengths, positions)
       logits = self.head.apply({'params': head_params}, hidden,
                                variables['params']['word_embedding'])
-      logits = jnp.where(allowed, logits, -jnp.inf)
+      logits = jnp.where(allowed[None, None], logits, -jnp.inf)
       return jax.lax.top_k(logits, config.augment.candidates + 1)
 
     self._mlm_step, self._top_candidates = mlm_step, top_candidates
@@ -602,7 +604,7 @@ def classifier_apply(model: zoo.BertEncoder, features: Sequence[str] = ()):
     params = variables['params']
     outputs, _ = encoder({'params': params['encoder']}, batch, train=train, rngs=rngs)
     head = params['classifier']
-    logits = outputs.features['mean_pooled'] @ head['kernel'] + head['bias']
+    logits = outputs.features['mean_pooled'] @ head['kernel'] + head['bias'][None]
     return Outputs(logits=logits, features=outputs.features), {}
 
   return apply
@@ -717,9 +719,11 @@ class Experiment:
           classifier_apply(self.student_model, student_features), self.teacher_apply,
           objective, self.optimizer), donate_argnums=0)
     student = classifier_apply(self.student_model)
+    # The prediction stage reads the fine-tuned teacher's logits, computed once per training
+    # example (augmented ones included), from the batch.
     self.steps['prediction'] = jax.jit(step_lib.make_train_step(
-        student, self.teacher_apply, prediction_objective(True, t.temperature), self.optimizer),
-        donate_argnums=0)
+        student, cached_teacher_apply, prediction_objective(True, t.temperature),
+        self.optimizer), donate_argnums=0)
     self.steps['labels'] = jax.jit(step_lib.make_train_step(
         student, None, prediction_objective(False, t.temperature), self.optimizer),
         donate_argnums=0)
@@ -731,6 +735,7 @@ class Experiment:
     self._teacher_logits = jax.jit(lambda v, b: classifier_apply(self.teacher_model)(
         v, b, train=False)[0].logits)
     self.fine_tuned = None
+    self._teacher_logit_cache: dict[str, np.ndarray] = {}
 
   def _teacher_optimizer(self) -> optax.GradientTransformation:
     te = self.config.teacher
@@ -753,8 +758,12 @@ class Experiment:
 
   @staticmethod
   def batches(encoded: Encoded, labels: np.ndarray | None, batch_size: int, steps: int,
-              seed: int):
-    """`steps` batches drawn by epochs of a seeded permutation (fixed shapes)."""
+              seed: int, teacher_logits: np.ndarray | None = None):
+    """`steps` batches drawn by epochs of a seeded permutation (fixed shapes).
+
+    The order depends on the seed and the example count only, so runs of one
+    seed on the same examples see the same batches.
+    """
     rng = np.random.default_rng(seed)
     n = len(encoded.lengths)
     order, position = rng.permutation(n), 0
@@ -771,10 +780,12 @@ class Experiment:
                               ).astype(np.int32)}
       if labels is not None:
         batch['label'] = labels[rows]
+      if teacher_logits is not None:
+        batch[TEACHER_LOGITS] = teacher_logits[rows]
       yield batch
 
-  def logits(self, fn, variables, split: str) -> np.ndarray:
-    encoded = self.data.task[split]
+  def logits(self, fn, variables, split: str | Encoded) -> np.ndarray:
+    encoded = self.data.task[split] if isinstance(split, str) else split
     size, n = self.config.eval.batch_size, len(encoded.lengths)
     width = encoded.tokens.shape[1]
     out = []
@@ -822,6 +833,15 @@ class Experiment:
     self.timings['teacher'] = time.time() - start
     return {split: self.accuracy(self.fine_tuned, split, teacher=True)
             for split in ('validation', 'test')}
+
+  def teacher_logits(self, encoded: Encoded, name: str) -> np.ndarray:
+    """The fine-tuned teacher's logits of every example of `encoded` (computed once)."""
+    if name not in self._teacher_logit_cache:
+      start = time.time()
+      self._teacher_logit_cache[name] = self.logits(self._teacher_logits, self.fine_tuned,
+                                                    encoded)
+      self.timings[f'teacher_logits/{name}'] = time.time() - start
+    return self._teacher_logit_cache[name]
 
   # -- general distillation --------------------------------------------------
 
@@ -876,9 +896,13 @@ class Experiment:
     state = step_lib.init_train_state({'params': params}, self.optimizer, rng=seed + 1)
     state = with_learning_rate(state, learning_rate)
     step_fn = self.steps['prediction' if spec.distill_prediction else 'labels']
+    cached = None
+    if spec.distill_prediction:
+      cached = self.teacher_logits(encoded, 'augmented' if spec.augmented else 'train')
     best, curve = None, {}
-    for step, batch in enumerate(self.batches(encoded, labels, t.batch_size, steps, seed + 1), 1):
-      state, _ = step_fn(state, teacher if spec.distill_prediction else None, batch)
+    for step, batch in enumerate(self.batches(encoded, labels, t.batch_size, steps, seed + 1,
+                                              cached), 1):
+      state, _ = step_fn(state, None, batch)
       if step % t.eval_every == 0:
         accuracy = self.accuracy(state.variables, 'validation')
         curve[step] = accuracy
@@ -909,6 +933,12 @@ class Experiment:
     best = {name: min(v) for name, v in seconds.items()}
     return {'seconds': seconds, 'speedup': best['teacher'] / best['student'],
             'examples': int(len(self.data.labels['test'])), 'load_average': list(os.getloadavg())}
+
+
+def cached_teacher_apply(variables, batch, *, train, rngs=None):
+  """The fine-tuned teacher's logits, read from the batch (see :meth:`Experiment.teacher_logits`)."""
+  del variables, train, rngs
+  return Outputs(logits=batch[TEACHER_LOGITS], features={}), {}
 
 
 def _teacher_dir(config: ml_collections.ConfigDict) -> str:
