@@ -36,6 +36,7 @@ from experiments import lm_distill
 from experiments import lm_kd
 from experiments import multilingual
 from experiments import seqkd
+from experiments import tinybert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join('experiments', 'results')
@@ -92,6 +93,13 @@ EXPERIMENTS = (
         'Reimers & Gurevych (2020): multilingual sentence embeddings by distillation (cpu scale)',
         'make multilingual-demo',
         lambda r: multilingual.describe(r) + '\n\n' + multilingual.format_table(r),
+    ),
+    (
+        'tinybert_cpu',
+        'TinyBERT (2020) and MiniLM (2020, 2021): distilling all-MiniLM-L6-v2 on the Debian '
+        'Section task (cpu scale)',
+        'make tinybert-demo',
+        lambda r: tinybert.describe(r) + '\n\n' + tinybert.format_table(r),
     ),
     (
         'fastspeech2_cpu',
