@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
                                                                           weights))
   opt_state = augmenter._optimizer.init(augmenter.head_params)
   timed['mlm_step'] = best_time(lambda: augmenter._mlm_step(
-      augmenter.head_params, opt_state, augmenter.teacher.variables, tokens,
+      augmenter.head_params, opt_state, augmenter.encoder_variables, tokens,
       data.prose.lengths[:a.mlm_batch_size], positions, targets, weights)[2], args.repeats,
       'mlm_step')
 

@@ -344,7 +344,9 @@ class Augmenter:
     # Candidates of the MLM: whole-word pieces made of letters.
     self.allowed = np.asarray([len(p) > 1 and replaceable([p]) and not p.startswith('[')
                                for p in self.pieces])
-    model = teacher.model
+    model = self.encoder_model = zoo.BertEncoder(
+        dataclasses.replace(cfg, pooler=False, mlm_head=False))
+    self.encoder_variables = {'params': encoder_params(teacher.variables['params'])}
 
     def hidden_at(variables, tokens, lengths, positions):
       mask = (jnp.arange(tokens.shape[1])[None] < lengths[:, None]).astype(jnp.int32)
@@ -398,11 +400,21 @@ class Augmenter:
     """Trains the MLM head on the prose (the teacher frozen); its held-out accuracy."""
     a = self.config.augment
     rng = np.random.default_rng(a.seed)
-    variables = self.teacher.variables
+    variables = self.encoder_variables
     shapes = jax.eval_shape(self.head.init, jax.random.PRNGKey(0),
                             jnp.zeros((1, 1, self.head.hidden)),
                             variables['params']['word_embedding'])['params']
-    self.head_params = init_params(shapes, a.seed, 0.02)
+    params = self.teacher.variables['params']
+    if a.mlm_steps == 0:
+      if not self.teacher.model.config.mlm_head:
+        raise ValueError('augment.mlm_steps=0 uses the teacher checkpoint\'s own masked-LM '
+                         'head, but it has none (no cls.predictions.* tensors): train one '
+                         'with augment.mlm_steps > 0')
+      # The checkpoint's own head (BERT's MLM transform, LayerNorm and output bias).
+      self.head_params = {'transform': params['mlm_transform'], 'norm': params['mlm_norm'],
+                          'bias': params['mlm_bias']}
+    else:
+      self.head_params = init_params(shapes, a.seed, 0.02)
     opt_state = self._optimizer.init(self.head_params)
     start, losses = time.time(), []
     n = len(prose.lengths)
@@ -418,8 +430,10 @@ class Augmenter:
       losses.append(float(loss))
     seconds = time.time() - start
     # Held-out: how often the masked word is the MLM's first / among its K candidates.
-    rows = np.arange(min(len(heldout.lengths), 256))
+    # As many rows as mlm_candidates' batches: the same compiled program.
+    rows = np.arange(min(len(heldout.lengths), self.config.eval.batch_size))
     tokens, positions, targets, weights = self._masked_batch(heldout, rows, rng)
+    positions, targets, weights = (_pad_columns(x, 8) for x in (positions, targets, weights))
     _, top = self._top_candidates(self.head_params, variables, tokens, heldout.lengths[rows],
                                   positions, np.ones_like(self.allowed))
     top, real = np.asarray(top), weights > 0
@@ -464,7 +478,7 @@ class Augmenter:
         lengths[r] = encoded.lengths[i]
         tokens[r, where] = self.mask_id
         positions[r, :len(where)] = where
-      _, top = self._top_candidates(self.head_params, self.teacher.variables, tokens, lengths,
+      _, top = self._top_candidates(self.head_params, self.encoder_variables, tokens, lengths,
                                     positions, self.allowed)
       top = np.asarray(top)
       for r, (i, chosen, where) in enumerate(part):
@@ -491,9 +505,9 @@ class Augmenter:
     cls_id = self.teacher.tokenizer.token_to_id('[CLS]')
     sep_id = self.teacher.tokenizer.token_to_id('[SEP]')
     tokens, lengths = pack([[w] for w in vocabulary], width, cls_id, sep_id)
-    embed = _embed_fn(self.teacher.model)
+    embed = _embed_fn(self.encoder_model)
     vectors = np.concatenate([
-        np.asarray(embed(self.teacher.variables, *_pad_rows(tokens[s:s + 256], lengths[s:s + 256],
+        np.asarray(embed(self.encoder_variables, *_pad_rows(tokens[s:s + 256], lengths[s:s + 256],
                                                             256)))[:len(tokens[s:s + 256])]
         for s in range(0, len(tokens), 256)])
     multi = sorted({w for i in rows for w in encoded.words[i] if len(w) > 1 and w in index})
@@ -660,6 +674,14 @@ def with_learning_rate(state, learning_rate: float):
   return state.replace(opt_state=tuple(chain))
 
 
+HEAD_PARAMS = ('pooler', 'mlm_transform', 'mlm_norm', 'mlm_bias')
+
+
+def encoder_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """A BertEncoder's params without its pooler and masked-LM head."""
+  return {k: v for k, v in params.items() if k not in HEAD_PARAMS}
+
+
 def _copy(tree):
   return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
@@ -697,9 +719,11 @@ class Experiment:
     self.data = load_data(config, teacher.tokenizer)
     self.num_classes = len(self.data.classes)
     self.timings['load'] = time.time() - start
-    self.teacher_model = zoo.BertEncoder(dataclasses.replace(tcfg, dropout_rate=0.0))
+    # The classifier reads the mean-pooled last layer: no pooler, no MLM head.
+    encoder_config = dataclasses.replace(tcfg, pooler=False, mlm_head=False)
+    self.teacher_model = zoo.BertEncoder(dataclasses.replace(encoder_config, dropout_rate=0.0))
     self.teacher_train_model = zoo.BertEncoder(dataclasses.replace(
-        tcfg, dropout_rate=config.teacher.dropout))
+        encoder_config, dropout_rate=config.teacher.dropout))
     self.student_config = zoo.BertConfig(
         vocab_size=tcfg.vocab_size, num_layers=s.num_layers, hidden=s.hidden,
         num_heads=s.num_heads, mlp_dim=s.mlp_dim, max_len=config.data.max_tokens,
@@ -810,7 +834,7 @@ class Experiment:
 
   def pretrained_variables(self) -> dict:
     """The pre-trained teacher with a zero classifier (same pytree as the fine-tuned one)."""
-    return {'params': {'encoder': self.pretrained.variables['params'],
+    return {'params': {'encoder': encoder_params(self.pretrained.variables['params']),
                        'classifier': {'kernel': jnp.zeros((self.pretrained.model.config.hidden,
                                                            self.num_classes)),
                                       'bias': jnp.zeros((self.num_classes,))}}}
@@ -818,7 +842,7 @@ class Experiment:
   def fine_tune_teacher(self) -> dict[str, Any]:
     te = self.config.teacher
     start = time.time()
-    variables = {'params': {'encoder': _copy(self.pretrained.variables['params']),
+    variables = {'params': {'encoder': _copy(encoder_params(self.pretrained.variables['params'])),
                             'classifier': classifier_head(self.pretrained.model.config.hidden,
                                                           self.num_classes, te.seed)}}
     state = step_lib.init_train_state(variables, self._teacher_optimizer(), rng=te.seed)

@@ -17,7 +17,6 @@ import tokenizers
 from experiments import _common
 from experiments import tinybert
 from experiments.configs import tinybert as tinybert_configs
-from kdjax import step as step_lib
 from kdjax import zoo
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -134,8 +133,8 @@ def test_encode_keeps_whole_words_and_pack_inverts_it():
 
 def tiny_teacher(seed=0):
   tokenizer = _tokenizer()
-  config = zoo.BertConfig(vocab_size=tokenizer.get_vocab_size(), num_layers=2, hidden=24,
-                          num_heads=12, mlp_dim=48, max_len=32, pooler=False)
+  config = zoo.BertConfig(vocab_size=tokenizer.get_vocab_size(), num_layers=1, hidden=48,
+                          num_heads=12, mlp_dim=96, max_len=32, pooler=False)
   model = zoo.BertEncoder(config)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))
   params = tinybert.init_params(shapes['params'], seed, 0.2)
@@ -158,7 +157,7 @@ def test_augmenter_labels_follow_their_source_and_only_letter_words_change(tmp_p
   experiment = tinybert.Experiment(config, str(tmp_path), teacher)
   augmenter = tinybert.Augmenter(teacher, config)
   augmenter.head_params = tinybert.init_params(jax.eval_shape(
-      augmenter.head.init, jax.random.PRNGKey(0), jnp.zeros((1, 1, 24)),
+      augmenter.head.init, jax.random.PRNGKey(0), jnp.zeros((1, 1, 48)),
       teacher.variables['params']['word_embedding'])['params'], 0, 0.2)
   train, labels = experiment.data.task['train'], experiment.data.labels['train']
   augmented, new_labels, report = augmenter.augment(train, labels)
@@ -182,39 +181,38 @@ def test_augmenter_labels_follow_their_source_and_only_letter_words_change(tmp_p
   # The same seed gives the same augmented set.
   again, _, _ = augmenter.augment(train, labels)
   np.testing.assert_array_equal(again.tokens, augmented.tokens)
+  # No steps for the MLM head means the checkpoint's own head, which this teacher lacks.
+  config.augment.mlm_steps = 0
+  with pytest.raises(ValueError, match=r'augment.mlm_steps=0 .* has none'):
+    tinybert.Augmenter(teacher, config).train_head(train, train)
 
 
 @needs_tokenizer
-def test_cached_teacher_logits_give_the_live_teachers_step(tmp_path):
+def test_cached_teacher_logits_are_the_live_teachers_on_each_batch(tmp_path):
+  """The prediction step reads the teacher's logits from the batch: the rows must match."""
   config = smoke_config()
   experiment = tinybert.Experiment(config, str(tmp_path), tiny_teacher())
   experiment.fine_tuned = {'params': {
       'encoder': experiment.pretrained.variables['params'],
-      'classifier': tinybert.classifier_head(24, experiment.num_classes, 5)}}
+      'classifier': tinybert.classifier_head(48, experiment.num_classes, 5)}}
   train, labels = experiment.data.task['train'], experiment.data.labels['train']
   cached = experiment.teacher_logits(train, 'train')
-  batch = next(experiment.batches(train, labels, 8, 1, 0, cached))
-  live = jax.jit(step_lib.make_train_step(
-      tinybert.classifier_apply(experiment.student_model), experiment.teacher_apply,
-      tinybert.prediction_objective(True, 1.0), experiment.optimizer))
-  student = experiment.student_init(0)
-  fresh = lambda: tinybert.with_learning_rate(
-      step_lib.init_train_state(tinybert._copy(student), experiment.optimizer), 1e-3)
-  state_live, metrics_live = live(fresh(), experiment.fine_tuned, batch)
-  state_cached, metrics_cached = experiment.steps['prediction'](fresh(), None, batch)
-  np.testing.assert_allclose(metrics_cached['loss/total'][0], metrics_live['loss/total'][0],
-                             rtol=1e-5)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7),
-               state_cached.params, state_live.params)
-  # The classifier reads the mean-pooled last layer.
+  assert experiment.teacher_logits(train, 'train') is cached  # computed once
   params = experiment.fine_tuned['params']
-  mask = batch['token_mask']
-  hidden = experiment.teacher_model.apply({'params': params['encoder']}, batch['tokens'],
-                                          mask).features['sequence']
-  pooled = (np.asarray(hidden) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-  expected = pooled @ np.asarray(params['classifier']['kernel']) + np.asarray(
-      params['classifier']['bias'])
-  np.testing.assert_allclose(batch['teacher_logits'], expected, rtol=1e-4, atol=1e-5)
+  for batch in experiment.batches(train, labels, 8, 3, 0, cached):
+    # The teacher recomputed (eagerly) on the batch's tokens; the classifier on the
+    # mean-pooled last layer, in NumPy.
+    mask = batch['token_mask']
+    hidden = experiment.teacher_model.apply({'params': params['encoder']}, batch['tokens'],
+                                            mask).features['sequence']
+    pooled = (np.asarray(hidden) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    expected = pooled @ np.asarray(params['classifier']['kernel']) + np.asarray(
+        params['classifier']['bias'])
+    np.testing.assert_allclose(batch['teacher_logits'], expected, rtol=1e-4, atol=1e-5)
+  # The same seed draws the same batches, whatever the cache holds.
+  again = next(experiment.batches(train, labels, 8, 1, 0))
+  first = next(experiment.batches(train, labels, 8, 1, 0, cached))
+  np.testing.assert_array_equal(again['tokens'], first['tokens'])
 
 
 # ----------------------------------------------------------------------------

