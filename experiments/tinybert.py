@@ -1111,7 +1111,8 @@ def describe(results: Mapping[str, Any]) -> str:
   topk = f'heldout_top{a["candidates"]}'
   examples = data['examples']
   nb = results['baselines']['naive_bayes']
-  nb_text = (f"; naive Bayes on word counts: {100 * nb['test']:.1f} % test" if nb else '')
+  nb_text = (f'; naive Bayes on word counts of the same training examples: '
+             f"{100 * nb['test']:.1f} % test" if nb else '')
   return (
       'TinyBERT (Jiao et al. 2020, arXiv:1909.10351) and MiniLM / MiniLMv2 (Wang et al. 2020, '
       'arXiv:2002.10957; 2021, arXiv:2012.15828) on the Debian Section task '
