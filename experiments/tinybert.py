@@ -330,7 +330,7 @@ def mask_positions(lengths: np.ndarray, width: int, prob: float,
 
 
 class Augmenter:
-  """The MLM (the frozen teacher plus a trained head) and word neighbours; makes the augmented set."""
+  """Makes the augmented set: the MLM (the frozen teacher, a trained head) and word neighbours."""
 
   def __init__(self, teacher: zoo.BertCheckpoint, config: ml_collections.ConfigDict):
     self.teacher, self.config = teacher, config
@@ -487,7 +487,8 @@ class Augmenter:
           out[(i, j)] = [(int(t),) for t in top[r, c] if t != own][:a.candidates]
     return out
 
-  def neighbour_candidates(self, encoded: Encoded, rows: Sequence[int]) -> dict[tuple[int, int], list]:
+  def neighbour_candidates(self, encoded: Encoded,
+                           rows: Sequence[int]) -> dict[tuple[int, int], list]:
     """``{(example, word): [words]}`` for the many-piece replaceable words: nearest words.
 
     GloVe's stand-in: each distinct replaceable word of `rows` is embedded
@@ -931,7 +932,8 @@ class Experiment:
         accuracy = self.accuracy(state.variables, 'validation')
         curve[step] = accuracy
         if best is None or accuracy > best[0]:
-          best = (accuracy, step, jax.tree.map(np.array, state.variables))  # copies: the state is donated
+          # Copies: the state is donated to the next step.
+          best = (accuracy, step, jax.tree.map(np.array, state.variables))
     seconds = time.time() - start
     self.timings[f'task/{variant}'] = self.timings.get(f'task/{variant}', 0.0) + seconds
     return {'validation': best[0], 'best_step': best[1], 'curve': curve, 'variables': best[2],
@@ -960,7 +962,7 @@ class Experiment:
 
 
 def cached_teacher_apply(variables, batch, *, train, rngs=None):
-  """The fine-tuned teacher's logits, read from the batch (see :meth:`Experiment.teacher_logits`)."""
+  """The fine-tuned teacher's logits, read from the batch (:meth:`Experiment.teacher_logits`)."""
   del variables, train, rngs
   return Outputs(logits=batch[TEACHER_LOGITS], features={}), {}
 
