@@ -1,4 +1,4 @@
-"""Sizes experiments/tinybert.py's cpu config: one step of each stage, timed, and the run's estimate.
+"""Sizes experiments/tinybert.py's cpu config: each stage's step timed, and the run's estimate.
 
 Usage::
 
@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import tinybert  # pylint: disable=wrong-import-position
-from experiments.configs import tinybert as tinybert_configs  # pylint: disable=wrong-import-position
+from experiments.configs import tinybert as tinybert_configs  # pylint: disable=C0413
 from kdjax import config as config_lib  # pylint: disable=wrong-import-position
 from kdjax import step as step_lib  # pylint: disable=wrong-import-position
 

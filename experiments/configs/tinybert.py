@@ -102,7 +102,8 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.augment.num_augmented = 20  # N_a, new examples per example (the paper: 20 for SST-2)
   c.augment.replace_prob = 0.4  # p_t
   c.augment.candidates = 15  # K
-  c.augment.mask_stride = 8  # words s apart are masked in one MLM forward (s >= words: one at a time)
+  # Words mask_stride apart are masked in one MLM forward (>= the words: one at a time).
+  c.augment.mask_stride = 8
   c.augment.mlm_steps = 200  # training of the MLM head on the frozen teacher, on the prose
   c.augment.mlm_batch_size = 32
   c.augment.mlm_learning_rate = 1e-3
