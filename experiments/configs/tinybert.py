@@ -25,14 +25,13 @@ alone.
   20,000 prose paragraphs; 500 training descriptions augmented 20 times (the
   paper's N_a = 20, p_t = 0.4, K = 15; 13,000 training examples in all, more
   than the task stage reads); batches of 32; teacher fine-tuning 200 steps,
-  the MLM head 200 steps, general distillation 300 steps per loss family
-  (TinyBERT, MiniLM, MiniLMv2), task-specific 100 intermediate + 150
+  the MLM head 200 steps, general distillation 250 steps per loss family
+  (TinyBERT, MiniLM, MiniLMv2), task-specific 50 intermediate + 100
   prediction steps; the prediction-stage learning rate chosen from {5e-4,
   1e-3} on validation with the TinyBERT variant and a selection seed that is
   not reported, the best validation step of each run kept; 7 variants x 3
-  seeds. Estimated from benchmarks/tinybert_sizing.py's per-step CPU times
-  at about 100 CPU-minutes, about an hour on a quiet 2-core machine
-  (docs/encoders.md).
+  seeds. Estimated from benchmarks/tinybert_sizing.py's per-step wall times
+  at load average about 2 at about an hour on 2 cores (docs/encoders.md).
   Command::
 
       python -m experiments.tinybert --config=experiments/configs/tinybert.py:cpu \\
@@ -111,16 +110,16 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   c.augment.seed = 0
 
   c.general = ml_collections.ConfigDict()
-  c.general.steps = 300  # per loss family
+  c.general.steps = 250  # per loss family
   c.general.batch_size = 32
   c.general.learning_rate = 1e-3
   c.general.seed = 0  # one generally distilled student per loss family, as the paper releases one
 
   c.task = ml_collections.ConfigDict()
   c.task.batch_size = 32
-  c.task.intermediate_steps = 100
+  c.task.intermediate_steps = 50
   c.task.intermediate_learning_rate = 1e-3
-  c.task.prediction_steps = 150
+  c.task.prediction_steps = 100
   c.task.learning_rate_grid = (5e-4, 1e-3)  # prediction stage (and the labels-only baseline)
   c.task.eval_every = 50
   c.task.warmup_steps = 20
