@@ -38,6 +38,7 @@ from experiments import lm_distill
 from experiments import lm_kd
 from experiments import multilingual
 from experiments import seqkd
+from experiments import tinybert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join('experiments', 'results')
@@ -115,6 +116,14 @@ EXPERIMENTS = (
         'make bert-demo',
         lambda r: distilbert.describe(r) + '\n\n' + distilbert.format_table(r),
         distilbert.claims,
+    ),
+    (
+        'tinybert_cpu',
+        'TinyBERT (2020) and MiniLM (2020, 2021): distilling all-MiniLM-L6-v2 on the Debian '
+        'Section task (cpu scale)',
+        'make tinybert-demo',
+        lambda r: tinybert.describe(r) + '\n\n' + tinybert.format_table(r),
+        tinybert.claims,
     ),
     (
         'fastspeech2_cpu',
