@@ -251,6 +251,25 @@ def test_config_schema_accepts_every_scale_and_names_bad_keys():
 # ---------------------------------------------------------------- smoke run
 
 
+def test_smoke_run_of_three_variants(tmp_path):
+  """CI's smoke run: labels, an off-policy divergence with its selection, and GKD."""
+  workdir = tmp_path / 'run'
+  variants = ('labels', 'forward_kl', 'gkd')
+  lm_distill.main(['--config=experiments/configs/lm_distill.py:smoke', f'--workdir={workdir}',
+                   f'--config.variants={variants}'])
+  results = json.loads((workdir / 'results.json').read_text())
+  assert set(results['summary']) == set(variants)
+  assert [r['forward_kl']['teacher'] for r in results['per_seed']] == [0, 1]
+  for variant, stats in results['summary'].items():
+    assert 0.0 < stats['test/bpb']['mean'] < 12.0, variant
+    assert stats['gen/teacher_nll']['mean'] > 0.0
+  # GKD takes the JSD's selected weight and temperature: both are selected.
+  assert set(results['selection']) == {'forward_kl', 'jsd'}
+
+
+# Every variant (about 50 s on 2 cores, mostly compilation): slow. CI runs
+# the three-variant smoke run above.
+@pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path):
   workdir = tmp_path / 'runs' / 'lm_distill_cpu'
   lm_distill.main(['--config=experiments/configs/lm_distill.py:smoke', f'--workdir={workdir}'])
