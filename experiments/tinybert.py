@@ -71,7 +71,6 @@ import optax
 
 from experiments import _common
 from experiments.configs import tinybert as tinybert_configs
-from kdjax import config as config_lib
 from kdjax import data as data_lib
 from kdjax import metrics as metrics_lib
 from kdjax import objective as objective_lib
@@ -1165,14 +1164,8 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  # Checked against the schema before anything is built or compiled.
-  config, workdir = config_lib.parse_args(argv, description=__doc__,
-                                          schema=tinybert_configs.schema())
-  results = run(config, workdir, _common.command(MODULE, argv))
-  print(format_table(results))
-  print('\n' + '\n'.join(_common.claims_table(claims(results))))
-  print(f"\n{len(config.seeds)} seeds in {results['wall_seconds']:.0f} s; "
-        f"results in {workdir}/results.json")
+  _common.run_main(argv, module=MODULE, doc=__doc__, schema=tinybert_configs.schema(), run=run,
+                   report=format_table, claims=claims)
 
 
 if __name__ == '__main__':
