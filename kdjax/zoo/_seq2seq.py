@@ -15,7 +15,6 @@ from kdjax import _checks
 from kdjax import adapters
 from kdjax.generate._decoder import Decoder
 from kdjax.zoo import _transformer
-from kdjax.zoo._transformer import CACHE_AXES
 from kdjax.zoo._transformer import DecoderConfig
 
 _POSITIONS = ('learned', 'sinusoidal', 'rope')
@@ -375,17 +374,8 @@ class Seq2SeqTransformer(nn.Module):
     cfg = self.config
     _transformer._check_cache_length(cache_length, cfg.max_target_len, 'max_target_len')
     _check_source_mask(encoded[..., 0], source_mask)
-    cache = {'source_mask': source_mask}
-    for i, block in enumerate(self.decoder_blocks):
-      keys, values = block.cross_keys_values(encoded)
-      cache[f'layer_{i}'] = {
-          **_transformer._empty_cache(cfg, encoded.shape[0], cache_length),
-          'cross_key': nn.with_logical_constraint(
-              _transformer.heads_first(keys).astype(cfg.dtype), CACHE_AXES),
-          'cross_value': nn.with_logical_constraint(
-              _transformer.heads_first(values).astype(cfg.dtype), CACHE_AXES),
-      }
-    return cache
+    return _transformer._cross_attention_cache(cfg, self.decoder_blocks, encoded, cache_length,
+                                               source_mask)
 
   def decode(
       self, tokens: jax.Array, positions: jax.Array, cache: dict[str, Any]

@@ -318,6 +318,24 @@ def _empty_cache(config: Any, batch_size: int, cache_length: int) -> dict[str, j
   }
 
 
+def _cross_attention_cache(config: Any, blocks: Any, encoded: jax.Array, cache_length: int,
+                           source_mask: Any) -> dict[str, Any]:
+  """An encoder-decoder's decoding cache: per decoder block, empty self-attention
+  keys and values of `cache_length` and the cross-attention keys and values of
+  `encoded`, computed once per source (``[batch, heads, source, kv]``)."""
+  cache = {'source_mask': source_mask}
+  for i, block in enumerate(blocks):
+    keys, values = block.cross_keys_values(encoded)
+    cache[f'layer_{i}'] = {
+        **_empty_cache(config, encoded.shape[0], cache_length),
+        'cross_key': nn.with_logical_constraint(
+            heads_first(keys).astype(config.dtype), CACHE_AXES),
+        'cross_value': nn.with_logical_constraint(
+            heads_first(values).astype(config.dtype), CACHE_AXES),
+    }
+  return cache
+
+
 def _check_cache_length(cache_length: int, max_length: int, max_name: str) -> None:
   if not isinstance(cache_length, (int, np.integer)) or not 0 < cache_length <= max_length:
     raise ValueError(
@@ -542,13 +560,17 @@ class _Block(nn.Module):
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """New tokens at ``positions`` against the layer's cache (no dropout)."""
     attended, self_cache = self.attention.decode(self.attention_norm(x), positions, cache)
+    return self._after_cached_attention(x, attended, cache, self_cache, memory_mask)
+
+  def _after_cached_attention(self, x, attended, cache, self_cache, memory_mask):
+    """The rest of a cached step: residual, cross-attention on the cached
+    source keys and values, MLP; the cache with the new self-attention entries."""
     x = self._residual(x, attended, False)
     new_cache = dict(cache, **self_cache)
     if self.cross:
       x = self._cross(x, cache['cross_key'], cache['cross_value'], memory_mask, False,
                       cached=True)
     return self._residual(x, self.mlp(self.mlp_norm(x)), False), new_cache
-
 
   def beam_decode(
       self, x: jax.Array, positions: jax.Array, cache: dict[str, jax.Array],
@@ -559,12 +581,7 @@ class _Block(nn.Module):
     per-source keys and values with the beams as its query axis."""
     attended, self_cache = self.attention.beam_decode(
         self.attention_norm(x), positions, cache, mask)
-    x = self._residual(x, attended, False)
-    new_cache = dict(cache, **self_cache)
-    if self.cross:
-      x = self._cross(x, cache['cross_key'], cache['cross_value'], memory_mask, False,
-                      cached=True)
-    return self._residual(x, self.mlp(self.mlp_norm(x)), False), new_cache
+    return self._after_cached_attention(x, attended, cache, self_cache, memory_mask)
 
 
 def _check_beam_inputs(tokens: jax.Array, positions: jax.Array, slots: jax.Array,

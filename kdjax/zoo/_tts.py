@@ -31,7 +31,6 @@ from kdjax import adapters
 from kdjax._outputs import Outputs
 from kdjax.zoo import _transformer
 from kdjax.zoo._seq2seq import _sinusoids
-from kdjax.zoo._transformer import CACHE_AXES
 
 #: Logical axis names of the speech models' parameters and activations: the
 #: Transformer's (``TRANSFORMER_LOGICAL_AXES``) plus ``'mel'``, ``'bins'`` and
@@ -572,17 +571,8 @@ class TransformerTTS(nn.Module):
     """
     cfg = self.config
     _transformer._check_cache_length(cache_length, cfg.max_frames, 'max_frames')
-    cache = {'source_mask': phoneme_mask}
-    for i, block in enumerate(self.decoder_blocks):
-      keys, values = block.cross_keys_values(encoded)
-      cache[f'layer_{i}'] = {
-          **_transformer._empty_cache(cfg, encoded.shape[0], cache_length),
-          'cross_key': nn.with_logical_constraint(
-              _transformer.heads_first(keys).astype(cfg.dtype), CACHE_AXES),
-          'cross_value': nn.with_logical_constraint(
-              _transformer.heads_first(values).astype(cfg.dtype), CACHE_AXES),
-      }
-    return cache
+    return _transformer._cross_attention_cache(cfg, self.decoder_blocks, encoded, cache_length,
+                                               phoneme_mask)
 
   def decode_step(self, frame: jax.Array, position: jax.Array, cache: dict[str, Any],
                   prenet_key: jax.Array | None = None
