@@ -73,6 +73,21 @@ def _seq_log_prob(logits_np, prompt, new):
   return float(sum(lp[len(prompt) - 1 + i, t] for i, t in enumerate(new)))
 
 
+def test_argmax_equals_jnp_argmax_with_ties_nan_and_inf():
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 4, (64, 37)).astype(np.float32)  # many ties
+  logits[3] = -np.inf
+  logits[4, [5, 9]] = np.nan
+  logits[5, 7] = np.inf
+  logits[6, [2, 30]] = np.inf
+  for fn in (gen._generate._argmax, jax.jit(gen._generate._argmax)):
+    got = fn(jnp.asarray(logits))
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, jnp.argmax(jnp.asarray(logits), axis=-1))
+    np.testing.assert_array_equal(fn(jnp.asarray(logits[:2].reshape(2, 1, 37))),
+                                  np.argmax(logits[:2], axis=-1)[:, None])
+
+
 def test_greedy_matches_python_loop_with_ragged_prompts():
   decoder, variables, logits_np = _toy()
   prompts = np.array([[1, 2, 3, 4], [3, 0, 0, 0], [2, 4, 0, 0]], np.int32)

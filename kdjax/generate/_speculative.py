@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from kdjax import _checks
 from kdjax.generate._decoder import Decoder
+from kdjax.generate._generate import _argmax
 from kdjax.generate._generate import _call_arguments
 from kdjax.generate._generate import _check_id
 from kdjax.generate._generate import _prefill
@@ -53,7 +54,7 @@ class SpeculativeGeneration:
 
 def _probs(logits: jax.Array, method) -> jax.Array:
   if isinstance(method, Greedy):
-    return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+    return jax.nn.one_hot(_argmax(logits), logits.shape[-1], dtype=jnp.float32)
   return jax.nn.softmax(warp_logits(logits, method), axis=-1)
 
 
@@ -144,7 +145,7 @@ def make_speculative_generate(
         logits, cache = draft.step(d_vars, tok[:, None], (length - 1 + i)[:, None], cache)
         q = _probs(logits[:, 0].astype(jnp.float32), method)
         if isinstance(method, Greedy):
-          nxt = jnp.argmax(q, axis=-1).astype(jnp.int32)
+          nxt = _argmax(q)
         else:
           nxt = jax.random.categorical(
               jax.random.fold_in(key_draft, i), jnp.log(q), axis=-1
@@ -179,7 +180,7 @@ def make_speculative_generate(
       mass = jnp.sum(residual, axis=-1, keepdims=True)
       residual = jnp.where(mass > 0, residual / jnp.where(mass > 0, mass, 1.0), p_k)
       if isinstance(method, Greedy):
-        fix = jnp.argmax(p_k, axis=-1).astype(jnp.int32)
+        fix = _argmax(p_k)
       else:
         fix = jax.random.categorical(key_fix, jnp.log(residual), axis=-1).astype(jnp.int32)
       padded = jnp.concatenate([proposals, jnp.zeros_like(proposals[:, :1])], axis=1)
