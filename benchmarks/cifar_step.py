@@ -837,7 +837,25 @@ def importlib_version(name: str) -> str:
     return '?'
 
 
+# Above this 1-minute load average (at the start or the end of a run) the
+# timings are not a result: runs at a load of 8-14 here were off by 2x and
+# reversed a conclusion.
+MAX_LOAD = 2.0
+
+
+def load_verdict(load_before: str, load_after: str) -> str | None:
+  """None when both 1-minute load averages are at most MAX_LOAD, else why not."""
+  first = lambda text: float(text.split(',')[0])
+  if max(first(load_before), first(load_after)) <= MAX_LOAD:
+    return None
+  return (f'NOT A RESULT: the 1-minute load average was {first(load_before):.2f} at the '
+          f'start and {first(load_after):.2f} at the end, above {MAX_LOAD}; other '
+          'processes shared the two cores, so these timings cannot be compared')
+
+
 def docs_section(results, setup: Setup, args, load_before: str) -> str:
+  load_after = ', '.join(f'{x:.2f}' for x in os.getloadavg())
+  invalid = load_verdict(load_before, load_after)
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
   parts = [f"""{SECTION}
 
@@ -868,8 +886,8 @@ processes on a shared machine).
 * Command: `{command_line()}` (under `nice`)
 * Date: {date}
 * JAX {jax.__version__}, Flax {importlib_version('flax')}, optax {optax.__version__}, backend {jax.default_backend()}, XLA_FLAGS `{os.environ.get('XLA_FLAGS') or '(none)'}`
-* Machine: {writers.environment()['machine']}; load average before the run {load_before}, after {', '.join(f'{x:.2f}' for x in os.getloadavg())}
-* Result: {'; '.join(verdicts(results['steps']))}
+* Machine: {writers.environment()['machine']}; load average before the run {load_before}, after {load_after}
+* Result: {invalid + '. Read as: ' if invalid else ''}{'; '.join(verdicts(results['steps']))}
 {variant_lines(results)}
 {step_table(results['steps'], setup)}
 
@@ -985,6 +1003,10 @@ def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
   load_before = ', '.join(f'{x:.2f}' for x in os.getloadavg())
   results = run(args)
+  if not args.phases_only:
+    invalid = load_verdict(load_before, ', '.join(f'{x:.2f}' for x in os.getloadavg()))
+    if invalid:
+      print(f'\n{invalid}.', flush=True)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(results, indent=1, default=str))
   if args.write_docs:

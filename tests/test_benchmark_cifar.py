@@ -146,3 +146,10 @@ def test_round_order_alternates_kdjax_and_hand():
       assert abs(i - j) == 1  # the pair runs back to back
       firsts.append(i < j)
   assert firsts == [True, True, False, False] * 2
+
+
+def test_load_verdict_marks_loaded_runs_as_not_a_result():
+  assert bench.load_verdict('0.50, 1.00, 1.00', '1.90, 1.00, 1.00') is None
+  for before, after in (('2.10, 0.1, 0.1', '0.5, 0.1, 0.1'), ('0.5, 0.1, 0.1', '9.0, 1, 1')):
+    verdict = bench.load_verdict(before, after)
+    assert verdict.startswith('NOT A RESULT') and str(bench.MAX_LOAD) in verdict
