@@ -171,6 +171,24 @@ class Runner:
     return variables, {**metrics, **experiment.score_test(trainer.evaluate, state)}
 
 
+def _best_on_validation(config, base, arrays, num_classes, runner: Runner, *, method: str,
+                        key: str, values, name: str, label: str, seed: int,
+                        teacher_variables) -> tuple[float, dict[str, float]]:
+  """Trains `method` once per value of the config entry `key` (on top of
+  `base`) and returns the value with the best validation accuracy and every
+  value's accuracy (keyed ``f'{value:g}'``)."""
+  scores = {}
+  for value in values:
+    exp = FontExperiment(variant(base, **{key: value}), arrays, num_classes)
+    trainer = exp.method_trainers(method)[0]
+    _, metrics = trainer.train(
+        exp.arrays['train'], seed=seed, teacher_variables=teacher_variables,
+        workdir=os.path.join(runner.workdir, 'select', f'{name}{value:g}'),
+        desc=f'select {label} {value:g}', config=_common.run_config(config, phase='select'))
+    scores[f'{value:g}'] = float(metrics['val/acc/student'])
+  return float(max(values, key=lambda v: scores[f'{v:g}'])), scores
+
+
 def select(config, arrays, num_classes, runner: Runner) -> dict[str, Any]:
   """The student's learning rate (labels only), then DKD's beta, on validation, on select.seed."""
   s = config.select
@@ -179,16 +197,10 @@ def select(config, arrays, num_classes, runner: Runner) -> dict[str, Any]:
   if s.fixed_learning_rate:
     lr = s.fixed_learning_rate
   else:
-    for lr in s.learning_rates:
-      exp = FontExperiment(variant(config, **{'student.train.learning_rate': lr}), arrays,
-                           num_classes)
-      trainer = exp.method_trainers('vanilla')[0]
-      _, metrics = trainer.train(
-          exp.arrays['train'], seed=student_seed, teacher_variables=None,
-          workdir=os.path.join(runner.workdir, 'select', f'vanilla_lr{lr:g}'),
-          desc=f'select lr {lr:g}', config=_common.run_config(config, phase='select'))
-      record['learning_rate'][f'{lr:g}'] = float(metrics['val/acc/student'])
-    lr = float(max(s.learning_rates, key=lambda v: record['learning_rate'][f'{v:g}']))
+    lr, record['learning_rate'] = _best_on_validation(
+        config, config, arrays, num_classes, runner, method='vanilla',
+        key='student.train.learning_rate', values=s.learning_rates, name='vanilla_lr',
+        label='lr', seed=student_seed, teacher_variables=None)
   record['chosen_learning_rate'] = lr
   if s.fixed_dkd_beta or 'dkd' not in config.methods:
     beta = s.fixed_dkd_beta or config.dkd.beta
@@ -196,15 +208,10 @@ def select(config, arrays, num_classes, runner: Runner) -> dict[str, Any]:
     base = variant(config, **{'student.train.learning_rate': lr})
     teacher_variables, _ = runner.teacher(FontExperiment(base, arrays, num_classes),
                                           phase='select/teacher', seed=seed)
-    for beta in s.dkd_betas:
-      exp = FontExperiment(variant(base, **{'dkd.beta': beta}), arrays, num_classes)
-      trainer = exp.method_trainers('dkd')[0]
-      _, metrics = trainer.train(
-          exp.arrays['train'], seed=student_seed, teacher_variables=teacher_variables,
-          workdir=os.path.join(runner.workdir, 'select', f'dkd_beta{beta:g}'),
-          desc=f'select dkd beta {beta:g}', config=_common.run_config(config, phase='select'))
-      record['dkd_beta'][f'{beta:g}'] = float(metrics['val/acc/student'])
-    beta = float(max(s.dkd_betas, key=lambda v: record['dkd_beta'][f'{v:g}']))
+    beta, record['dkd_beta'] = _best_on_validation(
+        config, base, arrays, num_classes, runner, method='dkd', key='dkd.beta',
+        values=s.dkd_betas, name='dkd_beta', label='dkd beta', seed=student_seed,
+        teacher_variables=teacher_variables)
   record['chosen_dkd_beta'] = beta
   return record
 

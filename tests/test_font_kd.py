@@ -163,3 +163,53 @@ def test_config_is_fair_and_rejects_a_reported_selection_seed():
                      match='select.seed'):
     config_lib.parse_args(['--config=experiments/configs/font_kd.py:cpu', '--workdir=/tmp/x',
                            '--config.select.seed=0'], schema=font_kd_configs.schema())
+
+
+def test_selection_picks_the_best_validation_value(monkeypatch, tmp_path):
+  """select() trains once per grid value, records each validation accuracy and
+  keeps the best (no training: the trainer is a stand-in scoring by value)."""
+  calls = []
+
+  class FakeTrainer:
+    def __init__(self, config, method):
+      self.config, self.method = config, method
+
+    def train(self, arrays, *, seed, teacher_variables, workdir, desc, config):
+      del arrays, config
+      lr, beta = self.config.student.train.learning_rate, self.config.dkd.beta
+      calls.append((self.method, lr, beta, seed, teacher_variables, workdir, desc))
+      score = ({0.01: 0.5, 0.1: 0.7, 1.0: 0.6}[lr] if self.method == 'vanilla'
+               else {1.0: 0.2, 2.0: 0.4, 4.0: 0.9, 8.0: 0.3}[beta])
+      return None, {'val/acc/student': score}
+
+  class FakeExperiment:
+    def __init__(self, config, arrays, num_classes):
+      self.config, self.arrays = config, {'train': arrays}
+
+    def method_trainers(self, method):
+      return [FakeTrainer(self.config, method)]
+
+  class FakeRunner:
+    workdir = str(tmp_path)
+
+    def teacher(self, exp, *, phase, seed):
+      return 'teacher-variables', None
+
+  monkeypatch.setattr(font_kd, 'FontExperiment', FakeExperiment)
+  config = font_kd_configs.get_config('cpu')
+  config.select.fixed_learning_rate = 0.0
+  config.select.fixed_dkd_beta = 0.0
+  config.select.learning_rates = (0.01, 0.1, 1.0)
+  config.select.dkd_betas = (1.0, 2.0, 4.0, 8.0)
+  record = font_kd.select(config, 'arrays', 10, FakeRunner())
+  assert record['learning_rate'] == {'0.01': 0.5, '0.1': 0.7, '1': 0.6}
+  assert record['chosen_learning_rate'] == 0.1
+  assert record['dkd_beta'] == {'1': 0.2, '2': 0.4, '4': 0.9, '8': 0.3}
+  assert record['chosen_dkd_beta'] == 4.0
+  vanilla = [c for c in calls if c[0] == 'vanilla']
+  dkd = [c for c in calls if c[0] == 'dkd']
+  assert [c[1] for c in vanilla] == [0.01, 0.1, 1.0] and all(c[4] is None for c in vanilla)
+  # DKD's betas are tried at the chosen learning rate, against the selection teacher.
+  assert {c[1] for c in dkd} == {0.1} and all(c[4] == 'teacher-variables' for c in dkd)
+  assert {c[3] for c in calls} == {config.select.seed + 1000}
+  assert vanilla[0][5].endswith('select/vanilla_lr0.01') and dkd[2][5].endswith('select/dkd_beta4')
