@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from kdjax import parallel
 from kdjax import zoo
+from kdjax.zoo import _bert as bert_module
 from zoo_variables import numpy_variables
 
 PARITY = pathlib.Path(__file__).parent / 'data' / 'minilm_parity.npz'
@@ -438,3 +439,17 @@ def test_minilm_round_trips_its_own_safetensors():
   for name, value in written.items():
     assert value.dtype == tensors[name].dtype, name
     np.testing.assert_array_equal(value, tensors[name], err_msg=name)
+
+
+def test_gelu_is_the_exact_gelu():
+  """BERT's erf form against the float64 definition, value and derivative."""
+  x = np.linspace(-12.0, 12.0, 4001, dtype=np.float32)
+  phi = np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x.astype(np.float64)])
+  want = x.astype(np.float64) * phi
+  dwant = phi + x.astype(np.float64) * np.exp(-0.5 * x.astype(np.float64)**2) / math.sqrt(
+      2.0 * math.pi)
+  got = np.asarray(bert_module.gelu(jnp.asarray(x)), np.float64)
+  np.testing.assert_allclose(got, want, rtol=0, atol=3e-6)
+  np.testing.assert_allclose(got, jax.nn.gelu(jnp.asarray(x), approximate=False), atol=3e-6)
+  grad = np.asarray(jax.vmap(jax.grad(bert_module.gelu))(jnp.asarray(x)), np.float64)
+  np.testing.assert_allclose(grad, dwant, rtol=0, atol=3e-6)

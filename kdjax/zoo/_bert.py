@@ -35,6 +35,19 @@ BERT_LOGICAL_AXES = TRANSFORMER_LOGICAL_AXES + ('token_type',)
 BERT_FEATURE_KINDS = ('hidden', 'projected', 'scores', 'attention', 'query', 'key', 'value')
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact GELU as BERT writes it, ``0.5 x (1 + erf(x / sqrt(2)))``.
+
+  Hendrycks and Gimpel, "Gaussian Error Linear Units (GELUs)", 2016; the
+  form of Google's BERT and of Hugging Face's ``BertModel`` (``gelu`` /
+  ``GELUActivation``). ``jax.nn.gelu(approximate=False)`` computes the same
+  function as ``0.5 x erfc(-x / sqrt(2))``, which XLA's CPU backend runs
+  about 3.4x slower on ``[32, 128, 1536]`` (two-branch erfc); the two agree
+  to about 1e-6, the float32 error of either against float64.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """The shape and options of a :class:`BertEncoder`.
@@ -197,7 +210,7 @@ class _BertLayer(nn.Module):
                        name='attention_out')(mixed)
     x = _layer_norm(cfg, 'attention_norm')(x + dropout(attended, deterministic=not train))
     inner = _Linear(cfg, (cfg.mlp_dim,), ('embed', 'mlp'), name='intermediate')(x)
-    inner = nn.with_logical_constraint(nn.gelu(inner, approximate=False),
+    inner = nn.with_logical_constraint(gelu(inner),
                                        ('batch', 'length', 'mlp'))
     out = _Linear(cfg, (cfg.hidden,), ('mlp', 'embed'), name='output')(inner)
     x = _layer_norm(cfg, 'output_norm')(x + dropout(out, deterministic=not train))
@@ -336,7 +349,7 @@ class BertEncoder(nn.Module):
     logits = None
     if cfg.mlm_head:
       y = _Linear(cfg, (cfg.hidden,), ('embed', None), name='mlm_transform')(x)
-      y = _layer_norm(cfg, 'mlm_norm')(nn.gelu(y, approximate=False))
+      y = _layer_norm(cfg, 'mlm_norm')(gelu(y))
       bias = _param(self, 'mlm_bias', nn.initializers.zeros, (cfg.vocab_size,), ('vocab',))
       logits = jnp.einsum('btd,vd->btv', y, word.astype(cfg.dtype),
                           preferred_element_type=jnp.float32) + bias.astype(jnp.float32)[None, None]
