@@ -101,8 +101,8 @@ tts-demo: $(STAMP)
 # a 6-layer BERT teacher pre-trained by masked LM on Debian prose, 3-layer
 # students (triple loss, its ablations, random init; pre-trained distillation),
 # all fine-tuned on the Debian Section task; 3 seeds. Builds the task and the
-# prose into runs/data/text on first use (apt: a Debian mirror once). About an
-# hour on 2 quiet cores (see experiments/configs/distilbert.py).
+# prose into runs/data/text on first use (apt: a Debian mirror once). About 80
+# minutes on 2 shared cores, measured (docs/encoders.md).
 bert-demo: $(STAMP)
 	$(BIN)/python -m experiments.distilbert --config=experiments/configs/distilbert.py:cpu --workdir=runs/distilbert_cpu
 	$(MAKE_RESULTS) --record runs/distilbert_cpu
