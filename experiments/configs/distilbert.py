@@ -24,8 +24,9 @@ make the masked-LM head the cost of every step at this width).
   fine-tuning are chosen on validation with the selection seed 100 (not
   reported); 3 reported seeds. Sizing: ``--config.sizing=True`` times one
   step of each stage and multiplies by the run's step counts; the numbers
-  and the estimate (about an hour of a quiet 2-core machine) are in
-  docs/encoders.md, "Cost". Command::
+  and the estimate (about an hour of a quiet 2-core machine; the recorded
+  run took about 80 minutes on shared cores) are in docs/encoders.md,
+  "Cost". Command::
 
       python -m experiments.distilbert --config=experiments/configs/distilbert.py:cpu \\
           --workdir=runs/distilbert_cpu
