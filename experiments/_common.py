@@ -285,7 +285,7 @@ def equivalence_verdict(diff: Mapping[str, Any], *, margin: float = 0.0) -> str:
 def claim(text: str, values: Sequence[float], baseline: Sequence[float] | None = None, *,
           test: str = '>', threshold: float = 0.0, scale: float = 1.0, unit: str = '',
           digits: int = 2, caveat: str | None = None,
-          confidence: float = CONFIDENCE) -> dict[str, Any]:
+          confidence: float = CONFIDENCE, over: str = 'seeds') -> dict[str, Any]:
   """One claim of a paper, judged from per-seed numbers.
 
   Args:
@@ -299,11 +299,14 @@ def claim(text: str, values: Sequence[float], baseline: Sequence[float] | None =
     caveat: why this run cannot test the claim whatever its numbers say
       (the verdict is still computed; the page then never says reproduced).
     confidence: the interval's level (:data:`CONFIDENCE`).
+    over: what the numbers are one per: ``'seeds'`` (the default), or e.g.
+      ``'timed rounds'`` for a speed measured several times in one run; the
+      table then names it beside the numbers.
 
   Returns:
     ``{'claim', 'test', 'threshold', 'difference'`` (the :func:`t_interval`
     record of the quantity), ``'paired', 'verdict', 'caveat', 'scale',
-    'unit', 'digits'}``.
+    'unit', 'digits', 'over'}``.
   """
   if baseline is None:
     stats = t_interval(values, confidence=confidence)
@@ -311,7 +314,7 @@ def claim(text: str, values: Sequence[float], baseline: Sequence[float] | None =
     stats = paired_difference(values, baseline, confidence=confidence)
   return {'claim': text, 'test': test, 'threshold': float(threshold), 'difference': stats,
           'paired': baseline is not None, 'verdict': judge(stats, test=test, threshold=threshold),
-          'caveat': caveat, 'scale': scale, 'unit': unit, 'digits': digits}
+          'caveat': caveat, 'scale': scale, 'unit': unit, 'digits': digits, 'over': over}
 
 
 def _number(c: Mapping[str, Any], value: float) -> str:
@@ -364,7 +367,9 @@ def claims_table(claims: Sequence[Mapping[str, Any]]) -> list[str]:
     unit = f" {c['unit']}" if c['unit'] else ''
     interval = (f"[{_number(c, d['ci'][0])}, {_number(c, d['ci'][1])}]"
                 if len(d['values']) > 1 else 'none (one seed)')
-    rows.append([c['claim'], ', '.join(_number(c, v) for v in d['values']),
+    over = c.get('over', 'seeds')
+    values = ', '.join(_number(c, v) for v in d['values'])
+    rows.append([c['claim'], values if over == 'seeds' else f'{over}: {values}',
                  f"{_number(c, d['mean'])}{unit} {interval}", _bound(c), c['verdict'],
                  outcome(c)])
   level = {100 * c['difference']['confidence'] for c in claims} or {100 * CONFIDENCE}

@@ -1025,6 +1025,7 @@ def claims(results: Mapping[str, Any]) -> list[dict[str, Any]]:
       out.append(_common.claim(
           'DistilBERT infers faster (teacher minus student seconds per round)',
           speed['seconds']['teacher'], speed['seconds']['student'], digits=4, unit='s',
+          over='timed rounds',
           caveat='measured at a load average above 2: not a result' if loaded else None))
     for variant, what in (('no_kd', 'the soft-target term'), ('no_mlm', 'the masked-LM term'),
                           ('no_cos', 'the cosine term'),

@@ -128,6 +128,14 @@ def test_claims_table_shows_every_seed_and_the_outcome():
   assert '95 %' in lines[0]
 
 
+def test_claims_table_names_numbers_that_are_not_per_seed():
+  c = _common.claim('faster', [1.6, 1.7, 1.5, 1.6, 1.6], over='timed rounds', digits=1)
+  row = _common.claims_table([c])[-1]
+  assert '| timed rounds: 1.6, 1.7, 1.5, 1.6, 1.6 |' in row and c['over'] == 'timed rounds'
+  seeds = _common.claims_table([_common.claim('x', [1.0, 2.0])])[-1]
+  assert 'seeds:' not in seeds and '| 1.00, 2.00 |' in seeds
+
+
 @pytest.mark.parametrize('kwargs,match', [
     ({'values': []}, 'non-empty list of finite numbers'),
     ({'values': [1.0, math.nan]}, 'finite'),
