@@ -12,10 +12,9 @@ WORKERS ?= 2
 # experiments/results/<name>.json): make_results keeps them, with a note
 # saying so, instead of failing. Every section is recorded now; add
 # `--keep NAME` here only for a section whose run is missing.
-# lm_distill_cpu, fastspeech2_cpu, tinybert_cpu: not run yet (hours on 2
-# cores; tinybert about one on a quiet machine); drop each once recorded.
-KEEP_UNRECORDED := --keep lm_distill_cpu --keep fastspeech2_cpu \
-    --keep tinybert_cpu
+# lm_distill_cpu, fastspeech2_cpu: not run yet (hours on 2 cores); drop each
+# once recorded.
+KEEP_UNRECORDED := --keep lm_distill_cpu --keep fastspeech2_cpu
 MAKE_RESULTS := $(BIN)/python -m experiments.make_results $(KEEP_UNRECORDED)
 
 $(STAMP): pyproject.toml
@@ -81,7 +80,7 @@ multilingual-demo: $(STAMP)
 # distillation on the prose, MLM word-replacement augmentation, task-specific
 # distillation; ablations and MiniLM's losses at equal budget, 3 seeds. Builds
 # the task and the prose (private apt state) into runs/data/text on first use.
-# About an hour on a quiet 2-core machine (docs/encoders.md).
+# About 52 minutes on 2 shared cores, measured (docs/encoders.md).
 tinybert-demo: $(STAMP)
 	test -f runs/data/text/debian_prose/manifest.json || $(BIN)/python -m kdjax.data.debian_text --out runs/data/text --prose
 	$(BIN)/python -m experiments.tinybert --config=experiments/configs/tinybert.py:cpu --workdir=runs/tinybert_cpu
