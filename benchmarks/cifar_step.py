@@ -837,25 +837,21 @@ def importlib_version(name: str) -> str:
     return '?'
 
 
-# Above this 1-minute load average (at the start or the end of a run) the
-# timings are not a result: runs at a load of 8-14 here were off by 2x and
-# reversed a conclusion.
+# Above this 1-minute load average, at the start or at the end of a run, the
+# timings are not a result (issue 12: "a benchmark run at a load average
+# above 2 is not a result").
 MAX_LOAD = 2.0
 
 
-def load_verdict(load_before: str, load_after: str) -> str | None:
-  """None when both 1-minute load averages are at most MAX_LOAD, else why not."""
-  first = lambda text: float(text.split(',')[0])
-  if max(first(load_before), first(load_after)) <= MAX_LOAD:
-    return None
-  return (f'NOT A RESULT: the 1-minute load average was {first(load_before):.2f} at the '
-          f'start and {first(load_after):.2f} at the end, above {MAX_LOAD}; other '
-          'processes shared the two cores, so these timings cannot be compared')
+def load_warning(loads) -> str | None:
+  """:func:`_docs.load_warning` of ``os.getloadavg()`` at the start and at
+  the end (`loads`), both held to MAX_LOAD."""
+  return _docs.load_warning(loads[0][0], loads[-1][0], max_start=MAX_LOAD, max_end=MAX_LOAD)
 
 
-def docs_section(results, setup: Setup, args, load_before: str) -> str:
-  load_after = ', '.join(f'{x:.2f}' for x in os.getloadavg())
-  invalid = load_verdict(load_before, load_after)
+def docs_section(results, setup: Setup, args, loads) -> str:
+  load_before, load_after = (', '.join(f'{x:.2f}' for x in load) for load in loads)
+  invalid = load_warning(loads)
   date = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
   parts = [f"""{SECTION}
 
@@ -1001,16 +997,16 @@ def run(args) -> dict[str, Any]:
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  load_before = ', '.join(f'{x:.2f}' for x in os.getloadavg())
+  loads = [os.getloadavg()]
   results = run(args)
-  if not args.phases_only:
-    invalid = load_verdict(load_before, ', '.join(f'{x:.2f}' for x in os.getloadavg()))
-    if invalid:
-      print(f'\n{invalid}.', flush=True)
+  loads.append(os.getloadavg())
+  invalid = None if args.phases_only else load_warning(loads)
+  if invalid:
+    print(f'\n{invalid}.', flush=True)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(results, indent=1, default=str))
   if args.write_docs:
-    write_docs(docs_section(results, make_setup(args), args, load_before))
+    write_docs(docs_section(results, make_setup(args), args, loads))
     print(f'\nwrote the "{SECTION}" section of {DOCS}')
   return results
 

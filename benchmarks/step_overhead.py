@@ -432,18 +432,11 @@ def command_line() -> str:
 
 
 def load_warning(loads) -> str | None:
-  """A sentence when the machine was too busy for the figures to count.
-
-  `loads` are ``os.getloadavg()`` at the start and at the end. The run's own
-  two XLA threads add about 2 to the load by its end, so the end is held
-  to ``MAX_LOAD + 2``.
-  """
-  start, end = loads[0][0], loads[-1][0]
-  if start <= MAX_LOAD and end <= MAX_LOAD + 2:
-    return None
-  return (f'the 1-minute load average was {start:.2f} at the start and {end:.2f} at '
-          f'the end (limits {MAX_LOAD} and {MAX_LOAD + 2}, the run itself adding '
-          'about 2): NOT A RESULT, rerun on a quiet machine')
+  """:func:`_docs.load_warning` of ``os.getloadavg()`` at the start and at the
+  end (`loads`). The run's own two XLA threads add about 2 to the load by
+  its end, so the end is held to ``MAX_LOAD + 2``."""
+  return _docs.load_warning(loads[0][0], loads[-1][0], max_start=MAX_LOAD,
+                            max_end=MAX_LOAD + 2)
 
 
 def docs_section(results, args, loads) -> str:

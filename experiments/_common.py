@@ -367,7 +367,7 @@ def claims_table(claims: Sequence[Mapping[str, Any]]) -> list[str]:
     unit = f" {c['unit']}" if c['unit'] else ''
     interval = (f"[{_number(c, d['ci'][0])}, {_number(c, d['ci'][1])}]"
                 if len(d['values']) > 1 else 'none (one seed)')
-    over = c.get('over', 'seeds')
+    over = c['over']
     values = ', '.join(_number(c, v) for v in d['values'])
     rows.append([c['claim'], values if over == 'seeds' else f'{over}: {values}',
                  f"{_number(c, d['mean'])}{unit} {interval}", _bound(c), c['verdict'],

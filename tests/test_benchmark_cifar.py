@@ -120,13 +120,15 @@ def test_docs_section_and_verdicts():
       'variants': {'broken': {'error': 'bad flag'}},
       'conv': {'XLA NHWC (lax)': {'fwd': 0.1, 'input_grad': 0.1, 'kernel_grad': 1.0}},
   }
-  text = bench.docs_section(results, TOY, args, '1.00, 1.00, 1.00')
-  assert text.startswith(bench.SECTION)
+  text = bench.docs_section(results, TOY, args, [(1.0, 1.0, 1.0), (1.0, 1.0, 1.0)])
+  assert text.startswith(bench.SECTION) and 'NOT A RESULT' not in text
   assert 'meets the goal of 1.02' in text
   assert 'spans the goal of 1.0: not resolved' in text
   assert '| kdjax/im2col | 100 | 40.0 |' in text  # 4 images / 0.1 s
   assert '| JAX im2col | 10 | 10 | 20 | 40 | 20 / 20 / 40 |' in text
   assert 'failed: bad flag' in text
+  loaded = bench.docs_section(results, TOY, args, [(1.0, 1.0, 1.0), (2.5, 1.0, 1.0)])
+  assert '* Result: NOT A RESULT' in loaded
 
 
 def test_bad_side_is_refused():
@@ -148,8 +150,15 @@ def test_round_order_alternates_kdjax_and_hand():
   assert firsts == [True, True, False, False] * 2
 
 
-def test_load_verdict_marks_loaded_runs_as_not_a_result():
-  assert bench.load_verdict('0.50, 1.00, 1.00', '1.90, 1.00, 1.00') is None
-  for before, after in (('2.10, 0.1, 0.1', '0.5, 0.1, 0.1'), ('0.5, 0.1, 0.1', '9.0, 1, 1')):
-    verdict = bench.load_verdict(before, after)
-    assert verdict.startswith('NOT A RESULT') and str(bench.MAX_LOAD) in verdict
+def test_load_warning_marks_loaded_runs_as_not_a_result():
+  assert bench.load_warning([(0.50, 1.0, 1.0), (1.90, 1.0, 1.0)]) is None
+  for loads in ([(2.10, 0.1, 0.1), (0.5, 0.1, 0.1)], [(0.5, 0.1, 0.1), (9.0, 1, 1)]):
+    warning = bench.load_warning(loads)
+    assert warning.startswith('NOT A RESULT') and f'{bench.MAX_LOAD:g}' in warning
+
+
+def test_shared_load_warning_limits_are_inclusive_and_separate():
+  warn = bench._docs.load_warning  # pylint: disable=protected-access
+  assert warn(2.0, 4.0, max_start=2.0, max_end=4.0) is None
+  assert warn(2.01, 0.0, max_start=2.0, max_end=4.0).startswith('NOT A RESULT')
+  assert '4.01 at the end (limits 2 and 4)' in warn(0.0, 4.01, max_start=2.0, max_end=4.0)

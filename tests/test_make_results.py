@@ -142,7 +142,7 @@ def test_every_recorded_claim_matches_an_independent_t_test():
   for name, results, claims in _recorded():
     for c in claims(results):
       d = c['difference']
-      if c.get('over', 'seeds') == 'seeds':  # else e.g. timed rounds of one run
+      if c['over'] == 'seeds':  # else e.g. timed rounds of one run
         assert len(d['values']) == len(results['config']['seeds']), (name, c['claim'])
       if len(d['values']) < 2:
         continue
