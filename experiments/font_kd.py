@@ -189,8 +189,22 @@ def _best_on_validation(config, base, arrays, num_classes, runner: Runner, *, me
   return float(max(values, key=lambda v: scores[f'{v:g}'])), scores
 
 
+def with_learning_rate(config: ml_collections.ConfigDict, lr: float) -> ml_collections.ConfigDict:
+  """`config` with the student's learning rate `lr`, and the teachers' too
+  when ``select.teachers_follow``."""
+  changes = {'student.train.learning_rate': lr}
+  if config.select.teachers_follow:
+    changes.update({'teacher.train.learning_rate': lr, 'teacher_b.train.learning_rate': lr})
+  return variant(config, **changes)
+
+
 def select(config, arrays, num_classes, runner: Runner) -> dict[str, Any]:
-  """The student's learning rate (labels only), then DKD's beta, on validation, on select.seed."""
+  """The student's learning rate (labels only), then DKD's beta, on validation, on select.seed.
+
+  With ``select.teachers_follow`` the chosen rate is also the teachers' (the
+  recipe has one learning rate, as in the CIFAR libraries), and DKD's
+  selection teacher is trained at it.
+  """
   s = config.select
   seed, student_seed = s.seed, s.seed + 1000
   record: dict[str, Any] = {'seed': seed, 'learning_rate': {}, 'dkd_beta': {}}
@@ -205,7 +219,7 @@ def select(config, arrays, num_classes, runner: Runner) -> dict[str, Any]:
   if s.fixed_dkd_beta or 'dkd' not in config.methods:
     beta = s.fixed_dkd_beta or config.dkd.beta
   else:
-    base = variant(config, **{'student.train.learning_rate': lr})
+    base = with_learning_rate(config, lr)
     teacher_variables, _ = runner.teacher(FontExperiment(base, arrays, num_classes),
                                           phase='select/teacher', seed=seed)
     beta, record['dkd_beta'] = _best_on_validation(
@@ -380,6 +394,62 @@ def teacher_gap(per_seed) -> dict[str, Any] | None:
                                    [r['vanilla']['test'] for r in per_seed])
 
 
+def param_count(spec: Mapping[str, Any], num_classes: int, image_size: int) -> int:
+  """Parameters of the zoo model `spec` (a recorded config's model entry), by shapes only."""
+  model = cifar_kd.make_backbone(ml_collections.ConfigDict(dict(spec)), num_classes, 'lax')
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  return cifar_kd.param_count(shapes)
+
+
+def describe(results: Mapping[str, Any]) -> str:
+  """What was trained, on what, and how each choice was made, from a run's record."""
+  config, selection = results['config'], results.get('selection') or {}
+  data, r = config['data'], config['student']['train']
+  size, classes = data['image_size'], 10 if data['name'] == 'digits' else 100
+
+  def model(key):
+    spec = config[key]
+    return (f"CIFAR ResNet-{spec['depth']} ({'-'.join(str(w) for w in spec['widths'])}, "
+            f"{param_count(spec, classes, size):,} parameters)")
+
+  lr_note = (f"chosen on validation from {', '.join(selection['learning_rate'])}"
+             if selection.get('learning_rate') else 'fixed')
+  beta_note = (f"chosen on validation from {', '.join(selection['dkd_beta'])}"
+               if selection.get('dkd_beta') else 'fixed')
+  fit = config['fitnets']
+  return (
+      f"{PAPER}. Data: `font_glyphs` (100 glyph classes rendered from Debian's font "
+      f"packages, train, validation and test fonts disjoint by family; docs/data.md), "
+      f"{results['num_train']:,} training, {results['num_val']:,} validation and "
+      f"{results['num_test']:,} test images, downsampled from 32x32 to {size}x{size}; training "
+      f"with random crops after {data['crop_padding']}-pixel padding. The test split is scored "
+      f"once, after each run; every choice was made on validation. Teacher A: "
+      f"{model('teacher')}; teacher B: {model('teacher_b')}; student: {model('student')}; "
+      f"FitNets' thin deep student: {model('thin_student')}. Every model trains "
+      f"{r['epochs']} epochs of SGD (momentum {r['momentum']:g}, weight decay "
+      f"{r['weight_decay']:g}, batch {r['batch_size']}, the learning rate divided by "
+      f"{1 / r['decay_rate']:g} at {', '.join(f'{f:g}' for f in r['decay_fractions'])} of the "
+      f"epochs) at learning rate {r['learning_rate']:g} for the students ({lr_note}, labels "
+      f"only, on seed {selection.get('seed', config['select']['seed'])}, not reported) and "
+      f"{config['teacher']['train']['learning_rate']:g} and "
+      f"{config['teacher_b']['train']['learning_rate']:g} for teachers A and B"
+      f"{' (following the choice)' if config['select'].get('teachers_follow') else ''}. "
+      f"Method weights: KD "
+      f"T = {config['kd']['temperature']:g} ({config['kd']['kd_weight']:g} KD + "
+      f"{config['kd']['ce_weight']:g} CE); DKD alpha = {config['dkd']['alpha']:g}, beta = "
+      f"{config['dkd']['beta']:g} ({beta_note} with the same number of runs); AT beta = "
+      f"{config['at']['weight']:g} (the published 1000 scaled by the maps' area); CRD weight "
+      f"{config['crd']['weight']:g}, {config['crd']['num_negatives']} negatives; FitNets "
+      f"{fit['stage1_epochs']} hint-only epochs then {r['epochs'] - fit['stage1_epochs']} of KD "
+      f"(equal total epochs), against the same thin student trained with the KD stage alone for "
+      f"all {r['epochs']} epochs; DML {config['dml']['num_students']} students, each against a "
+      f"labels-only student from its starting weights; multi-teacher KD from teachers A and B "
+      f"against KD from whichever single teacher gave the better student on validation. The "
+      f"students of one architecture start from the same weights in a seed (DML's students from "
+      f"their own, shared with their independent peers).")
+
+
 def format_tables(results: Mapping[str, Any]) -> str:
   """Per-seed test (validation) accuracy of every run, and the selection."""
   per_seed, seeds = results['per_seed'], results['config']['seeds']
@@ -430,8 +500,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   arrays, num_classes = load_arrays(config)
   runner = Runner(config, workdir)
   selection = select(config, arrays, num_classes, runner)
-  config = variant(config, **{'student.train.learning_rate': selection['chosen_learning_rate'],
-                              'dkd.beta': selection['chosen_dkd_beta']})
+  config = variant(with_learning_rate(config, selection['chosen_learning_rate']),
+                   **{'dkd.beta': selection['chosen_dkd_beta']})
   runner.config = config
   experiments = build(config, arrays, num_classes)
   per_seed, seconds = [], []
