@@ -199,13 +199,25 @@ def param_count(variables: Mapping[str, Any]) -> int:
 
 def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int,
                    epochs: int | None = None) -> optax.GradientTransformation:
-  """SGD with momentum, L2 weight decay added to the gradient (as PyTorch), step decay."""
+  """SGD with momentum, L2 weight decay added to the gradient (as PyTorch), step decay.
+
+  With ``recipe.warmup_epochs`` (absent or 0: none) the rate first rises
+  linearly from ``learning_rate / warmup steps`` to ``learning_rate`` over
+  that many epochs (Goyal et al. 2017, arXiv:1706.02677).
+  """
   epochs = recipe.epochs if epochs is None else epochs
   boundaries = {}
   for fraction in recipe.decay_fractions:
     step = int(round(fraction * epochs)) * steps_per_epoch
     boundaries[step] = boundaries.get(step, 1.0) * recipe.decay_rate
-  schedule = optax.piecewise_constant_schedule(recipe.learning_rate, boundaries)
+  decay = optax.piecewise_constant_schedule(recipe.learning_rate, boundaries)
+  warmup_steps = int(recipe.get('warmup_epochs', 0) * steps_per_epoch)
+  if warmup_steps > 0:
+    def schedule(step):
+      ramp = jnp.minimum((jnp.asarray(step, jnp.float32) + 1.0) / warmup_steps, 1.0)
+      return decay(step) * ramp
+  else:
+    schedule = decay
   return optax.chain(
       optax.add_decayed_weights(recipe.weight_decay),
       optax.sgd(schedule, momentum=recipe.momentum),

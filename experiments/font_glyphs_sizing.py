@@ -63,6 +63,7 @@ def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   c.teacher.train.epochs = c.student.train.epochs = args.epochs
   if args.learning_rate:
     c.teacher.train.learning_rate = c.student.train.learning_rate = args.learning_rate
+  c.teacher.train.warmup_epochs = c.student.train.warmup_epochs = args.warmup_epochs
   return c
 
 
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       help="kdjax.zoo.conv2d's implementation; im2col is about 3x faster here")
   parser.add_argument('--learning-rate', type=float, default=0.0,
                       help="both models' peak learning rate (0: the CIFAR recipe's 0.05)")
+  parser.add_argument('--warmup-epochs', type=float, default=0.0,
+                      help='linear learning-rate warm-up over this many epochs')
   parser.add_argument('--image-size', type=int, default=32,
                       help='downsample to this size by averaging blocks (font_kd.downsample)')
   args = parser.parse_args(argv)

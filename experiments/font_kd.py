@@ -189,22 +189,8 @@ def _best_on_validation(config, base, arrays, num_classes, runner: Runner, *, me
   return float(max(values, key=lambda v: scores[f'{v:g}'])), scores
 
 
-def with_learning_rate(config: ml_collections.ConfigDict, lr: float) -> ml_collections.ConfigDict:
-  """`config` with the student's learning rate `lr`, and the teachers' too
-  when ``select.teachers_follow``."""
-  changes = {'student.train.learning_rate': lr}
-  if config.select.teachers_follow:
-    changes.update({'teacher.train.learning_rate': lr, 'teacher_b.train.learning_rate': lr})
-  return variant(config, **changes)
-
-
 def select(config, arrays, num_classes, runner: Runner) -> dict[str, Any]:
-  """The student's learning rate (labels only), then DKD's beta, on validation, on select.seed.
-
-  With ``select.teachers_follow`` the chosen rate is also the teachers' (the
-  recipe has one learning rate, as in the CIFAR libraries), and DKD's
-  selection teacher is trained at it.
-  """
+  """The student's learning rate (labels only), then DKD's beta, on validation, on select.seed."""
   s = config.select
   seed, student_seed = s.seed, s.seed + 1000
   record: dict[str, Any] = {'seed': seed, 'learning_rate': {}, 'dkd_beta': {}}
@@ -219,7 +205,7 @@ def select(config, arrays, num_classes, runner: Runner) -> dict[str, Any]:
   if s.fixed_dkd_beta or 'dkd' not in config.methods:
     beta = s.fixed_dkd_beta or config.dkd.beta
   else:
-    base = with_learning_rate(config, lr)
+    base = variant(config, **{'student.train.learning_rate': lr})
     teacher_variables, _ = runner.teacher(FontExperiment(base, arrays, num_classes),
                                           phase='select/teacher', seed=seed)
     beta, record['dkd_beta'] = _best_on_validation(
@@ -433,8 +419,9 @@ def describe(results: Mapping[str, Any]) -> str:
       f"epochs) at learning rate {r['learning_rate']:g} for the students ({lr_note}, labels "
       f"only, on seed {selection.get('seed', config['select']['seed'])}, not reported) and "
       f"{config['teacher']['train']['learning_rate']:g} and "
-      f"{config['teacher_b']['train']['learning_rate']:g} for teachers A and B"
-      f"{' (following the choice)' if config['select'].get('teachers_follow') else ''}. "
+      f"{config['teacher_b']['train']['learning_rate']:g} for teachers A and B "
+      f"({config['teacher']['train']['epochs']} and {config['teacher_b']['train']['epochs']} "
+      f"epochs; chosen in the sizing, on seeds that are not reported). "
       f"Method weights: KD "
       f"T = {config['kd']['temperature']:g} ({config['kd']['kd_weight']:g} KD + "
       f"{config['kd']['ce_weight']:g} CE); DKD alpha = {config['dkd']['alpha']:g}, beta = "
@@ -500,8 +487,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   arrays, num_classes = load_arrays(config)
   runner = Runner(config, workdir)
   selection = select(config, arrays, num_classes, runner)
-  config = variant(with_learning_rate(config, selection['chosen_learning_rate']),
-                   **{'dkd.beta': selection['chosen_dkd_beta']})
+  config = variant(config, **{'student.train.learning_rate': selection['chosen_learning_rate'],
+                              'dkd.beta': selection['chosen_dkd_beta']})
   runner.config = config
   experiments = build(config, arrays, num_classes)
   per_seed, seconds = [], []

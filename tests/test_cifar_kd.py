@@ -225,6 +225,22 @@ def test_optimizer_is_step_decayed_sgd_with_l2_like_pytorch():
   np.testing.assert_allclose(updates['w'], -0.05 * 5e-4 * 2.0, rtol=1e-6)
 
 
+def test_optimizer_warms_up_linearly_then_decays_as_before():
+  recipe = cifar_kd_configs.get_config('cpu').student.train
+  recipe.update({'epochs': 8, 'momentum': 0.0, 'weight_decay': 0.0,
+                 'decay_fractions': (0.5, 0.75), 'decay_rate': 0.1, 'warmup_epochs': 1.5})
+  optimizer = cifar_kd.make_optimizer(recipe, steps_per_epoch=2)
+  params = {'w': jnp.zeros(())}
+  state = optimizer.init(params)
+  rates = []
+  for _ in range(16):
+    updates, state = optimizer.update({'w': jnp.ones(())}, state, params)
+    rates.append(-float(updates['w']))
+  # 1.5 epochs of 2 steps: 3 warm-up steps at 1/3, 2/3, 3/3 of the rate.
+  expected = [0.05 / 3, 0.1 / 3, 0.05] + [0.05] * 5 + [0.005] * 4 + [0.0005] * 4
+  np.testing.assert_allclose(rates, expected, rtol=1e-6)
+
+
 def test_dkd_weight_warms_up_linearly():
   config = cifar_kd_configs.get_config('cpu').dkd
   config.warmup_epochs = 3

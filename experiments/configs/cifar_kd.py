@@ -103,6 +103,8 @@ def _recipe(epochs: int, learning_rate: float) -> ml_collections.ConfigDict:
       # epochs: 150/240, 180/240, 210/240 in the libraries.
       'decay_fractions': (0.625, 0.75, 0.875),
       'decay_rate': 0.1,
+      # Linear learning-rate warm-up over this many epochs (0: none, as the libraries).
+      'warmup_epochs': 0.0,
   })
 
 
@@ -308,7 +310,8 @@ def schema() -> config_lib.Schema:
     bounds[f'{model}.widths'] = cl.positive(each=True)
     bounds.update(cl.bounds_under(f'{model}.train', cl.positive(),
                                   ('epochs', 'batch_size', 'learning_rate')))
-    bounds.update(cl.bounds_under(f'{model}.train', cl.nonnegative(), ('momentum', 'weight_decay')))
+    bounds.update(cl.bounds_under(f'{model}.train', cl.nonnegative(),
+                                  ('momentum', 'weight_decay', 'warmup_epochs')))
     bounds[f'{model}.train.decay_fractions'] = cl.Bound(low=0, high=1, low_open=True,
                                                         high_open=True, each=True)
   rules = (
