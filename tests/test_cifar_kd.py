@@ -204,10 +204,11 @@ def test_augment_crops_are_zero_filled_shifts_and_flips_mirror():
   np.testing.assert_array_equal(same, x)
 
 
-def test_optimizer_is_step_decayed_sgd_with_l2_like_pytorch():
+def _sgd_rates(**recipe_changes) -> list[float]:
+  """The learning rate of each of 16 steps (2 a epoch, 8 epochs, plain SGD) of the recipe."""
   recipe = cifar_kd_configs.get_config('cpu').student.train
   recipe.update({'epochs': 8, 'momentum': 0.0, 'weight_decay': 0.0,
-                 'decay_fractions': (0.5, 0.75), 'decay_rate': 0.1})
+                 'decay_fractions': (0.5, 0.75), 'decay_rate': 0.1, **recipe_changes})
   optimizer = cifar_kd.make_optimizer(recipe, steps_per_epoch=2)
   params = {'w': jnp.zeros(())}
   state = optimizer.init(params)
@@ -215,9 +216,14 @@ def test_optimizer_is_step_decayed_sgd_with_l2_like_pytorch():
   for _ in range(16):
     updates, state = optimizer.update({'w': jnp.ones(())}, state, params)
     rates.append(-float(updates['w']))
+  return rates
+
+
+def test_optimizer_is_step_decayed_sgd_with_l2_like_pytorch():
   # Boundaries at epochs 4 and 6 of 8, i.e. steps 8 and 12.
   expected = [0.05] * 8 + [0.005] * 4 + [0.0005] * 4
-  np.testing.assert_allclose(rates, expected, rtol=1e-6)
+  np.testing.assert_allclose(_sgd_rates(), expected, rtol=1e-6)
+  recipe = cifar_kd_configs.get_config('cpu').student.train
   recipe.update({'weight_decay': 5e-4, 'momentum': 0.9})
   optimizer = cifar_kd.make_optimizer(recipe, steps_per_epoch=2)
   params = {'w': jnp.full((3,), 2.0)}
@@ -226,19 +232,9 @@ def test_optimizer_is_step_decayed_sgd_with_l2_like_pytorch():
 
 
 def test_optimizer_warms_up_linearly_then_decays_as_before():
-  recipe = cifar_kd_configs.get_config('cpu').student.train
-  recipe.update({'epochs': 8, 'momentum': 0.0, 'weight_decay': 0.0,
-                 'decay_fractions': (0.5, 0.75), 'decay_rate': 0.1, 'warmup_epochs': 1.5})
-  optimizer = cifar_kd.make_optimizer(recipe, steps_per_epoch=2)
-  params = {'w': jnp.zeros(())}
-  state = optimizer.init(params)
-  rates = []
-  for _ in range(16):
-    updates, state = optimizer.update({'w': jnp.ones(())}, state, params)
-    rates.append(-float(updates['w']))
   # 1.5 epochs of 2 steps: 3 warm-up steps at 1/3, 2/3, 3/3 of the rate.
   expected = [0.05 / 3, 0.1 / 3, 0.05] + [0.05] * 5 + [0.005] * 4 + [0.0005] * 4
-  np.testing.assert_allclose(rates, expected, rtol=1e-6)
+  np.testing.assert_allclose(_sgd_rates(warmup_epochs=1.5), expected, rtol=1e-6)
 
 
 def test_dkd_weight_warms_up_linearly():

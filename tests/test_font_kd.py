@@ -64,7 +64,7 @@ def test_every_run_and_claim_is_recorded(build_dir, tmp_path):
     assert 0.0 <= per_seed[phase]['test'] <= 1.0 and 0.0 <= per_seed[phase]['val'] <= 1.0, phase
   assert per_seed['kd_best']['from'] in ('kd', 'kd_b')
   assert per_seed['kd_best']['test'] == per_seed[per_seed['kd_best']['from']]['test']
-  assert [v['claim'] for v in results['verdicts']] == [c for c, _, _ in font_kd.CLAIMS]
+  assert [v['claim'] for v in results['verdicts']] == [c[0] for c in font_kd.CLAIMS]
   for v in results['verdicts']:  # one seed: no interval, so never shown
     assert v['verdict'] == _common.WITHIN
     run, base = per_seed[v['run']]['test'], per_seed[v['baseline']]['test']
@@ -99,7 +99,11 @@ def test_labels_and_kd_smoke_run(build_dir, tmp_path):
   assert set(per_seed) == {'teacher', 'vanilla', 'kd'}
   assert results['config']['student']['train']['learning_rate'] == 0.1
   assert results['selection']['learning_rate'] == {}  # nothing was selected
-  (kd,) = results['verdicts']
+  gap, kd = results['verdicts']
+  assert (gap['run'], gap['baseline'], kd['run'], kd['baseline']) == (
+      'teacher', 'vanilla', 'kd', 'vanilla')
+  assert gap['difference']['values'] == pytest.approx(
+      [per_seed['teacher']['test'] - per_seed['vanilla']['test']])
   assert kd['difference']['values'] == pytest.approx(
       [per_seed['kd']['test'] - per_seed['vanilla']['test']])
   for phase in ('teacher', 'vanilla', 'kd'):
@@ -145,6 +149,16 @@ def test_verdicts_follow_the_paired_interval():
   assert font_kd.verdicts(worse)[0]['verdict'] == _common.CONTRADICTED
   mixed = [{'kd': {'test': 0.6 + d}, 'vanilla': {'test': 0.6}} for d in (-0.05, 0.0, 0.06)]
   assert font_kd.verdicts(mixed)[0]['verdict'] == _common.WITHIN
+
+
+def test_the_teacher_gap_is_judged_against_five_points():
+  # A 6-point gap on every seed clears 5; a 4-point gap on every seed is below it.
+  wide = [{'teacher': {'test': 0.66 + d}, 'vanilla': {'test': 0.60 + d}} for d in (0, .01, .02)]
+  (gap,) = font_kd.verdicts(wide)
+  assert gap['run'] == 'teacher' and gap['threshold'] == 0.05
+  assert gap['verdict'] == _common.SHOWN
+  narrow = [{'teacher': {'test': 0.64 + d}, 'vanilla': {'test': 0.60 + d}} for d in (0, .01, .02)]
+  assert font_kd.verdicts(narrow)[0]['verdict'] == _common.CONTRADICTED
 
 
 def test_config_is_fair_and_rejects_a_reported_selection_seed():
