@@ -90,8 +90,36 @@ def load_arrays(config: ml_collections.ConfigDict) -> tuple[dict[str, dict[str, 
   return arrays, data_lib.num_classes(source)
 
 
-def make_normalize(train_x: np.ndarray) -> Callable[[jax.Array], jax.Array]:
-  """Per-channel standardisation with the training split's mean and std."""
+NORMALIZATIONS = ('per_channel', 'per_image', 'gray_per_image')
+
+
+def make_normalize(train_x: np.ndarray,
+                   mode: str = 'per_channel') -> Callable[[jax.Array], jax.Array]:
+  """The models' input standardisation.
+
+  ``'per_channel'``: each channel by the training split's mean and std (the
+  CIFAR libraries). ``'per_image'``: each image by its own mean and std over
+  pixels and channels (``tf.image.per_image_standardization``), which takes
+  out an image's brightness and contrast. ``'gray_per_image'``: the mean of
+  the channels, then per image, repeated to the input's channels: for
+  images whose colours are random (font_glyphs), so the colour carries no
+  class information.
+  """
+  if mode not in NORMALIZATIONS:
+    raise ValueError(f'normalize must be one of {NORMALIZATIONS}, got {mode!r}')
+  if mode != 'per_channel':
+    channels = train_x.shape[-1]
+
+    def per_image(x):
+      if mode == 'gray_per_image':
+        x = jnp.repeat(jnp.mean(x, axis=-1, keepdims=True), channels, axis=-1)
+      axes = tuple(range(1, x.ndim))
+      mean = jnp.mean(x, axis=axes, keepdims=True)
+      # A flat image has std 0: floor it as TF does (1 / sqrt(pixels)).
+      floor = 1.0 / np.sqrt(np.prod(x.shape[1:]))
+      return (x - mean) / jnp.maximum(jnp.std(x, axis=axes, keepdims=True), floor)
+
+    return per_image
   axes = tuple(range(train_x.ndim - 1))
   mean = np.asarray(train_x.mean(axis=axes), np.float32).reshape((1,) * len(axes) + (-1,))
   std = np.asarray(train_x.std(axis=axes), np.float32).reshape((1,) * len(axes) + (-1,))
@@ -352,7 +380,8 @@ class Experiment:
   def __init__(self, config: ml_collections.ConfigDict, arrays, num_classes: int):
     self.config, self.arrays = config, arrays
     self.num_train = len(arrays['train']['label'])
-    self.normalize = make_normalize(arrays['train']['x'])
+    self.normalize = make_normalize(arrays['train']['x'],
+                                    config.data.get('normalize', 'per_channel'))
     self.augment = make_augment(config.data.crop_padding, config.data.flip)
     self.example = jnp.zeros((1,) + arrays['train']['x'].shape[1:], jnp.float32)
     self.evals = {'val': arrays['val'], 'test': arrays['test']}

@@ -57,6 +57,7 @@ def make_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   c.data.crop_padding = args.crop_padding
   c.data.flip = False
   c.conv_impl = args.conv_impl
+  c.data.normalize = args.normalize
   teacher, student = model_spec(args.teacher), model_spec(args.student)
   teacher.train, student.train = c.teacher.train, c.student.train
   c.teacher, c.student = teacher, student
@@ -101,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       help="kdjax.zoo.conv2d's implementation; im2col is about 3x faster here")
   parser.add_argument('--learning-rate', type=float, default=0.0,
                       help="both models' peak learning rate (0: the CIFAR recipe's 0.05)")
+  parser.add_argument('--normalize', default='per_channel',
+                      choices=('per_channel', 'per_image', 'gray_per_image'),
+                      help="the models' input standardisation (cifar_kd.make_normalize)")
   parser.add_argument('--warmup-epochs', type=float, default=0.0,
                       help='linear learning-rate warm-up over this many epochs')
   parser.add_argument('--image-size', type=int, default=32,

@@ -204,6 +204,28 @@ def test_augment_crops_are_zero_filled_shifts_and_flips_mirror():
   np.testing.assert_array_equal(same, x)
 
 
+def test_per_image_normalizations_match_numpy():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(4, 5, 5, 3)).astype(np.float32)
+  per_image = np.asarray(cifar_kd.make_normalize(x, 'per_image')(jnp.asarray(x)))
+  expected = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(per_image, expected, rtol=1e-4, atol=1e-5)
+  gray = np.asarray(cifar_kd.make_normalize(x, 'gray_per_image')(jnp.asarray(x)))
+  g = x.mean(axis=-1, keepdims=True)
+  g = (g - g.mean(axis=(1, 2, 3), keepdims=True)) / g.std(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(gray, np.repeat(g, 3, axis=-1), rtol=1e-4, atol=1e-5)
+  # Colour carries nothing: the channels permuted give the same input.
+  np.testing.assert_allclose(
+      np.asarray(cifar_kd.make_normalize(x, 'gray_per_image')(jnp.asarray(x[..., ::-1]))), gray,
+      rtol=1e-5, atol=1e-6)
+  flat = np.full((1, 5, 5, 3), 0.5, np.float32)  # std 0: floored, no NaN
+  assert np.all(np.asarray(cifar_kd.make_normalize(x, 'per_image')(jnp.asarray(flat))) == 0)
+  per_channel = np.asarray(cifar_kd.make_normalize(x)(jnp.asarray(x)))
+  np.testing.assert_allclose(per_channel.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+  with pytest.raises(ValueError, match='normalize must be one of'):
+    cifar_kd.make_normalize(x, 'per_row')
+
+
 def _sgd_rates(**recipe_changes) -> list[float]:
   """The learning rate of each of 16 steps (2 a epoch, 8 epochs, plain SGD) of the recipe."""
   recipe = cifar_kd_configs.get_config('cpu').student.train

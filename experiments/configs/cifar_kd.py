@@ -126,6 +126,9 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   # horizontal flips (not for digits).
   c.data.crop_padding = 1
   c.data.flip = False
+  # The models' input standardisation: 'per_channel' (the libraries),
+  # 'per_image' or 'gray_per_image' (see experiments.cifar_kd.make_normalize).
+  c.data.normalize = 'per_channel'
 
   c.teacher = _model('CifarResNet', depth=14, widths=(16, 16, 32, 64))
   c.teacher.train = _recipe(epochs=12, learning_rate=0.05)
@@ -272,6 +275,7 @@ def schema() -> config_lib.Schema:
       'conv_impl': cl.one_of('lax', 'im2col'),
       'data.name': cl.one_of('digits', 'cifar100', 'cifar10'),
       'data.crop_padding': cl.nonnegative(),
+      'data.normalize': cl.one_of('per_channel', 'per_image', 'gray_per_image'),
       'num_teachers': cl.positive(),
       'fitnets.regressor_kernel': cl.positive(),
       'fitnets.stage1_epochs': cl.nonnegative(),
