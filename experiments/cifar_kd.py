@@ -229,7 +229,7 @@ def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int,
                    epochs: int | None = None) -> optax.GradientTransformation:
   """SGD with momentum, L2 weight decay added to the gradient (as PyTorch), step decay.
 
-  With ``recipe.warmup_epochs`` (absent or 0: none) the rate first rises
+  With ``recipe.warmup_epochs`` > 0 the rate first rises
   linearly from ``learning_rate / warmup steps`` to ``learning_rate`` over
   that many epochs (Goyal et al. 2017, arXiv:1706.02677).
   """
@@ -239,7 +239,7 @@ def make_optimizer(recipe: ml_collections.ConfigDict, steps_per_epoch: int,
     step = int(round(fraction * epochs)) * steps_per_epoch
     boundaries[step] = boundaries.get(step, 1.0) * recipe.decay_rate
   decay = optax.piecewise_constant_schedule(recipe.learning_rate, boundaries)
-  warmup_steps = int(recipe.get('warmup_epochs', 0) * steps_per_epoch)
+  warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
   if warmup_steps > 0:
     def schedule(step):
       ramp = jnp.minimum((jnp.asarray(step, jnp.float32) + 1.0) / warmup_steps, 1.0)
@@ -380,8 +380,7 @@ class Experiment:
   def __init__(self, config: ml_collections.ConfigDict, arrays, num_classes: int):
     self.config, self.arrays = config, arrays
     self.num_train = len(arrays['train']['label'])
-    self.normalize = make_normalize(arrays['train']['x'],
-                                    config.data.get('normalize', 'per_channel'))
+    self.normalize = make_normalize(arrays['train']['x'], config.data.normalize)
     self.augment = make_augment(config.data.crop_padding, config.data.flip)
     self.example = jnp.zeros((1,) + arrays['train']['x'].shape[1:], jnp.float32)
     self.evals = {'val': arrays['val'], 'test': arrays['test']}

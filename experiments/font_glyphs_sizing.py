@@ -102,8 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       help="kdjax.zoo.conv2d's implementation; im2col is about 3x faster here")
   parser.add_argument('--learning-rate', type=float, default=0.0,
                       help="both models' peak learning rate (0: the CIFAR recipe's 0.05)")
-  parser.add_argument('--normalize', default='per_channel',
-                      choices=('per_channel', 'per_image', 'gray_per_image'),
+  parser.add_argument('--normalize', default='per_channel', choices=cifar_kd.NORMALIZATIONS,
                       help="the models' input standardisation (cifar_kd.make_normalize)")
   parser.add_argument('--warmup-epochs', type=float, default=0.0,
                       help='linear learning-rate warm-up over this many epochs')
