@@ -35,6 +35,13 @@ from kdjax import step as step_lib
 MODULE = 'experiments.font_kd'
 PAPER = ('The CIFAR-100 KD methods of RepDistiller (Tian, Krishnan & Isola 2020) and mdistiller '
          '(Zhao et al. 2022) on the font_glyphs benchmark')
+# How describe() names each of cifar_kd.NORMALIZATIONS.
+NORMALIZE_TEXT = {
+    'per_channel': "per colour channel with the training set's statistics (the libraries' way)",
+    'per_image': 'per image (each image to zero mean and unit variance)',
+    'gray_per_image': ('in grey per image (the colours, random here, averaged out, then each '
+                       'image to zero mean and unit variance)'),
+}
 # (claim, run, baseline[, threshold]): each verdict is on the per-seed test
 # accuracy of run - baseline, claimed above the threshold (0 unless given).
 CLAIMS = (
@@ -408,19 +415,23 @@ def describe(results: Mapping[str, Any]) -> str:
   beta_note = (f"chosen on validation from {', '.join(selection['dkd_beta'])}"
                if selection.get('dkd_beta') else 'fixed')
   fit = config['fitnets']
+  warmup_epochs = r.get('warmup_epochs', 0)
+  warmup = (f"; a linear warm-up of the learning rate over the first {warmup_epochs:g} "
+            f"epoch{'s' if warmup_epochs != 1 else ''}" if warmup_epochs else '')
   return (
       f"{PAPER}. Data: `font_glyphs` (100 glyph classes rendered from Debian's font "
       f"packages, train, validation and test fonts disjoint by family; docs/data.md), "
       f"{results['num_train']:,} training, {results['num_val']:,} validation and "
       f"{results['num_test']:,} test images, downsampled from 32x32 to {size}x{size}; training "
-      f"with random crops after {data['crop_padding']}-pixel padding. The test split is scored "
+      f"with random crops after {data['crop_padding']}-pixel padding; inputs standardised "
+      f"{NORMALIZE_TEXT[data.get('normalize', 'per_channel')]}. The test split is scored "
       f"once, after each run; every choice was made on validation. Teacher A: "
       f"{model('teacher')}; teacher B: {model('teacher_b')}; student: {model('student')}; "
       f"FitNets' thin deep student: {model('thin_student')}. Every model trains "
       f"{r['epochs']} epochs of SGD (momentum {r['momentum']:g}, weight decay "
       f"{r['weight_decay']:g}, batch {r['batch_size']}, the learning rate divided by "
       f"{1 / r['decay_rate']:g} at {', '.join(f'{f:g}' for f in r['decay_fractions'])} of the "
-      f"epochs) at learning rate {r['learning_rate']:g} for the students ({lr_note}, labels "
+      f"epochs{warmup}) at learning rate {r['learning_rate']:g} for the students ({lr_note}, labels "
       f"only, on seed {selection.get('seed', config['select']['seed'])}, not reported) and "
       f"{config['teacher']['train']['learning_rate']:g} and "
       f"{config['teacher_b']['train']['learning_rate']:g} for teachers A and B "

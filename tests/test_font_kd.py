@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import _common
+from experiments import cifar_kd
 from experiments import font_kd
 from experiments.configs import font_kd as font_kd_configs
 from kdjax import config as config_lib
@@ -115,6 +116,15 @@ def test_labels_and_kd_smoke_run(build_dir, tmp_path):
   assert 'gradcam_agreement' not in per_seed['teacher']
   assert (workdir / 'gradcam.png').exists()
   assert 'Grad-CAM++ agreement with the teacher' in font_kd.format_tables(results)
+  # The description names the standardisation and warm-up the run used.
+  text = font_kd.describe(results)
+  data, recipe = results['config']['data'], results['config']['student']['train']
+  assert font_kd.NORMALIZE_TEXT[data['normalize']] in text
+  assert ('warm-up' in text) == (recipe['warmup_epochs'] > 0)
+
+
+def test_every_normalization_is_described():
+  assert set(font_kd.NORMALIZE_TEXT) == set(cifar_kd.NORMALIZATIONS)
 
 
 def test_map_agreement_upsamples_the_coarser_maps():
