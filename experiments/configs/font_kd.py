@@ -78,15 +78,22 @@ image to zero mean and unit variance) brought four inits of the student
 (seeds 200-203, learning rate 0.05) to 40.2-43.9 %, and teacher A keeps
 13-15 points over the student under it (docs/data.md).
 
+The run with it (12cfb34, 3 seeds): labels-only students from nine inits
+56.8-62.9 % on test, the teacher +10.2 [+6.1, +14.4] points over them. The
+selection chose 0.4, the grid's top, on a plateau (54.15 % against 53.75 %
+at 0.2); four unreported inits (seeds 200-203) at 0.4 score 52.2-56.7 % on
+validation, at 0.2 52.8-55.6 % (docs/data.md).
+
 Cost: an epoch of 10,000 images takes 2.8 s wall for the student, 3.3 s
 for its KD step (the student's step and teacher A's forward), 8.2 s for
 teacher A, 6.0 s for teacher B and the thin student. Estimated whole run:
 about 900 s a seed (teachers 230, the five ResNet-8 students 200, teacher
 B's KD and the multi-teacher 95, DML and its independent peers 140, the
 thin student twice 170, evaluation) and 500 s of selection: about 55
-minutes on two idle cores. The earlier sizing with ``conv_impl = 'lax'``
-and a ResNet-14 16-16-32-64 teacher (117 CPU-s an epoch) put a run at
-2.4 hours.
+minutes on two idle cores; measured: 3,770 s with 4,096 CRD negatives
+(146 s a seed for CRD), about 3,720 s with 1,024 (81 s). The earlier
+sizing with ``conv_impl = 'lax'`` and a ResNet-14 16-16-32-64 teacher (117
+CPU-s an epoch) put a run at 2.4 hours.
 """
 
 import ml_collections
