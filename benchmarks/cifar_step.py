@@ -11,6 +11,9 @@ one SGD step with momentum 0.9 (no weight decay), all on the CPU:
   and ``step.make_train_step``, ``jax.jit(..., donate_argnums=0)``.
 * hand: one ``jax.jit`` function on the same linen modules, with the loss
   written inline, ``jax.value_and_grad`` and the optax update.
+* kdjax+xla: the kdjax step jitted with
+  ``compiler_options=zoo.cpu_conv_compiler_options()`` (XLA's own
+  convolutions instead of YNNPACK's; nothing global is set).
 * torch: the same architectures in PyTorch (NCHW, transcribed from
   RepDistiller's ``models/resnet.py``) and the step written as PyTorch KD
   libraries write it: teacher in ``eval()`` under ``torch.no_grad()``,
@@ -93,7 +96,9 @@ from kdjax import zoo  # pylint: disable=wrong-import-position
 DOCS = ROOT / 'docs' / 'performance.md'
 SECTION = '## CIFAR KD train step'
 GOAL_HAND = 1.02
-JAX_SIDES = ('kdjax', 'hand')
+# kdjax+xla: the kdjax step jitted with zoo.cpu_conv_compiler_options()
+# (per-jit XLA options that leave convolutions to XLA instead of YNNPACK).
+JAX_SIDES = ('kdjax', 'hand', 'kdjax+xla')
 PHASES = ('teacher_fwd', 'student_fwd', 'student_bwd')
 
 
@@ -194,7 +199,7 @@ def kd_loss_inline(setup: Setup, student_logits, teacher_logits, labels):
   return setup.kd_weight * jnp.mean(kl) + setup.ce_weight * jnp.mean(ce)
 
 
-def make_kdjax_step(setup: Setup, conv_impl: str):
+def make_kdjax_step(setup: Setup, conv_impl: str, compiler_options=None):
   teacher, student = jax_models(setup, conv_impl)
   objective = objective_lib.Objective(
       terms={
@@ -206,7 +211,7 @@ def make_kdjax_step(setup: Setup, conv_impl: str):
   step = step_lib.make_train_step(
       adapters.from_linen(student), adapters.from_linen(teacher), objective,
       optimizer(setup))
-  return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
 
 
 def make_hand_step(setup: Setup, conv_impl: str):
@@ -265,8 +270,9 @@ class JaxRunner:
     self.teacher = _fresh(data['teacher'])
     student = _fresh(data['student'])
     tx = optimizer(setup)
-    if side == 'kdjax':
-      self.fn = make_kdjax_step(setup, conv_impl)
+    if side.startswith('kdjax'):
+      options = zoo.cpu_conv_compiler_options() if side == 'kdjax+xla' else None
+      self.fn = make_kdjax_step(setup, conv_impl, options)
       self.state = step_lib.init_train_state(student, tx)
     else:
       self.fn = make_hand_step(setup, conv_impl)
@@ -275,7 +281,7 @@ class JaxRunner:
 
   def run(self, k: int = 1) -> None:
     for _ in range(k):
-      if self.side == 'kdjax':
+      if self.side.startswith('kdjax'):
         self.state, metrics = self.fn(self.state, self.teacher, self.batch)
         self.loss = metrics['loss/total'][0]
       else:
@@ -284,11 +290,11 @@ class JaxRunner:
     jax.block_until_ready((self.state, self.loss))
 
   def params(self):
-    return self.state.params if self.side == 'kdjax' else self.state[0]
+    return self.state.params if self.side.startswith('kdjax') else self.state[0]
 
   def flops(self) -> float:
     """XLA's flop count of the lowered step (tracing only, no compile)."""
-    args = (self.state,) if self.side == 'kdjax' else tuple(self.state)
+    args = (self.state,) if self.side.startswith('kdjax') else tuple(self.state)
     try:
       cost = self.fn.lower(*args, self.teacher, self.batch).cost_analysis()
     except Exception:  # pylint: disable=broad-except
@@ -472,8 +478,10 @@ def check_first_step(runners: dict[str, Any], torch_runner) -> dict[str, float]:
   for name, runner in runners.items():
     first[name] = float(runner.loss)
   for name, runner in runners.items():
-    other = runners.get(name.replace('kdjax/', 'hand/'))
-    if runner.side != 'kdjax' or other is None:
+    # kdjax against hand; kdjax under the compiler options against kdjax.
+    reference = {'kdjax': 'hand', 'kdjax+xla': 'kdjax'}.get(runner.side)
+    other = runners.get(name.replace(f'{runner.side}/', f'{reference}/')) if reference else None
+    if other is None:
       continue
     np.testing.assert_allclose(first[name], first[other.name], rtol=1e-5,
                                err_msg=f'{name} and {other.name}: first losses differ')
@@ -537,7 +545,8 @@ def measure_steps(setup: Setup, data, args) -> dict[str, Any]:
       'ratios': {},
   }
   for impl in args.impls:
-    pairs = [(f'kdjax/{impl}', f'hand/{impl}'), (f'kdjax/{impl}', 'torch')]
+    pairs = [(f'kdjax/{impl}', f'hand/{impl}'), (f'kdjax/{impl}', 'torch'),
+             (f'kdjax+xla/{impl}', 'torch'), (f'kdjax+xla/{impl}', f'kdjax/{impl}')]
     for num, den in pairs:
       if num in times and den in times:
         for clock, col in (('wall', 0), ('cpu', 1)):
@@ -806,6 +815,9 @@ def verdicts(result) -> list[str]:
   for name, (mid, low, high) in result['ratios'].items():
     if not name.endswith('(wall)'):
       continue
+    if '/ kdjax' in name:  # the options' speed-up, no goal
+      words.append(f'{name.replace(" (wall)", "")}: {mid:.3f}')
+      continue
     goal = GOAL_HAND if '/ hand' in name else 1.0
     if high <= goal:
       word = f'meets the goal of {goal}'
@@ -862,14 +874,18 @@ loss {setup.ce_weight} x CE + {setup.kd_weight} x T² KL at T = {setup.temperatu
 SGD (lr {setup.learning_rate}, momentum {setup.momentum}, no weight decay).
 *kdjax* is `adapters.from_linen` + `objective.Objective` (`supervised`,
 `distill(losses.kl_divergence)`) + `step.make_train_step` under
-`jax.jit(..., donate_argnums=0)`; *hand* is one hand-written `jax.jit`
+`jax.jit(..., donate_argnums=0)`; *kdjax+xla* is the same under
+`jax.jit(..., compiler_options=zoo.cpu_conv_compiler_options())`
+({', '.join(f'`{k}={v}`' for k, v in zoo.cpu_conv_compiler_options().items()) or 'none on this backend'}:
+per-jit options that leave the convolutions to XLA instead of YNNPACK); *hand* is one hand-written `jax.jit`
 function on the same linen modules; *torch* is the same architectures in
 PyTorch {importlib_version('torch')} (NCHW) with the step as RepDistiller writes it (teacher
 `eval()` under `no_grad`, student forward, CE + KD, `backward`, `SGD.step`),
 `torch.set_num_threads({args.threads})`. `lax` and `im2col` are the zoo's `conv_impl`
 (`im2col` computes the kernel gradient as matrix products of shifted inputs).
-All sides start from the same weights; kdjax and hand were checked to give
-the same first loss and parameters, torch the same first loss
+All sides start from the same weights; kdjax and hand (and kdjax+xla and
+kdjax) were checked to give the same first loss and parameters, torch the
+same first loss
 (JAX {results['steps']['first_loss'].get(f'kdjax/{args.impls[0]}', float('nan')):.5f},
 torch {results['steps']['first_loss'].get('torch', float('nan')):.5f}).
 After {args.warmup} warm-up step(s), each of {args.repeats} rounds times {args.steps}
@@ -929,8 +945,8 @@ def parse_args(argv=None):
                       help="comma-separated conv_impl values of the JAX steps")
   parser.add_argument('--phase-impls', default=None,
                       help='conv_impl values of the phase split (default: --impls)')
-  parser.add_argument('--sides', default='kdjax,hand,torch',
-                      help='comma-separated sides to time: kdjax, hand, torch')
+  parser.add_argument('--sides', default='kdjax,hand,kdjax+xla,torch',
+                      help='comma-separated sides to time: kdjax, hand, kdjax+xla, torch')
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--toy', action='store_true',
                       help='tiny models and 8x8 images (for tests)')
@@ -955,7 +971,7 @@ def parse_args(argv=None):
   args.phase_impls = ([s for s in args.phase_impls.split(',') if s]
                       if args.phase_impls is not None else args.impls)
   args.sides = [s for s in args.sides.split(',') if s]
-  unknown = sorted(set(args.sides) - {'kdjax', 'hand', 'torch'})
+  unknown = sorted(set(args.sides) - {*JAX_SIDES, 'torch'})
   if unknown:
     parser.error(f'--sides: unknown {unknown}')
   return args

@@ -163,3 +163,32 @@ def test_every_convolution_of_a_model_takes_the_switch():
   assert count('im2col', 'custom_vjp_call') == 1 + 3 * 4
   assert count('lax', 'custom_vjp_call') == 0
   assert count('lax', 'conv_general_dilated') == 1 + 3 * 4
+
+
+def test_cpu_conv_compiler_options_keep_values_and_leave_convolutions_to_xla():
+  """The per-jit options change which library runs the ops, not what they compute."""
+  assert zoo.cpu_conv_compiler_options('gpu') == {} == zoo.cpu_conv_compiler_options('tpu')
+  options = zoo.cpu_conv_compiler_options('cpu')
+  assert 'INDIVIDUAL_CONVOLUTION' not in ''.join(options.values())
+  x, w = _inputs(4, 6, (3, 3), 1)
+
+  def loss(x, w):
+    y = zoo.conv2d(x, w, padding='SAME')
+    return jnp.sum(jnp.tanh(y) * (y - jnp.mean(y, axis=(0, 1, 2), keepdims=True)))
+
+  fn = jax.value_and_grad(loss, argnums=(0, 1))
+  plain = jax.jit(fn)(x, w)
+  tuned = jax.jit(fn, compiler_options=options)(x, w)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(tuned)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-5, atol=2e-5)
+  # Compiled (not run) at a size XLA hands to YNNPACK by default: with the
+  # options the convolution stays XLA's own op.
+  x, w = jnp.zeros((8, 16, 16, 32)), jnp.zeros((3, 3, 32, 32))
+  conv = lambda x, w: zoo.conv2d(x, w, padding='SAME')
+
+  def entry(**kwargs):
+    text = jax.jit(conv, **kwargs).lower(x, w).compile().as_text()
+    return text[text.index('ENTRY'):]
+
+  assert ' convolution(' in entry(compiler_options=options)
+  assert ' convolution(' not in entry() and 'ynn' in entry()  # what the options change

@@ -4,6 +4,7 @@ from kdjax.zoo._cifar import CIFAR_MODELS
 from kdjax.zoo._cifar import cifar_model
 from kdjax.zoo._conv import Conv
 from kdjax.zoo._conv import conv2d
+from kdjax.zoo._conv import cpu_conv_compiler_options
 from kdjax.zoo._features import expose_feature
 from kdjax.zoo._mobilenetv2 import MobileNetV2
 from kdjax.zoo._mobilenetv2 import mobile_half

@@ -157,6 +157,48 @@ def conv2d(
   return _im2col_conv(x, kernel, strides, pads, groups)
 
 
+# XLA:CPU's YNNPACK library fusions: which op kinds it hands to YNNPACK.
+_YNN_FUSION_TYPE = 'xla_cpu_experimental_ynn_fusion_type'
+# Everything XLA:CPU's default gives YNNPACK (individual dots, reductions)
+# except the convolutions: XLA's own convolutions are the fast ones here.
+CPU_CONV_FUSION_TYPES = ('LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT', 'LIBRARY_FUSION_TYPE_REDUCE')
+
+
+def cpu_conv_compiler_options(backend: str | None = None) -> dict[str, str]:
+  """Per-jit XLA options for convolutional networks on CPU (``{}`` elsewhere).
+
+  JAX 0.10's XLA:CPU hands convolutions to YNNPACK by default (the
+  ``LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`` library fusion, alongside
+  individual dots and reductions). On the 2-core Xeon these docs were
+  measured on, those convolutions were 2 to 4 times slower than XLA's own:
+  a 3x3, 64->64 convolution at 32x32, batch 64, took 37 / 35 / 139 ms
+  (forward / input gradient / kernel gradient) by default and 21 / 20 /
+  38 ms with these options, and the CIFAR KD step of
+  ``benchmarks/cifar_step.py`` (``lax`` convolutions) 0.69 times the time
+  (docs/performance.md).
+  The options keep YNNPACK for dots and reductions (dropping the
+  reductions too made BatchNorm's statistics in training mode slower
+  than the default) and leave convolutions to XLA.
+
+  They are compiler options of one ``jax.jit``, not global flags: pass
+  them as ``jax.jit(step, compiler_options=cpu_conv_compiler_options())``;
+  nothing is set at import. The values computed are the same (the ops are
+  the same; only the library that runs them changes).
+
+  Args:
+    backend: the platform the function will be compiled for; default
+      ``jax.default_backend()``.
+
+  Returns:
+    ``{'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,
+    LIBRARY_FUSION_TYPE_REDUCE'}`` for ``'cpu'``, else ``{}``.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if backend != 'cpu':
+    return {}
+  return {_YNN_FUSION_TYPE: ','.join(CPU_CONV_FUSION_TYPES)}
+
+
 def torch_conv_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32):
   """He normal on fan-out, ``N(0, 2 / (kh * kw * out))``, as the CIFAR zoo's PyTorch code."""
   fan_out = shape[0] * shape[1] * shape[-1]
