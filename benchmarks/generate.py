@@ -483,6 +483,10 @@ def parse_args(argv=None):
     args.draft_hidden, args.draft_heads, args.draft_mlp = 16, 2, 32
     args.draft_steps, args.draft_batch, args.draft_data = 2, 4, 4
   args.batch_sizes = [int(b) for b in args.batches.split(',')]
+  for name in ('repeats', 'recompute_repeats'):
+    # Every system is timed at least once: its tokens are also the checks'.
+    if getattr(args, name) < 1:
+      parser.error(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
   if args.hf and not hf_available():
     print('torch/transformers not installed: skipping the HF columns', flush=True)
     args.hf = False

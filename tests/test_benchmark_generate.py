@@ -6,6 +6,8 @@ Without torch/transformers the HF columns are skipped and the rest still runs.
 import pathlib
 import sys
 
+import pytest
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'benchmarks'))
 
 import generate as generate_bench  # noqa: E402
@@ -32,3 +34,9 @@ def test_quick_run_checks_tokens_and_writes_the_section(tmp_path):
     assert 0.0 <= spec['acceptance'] <= 1.0 and spec['tokens_per_call'] >= 1.0
   text = docs.read_text()
   assert '## Other\n\nkept' in text and '## Generation' in text and 'Not a result' in text
+
+
+def test_zero_repeats_is_a_clear_error(capsys):
+  with pytest.raises(SystemExit):
+    generate_bench.parse_args(['--recompute-repeats', '0'])
+  assert '--recompute-repeats must be at least 1, got 0' in capsys.readouterr().err
