@@ -270,7 +270,8 @@ class JaxRunner:
     self.teacher = _fresh(data['teacher'])
     student = _fresh(data['student'])
     tx = optimizer(setup)
-    if side.startswith('kdjax'):
+    self.kdjax = side.startswith('kdjax')  # kdjax or kdjax+xla: a TrainState
+    if self.kdjax:
       options = zoo.cpu_conv_compiler_options() if side == 'kdjax+xla' else None
       self.fn = make_kdjax_step(setup, conv_impl, options)
       self.state = step_lib.init_train_state(student, tx)
@@ -281,7 +282,7 @@ class JaxRunner:
 
   def run(self, k: int = 1) -> None:
     for _ in range(k):
-      if self.side.startswith('kdjax'):
+      if self.kdjax:
         self.state, metrics = self.fn(self.state, self.teacher, self.batch)
         self.loss = metrics['loss/total'][0]
       else:
@@ -290,11 +291,11 @@ class JaxRunner:
     jax.block_until_ready((self.state, self.loss))
 
   def params(self):
-    return self.state.params if self.side.startswith('kdjax') else self.state[0]
+    return self.state.params if self.kdjax else self.state[0]
 
   def flops(self) -> float:
     """XLA's flop count of the lowered step (tracing only, no compile)."""
-    args = (self.state,) if self.side.startswith('kdjax') else tuple(self.state)
+    args = (self.state,) if self.kdjax else tuple(self.state)
     try:
       cost = self.fn.lower(*args, self.teacher, self.batch).cost_analysis()
     except Exception:  # pylint: disable=broad-except

@@ -90,7 +90,7 @@ def load_arrays(config: ml_collections.ConfigDict) -> tuple[dict[str, dict[str, 
   return arrays, data_lib.num_classes(source)
 
 
-NORMALIZATIONS = ('per_channel', 'per_image', 'gray_per_image')
+NORMALIZATIONS = cifar_kd_configs.NORMALIZATIONS
 
 
 def make_normalize(train_x: np.ndarray,

@@ -415,7 +415,7 @@ def describe(results: Mapping[str, Any]) -> str:
   beta_note = (f"chosen on validation from {', '.join(selection['dkd_beta'])}"
                if selection.get('dkd_beta') else 'fixed')
   fit = config['fitnets']
-  warmup_epochs = r.get('warmup_epochs', 0)
+  warmup_epochs = r['warmup_epochs']
   warmup = (f"; a linear warm-up of the learning rate over the first {warmup_epochs:g} "
             f"epoch{'s' if warmup_epochs != 1 else ''}" if warmup_epochs else '')
   return (
@@ -424,7 +424,7 @@ def describe(results: Mapping[str, Any]) -> str:
       f"{results['num_train']:,} training, {results['num_val']:,} validation and "
       f"{results['num_test']:,} test images, downsampled from 32x32 to {size}x{size}; training "
       f"with random crops after {data['crop_padding']}-pixel padding; inputs standardised "
-      f"{NORMALIZE_TEXT[data.get('normalize', 'per_channel')]}. The test split is scored "
+      f"{NORMALIZE_TEXT[data['normalize']]}. The test split is scored "
       f"once, after each run; every choice was made on validation. Teacher A: "
       f"{model('teacher')}; teacher B: {model('teacher_b')}; student: {model('student')}; "
       f"FitNets' thin deep student: {model('thin_student')}. Every model trains "

@@ -85,6 +85,8 @@ FULL_PAIRS = {
 # Students trained at learning rate 0.01 in both libraries.
 LOW_LR_STUDENTS = ('MobileNetV2', 'ShuffleV1', 'ShuffleV2')
 METHODS = ('vanilla', 'kd', 'fitnets', 'at', 'dkd', 'crd', 'dml', 'multi_teacher')
+# data.normalize: the models' input standardisation (experiments.cifar_kd.make_normalize).
+NORMALIZATIONS = ('per_channel', 'per_image', 'gray_per_image')
 
 
 def _model(name: str, depth: int = 0, widths: tuple[int, ...] = ()) -> ml_collections.ConfigDict:
@@ -275,7 +277,7 @@ def schema() -> config_lib.Schema:
       'conv_impl': cl.one_of('lax', 'im2col'),
       'data.name': cl.one_of('digits', 'cifar100', 'cifar10'),
       'data.crop_padding': cl.nonnegative(),
-      'data.normalize': cl.one_of('per_channel', 'per_image', 'gray_per_image'),
+      'data.normalize': cl.one_of(*NORMALIZATIONS),
       'num_teachers': cl.positive(),
       'fitnets.regressor_kernel': cl.positive(),
       'fitnets.stage1_epochs': cl.nonnegative(),
