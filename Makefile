@@ -118,7 +118,7 @@ cifar-demo: $(STAMP)
 # rate and DKD's beta tuned on validation with one budget, FitNets on a thin
 # deep student, DML against independent peers, multi-teacher against the
 # better single teacher; 3 seeds, paired verdicts, the test split scored once.
-# 63 minutes on 2 idle cores, measured (docs/data.md).
+# About 62 minutes on 2 idle cores, measured (docs/data.md).
 font-demo: $(STAMP)
 	test -f runs/data/fonts/font_glyphs/1.0.0/dataset_info.json || $(BIN)/python -m kdjax.data.fonts --out runs/data/fonts
 	$(BIN)/python -m experiments.font_kd --config=experiments/configs/font_kd.py:cpu --workdir=runs/font_kd_cpu
