@@ -16,6 +16,8 @@ prints the tables.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import json
+import logging
 import os
 import sys
 import time
@@ -504,11 +506,42 @@ def format_tables(results: Mapping[str, Any]) -> str:
     mean = {p: float(np.mean([s[p] for s in phase_seconds if p in s])) for p in phase_seconds[0]}
     lines += ['', 'Wall seconds per seed (mean over seeds, compilation included): '
               + ', '.join(f'{p} {t:.0f}' for p, t in mean.items()) + '.']
+  resumed = results.get('resumed')
+  if resumed:
+    commit = (resumed.get('commit') or 'unknown')[:7]
+    lines += ['', f"Seeds {', '.join(str(s) for s in resumed['seeds'])} were trained by an earlier "
+              f"run (commit {commit}, {resumed['wall_seconds']:.0f} s) and restored here from "
+              f"their checkpoints, with the same accuracies; their wall seconds are the earlier "
+              f"run's, and the wall time counts both runs."]
   return '\n'.join(lines)
 
 
 # ----------------------------------------------------------------------------
 # Driver.
+
+
+def earlier_seeds(workdir: str) -> dict[Any, Any]:
+  """What an earlier run recorded in ``<workdir>/results.json``, to add seeds to it.
+
+  Returns ``{seed: {'accuracies', 'seconds'}}`` for each seed it finished,
+  with ``'wall_seconds'`` and ``'commit'`` (its provenance), or ``{}`` when
+  there is no such file. A rerun with more seeds restores the finished runs
+  from their checkpoints (the config that identifies them must be the same,
+  or the checkpoints are refused) and trains only the new seeds.
+  """
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    results = json.load(f)
+  seconds = results.get('phase_seconds') or [{} for _ in results['per_seed']]
+  out: dict[Any, Any] = {
+      seed: {'accuracies': accuracies, 'seconds': timings}
+      for seed, accuracies, timings in zip(results['config']['seeds'], results['per_seed'], seconds)}
+  # A run that was itself resumed already counts the time before it.
+  out['wall_seconds'] = results['wall_seconds']
+  out['commit'] = results.get('provenance', {}).get('git', {}).get('commit')
+  return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -524,19 +557,34 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                               'dkd.beta': selection['chosen_dkd_beta']})
   runner.config = config
   experiments = build(config, arrays, num_classes)
-  per_seed, seconds = [], []
+  earlier = earlier_seeds(workdir)
+  per_seed, seconds, restored = [], [], []
   results = {}
   for seed in config.seeds:
     accuracies, timings = run_seed(config, experiments, runner, seed)
+    if seed in earlier:
+      if accuracies == earlier[seed]['accuracies']:
+        # The same runs (restored from their checkpoints): their training
+        # time is the one measured when they were trained.
+        timings = earlier[seed]['seconds']
+        restored.append(seed)
+      else:
+        logging.warning('seed %d: the accuracies differ from those the earlier results.json in '
+                        '%s recorded; keeping the new ones', seed, workdir)
     per_seed.append(accuracies)
     seconds.append(timings)
+    resumed = {}
+    if restored:
+      resumed = {'seeds': restored, 'wall_seconds': earlier['wall_seconds'],
+                 'commit': earlier['commit']}
     results = {
         'paper': PAPER, 'config': {**config.to_dict(), 'seeds': list(config.seeds)[:len(per_seed)]},
         'num_train': int(len(arrays['train']['label'])), 'num_val': int(len(arrays['val']['label'])),
         'num_test': int(len(arrays['test']['label'])), 'selection': selection,
         'per_seed': per_seed, 'phase_seconds': seconds,
         'teacher_gap': teacher_gap(per_seed), 'verdicts': verdicts(per_seed),
-        'wall_seconds': time.time() - start, 'finished': time.time(),
+        'wall_seconds': time.time() - start + resumed.get('wall_seconds', 0.0),
+        'finished': time.time(), **({'resumed': resumed} if resumed else {}),
     }
     results = _common.write_results(results, workdir, config, command)
   return results

@@ -237,3 +237,37 @@ def test_selection_picks_the_best_validation_value(monkeypatch, tmp_path):
   assert {c[1] for c in dkd} == {0.1} and all(c[4] == 'teacher-variables' for c in dkd)
   assert {c[3] for c in calls} == {config.select.seed + 1000}
   assert vanilla[0][5].endswith('select/vanilla_lr0.01') and dkd[2][5].endswith('select/dkd_beta4')
+
+
+def test_more_seeds_resume_the_earlier_ones(build_dir, tmp_path):
+  """A rerun with one more seed restores the finished seed (same numbers, its recorded timings)."""
+  workdir = tmp_path / 'run'
+  args = _tiny_args(build_dir, workdir) + [
+      "--config.methods=('vanilla',)", '--config.select.fixed_learning_rate=0.1',
+      '--config.select.fixed_dkd_beta=4.0']
+  font_kd.main(args)
+  first = json.loads((workdir / 'results.json').read_text())
+  assert 'resumed' not in first
+  font_kd.main(args + ['--config.seeds=(0, 1)'])
+  second = json.loads((workdir / 'results.json').read_text())
+  assert second['config']['seeds'] == [0, 1]
+  assert second['per_seed'][0] == first['per_seed'][0]
+  assert second['phase_seconds'][0] == first['phase_seconds'][0]
+  assert second['resumed'] == {'seeds': [0], 'wall_seconds': first['wall_seconds'],
+                               'commit': first['provenance']['git']['commit']}
+  assert second['wall_seconds'] > first['wall_seconds']
+  # Seed 1 was trained (it has its own runs); seed 0 was not trained again.
+  assert (workdir / 'vanilla' / 'seed1001' / 'checkpoints').is_dir()
+  logged = (workdir / 'vanilla' / 'seed1000' / 'metrics.jsonl').read_text().splitlines()
+  assert len([l for l in logged if json.loads(l).get('split') == 'train']) == len(
+      [l for l in (workdir / 'vanilla' / 'seed1001' / 'metrics.jsonl').read_text().splitlines()
+       if json.loads(l).get('split') == 'train'])
+  assert 'restored here from their checkpoints' in font_kd.format_tables(second)
+  # Accuracies that differ from the earlier file are kept, with their own timings, not merged.
+  earlier = json.loads((workdir / 'results.json').read_text())
+  earlier['per_seed'][0]['vanilla']['test'] += 0.5
+  (workdir / 'results.json').write_text(json.dumps(earlier))
+  font_kd.main(args)
+  third = json.loads((workdir / 'results.json').read_text())
+  assert 'resumed' not in third
+  assert third['per_seed'][0] == first['per_seed'][0]
