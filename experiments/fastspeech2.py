@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import functools
+import json
 import os
 import shutil
 import sys
@@ -505,19 +506,104 @@ def evaluate_student(student: Student, variables, arrays, stats, batch_size: int
 # Training.
 
 
+# Config entries that change neither what a teacher nor what a student
+# trains: a checkpoint stays valid when they change (so an ``alignment.only``
+# run's teacher is the full run's).
+_NOT_TRAINING = {'alignment': ('only', 'eval_every', 'head', 'extraction', 'stop_threshold',
+                               'generate_batch_size', 'usable_within_one'),
+                 'eval': None}
+# What a teacher's training does not read either.
+_NOT_TEACHER = ('student', 'seeds', 'variants')
+SECONDS_FILE = 'train_seconds.json'
+
+
+def run_identity(config: ml_collections.ConfigDict, *, teacher: bool, **run: Any) -> dict:
+  """What identifies a training run for its checkpoints (:func:`experiments._common.run_config`),
+  less the entries it does not read: how the alignment is read and scored,
+  the evaluation, and for a teacher the students' settings."""
+  c = config.to_dict()
+  for section, keys in _NOT_TRAINING.items():
+    if keys is None:
+      c.pop(section, None)
+    else:
+      c[section] = {k: v for k, v in c[section].items() if k not in keys}
+  if teacher:
+    for key in _NOT_TEACHER:
+      c.pop(key, None)
+  return _common.run_config(ml_collections.ConfigDict(c), **run)
+
+
 def train_model(model, arrays, *, seed: int, workdir: str, desc: str, config,
-                run: Mapping[str, Any], objective) -> tuple[Any, float]:
-  """Trains (or resumes) `model` on `arrays`; returns its variables and training seconds."""
+                run: Mapping[str, Any], objective, evaluate_fn=None,
+                eval_every: int = 0) -> tuple[Any, float]:
+  """Trains (or resumes) `model` on `arrays`; returns its variables and training seconds.
+
+  The seconds are summed over every process that trained the run (kept in
+  ``<workdir>/train_seconds.json``), so a run restored from its checkpoint
+  reports the time it took to train, not the time to restore it.
+  `evaluate_fn(state)`, when given, is logged every `eval_every` epochs and
+  after the last.
+  """
   recipe = config.teacher if isinstance(model, Teacher) else config.student
   train_step = step_lib.make_train_step(model.apply, None, objective, model.optimizer)
-  trainer = _common.Trainer(train_step, model.init, lambda state: {}, epochs=recipe.epochs,
-                            batch_size=recipe.batch_size, eval_every=recipe.epochs,
-                            save_every=recipe.epochs, progress=config.progress)
+  evaluating = [0.0]  # seconds spent in evaluate_fn, not counted as training
+
+  def evaluate(state):
+    if evaluate_fn is None:
+      return {}
+    started = time.time()
+    out = evaluate_fn(state)
+    evaluating[0] += time.time() - started
+    return out
+
+  trainer = _common.Trainer(train_step, model.init, evaluate,
+                            epochs=recipe.epochs, batch_size=recipe.batch_size,
+                            eval_every=eval_every or recipe.epochs,
+                            save_every=recipe.epochs, progress=config.progress,
+                            final_evaluate_fn=lambda state: {})
+  path = os.path.join(workdir, SECONDS_FILE)
+  earlier = {'seconds': 0.0, 'lives': 0}
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      earlier = json.load(f)
   tick = time.time()
-  state, _ = trainer.train(jax.device_put(dict(arrays)), seed=seed, teacher_variables=None,
-                           workdir=workdir, desc=desc,
-                           config=_common.run_config(config, **run))
-  return state.variables, time.time() - tick
+
+  def record(finished_step):
+    out = {'seconds': earlier['seconds'] + time.time() - tick - evaluating[0],
+           'lives': earlier['lives'] + 1, 'finished_step': finished_step}
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(out, f)
+    os.replace(path + '.tmp', path)
+    return out['seconds']
+
+  try:
+    state, _ = trainer.train(jax.device_put(dict(arrays)), seed=seed, teacher_variables=None,
+                             workdir=workdir, desc=desc,
+                             config=run_identity(config, teacher=isinstance(model, Teacher),
+                                                 **run))
+  except BaseException:  # a stopped life's time counts when the run resumes
+    if os.path.isdir(workdir):
+      record(None)
+    raise
+  step = int(jax.device_get(state.step))
+  if earlier.get('finished_step') == step:  # restored a finished run: its recorded time
+    return state.variables, float(earlier['seconds'])
+  return state.variables, record(step)
+
+
+def alignment_progress(teacher: 'Teacher', arrays, batch_size: int):
+  """``evaluate(state)``: the teacher's validation alignment as scalars to log during training."""
+
+  def evaluate(state) -> dict[str, float]:
+    v = teacher.alignment(state.variables, arrays, batch_size)
+    rule = v['fastspeech_rule']
+    return {'val/duration_mae': v['duration_mae'], 'val/within_one': v['within_one'],
+            'val/fastspeech_rule_mae': rule['mae'],
+            'val/fastspeech_rule_within_one': rule['within_one'],
+            'val/best_focus_rate': float(np.max(v['focus_rate'])),
+            'val/mel_l1_forced': v['mel_l1_forced']}
+
+  return evaluate
 
 
 # ----------------------------------------------------------------------------
@@ -635,7 +721,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
           workdir=os.path.join(workdir, f'teacher_r{r}_g{weight:g}'),
           desc=f'teacher r={r} g={weight:g}', config=config,
           run={'phase': 'teacher', 'r': int(r), 'guided': float(weight)},
-          objective=teacher_objective(config, float(weight)))
+          objective=teacher_objective(config, float(weight)),
+          evaluate_fn=(alignment_progress(teacher, arrays['val'], eval_batch)
+                       if config.alignment.eval_every else None),
+          eval_every=config.alignment.eval_every)
       validation = teacher.alignment(variables, arrays['val'], eval_batch)
       candidates.append({'r': int(r), 'guided_weight': float(weight), 'position_rate': rate,
                          'seconds': seconds,

@@ -124,9 +124,27 @@ def test_every_config_is_valid_and_bad_values_are_named():
 
 def test_smoke_run_one_step_per_variant(tmp_path):
   workdir = tmp_path / 'fastspeech2_smoke'
-  fs2.main(['--config=experiments/configs/fastspeech2.py:smoke', f'--workdir={workdir}',
-            f'--config.data.chunk_files={REPO / "tests" / "data" / "speech_sample.npz"}'])
+  args = ['--config=experiments/configs/fastspeech2.py:smoke', f'--workdir={workdir}',
+          f'--config.data.chunk_files={REPO / "tests" / "data" / "speech_sample.npz"}']
+  # The teacher alone first, its alignment logged during training ...
+  fs2.main(args + ['--config.alignment.only=True', '--config.alignment.eval_every=1',
+                   '--config.student.hidden=8'])
+  teacher_dir = workdir / 'teacher_r3_g10'
+  logged = [json.loads(l) for l in (teacher_dir / 'metrics.jsonl').read_text().splitlines()]
+  (progress,) = [l for l in logged if l['split'] == 'eval']
+  (candidate,) = json.loads((workdir / 'results.json').read_text())['candidates']
+  assert progress['val/duration_mae'] == pytest.approx(candidate['validation']['duration_mae'])
+  recorded = json.loads((teacher_dir / fs2.SECONDS_FILE).read_text())
+  assert recorded['lives'] == 1 and recorded['finished_step'] == candidate['steps']
+  assert 0 < recorded['seconds'] == pytest.approx(candidate['seconds'])
+  # ... then the whole run in the same workdir: the teacher is restored (how
+  # the alignment is measured and the students' settings are not its
+  # identity), with the time it took to train.
+  fs2.main(args)
+  assert json.loads((teacher_dir / fs2.SECONDS_FILE).read_text()) == recorded
+  assert len((teacher_dir / 'metrics.jsonl').read_text().splitlines()) == len(logged)
   results = json.loads((workdir / 'results.json').read_text())
+  assert results['times']['teacher_training'] == pytest.approx(recorded['seconds'])
   assert set(results['per_seed'][0]) == {'gt', 'distilled', 'fastspeech2'}
   for variant, metrics in results['per_seed'][0].items():
     assert metrics['steps'] == 1, variant

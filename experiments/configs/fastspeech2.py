@@ -100,6 +100,9 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   # Train and measure the teacher candidates only (the alignment
   # investigation), no generation, no students.
   c.alignment.only = False
+  # Also measure the alignment on validation every this many teacher epochs
+  # (logged to the teacher's metrics.jsonl); 0: only after training.
+  c.alignment.eval_every = 0
 
   c.student = ml_collections.ConfigDict({
       'hidden': 64, 'num_heads': 2, 'encoder_layers': 2, 'decoder_layers': 2,
@@ -186,6 +189,7 @@ def schema() -> config_lib.Schema:
       'alignment.extraction': cl.one_of('monotonic', 'argmax'),
       'alignment.generate_batch_size': cl.positive(),
       'alignment.usable_within_one': cl.unit_interval(),
+      'alignment.eval_every': cl.nonnegative(),
       'eval.batch_size': cl.positive(),
       'eval.samples': cl.nonnegative(),
       'eval.griffin_lim_iterations': cl.positive(),
