@@ -51,6 +51,7 @@ import scipy.fft
 from experiments import _common
 from experiments.configs import fastspeech2 as fs2_configs
 from kdjax import data as data_lib
+from kdjax import loop
 from kdjax import objective as objective_lib
 from kdjax import step as step_lib
 from kdjax import zoo
@@ -581,7 +582,7 @@ def train_model(model, arrays, *, seed: int, workdir: str, desc: str, config,
                              workdir=workdir, desc=desc,
                              config=run_identity(config, teacher=isinstance(model, Teacher),
                                                  **run))
-  except BaseException:  # a stopped life's time counts when the run resumes
+  except (loop.Preempted, KeyboardInterrupt):  # a stopped life's time counts on resuming
     if os.path.isdir(workdir):
       record(None)
     raise

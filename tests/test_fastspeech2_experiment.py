@@ -3,6 +3,8 @@
 import json
 import math
 import pathlib
+import time
+import types
 
 import ml_collections
 import numpy as np
@@ -12,6 +14,7 @@ from experiments import _common
 from experiments import fastspeech2 as fs2
 from experiments.configs import fastspeech2 as configs
 from kdjax import config as config_lib
+from kdjax import loop
 from kdjax import zoo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -171,3 +174,38 @@ def test_position_rate_is_phonemes_per_decoder_step():
   examples = [{'phonemes': np.arange(4), 'num_frames': 10},
               {'phonemes': np.arange(2), 'num_frames': 20}]
   assert fs2.position_rate(examples, 3) == pytest.approx(3 * 6 / 30)
+
+
+def test_training_seconds_add_up_over_a_stopped_life(tmp_path, monkeypatch):
+  """A life stopped by a signal records its time; the resumed life adds its own; a restore adds none."""
+  lives = []
+
+  class FakeTrainer:
+    def __init__(self, *args, **kwargs):
+      del args, kwargs
+
+    def train(self, *args, **kwargs):
+      del args, kwargs
+      lives.append(len(lives))
+      if len(lives) == 1:
+        time.sleep(0.05)
+        raise loop.Preempted('SIGTERM', 3, 'ckpt')
+      time.sleep(0.05)
+      return types.SimpleNamespace(step=8, variables={'params': {}}), {}
+
+  monkeypatch.setattr(fs2._common, 'Trainer', FakeTrainer)
+  monkeypatch.setattr(fs2.step_lib, 'make_train_step', lambda *args: None)
+  model = types.SimpleNamespace(apply=None, optimizer=None, init=None)
+  config = configs.get_config('smoke')
+  kwargs = dict(seed=0, workdir=str(tmp_path), desc='s', config=config, run={}, objective=None)
+  with pytest.raises(loop.Preempted):
+    fs2.train_model(model, {}, **kwargs)
+  first = json.loads((tmp_path / fs2.SECONDS_FILE).read_text())
+  assert first['lives'] == 1 and first['finished_step'] is None and first['seconds'] >= 0.05
+  _, seconds = fs2.train_model(model, {}, **kwargs)
+  second = json.loads((tmp_path / fs2.SECONDS_FILE).read_text())
+  assert second == {'seconds': seconds, 'lives': 2, 'finished_step': 8}
+  assert seconds >= first['seconds'] + 0.05
+  _, restored = fs2.train_model(model, {}, **kwargs)  # a finished run: the recorded time
+  assert restored == seconds
+  assert json.loads((tmp_path / fs2.SECONDS_FILE).read_text()) == second
