@@ -520,28 +520,29 @@ def format_tables(results: Mapping[str, Any]) -> str:
 # Driver.
 
 
-def earlier_seeds(workdir: str) -> dict[Any, Any]:
+def earlier_seeds(workdir: str) -> dict[str, Any]:
   """What an earlier run recorded in ``<workdir>/results.json``, to add seeds to it.
 
-  Returns ``{seed: {'accuracies', 'seconds'}}`` for each seed it finished,
-  with ``'wall_seconds'`` and ``'commit'`` (its provenance), or ``{}`` when
-  there is no such file. A rerun with more seeds restores the finished runs
-  from their checkpoints (the config that identifies them must be the same,
-  or the checkpoints are refused) and trains only the new seeds.
+  Returns ``{'seeds': {seed: {'accuracies', 'seconds'}}, 'wall_seconds',
+  'commit'}``: each seed it finished, its wall time and its commit (from
+  its provenance); ``{'seeds': {}}`` when there is no such file. A rerun
+  with more seeds restores the finished runs from their checkpoints (the
+  config that identifies them must be the same, or the checkpoints are
+  refused) and trains only the new seeds.
   """
   path = os.path.join(workdir, 'results.json')
   if not os.path.exists(path):
-    return {}
+    return {'seeds': {}}
   with open(path, encoding='utf-8') as f:
     results = json.load(f)
   seconds = results.get('phase_seconds') or [{} for _ in results['per_seed']]
-  out: dict[Any, Any] = {
-      seed: {'accuracies': accuracies, 'seconds': timings}
-      for seed, accuracies, timings in zip(results['config']['seeds'], results['per_seed'], seconds)}
-  # A run that was itself resumed already counts the time before it.
-  out['wall_seconds'] = results['wall_seconds']
-  out['commit'] = results.get('provenance', {}).get('git', {}).get('commit')
-  return out
+  return {
+      'seeds': {seed: {'accuracies': accuracies, 'seconds': timings} for seed, accuracies, timings
+                in zip(results['config']['seeds'], results['per_seed'], seconds)},
+      # A run that was itself resumed already counts the time before it.
+      'wall_seconds': results['wall_seconds'],
+      'commit': results.get('provenance', {}).get('git', {}).get('commit'),
+  }
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -562,11 +563,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   results = {}
   for seed in config.seeds:
     accuracies, timings = run_seed(config, experiments, runner, seed)
-    if seed in earlier:
-      if accuracies == earlier[seed]['accuracies']:
+    if seed in earlier['seeds']:
+      if accuracies == earlier['seeds'][seed]['accuracies']:
         # The same runs (restored from their checkpoints): their training
         # time is the one measured when they were trained.
-        timings = earlier[seed]['seconds']
+        timings = earlier['seeds'][seed]['seconds']
         restored.append(seed)
       else:
         logging.warning('seed %d: the accuracies differ from those the earlier results.json in '

@@ -258,10 +258,11 @@ def test_more_seeds_resume_the_earlier_ones(build_dir, tmp_path):
   assert second['wall_seconds'] > first['wall_seconds']
   # Seed 1 was trained (it has its own runs); seed 0 was not trained again.
   assert (workdir / 'vanilla' / 'seed1001' / 'checkpoints').is_dir()
-  logged = (workdir / 'vanilla' / 'seed1000' / 'metrics.jsonl').read_text().splitlines()
-  assert len([l for l in logged if json.loads(l).get('split') == 'train']) == len(
-      [l for l in (workdir / 'vanilla' / 'seed1001' / 'metrics.jsonl').read_text().splitlines()
-       if json.loads(l).get('split') == 'train'])
+  def train_lines(seed):
+    logged = (workdir / 'vanilla' / f'seed{seed}' / 'metrics.jsonl').read_text().splitlines()
+    return [l for l in logged if json.loads(l).get('split') == 'train']
+
+  assert len(train_lines(1000)) == len(train_lines(1001))
   assert 'restored here from their checkpoints' in font_kd.format_tables(second)
   # Accuracies that differ from the earlier file are kept, with their own timings, not merged.
   earlier = json.loads((workdir / 'results.json').read_text())
