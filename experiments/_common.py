@@ -57,16 +57,20 @@ class Trainer:
     final_evaluate_fn: the metrics returned after training (default
       `evaluate_fn`).
     write_final: also write those metrics to the run's log, split ``'final'``.
+    epoch_loop: ``'auto'``, ``'scan'`` or ``'host'``
+      (:func:`kdjax.loop.compile_epoch_fn`).
   """
 
   def __init__(self, train_step, init_fn, evaluate_fn, *, epochs: int, batch_size: int,
                augment=None, eval_every: int, save_every: int, progress: bool,
-               final_evaluate_fn: Callable[[Any], dict] | None = None, write_final: bool = False):
+               final_evaluate_fn: Callable[[Any], dict] | None = None, write_final: bool = False,
+               epoch_loop: str = 'auto'):
     self.epochs, self.progress = epochs, progress
     self.eval_every, self.save_every = eval_every, save_every
-    self.epoch_fn = jax.jit(
-        loop.make_epoch_fn(train_step, batch_size=batch_size, augment=augment),
-        donate_argnums=0)
+    # 'auto': a host loop of jitted steps where XLA:CPU would run convolution
+    # gradients inside the scanned epoch slowly (kdjax.loop.compile_epoch_fn).
+    self.epoch_fn = loop.compile_epoch_fn(train_step, batch_size=batch_size, augment=augment,
+                                          loop=epoch_loop)
     self.init = jax.jit(init_fn)
     self.evaluate = evaluate_fn
     self.final_evaluate = final_evaluate_fn or evaluate_fn

@@ -1,9 +1,11 @@
-"""Training loops: a whole epoch as one jitted scan, and a resumable driver.
+"""Training loops: a whole epoch as one jitted scan (or a host loop), and a resumable driver.
 
 For data sets that fit in device memory (MNIST-1D, digits, CIFAR on an
 accelerator) an epoch is one compiled program: a seeded permutation, a
 ``lax.scan`` of the train step over minibatches, and metrics summed as
-``(sum, count)`` pairs. :func:`fit` drives epochs with a progress bar,
+``(sum, count)`` pairs. On the CPU, where XLA runs convolution gradients
+inside a loop slowly, the same epoch runs as a host loop of jitted steps
+(:func:`compile_epoch_fn` chooses). :func:`fit` drives epochs with a progress bar,
 JSONL/TensorBoard metrics, evaluation and checkpoints, resumes from the
 latest checkpoint, and stops cleanly on SIGTERM or SIGINT (:class:`Preempted`).
 """
@@ -18,6 +20,7 @@ import threading
 from typing import Any
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -101,6 +104,35 @@ def _num_examples(data: Arrays) -> int:
   return next(iter(sizes.values()))
 
 
+def _epoch_order(key: jax.Array, num_examples: int, batch_size: int):
+  """The epoch's ``[steps, batch_size]`` example indices and its augmentation key."""
+  steps = num_examples // batch_size
+  if steps == 0:
+    raise ValueError(
+        f'batch_size={batch_size} is larger than the data ({num_examples} examples)'
+    )
+  shuffle_key, augment_key = jax.random.split(key)
+  order = jax.random.permutation(shuffle_key, num_examples)
+  return order[: steps * batch_size].reshape(steps, batch_size), augment_key
+
+
+def _minibatch_step(train_step, augment):
+  """``step(state, teacher_variables, data, indices, index, augment_key)``: one minibatch."""
+
+  def step(state, teacher_variables, data, indices, index, augment_key):
+    batch = {name: value[indices] for name, value in data.items()}
+    if augment is not None:
+      batch = augment(batch, jax.random.fold_in(augment_key, index))
+    return train_step(state, teacher_variables, batch)
+
+  return step
+
+
+def _check_batch_size(batch_size: int) -> None:
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be > 0, got {batch_size}')
+
+
 def make_epoch_fn(
     train_step: TrainStep,
     *,
@@ -111,7 +143,8 @@ def make_epoch_fn(
 
   The epoch shuffles the examples with `key`, drops the last partial batch,
   and scans `train_step` over ``num_examples // batch_size`` minibatches.
-  Jit it with the state donated: ``jax.jit(epoch, donate_argnums=0)``.
+  Jit it with the state donated: ``jax.jit(epoch, donate_argnums=0)``, or
+  let :func:`compile_epoch_fn` choose between this and a host loop.
 
   Args:
     train_step: from :func:`kdjax.step.make_train_step`.
@@ -124,31 +157,143 @@ def make_epoch_fn(
     The epoch function; its metrics are summed ``(sum, count)`` pairs over
     the epoch's steps.
   """
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be > 0, got {batch_size}')
+  _check_batch_size(batch_size)
+  step = _minibatch_step(train_step, augment)
 
   def epoch(state, teacher_variables, data, key):
-    num_examples = _num_examples(data)
-    steps = num_examples // batch_size
-    if steps == 0:
-      raise ValueError(
-          f'batch_size={batch_size} is larger than the data ({num_examples} examples)'
-      )
-    shuffle_key, augment_key = jax.random.split(key)
-    order = jax.random.permutation(shuffle_key, num_examples)
-    order = order[: steps * batch_size].reshape(steps, batch_size)
+    order, augment_key = _epoch_order(key, _num_examples(data), batch_size)
 
     def body(state, inputs):
       index, indices = inputs
-      batch = {name: value[indices] for name, value in data.items()}
-      if augment is not None:
-        batch = augment(batch, jax.random.fold_in(augment_key, index))
-      return train_step(state, teacher_variables, batch)
+      return step(state, teacher_variables, data, indices, index, augment_key)
 
-    state, metrics = jax.lax.scan(body, state, (jnp.arange(steps), order))
+    state, metrics = jax.lax.scan(body, state, (jnp.arange(order.shape[0]), order))
     return state, jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics)
 
   return epoch
+
+
+def make_host_epoch_fn(
+    train_step: TrainStep,
+    *,
+    batch_size: int,
+    augment: Callable[[Arrays, jax.Array], Arrays] | None = None,
+) -> Callable[[TrainState, Any, Arrays, jax.Array], tuple[TrainState, dict]]:
+  """The same epoch as :func:`make_epoch_fn`, driven from Python one jitted step at a time.
+
+  The same batches in the same order (and the same augmentation keys) as the
+  scanned epoch; the metrics are summed on the device by the step itself, so
+  the host waits for nothing until the caller reads them. The data is put on
+  the device once per epoch. The function is compiled already (the state is
+  donated): do not wrap it in ``jax.jit``, which would unroll the loop.
+
+  Why it exists: XLA:CPU runs some convolutions inside a while loop through
+  a slow generic path (jax-ml/jax#12868): the kernel gradient of an NHWC or
+  NWC convolution took 40 to 180 times longer inside ``lax.scan`` than in
+  the same step compiled alone, measured with jax 0.10.2 (docs/performance.md,
+  ``benchmarks/epoch_loop.py``). :func:`compile_epoch_fn` picks this loop
+  where that matters.
+  """
+  _check_batch_size(batch_size)
+  step = _minibatch_step(train_step, augment)
+
+  def accumulate(state, sums, teacher_variables, data, indices, index, augment_key):
+    state, metrics = step(state, teacher_variables, data, indices, index, augment_key)
+    return state, jax.tree.map(jnp.add, sums, metrics)
+
+  first = jax.jit(step, donate_argnums=0)
+  rest = jax.jit(accumulate, donate_argnums=(0, 1))
+  order_fn = jax.jit(_epoch_order, static_argnums=(1, 2))
+
+  def epoch(state, teacher_variables, data, key):
+    data = jax.device_put(data)
+    order, augment_key = order_fn(key, _num_examples(data), batch_size)
+    state, sums = first(state, teacher_variables, data, order[0], jnp.int32(0), augment_key)
+    for index in range(1, order.shape[0]):
+      state, sums = rest(state, sums, teacher_variables, data, order[index],
+                         jnp.int32(index), augment_key)
+    return state, sums
+
+  return epoch
+
+
+EPOCH_LOOPS = ('auto', 'scan', 'host')
+
+
+def step_has_convolution(train_step: TrainStep, state: TrainState, teacher_variables: Any,
+                         batch: Arrays) -> bool:
+  """Whether `train_step` traced on `batch` (arrays or shape structs) contains a convolution."""
+  jaxpr = jax.make_jaxpr(train_step)(state, teacher_variables, batch)
+
+  def found(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        return True
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        if found(sub):
+          return True
+    return False
+
+  return found(jaxpr.jaxpr)
+
+
+def compile_epoch_fn(
+    train_step: TrainStep,
+    *,
+    batch_size: int,
+    augment: Callable[[Arrays, jax.Array], Arrays] | None = None,
+    loop: str = 'auto',
+) -> Callable[[TrainState, Any, Arrays, jax.Array], tuple[TrainState, dict]]:
+  """A compiled epoch, ready for :func:`fit`: the scanned one or the host loop.
+
+  Args:
+    train_step: from :func:`kdjax.step.make_train_step`.
+    batch_size: examples per step.
+    augment: as in :func:`make_epoch_fn`.
+    loop: ``'scan'`` (:func:`make_epoch_fn` jitted with the state donated:
+      one program per epoch), ``'host'`` (:func:`make_host_epoch_fn`), or
+      ``'auto'``: the host loop when the default backend is the CPU and the
+      step contains a convolution (decided at the first call, from the
+      step's trace on one minibatch), the scan otherwise.
+
+  Both loops give the same batches and, up to float rounding, the same
+  states and metrics.
+  """
+  if loop not in EPOCH_LOOPS:
+    raise ValueError(f'loop must be one of {EPOCH_LOOPS}, got {loop!r}')
+  _check_batch_size(batch_size)
+  if loop == 'scan':
+    return jax.jit(make_epoch_fn(train_step, batch_size=batch_size, augment=augment),
+                   donate_argnums=0)
+  if loop == 'host':
+    return make_host_epoch_fn(train_step, batch_size=batch_size, augment=augment)
+  return _AutoEpoch(train_step, batch_size, augment)
+
+
+class _AutoEpoch:
+  """``compile_epoch_fn(..., loop='auto')``: chooses its loop at the first call.
+
+  Attributes:
+    loop: ``'scan'`` or ``'host'`` once called, ``None`` before.
+  """
+
+  def __init__(self, train_step, batch_size, augment):
+    self._args = (train_step, batch_size, augment)
+    self._fn = None
+    self.loop: str | None = None
+
+  def __call__(self, state, teacher_variables, data, key):
+    if self._fn is None:
+      train_step, batch_size, augment = self._args
+      batch = {name: jax.ShapeDtypeStruct((batch_size, *np.shape(value)[1:]), value.dtype)
+               for name, value in data.items()}
+      host = jax.default_backend() == 'cpu' and step_has_convolution(
+          train_step, state, teacher_variables, batch)
+      self.loop = 'host' if host else 'scan'
+      self._fn = compile_epoch_fn(train_step, batch_size=batch_size, augment=augment,
+                                  loop=self.loop)
+      logger.info('epoch loop: %s', self.loop)
+    return self._fn(state, teacher_variables, data, key)
 
 
 def evaluate(
@@ -214,8 +359,8 @@ def fit(
   naming the keys that changed).
 
   With a `manager`, a signal in `stop_signals` (SIGTERM, SIGINT) does not
-  kill the run: the epoch under way finishes (an epoch is one compiled
-  program), a checkpoint is written, the writer is flushed, and
+  kill the run: the epoch under way finishes (a scanned epoch is one
+  compiled program), a checkpoint is written, the writer is flushed, and
   :class:`Preempted` is raised (a ``SystemExit`` with status 0) naming the
   checkpoint, also after the last epoch (so that a script's next phase does
   not start). With several processes they agree after each epoch
@@ -224,7 +369,8 @@ def fit(
   device sync is added.
 
   Args:
-    epoch_fn: a jitted function from :func:`make_epoch_fn`.
+    epoch_fn: from :func:`compile_epoch_fn` (or :func:`make_epoch_fn`
+      jitted, or :func:`make_host_epoch_fn`).
     state: the initial state (also the restore target).
     teacher_variables: passed to every step; ``None`` without a teacher.
     data: device- or host-resident arrays with a shared leading dimension.

@@ -1,4 +1,4 @@
-"""Epoch scan == step loop; fit resumes exactly; writers write what they say."""
+"""Epoch scan == step loop == host loop; fit resumes exactly; writers write what they say."""
 
 import struct
 
@@ -74,6 +74,61 @@ def test_epoch_scan_equals_python_loop_of_steps():
   assert float(metrics['loss/kd'][1]) == 32.0  # drop_remainder: 4 batches of 8
 
 
+def test_host_epoch_equals_scanned_epoch():
+  """The host loop of jitted steps sees the same batches and noise as the scan."""
+  train_step, state, teacher_vars, data, _ = _setup()
+  key = jax.random.PRNGKey(11)
+  scanned, scan_metrics = jax.jit(
+      loop.make_epoch_fn(train_step, batch_size=8, augment=_jitter))(state, teacher_vars, data, key)
+  host = loop.compile_epoch_fn(train_step, batch_size=8, augment=_jitter, loop='host')
+  looped, host_metrics = host(jax.tree.map(jnp.copy, state), teacher_vars, data, key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               scanned, looped)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               scan_metrics, host_metrics)
+  assert float(host_metrics['loss/kd'][1]) == 32.0
+  # A second epoch reuses the compiled steps (the state was donated, not aliased).
+  again, _ = host(looped, teacher_vars, data, jax.random.PRNGKey(12))
+  assert int(again.step) == 8
+
+
+class _ConvNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train):
+    del train
+    h = nn.Conv(4, (3,))(x[..., None])
+    return nn.Dense(3)(h.reshape(h.shape[0], -1))
+
+
+def test_auto_epoch_loop_is_the_host_loop_for_convolutions_on_cpu():
+  train_step, state, teacher_vars, data, _ = _setup()
+  mlp = loop.compile_epoch_fn(train_step, batch_size=8)
+  mlp(state, teacher_vars, data, jax.random.PRNGKey(0))
+  student = _ConvNet()
+  variables = student.init(jax.random.PRNGKey(1), jnp.zeros((1, 5)), train=False)
+  conv_step = step_lib.make_train_step(
+      adapters.from_linen(student), None,
+      objective_lib.Objective({'ce': objective_lib.supervised()}), optax.sgd(0.1))
+  conv_state = step_lib.init_train_state(variables, optax.sgd(0.1), rng=0)
+  conv = loop.compile_epoch_fn(conv_step, batch_size=8)
+  assert conv.loop is None  # chosen at the first call
+  conv(conv_state, None, data, jax.random.PRNGKey(0))
+  on_cpu = jax.default_backend() == 'cpu'
+  assert (mlp.loop, conv.loop) == ('scan', 'host' if on_cpu else 'scan')
+  # Found inside a jitted step (a nested jaxpr) too.
+  assert loop.step_has_convolution(jax.jit(conv_step), conv_state, None,
+                                   {k: v[:8] for k, v in data.items()})
+  assert not loop.step_has_convolution(jax.jit(train_step), state, teacher_vars,
+                                       {k: v[:8] for k, v in data.items()})
+
+
+def test_compile_epoch_fn_rejects_an_unknown_loop():
+  train_step, *_ = _setup()
+  with pytest.raises(ValueError, match=r"loop must be one of \('auto', 'scan', 'host'\), got 'while'"):
+    loop.compile_epoch_fn(train_step, batch_size=8, loop='while')
+
+
 def test_epoch_rejects_batch_larger_than_data():
   train_step, state, teacher_vars, data, _ = _setup()
   epoch = loop.make_epoch_fn(train_step, batch_size=64)
@@ -92,19 +147,21 @@ def test_evaluate_counts_every_example_once():
   assert whole['acc/student'] == pytest.approx(expected)
 
 
-def test_fit_resumes_to_the_same_state(tmp_path):
+@pytest.mark.parametrize('epoch_loop', ['scan', 'host'])
+def test_fit_resumes_to_the_same_state(tmp_path, epoch_loop):
   train_step, state0, teacher_vars, data, eval_step = _setup()
-  epoch = jax.jit(loop.make_epoch_fn(train_step, batch_size=8))
-  straight = loop.fit(epoch, state0, teacher_vars, data, num_epochs=6, seed=1, progress=False)
+  epoch = loop.compile_epoch_fn(train_step, batch_size=8, loop=epoch_loop)
+  fresh = lambda: jax.tree.map(jnp.copy, state0)  # the epochs donate the state
+  straight = loop.fit(epoch, fresh(), teacher_vars, data, num_epochs=6, seed=1, progress=False)
 
   manager = checkpoint.make_manager(tmp_path / 'ckpt')
-  loop.fit(epoch, state0, teacher_vars, data, num_epochs=4, seed=1, manager=manager,
+  loop.fit(epoch, fresh(), teacher_vars, data, num_epochs=4, seed=1, manager=manager,
            save_every=2, progress=False)
   manager.close()
   manager = checkpoint.make_manager(tmp_path / 'ckpt')
   with writers.MetricWriter(tmp_path / 'run') as writer:
     resumed = loop.fit(
-        epoch, state0, teacher_vars, data, num_epochs=6, seed=1, manager=manager,
+        epoch, fresh(), teacher_vars, data, num_epochs=6, seed=1, manager=manager,
         writer=writer, progress=False,
         evaluate_fn=lambda s: loop.evaluate(eval_step, s, teacher_vars, data),
     )
