@@ -20,12 +20,11 @@ energy are known frame for frame.
   (``alignment.head='mean'``, ``alignment.extraction='monotonic'``: 0.4 to
   1.4 frames better than FastSpeech's focus-head argmax at 75 to 375
   steps, docs/speech.md); 2+2-layer, 64-wide FastSpeech students (15
-  epochs, 570 steps), 3 seeds per variant. Sizing
-  (``python -m benchmarks.fastspeech2_sizing``, 2026-12-06, the shared
-  2-core machine at load average 19, process CPU seconds per step): 0.48 s
-  per teacher step, 0.50 s per student step (0.62 s with the variance
-  adaptor), 0.5 s per generation batch of 32: 1.3 h of CPU, **about 0.6 to
-  1.3 h alone on 2 cores**, compilation and evaluation excluded. Command::
+  epochs, 570 steps), 3 seeds per variant. Measured (commit 7687cf9,
+  2026-12-07, the 2-core machine alone): **38 min** in all, 0.23 s per
+  teacher step and 0.26 s per student step (the epochs run as a host loop
+  of jitted steps, ``kdjax.loop.compile_epoch_fn``; the scanned epoch was
+  4.5x slower for the teacher and 49x for the students). Command::
 
       python -m experiments.fastspeech2 --config=experiments/configs/fastspeech2.py:cpu \\
           --workdir=runs/fastspeech2_cpu
