@@ -50,6 +50,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _docs  # pylint: disable=wrong-import-position
 
+from fastspeech2_sizing import _random_batch  # pylint: disable=wrong-import-position
 from experiments import fastspeech2 as fs2  # pylint: disable=wrong-import-position
 from kdjax import adapters  # pylint: disable=wrong-import-position
 from kdjax import config as config_lib  # pylint: disable=wrong-import-position
@@ -87,24 +88,6 @@ def _classifier(module, shape, batch, steps, rng):
       data, batch
 
 
-def _speech_batch(config, size, rng):
-  p, t = config.data.max_phonemes, config.data.max_frames
-  durations = rng.integers(1, 2 * (t // p), (size, p)).astype(np.int32)
-  durations = np.minimum(durations, t // p * 2)
-  frames = np.minimum(durations.sum(1), t)
-  return {
-      'phonemes': rng.integers(1, 40, (size, p)).astype(np.int32),
-      'phoneme_mask': np.ones((size, p), bool),
-      'durations': durations,
-      'mel': rng.normal(size=(size, t, fs2.NUM_MELS)).astype(np.float32),
-      'frame_mask': np.arange(t)[None] < frames[:, None],
-      'num_frames': frames.astype(np.int32),
-      'pitch': rng.normal(size=(size, t)).astype(np.float32),
-      'energy': rng.normal(size=(size, t)).astype(np.float32),
-      'speaker': np.zeros(size, np.int32),
-  }
-
-
 def setup(name: str, steps: int, rng: np.random.Generator):
   """(train_step, init() -> state, data, batch_size) for one model."""
   if name == 'mlp':
@@ -117,12 +100,12 @@ def setup(name: str, steps: int, rng: np.random.Generator):
   if name == 'fs2_teacher':
     model = fs2.Teacher(config, 3, 10.0, 612)
     batch = config.teacher.batch_size
-    data = fs2.teacher_batch(_speech_batch(config, batch * steps, rng), 3)
+    data = fs2.teacher_batch(_random_batch(config, batch * steps, rng), 3)
     objective = fs2.teacher_objective(config, 10.0)
   else:
     model = fs2.Student(config, 'fastspeech2', 612)
     batch = config.student.batch_size
-    data = fs2.student_train_arrays('fastspeech2', _speech_batch(config, batch * steps, rng))
+    data = fs2.student_train_arrays('fastspeech2', _random_batch(config, batch * steps, rng))
     objective = fs2.student_objective('fastspeech2')
   step = step_lib.make_train_step(model.apply, None, objective, model.optimizer)
   init = jax.jit(model.init)
