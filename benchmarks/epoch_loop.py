@@ -150,9 +150,9 @@ def measure(name: str, steps: int, repeats: int) -> dict:
   return {'model': name, 'batch': batch, 'scan': scan, 'host': host,
           'ratio': float(np.median(ratios)), 'ratio_min': float(ratios.min()),
           'ratio_max': float(ratios.max()), 'first_scan': first['scan'],
-          'first_host': first['host'], 'max_rel_diff': worst,
-          'auto': 'host' if loop.step_has_convolution(
-              step, init(), None, {k: v[:batch] for k, v in data.items()}) else 'scan'}
+          'first_host': first['host'], 'update_diff': worst,
+          'auto': loop.auto_epoch_loop(step, init(), None,
+                                       {k: v[:batch] for k, v in data.items()})}
 
 
 def table(rows) -> str:
@@ -163,7 +163,7 @@ def table(rows) -> str:
     lines.append(
         f"| {r['model']} | {r['batch']} | {r['scan']:.3f} | {r['host']:.3f} | "
         f"{r['ratio']:.2f} ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | {r['auto']} | "
-        f"{r['first_scan']:.1f} / {r['first_host']:.1f} | {r['max_rel_diff']:.1e} |")
+        f"{r['first_scan']:.1f} / {r['first_host']:.1f} | {r['update_diff']:.1e} |")
   return '\n'.join(lines)
 
 

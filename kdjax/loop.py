@@ -203,17 +203,21 @@ def make_host_epoch_fn(
     state, metrics = step(state, teacher_variables, data, indices, index, augment_key)
     return state, jax.tree.map(jnp.add, sums, metrics)
 
-  first = jax.jit(step, donate_argnums=0)
-  rest = jax.jit(accumulate, donate_argnums=(0, 1))
+  # One compiled program for every step: the sums start at zeros shaped
+  # like the step's metrics (read from its cached trace, not compiled).
+  shapes = jax.jit(step)
+  accumulate = jax.jit(accumulate, donate_argnums=(0, 1))
   order_fn = jax.jit(_epoch_order, static_argnums=(1, 2))
 
   def epoch(state, teacher_variables, data, key):
     data = jax.device_put(data)
     order, augment_key = order_fn(key, _num_examples(data), batch_size)
-    state, sums = first(state, teacher_variables, data, order[0], jnp.int32(0), augment_key)
-    for index in range(1, order.shape[0]):
-      state, sums = rest(state, sums, teacher_variables, data, order[index],
-                         jnp.int32(index), augment_key)
+    metrics = shapes.eval_shape(state, teacher_variables, data, order[0], jnp.int32(0),
+                                augment_key)[1]
+    sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics)
+    for index in range(order.shape[0]):
+      state, sums = accumulate(state, sums, teacher_variables, data, order[index],
+                               jnp.int32(index), augment_key)
     return state, sums
 
   return epoch
@@ -239,6 +243,19 @@ def step_has_convolution(train_step: TrainStep, state: TrainState, teacher_varia
   return found(jaxpr.jaxpr)
 
 
+def auto_epoch_loop(train_step: TrainStep, state: TrainState, teacher_variables: Any,
+                    batch: Arrays) -> str:
+  """The loop ``compile_epoch_fn(loop='auto')`` picks for `train_step` on `batch`.
+
+  ``'host'`` when the default backend is the CPU and the step contains a
+  convolution (:func:`step_has_convolution`), ``'scan'`` otherwise.
+  """
+  if jax.default_backend() == 'cpu' and step_has_convolution(
+      train_step, state, teacher_variables, batch):
+    return 'host'
+  return 'scan'
+
+
 def compile_epoch_fn(
     train_step: TrainStep,
     *,
@@ -254,9 +271,9 @@ def compile_epoch_fn(
     augment: as in :func:`make_epoch_fn`.
     loop: ``'scan'`` (:func:`make_epoch_fn` jitted with the state donated:
       one program per epoch), ``'host'`` (:func:`make_host_epoch_fn`), or
-      ``'auto'``: the host loop when the default backend is the CPU and the
-      step contains a convolution (decided at the first call, from the
-      step's trace on one minibatch), the scan otherwise.
+      ``'auto'``: :func:`auto_epoch_loop`, decided at the first call from
+      the step's trace on one minibatch (the host loop on the CPU for a
+      step with a convolution, the scan otherwise).
 
   Both loops give the same batches and, up to float rounding, the same
   states and metrics.
@@ -289,9 +306,7 @@ class _AutoEpoch:
       train_step, batch_size, augment = self._args
       batch = {name: jax.ShapeDtypeStruct((batch_size, *np.shape(value)[1:]), value.dtype)
                for name, value in data.items()}
-      host = jax.default_backend() == 'cpu' and step_has_convolution(
-          train_step, state, teacher_variables, batch)
-      self.loop = 'host' if host else 'scan'
+      self.loop = auto_epoch_loop(train_step, state, teacher_variables, batch)
       self._fn = compile_epoch_fn(train_step, batch_size=batch_size, augment=augment,
                                   loop=self.loop)
       logger.info('epoch loop: %s', self.loop)
