@@ -101,7 +101,7 @@ def setup(name: str, steps: int, rng: np.random.Generator):
     model = fs2.Teacher(config, 3, 10.0, 612)
     batch = config.teacher.batch_size
     data = fs2.teacher_batch(_random_batch(config, batch * steps, rng), 3)
-    objective = fs2.teacher_objective(config, 10.0)
+    objective = fs2.teacher_objective(config, 10.0, 3)
   else:
     model = fs2.Student(config, 'fastspeech2', 612)
     batch = config.student.batch_size

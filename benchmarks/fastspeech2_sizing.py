@@ -82,8 +82,9 @@ def main() -> None:
   for r in config.alignment.reduction_factors:
     teacher = fs2.Teacher(config, int(r), 10.0, args.train)
     batch = fs2.teacher_batch(_random_batch(config, config.teacher.batch_size, rng), int(r))
-    out[f'teacher_r{r}_step'] = time_step(teacher, fs2.teacher_objective(config, 10.0), batch,
-                                          args.repeats, f'teacher_r{r}_step')
+    objective = fs2.teacher_objective(config, 10.0, int(r))
+    out[f'teacher_r{r}_step'] = time_step(teacher, objective, batch, args.repeats,
+                                          f'teacher_r{r}_step')
     gen = _random_batch(config, config.alignment.generate_batch_size, rng)
     out[f'teacher_r{r}_generate_batch'] = _time(lambda: teacher.generate(
         teacher.init(jax.random.key(0)).variables, gen['phonemes'], gen['phoneme_mask'],

@@ -251,8 +251,9 @@ def position_rate(examples, r: int) -> float:
   return r * phonemes / sum(int(e['num_frames']) for e in examples)
 
 
-def teacher_objective(config, guided_weight: float) -> objective_lib.Objective:
-  """Mel L1 before and after the post-net, the stop token, and decayed guided attention."""
+def teacher_objective(config, guided_weight: float, r: int) -> objective_lib.Objective:
+  """Mel L1 before and after the post-net, the stop token, decayed guided attention and
+  (``alignment.forward_sum_weight > 0``) the forward-sum alignment loss at reduction `r`."""
   terms = {
       'mel': objective_lib.mel_reconstruction(kind='l1'),
       'mel_postnet': objective_lib.mel_reconstruction(feature='mel_postnet', kind='l1'),
@@ -263,6 +264,9 @@ def teacher_objective(config, guided_weight: float) -> objective_lib.Objective:
     terms['guided'] = objective_lib.guided_attention(sigma=config.alignment.guided_sigma)
     weights['guided'] = optax.linear_schedule(guided_weight, 0.0,
                                               config.alignment.guided_decay_steps)
+  if config.alignment.forward_sum_weight > 0:
+    terms['forward_sum'] = objective_lib.forward_sum(frames_per_step=r)
+    weights['forward_sum'] = config.alignment.forward_sum_weight
   return objective_lib.Objective(terms=terms, weights=weights)
 
 
@@ -722,7 +726,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
           workdir=os.path.join(workdir, f'teacher_r{r}_g{weight:g}'),
           desc=f'teacher r={r} g={weight:g}', config=config,
           run={'phase': 'teacher', 'r': int(r), 'guided': float(weight)},
-          objective=teacher_objective(config, float(weight)),
+          objective=teacher_objective(config, float(weight), int(r)),
           evaluate_fn=(alignment_progress(teacher, arrays['val'], eval_batch)
                        if config.alignment.eval_every else None),
           eval_every=config.alignment.eval_every)
@@ -856,6 +860,8 @@ def describe(results: Mapping[str, Any]) -> str:
   config, data, teacher = results['config'], results['data'], results['teacher']
   t, s, sp = config['teacher'], config['student'], data['splits']
   v = teacher['validation']
+  weight = config['alignment'].get('forward_sum_weight', 0.0)
+  forward_sum = f", forward-sum alignment loss weight {weight:g}" if weight else ''
   return (
       f"Data: {data['dataset']}: utterances of at most {config['data']['max_phonemes']} "
       f"phonemes and {config['data']['max_frames']} frames, {sp['train']['examples']:,} "
@@ -864,7 +870,8 @@ def describe(results: Mapping[str, Any]) -> str:
       f"Transformer TTS {t['encoder_layers']}+{t['decoder_layers']} layers × {t['hidden']}, "
       f"{teacher['params']:,} parameters, {teacher['steps']} steps, reduction factor "
       f"r = {teacher['r']}, guided attention weight {teacher['guided_weight']:g} decayed "
-      f"linearly to 0 over {config['alignment']['guided_decay_steps']} steps (chosen among "
+      f"linearly to 0 over {config['alignment']['guided_decay_steps']} steps"
+      f"{forward_sum} (chosen among "
       f"{len(teacher['candidates'])} candidates by validation duration error). Its alignment "
       f"on the validation split (teacher forced, durations from "
       f"{'the average of every head' if v['head'] == 'mean' else 'head ' + str(v['head'])} "

@@ -170,6 +170,26 @@ def test_smoke_run_one_step_per_variant(tmp_path):
   assert '(c) FastSpeech 2' in fs2.format_table(results)
 
 
+def test_teacher_objective_adds_the_forward_sum_term_at_its_reduction_factor():
+  config = configs.get_config('smoke')
+  assert 'forward_sum' not in fs2.teacher_objective(config, 10.0, 3).terms
+  config.alignment.forward_sum_weight = 0.5
+  objective_ = fs2.teacher_objective(config, 10.0, 3)
+  assert objective_.weights['forward_sum'] == 0.5
+  # The term's values are per frame: the step mask repeated r = 3 times.
+  attention = np.full((1, 1, 2, 4, 2), 0.5, np.float32)
+
+  class Outputs:
+    def feature(self, name):
+      assert name == 'attention'
+      return attention
+
+  batch = {'phoneme_mask': np.ones((1, 2), bool), 'frame_mask': np.array([[1, 1, 1, 0]], bool)}
+  values, mask = objective_.terms['forward_sum'](Outputs(), None, batch, 0)
+  assert values.shape == mask.shape == (1, 12)
+  np.testing.assert_array_equal(mask, [[1] * 9 + [0] * 3])
+
+
 def test_position_rate_is_phonemes_per_decoder_step():
   examples = [{'phonemes': np.arange(4), 'num_frames': 10},
               {'phonemes': np.arange(2), 'num_frames': 20}]

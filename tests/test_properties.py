@@ -772,3 +772,26 @@ def test_guided_attention_loss():
     np.testing.assert_array_equal(np.asarray(values)[~frame_mask], 0.0)
 
   check()
+
+
+def test_forward_sum_loss():
+  @hypothesis.given(_values((2, 1, 5, 4), low=-5.0, high=5.0, special=(20.0, -20.0, 0.0)),
+                    _row_masks((2, 4)), _row_masks((2, 5)))
+  def check(scores, phoneme_mask, frame_mask):
+    # The masks are prefixes (the loss's contract): a row's real positions come first.
+    phoneme_mask = np.cumprod(phoneme_mask, -1).astype(bool)
+    frame_mask = np.cumprod(frame_mask, -1).astype(bool)
+    attention = jax.nn.softmax(jnp.where(phoneme_mask[:, None, None], scores, -jnp.inf), -1)
+    attention = jnp.nan_to_num(attention)  # rows with no phoneme: all zeros
+    values = losses.forward_sum_loss(attention, phoneme_mask=phoneme_mask,
+                                     frame_mask=frame_mask)
+    grads = jax.grad(lambda a: jnp.sum(losses.forward_sum_loss(
+        a, phoneme_mask=phoneme_mask, frame_mask=frame_mask)))(attention)
+    _assert_finite('forward_sum_loss', values, grads)
+    # Minus the log of a sum of path probabilities that is at most 1: each
+    # row's sum is >= 0; padded frames give 0.
+    assert values.shape == (2, 5)
+    assert (np.asarray(values).sum(-1) >= -1e-4).all()
+    np.testing.assert_array_equal(np.asarray(values)[~frame_mask], 0.0)
+
+  check()

@@ -9,6 +9,7 @@ import wave
 
 import flax.linen as nn
 import jax
+from jax import test_util
 import numpy as np
 import optax
 import pytest
@@ -501,6 +502,87 @@ def test_guided_attention_matches_its_formula_and_prefers_the_diagonal():
           < 0.25 * np.asarray(losses.guided_attention_loss(reverse, **masks)).sum())
 
 
+def _monotonic_log_likelihood(log_probs):
+  """log of the sum over every monotonic path (start on phoneme 0, end on the last,
+  advance by 0 or 1 per frame) of the product of the path's weights, by enumeration."""
+  frames, phonemes = log_probs.shape
+  paths = []
+  for moves in itertools.product((0, 1), repeat=frames - 1):
+    if sum(moves) == phonemes - 1:
+      owner = np.concatenate([[0], np.cumsum(moves)])
+      paths.append(log_probs[np.arange(frames), owner].sum())
+  return np.logaddexp.reduce(paths)
+
+
+@pytest.mark.parametrize('frames_per_step', [1, 2])
+def test_forward_sum_loss_is_minus_the_log_likelihood_of_every_monotonic_path(frames_per_step):
+  rng = np.random.default_rng(11)
+  scores = rng.normal(size=(3, 2, 2, 5, 4)) * 2
+  phoneme_mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  step_mask = np.array([[1] * 5, [1] * 4 + [0], [1] * 2 + [0] * 3], bool)
+  attention = np.where(phoneme_mask[:, None, None, None], np.exp(scores), 0.0)
+  attention = (attention / attention.sum(-1, keepdims=True)).astype(np.float32)
+  got = np.asarray(losses.forward_sum_loss(attention, phoneme_mask=phoneme_mask,
+                                           frame_mask=step_mask,
+                                           frames_per_step=frames_per_step))
+  frame_mask = np.repeat(step_mask, frames_per_step, axis=1)
+  assert got.shape == frame_mask.shape
+  np.testing.assert_array_equal(got[~frame_mask], 0.0)
+  for b in range(3):
+    n, t = phoneme_mask[b].sum(), frame_mask[b].sum()
+    frames = np.repeat(attention[b], frames_per_step, axis=-2)[..., :t, :n].astype(np.float64)
+    expected = np.mean([-_monotonic_log_likelihood(np.log(frames[l, h]))
+                        for l in range(2) for h in range(2)])
+    # The per-frame values sum to the row's negative log-likelihood.
+    np.testing.assert_allclose(got[b].sum(), expected, rtol=1e-5)
+
+
+def test_forward_sum_loss_rewards_a_monotonic_attention_and_has_gradients():
+  masks = {'phoneme_mask': np.ones((1, 4), bool), 'frame_mask': np.ones((1, 6), bool)}
+  owner = np.repeat(np.arange(4), [2, 1, 2, 1])
+  path = np.full((1, 1, 6, 4), 1e-6, np.float32)
+  path[0, 0, np.arange(6), owner] = 1.0
+  path /= path.sum(-1, keepdims=True)
+  # One-hot on a monotonic path through every phoneme: (nearly) 0. The same
+  # path reversed is not monotonic: its only monotonic paths are improbable.
+  np.testing.assert_allclose(np.asarray(losses.forward_sum_loss(path, **masks)).sum(), 0.0,
+                             atol=1e-4)
+  reverse = path[..., ::-1, :]
+  assert np.asarray(losses.forward_sum_loss(reverse, **masks)).sum() > 10
+  # A path that skips phoneme 2 scores worse than one that visits it.
+  skipping = path.copy()
+  skipping[0, 0, 3:5] = path[0, 0, 5]
+  assert (np.asarray(losses.forward_sum_loss(skipping, **masks)).sum()
+          > np.asarray(losses.forward_sum_loss(path, **masks)).sum() + 5)
+  # Gradients of the softmax scores: finite, and they match finite differences.
+  scores = np.random.default_rng(12).normal(size=(1, 1, 6, 4))
+
+  def loss(scores):
+    return losses.forward_sum_loss(jax.nn.softmax(scores, -1), **masks).sum()
+
+  test_util.check_grads(loss, (scores,), order=1, modes=('rev',), atol=1e-2, rtol=1e-2)
+
+
+def test_forward_sum_loss_gives_zero_without_a_monotonic_path_and_checks_its_arguments():
+  attention = np.full((1, 1, 3, 4), 0.25, np.float32)
+  got = losses.forward_sum_loss(attention, phoneme_mask=np.ones((1, 4), bool),
+                                frame_mask=np.ones((1, 3), bool))  # 3 frames, 4 phonemes
+  np.testing.assert_array_equal(np.asarray(got), 0.0)
+  # With two frames per step there is a path.
+  assert np.asarray(losses.forward_sum_loss(
+      attention, phoneme_mask=np.ones((1, 4), bool), frame_mask=np.ones((1, 3), bool),
+      frames_per_step=2)).sum() > 0
+  with pytest.raises(ValueError, match='frames_per_step must be a positive int'):
+    losses.forward_sum_loss(attention, phoneme_mask=np.ones((1, 4), bool),
+                            frame_mask=np.ones((1, 3), bool), frames_per_step=0)
+  with pytest.raises(ValueError, match=r'frame_mask must be \[batch, time\] = \(1, 3\)'):
+    losses.forward_sum_loss(attention, phoneme_mask=np.ones((1, 4), bool),
+                            frame_mask=np.ones((1, 4), bool))
+  with pytest.raises(ValueError, match='attention must be'):
+    losses.forward_sum_loss(attention[0], phoneme_mask=np.ones((1, 4), bool),
+                            frame_mask=np.ones((1, 3), bool))
+
+
 def test_loss_errors():
   x = np.zeros((2, 5, 3), np.float32)
   with pytest.raises(ValueError, match='kind'):
@@ -611,14 +693,19 @@ def test_one_train_step_of_the_teacher_on_the_sample():
   teacher_objective = objective.Objective(terms={
       'mel': objective.mel_reconstruction(),
       'mel_postnet': objective.mel_reconstruction(feature='mel_postnet'),
-      'stop': objective.stop_token(positive_weight=5.0)})
+      'stop': objective.stop_token(positive_weight=5.0),
+      'guided': objective.guided_attention(),
+      'align': objective.forward_sum(frames_per_step=2)})
   variables = numpy_variables(teacher, batch['phonemes'], batch['phoneme_mask'], batch['mel'],
                               speaker=batch['speaker'])
   metrics = _one_step(zoo.transformer_tts_apply(teacher), variables, teacher_objective, batch)
-  assert {'loss/mel', 'loss/mel_postnet', 'loss/stop'} <= set(metrics)
-  # Each frame term is a mean over the real frames only.
-  for name in ('loss/mel', 'loss/stop'):
+  assert {'loss/mel', 'loss/mel_postnet', 'loss/stop', 'loss/guided', 'loss/align'} <= set(metrics)
+  # Each frame term is a mean over the real frames only (the alignment term's
+  # frames are the steps' repeated twice).
+  for name in ('loss/mel', 'loss/stop', 'loss/guided'):
     assert float(metrics[name][1]) == batch['frame_mask'].sum(), name
+  assert float(metrics['loss/align'][1]) == 2 * batch['frame_mask'].sum()
+  assert float(metrics['loss/align'][0]) > 0
 
 
 def test_one_train_step_of_the_student_on_the_sample():

@@ -81,6 +81,9 @@ def get_config(scale: str = 'cpu') -> ml_collections.ConfigDict:
   # Tachibana et al. use 0.2; 0.1 gave 0.4-0.6 frames less duration error
   # at 225-300 steps (one seed each, docs/speech.md).
   c.alignment.guided_sigma = 0.1
+  # The forward-sum alignment loss (Badlani et al., 2021) on every head's
+  # attention, its weight constant; 0 leaves it out.
+  c.alignment.forward_sum_weight = 0.0
   # The teacher's decoder positions at the training data's phonemes per
   # decoder step (Deep Voice 3's position rate), not one phoneme per step.
   c.alignment.position_rate = False
@@ -183,6 +186,7 @@ def schema() -> config_lib.Schema:
       'alignment.guided_weights': cl.nonnegative(each=True),
       'alignment.guided_decay_steps': cl.positive(),
       'alignment.guided_sigma': cl.positive(),
+      'alignment.forward_sum_weight': cl.nonnegative(),
       'alignment.stop_threshold': cl.unit_interval(high_open=True),
       'alignment.head': cl.one_of('focus', 'mean'),
       'alignment.extraction': cl.one_of('monotonic', 'argmax'),

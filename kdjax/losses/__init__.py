@@ -45,6 +45,7 @@ from kdjax.losses._topk import TOPK_MODES as TOPK_MODES
 from kdjax.losses._topk import topk_kl_divergence as topk_kl_divergence
 from kdjax.losses._speech import MEL_LOSS_KINDS as MEL_LOSS_KINDS
 from kdjax.losses._speech import duration_loss as duration_loss
+from kdjax.losses._speech import forward_sum_loss as forward_sum_loss
 from kdjax.losses._speech import guided_attention_loss as guided_attention_loss
 from kdjax.losses._speech import mel_loss as mel_loss
 from kdjax.losses._speech import stop_targets as stop_targets
@@ -110,6 +111,7 @@ __all__ = [
     'soft_cross_entropy',
     'MEL_LOSS_KINDS',
     'duration_loss',
+    'forward_sum_loss',
     'guided_attention_loss',
     'mel_loss',
     'stop_targets',

@@ -246,3 +246,108 @@ def guided_attention_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike,
   heads = attention.shape[1] * attention.shape[2]
   values = jnp.einsum('blhst,bst->bs', attention, weight) / heads
   return jnp.where(frame_mask, values, 0.0)
+
+
+def _check_frames_per_step(arguments: dict[str, Any]) -> None:
+  r = arguments['frames_per_step']
+  if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+    raise ValueError(f'frames_per_step must be a positive int, got {r!r}.')
+
+
+_LOG_FLOOR = -1e30
+
+
+def _forward_sum_row(log_probs: Array, frame_mask: Array, phoneme_mask: Array) -> Array:
+  """Per-frame negative log normalisers of the forward algorithm, one row ``[S, P]``."""
+  num_frames, num_phonemes = log_probs.shape
+  index = jnp.arange(num_phonemes)
+  phonemes = phoneme_mask.sum().astype(jnp.int32)
+  frames = frame_mask.sum().astype(jnp.int32)
+  log_probs = jnp.where(phoneme_mask[None], log_probs, _LOG_FLOOR)
+  # The path starts on phoneme 0 at frame 0 and ends on the last real
+  # phoneme at the last real frame.
+  start = jnp.where(index == 0, 0.0, _LOG_FLOOR)
+
+  def step(previous, inputs):
+    row, s = inputs
+    advance = jnp.concatenate([jnp.full((1,), _LOG_FLOOR), previous[:-1]])
+    reached = jnp.where(s == 0, start, jnp.logaddexp(previous, advance))
+    log_alpha = row + reached
+    last = s == frames - 1
+    log_norm = jnp.where(last, log_alpha[jnp.maximum(phonemes - 1, 0)],
+                         jax.nn.logsumexp(log_alpha))
+    real = s < frames
+    carried = jnp.where(real, log_alpha - log_norm, previous)
+    return carried, jnp.where(real, -log_norm, 0.0)
+
+  _, values = jax.lax.scan(step, start, (log_probs, jnp.arange(num_frames)))
+  feasible = (frames >= phonemes) & (phonemes > 0)
+  return jnp.where(feasible, values, 0.0)
+
+
+@jit_after_checks(_check_frames_per_step, static_argnames=('frames_per_step',))
+def forward_sum_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike, frame_mask: ArrayLike,
+                     frames_per_step: int = 1) -> Array:
+  r"""The forward-sum alignment loss: minus the log-likelihood of every monotonic alignment.
+
+  Reading each frame's attention over the phonemes as a distribution, the
+  likelihood of the text is the sum over monotonic alignments (frame 0 on
+  phoneme 0, the last real frame on the last real phoneme, each frame on
+  the same phoneme as the one before or the next):
+
+  .. math::
+     p_b = \sum_{\text{monotonic } t(\cdot)} \prod_{s < T_b} a_{s, t(s)},
+     \qquad -\log p_b = \sum_{s < T_b} -\log c_{b,s}
+
+  computed by the forward algorithm, whose normaliser ``c_{b,s}`` at frame
+  ``s`` is the frame's share of the likelihood: the values are the
+  per-frame ``-log c_{b,s}``, so their sum over a row's real frames is its
+  ``-log p_b`` and the Objective's masked mean is the negative
+  log-likelihood per frame. A row's sum is >= 0 (the paths' products sum to
+  at most 1), a single frame's value may be negative, and it is 0 exactly
+  when the attention is one-hot on a monotonic path through every phoneme. This is the alignment loss of
+  Badlani et al. (CTC's forward algorithm without the blank), here on an
+  autoregressive teacher's encoder-decoder attention: the guided attention
+  loss only keeps the attention near the diagonal, this one rewards
+  attending to the phoneme being spoken, in order, without skipping.
+
+  The loss is averaged over the attention's layers and heads (each is
+  pushed to a monotonic alignment, as each is guided). A row with fewer
+  real frames than phonemes has no monotonic alignment and gives 0.
+
+  Args:
+    attention: float ``[batch, layers, heads, steps, phonemes]`` (or
+      ``[batch, heads, steps, phonemes]``), softmax weights over the
+      phonemes.
+    phoneme_mask: ``[batch, phonemes]``, 1 on real phonemes (a prefix).
+    frame_mask: ``[batch, steps]``, 1 on real decoder steps (a prefix).
+    frames_per_step: the decoder's reduction factor ``r``: each step's
+      attention row stands for its ``r`` frames (repeated), so that a
+      phoneme shorter than a step can still get a frame of its own.
+
+  Returns:
+    float32 ``[batch, steps * frames_per_step]``, 0 on masked frames (the
+    step mask repeated ``frames_per_step`` times is their mask).
+
+  References:
+    Badlani, Łańcucki, Shih, Valle, Ping & Catanzaro, "One TTS Alignment To
+    Rule Them All" (2021), https://arxiv.org/abs/2108.10447.
+  """
+  _checks.check_floating('attention', attention)
+  attention = jnp.asarray(attention, jnp.float32)
+  if attention.ndim == 4:
+    attention = attention[:, None]
+  if attention.ndim != 5:
+    raise ValueError('attention must be [batch, layers, heads, steps, phonemes], got shape '
+                     f'{jnp.shape(attention)}.')
+  batch, layers, heads, steps, phonemes = attention.shape
+  phoneme_mask = _position_mask('phoneme_mask', phoneme_mask, (batch, phonemes))
+  frame_mask = _position_mask('frame_mask', frame_mask, (batch, steps))
+  if frames_per_step > 1:
+    attention = jnp.repeat(attention, frames_per_step, axis=3)
+    frame_mask = jnp.repeat(frame_mask, frames_per_step, axis=1)
+  log_probs = jnp.log(jnp.maximum(attention, jnp.finfo(jnp.float32).tiny))
+  # Heads, then layers, share their row's masks; the outer map is the batch.
+  per_head = jax.vmap(jax.vmap(jax.vmap(_forward_sum_row, (0, None, None)), (0, None, None)))
+  values = per_head(log_probs, frame_mask, phoneme_mask).mean(axis=(1, 2))
+  return jnp.where(frame_mask, values, 0.0)

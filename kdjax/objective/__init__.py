@@ -36,6 +36,7 @@ from kdjax.objective._single import feature as feature
 from kdjax.objective._single import relational_feature as relational_feature
 from kdjax.objective._single import supervised as supervised
 from kdjax.objective._speech import duration_regression as duration_regression
+from kdjax.objective._speech import forward_sum as forward_sum
 from kdjax.objective._speech import guided_attention as guided_attention
 from kdjax.objective._speech import mel_reconstruction as mel_reconstruction
 from kdjax.objective._speech import stop_token as stop_token
@@ -93,6 +94,7 @@ __all__ = [
     'tinybert_hidden',
     'tinybert_prediction',
     'duration_regression',
+    'forward_sum',
     'guided_attention',
     'mel_reconstruction',
     'stop_token',

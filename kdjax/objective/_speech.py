@@ -12,6 +12,8 @@ with the frame mask, ``[batch, phonemes]`` with the phoneme mask.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from kdjax import _checks
 from kdjax.losses import _speech
 from kdjax.objective._core import Term
@@ -131,5 +133,37 @@ def guided_attention(*, feature: str = 'attention', layers: tuple[int, ...] | No
     phoneme_mask = _checks.batch_entry(batch, phoneme_mask_key, 'phoneme mask')
     return _speech.guided_attention_loss(attention, phoneme_mask=phoneme_mask,
                                          frame_mask=frame_mask, sigma=sigma), frame_mask
+
+  return term
+
+
+def forward_sum(*, feature: str = 'attention', layers: tuple[int, ...] | None = None,
+                phoneme_mask_key: str = 'phoneme_mask', frame_mask_key: str = 'frame_mask',
+                frames_per_step: int = 1) -> Term:
+  """``forward_sum_loss`` of the teacher model's encoder-decoder attention, per frame.
+
+  Args:
+    feature: the attention feature ``[batch, layers, heads, steps, phonemes]``.
+    layers: the decoder layers to align (all when ``None``).
+    phoneme_mask_key: the batch's phoneme mask.
+    frame_mask_key: the batch's decoder-step mask.
+    frames_per_step: the decoder's reduction factor (each step's row
+      repeated for its frames).
+
+  Returns:
+    A :class:`Term` of ``[batch, steps * frames_per_step]`` values masked by
+    the step mask repeated ``frames_per_step`` times.
+  """
+
+  def term(student, teacher, batch, step):
+    del teacher, step
+    attention = student.feature(feature)
+    if layers is not None:
+      attention = attention[:, list(layers)]
+    frame_mask = _checks.batch_entry(batch, frame_mask_key, 'frame mask')
+    phoneme_mask = _checks.batch_entry(batch, phoneme_mask_key, 'phoneme mask')
+    values = _speech.forward_sum_loss(attention, phoneme_mask=phoneme_mask,
+                                      frame_mask=frame_mask, frames_per_step=frames_per_step)
+    return values, jnp.repeat(jnp.asarray(frame_mask), frames_per_step, axis=1)
 
   return term
