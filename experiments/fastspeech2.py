@@ -262,8 +262,9 @@ def teacher_objective(config, guided_weight: float, r: int) -> objective_lib.Obj
   weights = {}
   if guided_weight > 0:
     terms['guided'] = objective_lib.guided_attention(sigma=config.alignment.guided_sigma)
-    weights['guided'] = optax.linear_schedule(guided_weight, 0.0,
-                                              config.alignment.guided_decay_steps)
+    decay = config.alignment.guided_decay_steps
+    weights['guided'] = (optax.linear_schedule(guided_weight, 0.0, decay) if decay
+                         else guided_weight)  # 0: a constant weight
   if config.alignment.forward_sum_weight > 0:
     terms['forward_sum'] = objective_lib.forward_sum(frames_per_step=r)
     weights['forward_sum'] = config.alignment.forward_sum_weight
@@ -862,6 +863,8 @@ def describe(results: Mapping[str, Any]) -> str:
   v = teacher['validation']
   weight = config['alignment'].get('forward_sum_weight', 0.0)
   forward_sum = f", forward-sum alignment loss weight {weight:g}" if weight else ''
+  steps = config['alignment']['guided_decay_steps']
+  decay = f'decayed linearly to 0 over {steps} steps' if steps else 'constant'
   return (
       f"Data: {data['dataset']}: utterances of at most {config['data']['max_phonemes']} "
       f"phonemes and {config['data']['max_frames']} frames, {sp['train']['examples']:,} "
@@ -869,8 +872,7 @@ def describe(results: Mapping[str, Any]) -> str:
       f"(mean true duration {sp['test']['mean_duration']:.1f} frames per phoneme). Teacher: "
       f"Transformer TTS {t['encoder_layers']}+{t['decoder_layers']} layers × {t['hidden']}, "
       f"{teacher['params']:,} parameters, {teacher['steps']} steps, reduction factor "
-      f"r = {teacher['r']}, guided attention weight {teacher['guided_weight']:g} decayed "
-      f"linearly to 0 over {config['alignment']['guided_decay_steps']} steps"
+      f"r = {teacher['r']}, guided attention weight {teacher['guided_weight']:g} {decay}"
       f"{forward_sum} (chosen among "
       f"{len(teacher['candidates'])} candidates by validation duration error). Its alignment "
       f"on the validation split (teacher forced, durations from "

@@ -170,12 +170,17 @@ def test_smoke_run_one_step_per_variant(tmp_path):
   assert '(c) FastSpeech 2' in fs2.format_table(results)
 
 
-def test_teacher_objective_adds_the_forward_sum_term_at_its_reduction_factor():
+def test_teacher_objective_forward_sum_term_and_guide_schedule():
   config = configs.get_config('smoke')
+  config.alignment.forward_sum_weight = 0.0
   assert 'forward_sum' not in fs2.teacher_objective(config, 10.0, 3).terms
   config.alignment.forward_sum_weight = 0.5
   objective_ = fs2.teacher_objective(config, 10.0, 3)
   assert objective_.weights['forward_sum'] == 0.5
+  # The guide decays linearly over guided_decay_steps, or stays constant at 0.
+  assert float(objective_.weights['guided'](config.alignment.guided_decay_steps)) == 0.0
+  config.alignment.guided_decay_steps = 0
+  assert fs2.teacher_objective(config, 2.0, 3).weights['guided'] == 2.0
   # The term's values are per frame: the step mask repeated r = 3 times.
   attention = np.full((1, 1, 2, 4, 2), 0.5, np.float32)
 
