@@ -197,6 +197,22 @@ def stop_token_loss(stop_logits: ArrayLike, targets: ArrayLike, *,
   return values if mask is None else jnp.where(mask, values, 0.0)
 
 
+def _attention_and_masks(attention: ArrayLike, phoneme_mask: ArrayLike,
+                         frame_mask: ArrayLike) -> tuple[Array, Array, Array]:
+  """Float32 attention ``[batch, layers, heads, frames, phonemes]`` (a 4-D one gets
+  one layer) and its boolean masks, each shape checked."""
+  _checks.check_floating('attention', attention)
+  attention = jnp.asarray(attention, jnp.float32)
+  if attention.ndim == 4:
+    attention = attention[:, None]
+  if attention.ndim != 5:
+    raise ValueError('attention must be [batch, layers, heads, frames, phonemes], got shape '
+                     f'{jnp.shape(attention)}.')
+  batch, _, _, frames, phonemes = attention.shape
+  return (attention, _position_mask('phoneme_mask', phoneme_mask, (batch, phonemes)),
+          _position_mask('frame_mask', frame_mask, (batch, frames)))
+
+
 @jit_after_checks()
 def guided_attention_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike,
                           frame_mask: ArrayLike, sigma: float | ArrayLike = 0.2) -> Array:
@@ -227,16 +243,9 @@ def guided_attention_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike,
     System Based on Deep Convolutional Networks with Guided Attention"
     (2018), https://arxiv.org/abs/1710.08969.
   """
-  _checks.check_floating('attention', attention)
-  attention = jnp.asarray(attention, jnp.float32)
-  if attention.ndim == 4:
-    attention = attention[:, None]
-  if attention.ndim != 5:
-    raise ValueError('attention must be [batch, layers, heads, frames, phonemes], got shape '
-                     f'{jnp.shape(attention)}.')
+  attention, phoneme_mask, frame_mask = _attention_and_masks(attention, phoneme_mask,
+                                                             frame_mask)
   batch, _, _, frames, phonemes = attention.shape
-  phoneme_mask = _position_mask('phoneme_mask', phoneme_mask, (batch, phonemes))
-  frame_mask = _position_mask('frame_mask', frame_mask, (batch, frames))
   num_phonemes = jnp.maximum(phoneme_mask.sum(-1), 1).astype(jnp.float32)[:, None, None]
   num_frames = jnp.maximum(frame_mask.sum(-1), 1).astype(jnp.float32)[:, None, None]
   offset = (jnp.arange(phonemes, dtype=jnp.float32)[None, None, :] / num_phonemes
@@ -333,16 +342,8 @@ def forward_sum_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike, frame_mas
     Badlani, Łańcucki, Shih, Valle, Ping & Catanzaro, "One TTS Alignment To
     Rule Them All" (2021), https://arxiv.org/abs/2108.10447.
   """
-  _checks.check_floating('attention', attention)
-  attention = jnp.asarray(attention, jnp.float32)
-  if attention.ndim == 4:
-    attention = attention[:, None]
-  if attention.ndim != 5:
-    raise ValueError('attention must be [batch, layers, heads, steps, phonemes], got shape '
-                     f'{jnp.shape(attention)}.')
-  batch, layers, heads, steps, phonemes = attention.shape
-  phoneme_mask = _position_mask('phoneme_mask', phoneme_mask, (batch, phonemes))
-  frame_mask = _position_mask('frame_mask', frame_mask, (batch, steps))
+  attention, phoneme_mask, frame_mask = _attention_and_masks(attention, phoneme_mask,
+                                                             frame_mask)
   if frames_per_step > 1:
     attention = jnp.repeat(attention, frames_per_step, axis=3)
     frame_mask = jnp.repeat(frame_mask, frames_per_step, axis=1)

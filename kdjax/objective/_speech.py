@@ -107,6 +107,15 @@ def stop_token(*, feature: str = 'stop_logits', mask_key: str = 'frame_mask',
   return term
 
 
+def _attention_inputs(student, batch, feature, layers, phoneme_mask_key, frame_mask_key):
+  """The model's attention feature (the chosen decoder layers) and the batch's two masks."""
+  attention = student.feature(feature)
+  if layers is not None:
+    attention = attention[:, list(layers)]
+  return (attention, _checks.batch_entry(batch, phoneme_mask_key, 'phoneme mask'),
+          _checks.batch_entry(batch, frame_mask_key, 'frame mask'))
+
+
 def guided_attention(*, feature: str = 'attention', layers: tuple[int, ...] | None = None,
                      phoneme_mask_key: str = 'phoneme_mask', frame_mask_key: str = 'frame_mask',
                      sigma: float = 0.2) -> Term:
@@ -126,11 +135,8 @@ def guided_attention(*, feature: str = 'attention', layers: tuple[int, ...] | No
 
   def term(student, teacher, batch, step):
     del teacher, step
-    attention = student.feature(feature)
-    if layers is not None:
-      attention = attention[:, list(layers)]
-    frame_mask = _checks.batch_entry(batch, frame_mask_key, 'frame mask')
-    phoneme_mask = _checks.batch_entry(batch, phoneme_mask_key, 'phoneme mask')
+    attention, phoneme_mask, frame_mask = _attention_inputs(
+        student, batch, feature, layers, phoneme_mask_key, frame_mask_key)
     return _speech.guided_attention_loss(attention, phoneme_mask=phoneme_mask,
                                          frame_mask=frame_mask, sigma=sigma), frame_mask
 
@@ -157,11 +163,8 @@ def forward_sum(*, feature: str = 'attention', layers: tuple[int, ...] | None = 
 
   def term(student, teacher, batch, step):
     del teacher, step
-    attention = student.feature(feature)
-    if layers is not None:
-      attention = attention[:, list(layers)]
-    frame_mask = _checks.batch_entry(batch, frame_mask_key, 'frame mask')
-    phoneme_mask = _checks.batch_entry(batch, phoneme_mask_key, 'phoneme mask')
+    attention, phoneme_mask, frame_mask = _attention_inputs(
+        student, batch, feature, layers, phoneme_mask_key, frame_mask_key)
     values = _speech.forward_sum_loss(attention, phoneme_mask=phoneme_mask,
                                       frame_mask=frame_mask, frames_per_step=frames_per_step)
     return values, jnp.repeat(jnp.asarray(frame_mask), frames_per_step, axis=1)
