@@ -190,7 +190,7 @@ def make_host_epoch_fn(
   Why it exists: XLA:CPU runs some convolutions inside a while loop through
   a slow generic path (jax-ml/jax#12868), the kernel gradient of an NHWC or
   NWC convolution among them. With jax 0.10.2, the steps of the zoo's
-  resnet8x4 and of the FastSpeech 2 student ran 72 and 48 times slower
+  resnet8x4 and of the FastSpeech 2 student ran 62 and 43 times slower
   inside ``lax.scan`` than one by one (``benchmarks/epoch_loop.py``,
   docs/performance.md). :func:`compile_epoch_fn` picks this loop where that
   matters; for small steps without convolutions the scan is faster (no

@@ -14,14 +14,16 @@ energy are known frame for frame.
   utterances fit); a 2+2-layer, 128-wide Transformer TTS teacher with
   reduction factor r = 3 (frames per decoder step; r = 5 cannot be usable:
   rounding even the true boundaries to groups of 5 frames leaves 48 % of
-  phonemes within one frame) and guided attention (weight 10 decayed to 0
-  over ``alignment.guided_decay_steps``, σ = 0.1), 100 epochs (3,800 steps);
+  phonemes within one frame), a constant guided attention of weight 2
+  (σ = 0.1) and the forward-sum alignment loss (weight 1; the guide of
+  weight 10 decayed over 2,000 steps that the run of 7687cf9 used made the
+  attention a positional march, docs/speech.md), 100 epochs (3,800 steps);
   durations read from every head averaged by the best monotonic path
   (``alignment.head='mean'``, ``alignment.extraction='monotonic'``: 0.4 to
   1.4 frames better than FastSpeech's focus-head argmax at 75 to 375
   steps, docs/speech.md); 2+2-layer, 64-wide FastSpeech students (15
-  epochs, 570 steps), 3 seeds per variant. Measured (commit 7687cf9,
-  2026-12-07, the 2-core machine alone): **38 min** in all, 0.23 s per
+  epochs, 570 steps), 3 seeds per variant. Measured (commit e95dc2d,
+  2026-12-07, the 2-core machine alone): **42 min** in all, 0.30 s per
   teacher step and 0.26 s per student step (the epochs run as a host loop
   of jitted steps, ``kdjax.loop.compile_epoch_fn``; the scanned epoch was
   4.5x slower for the teacher and 49x for the students). Command::
@@ -30,8 +32,9 @@ energy are known frame for frame.
           --workdir=runs/fastspeech2_cpu
 
 * ``full``: for a user with an accelerator: the same data at the paper's
-  model sizes (a 6+6-layer, 512-wide teacher, r = 1 and 2; 4+4-layer,
-  256-wide students), 10 s utterances.
+  model sizes (a 6+6-layer, 512-wide teacher, r = 1 and 2, guided attention
+  of weight 10 decayed over 20,000 steps and the forward-sum loss;
+  4+4-layer, 256-wide students), 10 s utterances.
 """
 
 import ml_collections
