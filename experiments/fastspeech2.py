@@ -252,7 +252,8 @@ def position_rate(examples, r: int) -> float:
 
 
 def teacher_objective(config, guided_weight: float, r: int) -> objective_lib.Objective:
-  """Mel L1 before and after the post-net, the stop token, decayed guided attention and
+  """Mel L1 before and after the post-net, the stop token, guided attention (decayed
+  linearly, or constant when ``alignment.guided_decay_steps`` is 0) and
   (``alignment.forward_sum_weight > 0``) the forward-sum alignment loss at reduction `r`."""
   terms = {
       'mel': objective_lib.mel_reconstruction(kind='l1'),

@@ -314,11 +314,12 @@ def forward_sum_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike, frame_mas
   ``-log p_b`` and the Objective's masked mean is the negative
   log-likelihood per frame. A row's sum is >= 0 (the paths' products sum to
   at most 1), a single frame's value may be negative, and it is 0 exactly
-  when the attention is one-hot on a monotonic path through every phoneme. This is the alignment loss of
-  Badlani et al. (CTC's forward algorithm without the blank), here on an
-  autoregressive teacher's encoder-decoder attention: the guided attention
-  loss only keeps the attention near the diagonal, this one rewards
-  attending to the phoneme being spoken, in order, without skipping.
+  when the attention is one-hot on a monotonic path through every phoneme.
+  This is the alignment loss of Badlani et al. (CTC's forward algorithm
+  without the blank), here on an autoregressive teacher's encoder-decoder
+  attention: the guided attention loss only keeps the attention near the
+  diagonal, this one rewards attending to every phoneme in order without
+  skipping one.
 
   The loss is averaged over the attention's layers and heads (each is
   pushed to a monotonic alignment, as each is guided). A row with fewer
