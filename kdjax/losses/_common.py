@@ -63,6 +63,11 @@ def compute_dtype(*arrays: Array) -> jnp.dtype:
   return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
 
 
+def positive_int_value(name: str) -> ValueCheck:
+  """A value check: ``arguments[name]`` is a positive int (it is static under jit)."""
+  return lambda arguments: _checks.check_positive_int(name, arguments[name])
+
+
 def positive_value(name: str) -> ValueCheck:
   """A value check: ``arguments[name] > 0`` when known at call time."""
   return lambda arguments: _checks.check_positive(name, arguments[name])

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from kdjax import _checks
 from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_int_value
 
 Array = jax.Array
 ArrayLike = Any
@@ -257,12 +258,6 @@ def guided_attention_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike,
   return jnp.where(frame_mask, values, 0.0)
 
 
-def _check_frames_per_step(arguments: dict[str, Any]) -> None:
-  r = arguments['frames_per_step']
-  if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-    raise ValueError(f'frames_per_step must be a positive int, got {r!r}.')
-
-
 _LOG_FLOOR = -1e30
 
 
@@ -294,7 +289,7 @@ def _forward_sum_row(log_probs: Array, frame_mask: Array, phoneme_mask: Array) -
   return jnp.where(feasible, values, 0.0)
 
 
-@jit_after_checks(_check_frames_per_step, static_argnames=('frames_per_step',))
+@jit_after_checks(positive_int_value('frames_per_step'), static_argnames=('frames_per_step',))
 def forward_sum_loss(attention: ArrayLike, *, phoneme_mask: ArrayLike, frame_mask: ArrayLike,
                      frames_per_step: int = 1) -> Array:
   r"""The forward-sum alignment loss: minus the log-likelihood of every monotonic alignment.

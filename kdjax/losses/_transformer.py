@@ -11,6 +11,7 @@ import numpy as np
 
 from kdjax import _checks
 from kdjax.losses._common import jit_after_checks
+from kdjax.losses._common import positive_int_value
 from kdjax.losses._common import positive_value
 from kdjax.losses._feature import l2_normalize
 from kdjax.losses._feature import prepare_features
@@ -33,11 +34,6 @@ ArrayLike = Any
 #   everywhere: a padded position gives 0 (with zero gradient) and a padded
 #   KEY takes no part in a real query's value, so a padded batch gives the
 #   values of the unpadded sequences (mask == slice).
-
-
-def _positive_int_value(name: str):
-  """A value check: ``arguments[name]`` is a positive int (it is static under jit)."""
-  return lambda arguments: _checks.check_positive_int(name, arguments[name])
 
 
 def _token_mask(token_mask: ArrayLike | None, batch: int, time: int) -> Array | None:
@@ -173,7 +169,7 @@ def _relation_logits(x: Array, num_heads: int, name: str) -> Array:
       x.dtype)
 
 
-@jit_after_checks(_positive_int_value('num_relation_heads'),
+@jit_after_checks(positive_int_value('num_relation_heads'),
                   static_argnames=('num_relation_heads',))
 def relation_kl(
     student_vectors: ArrayLike, teacher_vectors: ArrayLike, *, num_relation_heads: int,
