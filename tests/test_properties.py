@@ -754,17 +754,24 @@ def test_duration_and_stop_token_losses():
   check()
 
 
+def _attention_loss_checked(loss, scores, phoneme_mask, frame_mask):
+  """`loss` of the softmax over the real phonemes of `scores`: its values, after
+  checking that they and their gradient with respect to the attention are finite."""
+  attention = jax.nn.softmax(jnp.where(phoneme_mask[:, None, None], scores, -jnp.inf), -1)
+  attention = jnp.nan_to_num(attention)  # rows with no phoneme: all zeros
+  masks = {'phoneme_mask': phoneme_mask, 'frame_mask': frame_mask}
+  values = loss(attention, **masks)
+  grads = jax.grad(lambda a: jnp.sum(loss(a, **masks)))(attention)
+  _assert_finite(loss.__name__, values, grads)
+  return values
+
+
 def test_guided_attention_loss():
   @hypothesis.given(_values((2, 1, 3, 4), low=-5.0, high=5.0, special=(20.0, -20.0, 0.0)),
                     _row_masks((2, 4)), _row_masks((2, 3)))
   def check(scores, phoneme_mask, frame_mask):
-    attention = jax.nn.softmax(jnp.where(phoneme_mask[:, None, None], scores, -jnp.inf), -1)
-    attention = jnp.nan_to_num(attention)  # rows with no phoneme: all zeros
-    values = losses.guided_attention_loss(attention, phoneme_mask=phoneme_mask,
-                                          frame_mask=frame_mask)
-    grads = jax.grad(lambda a: jnp.sum(losses.guided_attention_loss(
-        a, phoneme_mask=phoneme_mask, frame_mask=frame_mask)))(attention)
-    _assert_finite('guided_attention_loss', values, grads)
+    values = _attention_loss_checked(losses.guided_attention_loss, scores, phoneme_mask,
+                                     frame_mask)
     # Attention weights in [0, 1] that sum to at most 1 over the phonemes:
     # the penalty is in [0, 1], and 0 on padded frames.
     assert values.shape == (2, 3)
@@ -781,13 +788,8 @@ def test_forward_sum_loss():
     # The masks are prefixes (the loss's contract): a row's real positions come first.
     phoneme_mask = np.cumprod(phoneme_mask, -1).astype(bool)
     frame_mask = np.cumprod(frame_mask, -1).astype(bool)
-    attention = jax.nn.softmax(jnp.where(phoneme_mask[:, None, None], scores, -jnp.inf), -1)
-    attention = jnp.nan_to_num(attention)  # rows with no phoneme: all zeros
-    values = losses.forward_sum_loss(attention, phoneme_mask=phoneme_mask,
-                                     frame_mask=frame_mask)
-    grads = jax.grad(lambda a: jnp.sum(losses.forward_sum_loss(
-        a, phoneme_mask=phoneme_mask, frame_mask=frame_mask)))(attention)
-    _assert_finite('forward_sum_loss', values, grads)
+    values = _attention_loss_checked(losses.forward_sum_loss, scores, phoneme_mask,
+                                     frame_mask)
     # Minus the log of a sum of path probabilities that is at most 1: each
     # row's sum is >= 0; padded frames give 0.
     assert values.shape == (2, 5)
