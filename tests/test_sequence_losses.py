@@ -15,6 +15,7 @@ from kdjax import losses
 from kdjax import metrics
 from kdjax import objective
 from kdjax._outputs import Outputs
+from kdjax.losses import _sequence
 
 BATCH, TIME, VOCAB, PADDED_VOCAB = 8, 5, 11, 16
 
@@ -90,10 +91,11 @@ def test_divergence_fn_names_and_hyperparameters():
   assert losses.divergence_fn('forward_kl') is losses.kl_divergence
 
 
-def test_masked_tokens_give_zero_and_no_nan_gradient():
-  mask = _uneven_mask()
-  student = jnp.where(mask[..., None] > 0, _logits(0), jnp.nan)
-  teacher = jnp.where(mask[..., None] > 0, _logits(1), jnp.inf)
+@pytest.mark.parametrize('repeat', [1, 8])  # 40 rows: one block; 320: blocks in place
+def test_masked_tokens_give_zero_and_no_nan_gradient(repeat):
+  mask = jnp.tile(_uneven_mask(), (repeat, 1))
+  student = jnp.where(mask[..., None] > 0, jnp.tile(_logits(0), (repeat, 1, 1)), jnp.nan)
+  teacher = jnp.where(mask[..., None] > 0, jnp.tile(_logits(1), (repeat, 1, 1)), jnp.inf)
 
   def mean_loss(s):
     values = losses.token_divergence(s, teacher, divergence='jsd', token_mask=mask)
@@ -106,12 +108,19 @@ def test_masked_tokens_give_zero_and_no_nan_gradient():
 
 
 @pytest.mark.parametrize('name', ['forward_kl', 'jsd', 'tvd'])
-def test_fused_gradient_equals_autodiff_for_any_cotangent(name):
+@pytest.mark.parametrize('rows, in_place', [
+    (4 * _sequence._ROW_BLOCK, True),  # full blocks
+    (2 * _sequence._ROW_BLOCK + 3, True),  # 7 blocks of 37 rows
+    (257, False),  # prime: padded blocks in a new array
+    (5, None),  # one block, no loop
+])
+def test_fused_gradient_equals_autodiff_for_any_cotangent(name, rows, in_place):
   """token_divergence computes each row's gradient in the forward pass, in
-  blocks of rows (here 2 full blocks and a padded one); times any cotangent
-  it equals autodiff through the divergence's own function."""
-  from kdjax.losses import _sequence
-  rows = 2 * _sequence._ROW_BLOCK + 3
+  blocks of rows written over the student's logits (or, for a row count
+  with no usable divisor, padded into a new array); times any cotangent it
+  equals autodiff through the divergence's own function."""
+  if in_place is not None:
+    assert (_sequence._block_size(rows) is not None) == in_place
   rng = np.random.default_rng(0)
   student = jnp.asarray(rng.normal(size=(rows, 1, 7)), jnp.float32)
   teacher = jnp.asarray(rng.normal(size=(rows, 1, 7)), jnp.float32)
@@ -256,3 +265,28 @@ def test_one_registry_serves_the_logit_and_log_space_forms(name):
       4.0 * entry.log_space_fn(log_q, valid, log_p, valid, hyper),
       rtol=1e-5, atol=1e-6,
   )
+
+
+def test_fused_divergence_holds_no_logits_sized_temporary():
+  """Loss and gradient of token_divergence compile to less than half a
+  logits-sized array of XLA temporaries: the per-row gradients are written
+  block by block over the student's logits (forward) and scaled in place
+  (backward). Materialising the gradient in a new array, as an earlier
+  version did, takes at least one whole array more."""
+  shape = (8, 16 * _sequence._ROW_BLOCK // 8, 1024)
+
+  def loss_and_grad(student, teacher, mask):
+    def loss(s):
+      values = losses.token_divergence(s, teacher, temperature=2.0, token_mask=mask)
+      return losses.token_mean(values, mask)
+    return jax.value_and_grad(loss)(student)
+
+  logits = jax.ShapeDtypeStruct(shape, jnp.float32)
+  compiled = jax.jit(loss_and_grad).lower(
+      logits, logits, jax.ShapeDtypeStruct(shape[:-1], jnp.bool_)).compile()
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    pytest.skip('this backend reports no memory analysis')
+  logits_bytes = np.prod(shape) * 4
+  assert analysis.temp_size_in_bytes < 0.5 * logits_bytes, (
+      analysis.temp_size_in_bytes / logits_bytes)

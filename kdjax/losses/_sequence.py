@@ -223,35 +223,85 @@ def token_divergence(
 # of autodiff's residuals. The teacher's logits get no gradient (the
 # divergences cut them with stop_gradient anyway). First-order reverse mode
 # only, like any custom_vjp.
-# Rows of logits per block of the fused forward pass: the divergence's
-# temporaries are [_ROW_BLOCK, vocab] blocks, not [tokens, vocab] arrays.
-_ROW_BLOCK = 256
+#
+# Memory: the rows are taken in blocks of at most _ROW_BLOCK, so the
+# divergence's temporaries are [block, vocab], not [tokens, vocab]. The
+# forward pass writes each block's gradient over the same block of the
+# student's logits (a fori_loop whose carry is the logits, updated in place),
+# and the backward pass scales it by the cotangent in place the same way: at
+# no point does the loss hold a third logits-sized array beside the two
+# models' logits (XLA would otherwise materialise the gradient, the scaled
+# gradient and the transposed copy the unembedding's gradient reads). In
+# place needs a block size that divides the rows; rows with no divisor of at
+# least _MIN_BLOCK (a prime count, say) are padded into a new array instead.
+_ROW_BLOCK = 128
+_MIN_BLOCK = 16
 
 
-def _unit_grad(fn, student_logits, teacher_logits, temperature, hyper):
-  """Values and d(values)/d(student_logits) with a unit cotangent, block by block."""
-  shape = student_logits.shape
+def _block_size(rows: int) -> int | None:
+  """The largest divisor of `rows` up to _ROW_BLOCK; None if below _MIN_BLOCK."""
+  for size in range(min(_ROW_BLOCK, rows), _MIN_BLOCK - 1, -1):
+    if rows % size == 0:
+      return size
+  return None
+
+
+def _block_values_and_grad(fn, s, t, temperature, hyper, mask):
+  """One block's values and d(values)/d(s) with a unit cotangent, 0 where masked."""
+  values, vjp = jax.vjp(lambda x: fn(x, t, temperature=temperature, **hyper), s)
+  (unit_grad,) = vjp(jnp.ones_like(values))
+  if mask is not None:
+    unit_grad = jnp.where(mask[..., None], unit_grad, jnp.zeros((), unit_grad.dtype))
+    values = jnp.where(mask, values, 0.0)
+  return values, unit_grad.astype(s.dtype)
+
+
+def _unit_grad_in_place(fn, student_logits, teacher_logits, temperature, hyper, mask, size):
+  """Values and unit gradients, each block's gradient written over its logits."""
+  shape, vocab = student_logits.shape, student_logits.shape[-1]
+  blocks = int(np.prod(shape[:-1])) // size
+  s = student_logits.reshape(blocks, size, vocab)
+  t = teacher_logits.reshape(blocks, size, vocab)
+  m = None if mask is None else mask.reshape(blocks, size)
+  dtype = jax.eval_shape(
+      lambda a, b: fn(a, b, temperature=temperature, **hyper), s[0], t[0]).dtype
+
+  def body(i, carry):
+    logits, values = carry
+    take = functools.partial(jax.lax.dynamic_index_in_dim, index=i, keepdims=False)
+    block_values, grad = _block_values_and_grad(
+        fn, take(logits), take(t), temperature, hyper, None if m is None else take(m))
+    # Makes the write depend on the block's values (a select that never
+    # fires, even for NaN or inf values), so XLA schedules every read of the
+    # block before the write that replaces it and updates the carry in place
+    # instead of copying it.
+    grad = jnp.where((block_values > jnp.inf)[:, None], jnp.zeros((), grad.dtype), grad)
+    logits = jax.lax.dynamic_update_index_in_dim(logits, grad, i, 0)
+    values = jax.lax.dynamic_update_index_in_dim(values, block_values, i, 0)
+    return logits, values
+
+  unit_grad, values = jax.lax.fori_loop(
+      0, blocks, body, (s, jnp.zeros((blocks, size), dtype)))
+  return values.reshape(shape[:-1]), unit_grad.reshape(shape)
+
+
+def _unit_grad_padded(fn, student_logits, teacher_logits, temperature, hyper, mask):
+  """As _unit_grad_in_place, into a new array, for row counts without a usable divisor."""
+  shape, vocab = student_logits.shape, student_logits.shape[-1]
   rows = int(np.prod(shape[:-1]))
-
-  def block(pair):
-    s, t = pair
-    values, vjp = jax.vjp(lambda x: fn(x, t, temperature=temperature, **hyper), s)
-    (unit_grad,) = vjp(jnp.ones_like(values))
-    return values, unit_grad
-
-  if rows <= _ROW_BLOCK:
-    return block((student_logits, teacher_logits))
   blocks = -(-rows // _ROW_BLOCK)
   padding = blocks * _ROW_BLOCK - rows
 
-  def split(x):
-    x = x.reshape(rows, shape[-1])
-    x = jnp.pad(x, ((0, padding), (0, 0)))
-    return x.reshape(blocks, _ROW_BLOCK, shape[-1])
+  def split(x, *tail):
+    x = jnp.pad(x.reshape(rows, *tail), ((0, padding),) + ((0, 0),) * len(tail))
+    return x.reshape(blocks, _ROW_BLOCK, *tail)
 
-  values, unit_grad = jax.lax.map(block, (split(student_logits), split(teacher_logits)))
+  masks = jnp.ones((blocks, _ROW_BLOCK), bool) if mask is None else split(mask)
+  values, unit_grad = jax.lax.map(
+      lambda x: _block_values_and_grad(fn, *x[:2], temperature, hyper, x[2]),
+      (split(student_logits, vocab), split(teacher_logits, vocab), masks))
   values = values.reshape(-1)[:rows].reshape(shape[:-1])
-  unit_grad = unit_grad.reshape(-1, shape[-1])[:rows].reshape(shape)
+  unit_grad = unit_grad.reshape(-1, vocab)[:rows].reshape(shape)
   return values, unit_grad
 
 
@@ -263,17 +313,36 @@ def _row_fused(fn, student_logits, teacher_logits, temperature, hyper, mask):
 
 
 def _row_fused_fwd(fn, student_logits, teacher_logits, temperature, hyper, mask):
-  values, unit_grad = _unit_grad(fn, student_logits, teacher_logits, temperature, hyper)
-  if mask is None:
-    return values, unit_grad
-  unit_grad = jnp.where(mask[..., None], unit_grad, jnp.zeros((), unit_grad.dtype))
-  return jnp.where(mask, values, 0.0), unit_grad
+  rows = int(np.prod(student_logits.shape[:-1]))
+  if rows <= _ROW_BLOCK:
+    return _block_values_and_grad(fn, student_logits, teacher_logits, temperature, hyper,
+                                  mask)
+  size = _block_size(rows)
+  if size is None:
+    return _unit_grad_padded(fn, student_logits, teacher_logits, temperature, hyper, mask)
+  return _unit_grad_in_place(fn, student_logits, teacher_logits, temperature, hyper, mask,
+                             size)
 
 
 def _row_fused_bwd(fn, unit_grad, cotangent):
   del fn
-  grad = (cotangent[..., None] * unit_grad).astype(unit_grad.dtype)
-  return grad, None, None, None, None
+  shape = unit_grad.shape
+  rows = int(np.prod(shape[:-1]))
+  size = _block_size(rows) if rows > _ROW_BLOCK else None
+  if size is None:
+    grad = (cotangent[..., None] * unit_grad).astype(unit_grad.dtype)
+    return grad, None, None, None, None
+  # Scaled block by block in place (the unit gradient dies here).
+  blocks = rows // size
+  cotangent = cotangent.reshape(blocks, size)
+
+  def body(i, grad):
+    take = functools.partial(jax.lax.dynamic_index_in_dim, index=i, keepdims=False)
+    block = (take(cotangent)[:, None] * take(grad)).astype(grad.dtype)
+    return jax.lax.dynamic_update_index_in_dim(grad, block, i, 0)
+
+  grad = jax.lax.fori_loop(0, blocks, body, unit_grad.reshape(blocks, size, shape[-1]))
+  return grad.reshape(shape), None, None, None, None
 
 
 _row_fused.defvjp(_row_fused_fwd, _row_fused_bwd)
