@@ -12,8 +12,7 @@ WORKERS ?= 2
 # experiments/results/<name>.json): make_results keeps them, with a note
 # saying so, instead of failing. Every section is recorded now; add
 # `--keep NAME` here only for a section whose run is missing.
-# lm_distill_cpu: not run yet (hours on 2 cores); drop it once recorded.
-KEEP_UNRECORDED := --keep lm_distill_cpu
+KEEP_UNRECORDED :=
 MAKE_RESULTS := $(BIN)/python -m experiments.make_results $(KEEP_UNRECORDED)
 
 $(STAMP): pyproject.toml
