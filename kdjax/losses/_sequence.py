@@ -239,7 +239,13 @@ _MIN_BLOCK = 16
 
 
 def _block_size(rows: int) -> int | None:
-  """The largest divisor of `rows` up to _ROW_BLOCK; None if below _MIN_BLOCK."""
+  """Rows per in-place block: the largest divisor of `rows` up to _ROW_BLOCK.
+
+  None when `rows` fit one block (no loop) or have no divisor of at least
+  _MIN_BLOCK (padded blocks).
+  """
+  if rows <= _ROW_BLOCK:
+    return None
   for size in range(min(_ROW_BLOCK, rows), _MIN_BLOCK - 1, -1):
     if rows % size == 0:
       return size
@@ -328,7 +334,7 @@ def _row_fused_bwd(fn, unit_grad, cotangent):
   del fn
   shape = unit_grad.shape
   rows = int(np.prod(shape[:-1]))
-  size = _block_size(rows) if rows > _ROW_BLOCK else None
+  size = _block_size(rows)
   if size is None:
     grad = (cotangent[..., None] * unit_grad).astype(unit_grad.dtype)
     return grad, None, None, None, None
