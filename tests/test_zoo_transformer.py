@@ -259,3 +259,24 @@ def test_distillation_train_step_on_token_logits_with_a_time_mask():
   assert float(count) == 3 * 6 - 2 * 2  # masked tokens are not counted
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), new_state.params, state.params)
   assert all(float(m) > 0 for m in jax.tree.leaves(moved))
+
+
+@pytest.mark.parametrize('spec, x_shape, k_shape, n', [
+    ('btd,dv->btv', (2, 3, 5), (5, 7), 1),
+    ('btd,dhk->bthk', (2, 3, 5), (5, 4, 6), 1),
+    ('bthk,hkd->btd', (2, 3, 4, 6), (4, 6, 5), 2),
+])
+def test_projections_as_2d_matmuls_equal_the_einsums(spec, x_shape, k_shape, n):
+  """The model's projections merge batch and time into matrix rows (no
+  transposed copies in XLA:CPU's backward pass): values and both gradients
+  equal the einsum's."""
+  from kdjax.zoo import _transformer
+  kx, kk, kr = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(kx, x_shape)
+  kernel = jax.random.normal(kk, k_shape)
+  r = jax.random.normal(kr, jnp.einsum(spec, x, kernel).shape)
+  ours = lambda x, k: jnp.sum(_transformer._contract(x, k, n) * r)
+  theirs = lambda x, k: jnp.sum(jnp.einsum(spec, x, k) * r)
+  np.testing.assert_allclose(ours(x, kernel), theirs(x, kernel), rtol=1e-5)
+  for got, want in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(theirs, (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

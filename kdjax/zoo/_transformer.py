@@ -152,6 +152,23 @@ def _param(module: nn.Module, name: str, init, shape: Sequence[int], axes: Seque
   )
 
 
+def _contract(x: jax.Array, kernel: jax.Array, n: int = 1, **kwargs) -> jax.Array:
+  """``x``'s last `n` axes contracted with ``kernel``'s first `n`, as one 2-D matmul.
+
+  The same numbers as the einsum (``'btd,dv->btv'``, ``'btd,dhk->bthk'``,
+  ``'bthk,hkd->btd'``), but with the batch and time axes merged into one row
+  axis and the kernel's axes into matrix axes. Autodiff of the 3-D einsum
+  contracts the kernel's gradient over two axes (batch and time), which
+  XLA's CPU backend feeds to its matmul library through a transposed copy
+  of the activations' gradient; merged rows need no copy (the LM benchmark's
+  MLP backward: 233 -> 151 ms).
+  """
+  lead, inner, outer = x.shape[:-n], x.shape[x.ndim - n:], kernel.shape[n:]
+  rows = x.reshape(int(np.prod(lead)), int(np.prod(inner)))
+  matrix = kernel.reshape(int(np.prod(inner)), int(np.prod(outer)))
+  return jnp.matmul(rows, matrix, **kwargs).reshape(*lead, *outer)
+
+
 def _norm(config: Any, name: str | None) -> nn.Module:
   scale_init = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
   if config.norm == 'rms':
@@ -394,7 +411,7 @@ class _Attention(nn.Module):
     self.out = _param(self, 'out', out_init, (h, k, d), ('heads', 'kv', 'embed'))
 
   def _heads(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    heads = jnp.einsum('btd,dhk->bthk', x, kernel.astype(self.config.dtype))
+    heads = _contract(x, kernel.astype(self.config.dtype))
     return nn.with_logical_constraint(heads, ('batch', 'length', 'heads', 'kv'))
 
   def queries(self, x: jax.Array) -> jax.Array:
@@ -418,7 +435,7 @@ class _Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
     mixed = jnp.einsum(f'bhqs,{kv}->bqhk', probs, v)
     mixed = nn.with_logical_constraint(mixed, ('batch', 'length', 'heads', 'kv'))
-    return jnp.einsum('bthk,hkd->btd', mixed, self.out.astype(cfg.dtype))
+    return _contract(mixed, self.out.astype(cfg.dtype), 2)
 
   def __call__(self, x: jax.Array, mask: Any) -> jax.Array:
     """Self-attention over the whole of ``x [batch, time, hidden]``."""
@@ -494,7 +511,7 @@ class _Mlp(nn.Module):
     shape_in, axes_in = (cfg.hidden, cfg.mlp_dim), ('embed', 'mlp')
 
     def project(name, inputs, shape, axes):
-      return inputs @ _param(self, name, init, shape, axes).astype(cfg.dtype)
+      return _contract(inputs, _param(self, name, init, shape, axes).astype(cfg.dtype))
 
     if cfg.mlp == 'swiglu':
       gate = project('wi_gate', x, shape_in, axes_in)
@@ -609,9 +626,7 @@ def _check_beam_inputs(tokens: jax.Array, positions: jax.Array, slots: jax.Array
 
 
 def _unembed(hidden: jax.Array, unembedding: jax.Array, dtype: Any) -> jax.Array:
-  logits = jnp.einsum(
-      'btd,dv->btv', hidden, unembedding.astype(dtype), preferred_element_type=jnp.float32
-  )
+  logits = _contract(hidden, unembedding.astype(dtype), preferred_element_type=jnp.float32)
   return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
