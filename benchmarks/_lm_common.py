@@ -11,9 +11,11 @@ AdamW. Each script writes its own ``## ...`` section of
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
 import pathlib
+import resource
 import statistics
 import sys
 import time
@@ -218,20 +220,65 @@ def write_section(title: str, section: str, path: pathlib.Path = DOCS) -> None:
 
 
 def time_alternating(sides: dict[str, Any], *, warmup: int, repeats: int,
-                     steps: int) -> dict[str, np.ndarray]:
+                     steps: int, faults: dict[str, float] | None = None
+                     ) -> dict[str, np.ndarray]:
   """Seconds per step of each side, the sides taking turns (the order rotated each repeat).
 
   Each side has ``run(k)``, which does k steps and waits for them. After
   `warmup` steps of every side, each of `repeats` rounds times `steps`
   steps of every side in turn, so that load changes hit every side alike.
+  With `faults`, it also gets each side's median minor page faults per step
+  (``getrusage``: pages the kernel had to map, and zero, on first touch).
   """
   for side in sides.values():
     side.run(warmup)
   times = {name: [] for name in sides}
+  counts = {name: [] for name in sides}
   names = list(sides)
   for rep in range(repeats):
     for name in names[rep % len(names):] + names[:rep % len(names)]:
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       start = time.perf_counter()
       sides[name].run(steps)
       times[name].append((time.perf_counter() - start) / steps)
+      counts[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps)
+  if faults is not None:
+    faults.update({name: median(v) for name, v in counts.items()})
   return {name: np.asarray(v) for name, v in times.items()}
+
+
+MALLOC_CHOICES = ('system', 'retain')
+
+
+def set_malloc_description(choice: str) -> str:
+  """What :func:`set_malloc` does for `choice`, in words (changes nothing)."""
+  if choice == 'system':
+    return 'glibc malloc as configured by the system'
+  return ('glibc malloc keeping freed memory (`mallopt`: M_MMAP_MAX 0, M_ARENA_MAX 1, '
+          'M_TRIM_THRESHOLD 2^31 - 1)')
+
+
+def set_malloc(choice: str) -> str:
+  """Configures glibc's allocator for this process; returns a sentence saying how.
+
+  ``'system'`` leaves it alone. ``'retain'`` keeps freed memory for reuse
+  instead of handing it back to the kernel: every ``malloc`` served from
+  one heap grown with ``brk`` (``M_MMAP_MAX = 0``, ``M_ARENA_MAX = 1``)
+  that is never trimmed (``M_TRIM_THRESHOLD`` at its maximum). By default
+  glibc serves blocks of 32 MiB and more with fresh ``mmap`` pages and
+  unmaps them on ``free``, so a step that allocates a logits-sized
+  temporary (XLA's per-run temporaries, PyTorch's per-op tensors) takes
+  one page fault per 4 KiB page of it, every step. Call it before the
+  large allocations. Both sides of a benchmark run in the process, so
+  both get the same allocator.
+  """
+  if choice == 'system':
+    return set_malloc_description(choice)
+  if choice != 'retain':
+    raise ValueError(f'malloc must be one of {MALLOC_CHOICES}, got {choice!r}')
+  libc = ctypes.CDLL('libc.so.6')
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
+  for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1)):
+    if libc.mallopt(option, value) != 1:
+      raise RuntimeError(f'mallopt({option}, {value}) failed')
+  return set_malloc_description(choice)

@@ -120,3 +120,72 @@ def test_torch_step_equals_kdjax_step():
   sides = {name: lm_torch.Side(name, args, parts) for name in ('kdjax', 'torch')}
   history = lm_torch.check_losses(args, parts, sides, steps=3)  # raises if they differ
   assert len(history['torch']) == 3
+
+
+_FAULTS_PROBE = r'''
+import ctypes, resource, sys
+sys.path.insert(0, sys.argv[1])
+import _lm_common as common
+
+libc = ctypes.CDLL('libc.so.6')
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 64 * 2**20  # above glibc's largest mmap threshold (32 MiB)
+
+def faults_per_cycle():
+  # Plain malloc (numpy asks for huge pages, which would hide the count).
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(5):
+    block = libc.malloc(SIZE)
+    ctypes.memset(block, 1, SIZE)
+    libc.free(block)
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+
+system = faults_per_cycle()
+common.set_malloc('retain')
+faults_per_cycle()  # grows the heap once
+print(system, faults_per_cycle())
+'''
+
+
+def test_retained_malloc_stops_refaulting_freed_blocks():
+  """`--malloc retain` makes a freed 64 MiB block come back without page
+  faults; the system allocator maps it afresh (one fault per 4 KiB page).
+  Runs in a subprocess: the setting is process-wide."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  benchmarks = str(pathlib.Path(common.__file__).parent)
+  out = subprocess.run([sys.executable, '-c', _FAULTS_PROBE, benchmarks], check=True,
+                       capture_output=True, text=True).stdout.split()
+  system, retained = float(out[-2]), float(out[-1])
+  pages = 64 * 2**20 / 4096
+  assert system > 0.5 * pages, (system, pages)
+  assert retained < 0.05 * pages, (retained, pages)
+  assert common.set_malloc_description('system') != common.set_malloc_description('retain')
+  with pytest.raises(ValueError, match='malloc must be one of'):
+    common.set_malloc('jemalloc')
+
+
+def test_time_alternating_reports_page_faults_per_step():
+  import ctypes  # pylint: disable=g-import-not-at-top
+  import mmap  # pylint: disable=g-import-not-at-top
+
+  class Side:
+    """Touches `size` bytes of fresh anonymous memory per step (or none)."""
+
+    def __init__(self, size):
+      self.size = size
+
+    def run(self, k):
+      for _ in range(k):
+        if self.size:
+          # mmap directly: whatever malloc settings this process has.
+          with mmap.mmap(-1, self.size) as block:
+            ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block)), 1, self.size)
+
+  faults = {}
+  times = common.time_alternating({'none': Side(0), 'big': Side(64 * 2**20)}, warmup=1,
+                                  repeats=3, steps=2, faults=faults)
+  assert set(times) == set(faults) == {'none', 'big'}
+  # 64 MiB of fresh pages per step: at least one fault per 2 MiB huge page.
+  assert faults['big'] >= 32 and faults['big'] > 10 * max(faults['none'], 1.0), faults
