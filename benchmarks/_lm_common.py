@@ -248,9 +248,27 @@ def time_alternating(sides: dict[str, Any], *, warmup: int, repeats: int,
 
 
 MALLOC_CHOICES = ('system', 'retain')
+FAULTS_HEADER = 'page faults / step (MiB of 4 KiB pages)'
 
 
-def set_malloc_description(choice: str) -> str:
+def faults_cell(count: float) -> str:
+  """A table cell: minor page faults per step and the MiB of 4 KiB pages they map."""
+  return f'{count:,.0f} ({count * 4 / 1024:,.0f})'
+
+
+def add_malloc_flag(parser) -> None:
+  """``--malloc {system,retain}``: the allocator of the timing process (:func:`set_malloc`)."""
+  parser.add_argument('--malloc', choices=MALLOC_CHOICES, default='system',
+                      help="'retain': glibc keeps freed memory for reuse (both sides); "
+                           'its results go to their own section')
+
+
+def malloc_sections(section: str) -> dict[str, str]:
+  """The docs section each ``--malloc`` choice writes: `section`, or its kept-memory twin."""
+  return {'system': section, 'retain': section + ', freed memory kept'}
+
+
+def malloc_description(choice: str) -> str:
   """What :func:`set_malloc` does for `choice`, in words (changes nothing)."""
   if choice == 'system':
     return 'glibc malloc as configured by the system'
@@ -258,8 +276,8 @@ def set_malloc_description(choice: str) -> str:
           'M_TRIM_THRESHOLD 2^31 - 1)')
 
 
-def set_malloc(choice: str) -> str:
-  """Configures glibc's allocator for this process; returns a sentence saying how.
+def set_malloc(choice: str) -> None:
+  """Configures glibc's allocator for this process.
 
   ``'system'`` leaves it alone. ``'retain'`` keeps freed memory for reuse
   instead of handing it back to the kernel: every ``malloc`` served from
@@ -272,13 +290,12 @@ def set_malloc(choice: str) -> str:
   large allocations. Both sides of a benchmark run in the process, so
   both get the same allocator.
   """
-  if choice == 'system':
-    return set_malloc_description(choice)
-  if choice != 'retain':
+  if choice not in MALLOC_CHOICES:
     raise ValueError(f'malloc must be one of {MALLOC_CHOICES}, got {choice!r}')
+  if choice == 'system':
+    return
   libc = ctypes.CDLL('libc.so.6')
   m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # <malloc.h>
   for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1)):
     if libc.mallopt(option, value) != 1:
       raise RuntimeError(f'mallopt({option}, {value}) failed')
-  return set_malloc_description(choice)

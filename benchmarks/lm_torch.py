@@ -68,7 +68,7 @@ from kdjax import zoo  # pylint: disable=wrong-import-position
 
 SECTION = '## LM distillation step: kdjax vs PyTorch'
 # The same benchmark with `--malloc retain` writes its own section.
-SECTIONS = {'system': SECTION, 'retain': SECTION + ', freed memory kept'}
+SECTIONS = common.malloc_sections(SECTION)
 SPEED_GOAL = 1.2
 MEMORY_GOAL = 0.5
 SIDES = ('kdjax', 'kdjax-chunked', 'torch')
@@ -330,7 +330,7 @@ def measure(args, argv: list[str], *, memory: bool = True) -> dict[str, Any]:
 # Reporting.
 
 HEADERS = ['side', 'ms/step [IQR]', 'torch time / this (speed-up) [IQR]',
-           'page faults / step (MiB of 4 KiB pages)',
+           common.FAULTS_HEADER,
            'step memory MiB (peak RSS - RSS before)', 'this / torch memory',
            'XLA temp MiB', 'XLA arguments MiB', 'first losses']
 
@@ -346,8 +346,7 @@ def table_rows(result) -> list[list[str]]:
       ratios = times['torch'] / times[name]
       low, high = common.iqr(ratios)
       row.append(f'{common.median(ratios):.2f} [{low:.2f}, {high:.2f}]')
-      faults = result['faults'][name]
-      row.append(f'{faults:,.0f} ({faults * 4 / 1024:,.0f})')
+      row.append(common.faults_cell(result['faults'][name]))
     else:
       row += ['', '', '']
     if memory:
@@ -436,7 +435,7 @@ Time: in one process, after {args.warmup} warm-up steps, {args.repeats}
 repeats of {args.steps} steps of each side in turn (rotating the order);
 medians per step, and the median of the per-repeat ratios torch / side
 with the interquartile range; *page faults* are the median minor page
-faults per step (`getrusage`). Allocator: {common.set_malloc_description(args.malloc)}
+faults per step (`getrusage`). Allocator: {common.malloc_description(args.malloc)}
 (`--malloc {args.malloc}`; the section "LM distillation step: the allocator"
 says why it matters). {memory_text}
 * Models: {common.describe(args)}
@@ -467,9 +466,7 @@ def parse_args(argv=None):
   parser.add_argument('--markdown', action='store_true')
   parser.add_argument('--write-docs', action='store_true',
                       help=f'update the "{SECTION}" section of docs/performance.md')
-  parser.add_argument('--malloc', choices=common.MALLOC_CHOICES, default='system',
-                      help="'retain': glibc keeps freed memory for reuse (both sides); "
-                           'its results go to their own section')
+  common.add_malloc_flag(parser)
   parser.add_argument('--memory-worker', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--json', default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)

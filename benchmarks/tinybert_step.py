@@ -77,7 +77,7 @@ from kdjax import zoo  # pylint: disable=wrong-import-position
 
 SECTION = '## TinyBERT distillation step: kdjax vs PyTorch'
 # The same benchmark with `--malloc retain` writes its own section.
-SECTIONS = {'system': SECTION, 'retain': SECTION + ', freed memory kept'}
+SECTIONS = common.malloc_sections(SECTION)
 SPEED_GOAL = 1.2
 TERMS = ('attention', 'hidden', 'embedding')
 LOAD_WARNING = 1.0
@@ -524,12 +524,12 @@ def step_rows(times, faults=None) -> list[list[str]]:
     rows.append([name, f'{common.median(times[name]) * 1e3:.0f} [{low * 1e3:.0f}, '
                  f'{high * 1e3:.0f}]',
                  f'{common.median(ratios):.2f} [{r_low:.2f}, {r_high:.2f}]',
-                 '' if count is None else f'{count:,.0f} ({count * 4 / 1024:,.0f})'])
+                 '' if count is None else common.faults_cell(count)])
   return rows
 
 
 STEP_HEADERS = ['side', 'ms/step [IQR]', 'torch time / this (speed-up) [IQR]',
-                'page faults / step (MiB of 4 KiB pages)']
+                common.FAULTS_HEADER]
 INFERENCE_HEADERS = ['model', 'parameters', 'ms/batch [IQR]', 'sentences/s',
                      'speed-up over the teacher']
 
@@ -587,7 +587,7 @@ warm-up steps, {args.repeats} blocks of {args.steps} step(s) of each side in
 turn (rotating the order); medians per step and the median of the per-block
 ratios torch / side with the interquartile range; *page faults* are the
 median minor page faults per step (`getrusage`). Allocator:
-{common.set_malloc_description(args.malloc)} (`--malloc {args.malloc}`; the
+{common.malloc_description(args.malloc)} (`--malloc {args.malloc}`; the
 section "LM distillation step: the allocator" says why it matters).
 
 * Command: `{common.command_line('tinybert_step.py', argv)}`
@@ -629,9 +629,7 @@ def parse_args(argv=None):
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=20)
   parser.add_argument('--inference-repeats', type=int, default=20)
-  parser.add_argument('--malloc', choices=common.MALLOC_CHOICES, default='system',
-                      help="'retain': glibc keeps freed memory for reuse (both sides); "
-                           'its results go to their own section')
+  common.add_malloc_flag(parser)
   parser.add_argument('--markdown', action='store_true')
   parser.add_argument('--write-docs', action='store_true',
                       help=f'update the "{SECTION}" section of docs/performance.md')

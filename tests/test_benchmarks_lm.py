@@ -161,7 +161,7 @@ def test_retained_malloc_stops_refaulting_freed_blocks():
   pages = 64 * 2**20 / 4096
   assert system > 0.5 * pages, (system, pages)
   assert retained < 0.05 * pages, (retained, pages)
-  assert common.set_malloc_description('system') != common.set_malloc_description('retain')
+  assert common.malloc_description('system') != common.malloc_description('retain')
   with pytest.raises(ValueError, match='malloc must be one of'):
     common.set_malloc('jemalloc')
 
