@@ -218,7 +218,7 @@ class _Attention(_transformer._Attention):
     probs = jax.nn.softmax(scores, axis=-1)
     mixed = jnp.einsum(f'bhqs,{kv}->bqhk', probs.astype(cfg.dtype), v)
     mixed = nn.with_logical_constraint(mixed, ('batch', 'length', 'heads', 'kv'))
-    return jnp.einsum('bthk,hkd->btd', mixed, self.out.astype(cfg.dtype)), probs
+    return _transformer._contract(mixed, self.out.astype(cfg.dtype), 2), probs
 
 
 class _TTSBlock(nn.Module):
