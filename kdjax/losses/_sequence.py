@@ -246,7 +246,7 @@ def _block_size(rows: int) -> int | None:
   """
   if rows <= _ROW_BLOCK:
     return None
-  for size in range(min(_ROW_BLOCK, rows), _MIN_BLOCK - 1, -1):
+  for size in range(_ROW_BLOCK, _MIN_BLOCK - 1, -1):
     if rows % size == 0:
       return size
   return None
