@@ -280,3 +280,40 @@ def test_projections_as_2d_matmuls_equal_the_einsums(spec, x_shape, k_shape, n):
   np.testing.assert_allclose(ours(x, kernel), theirs(x, kernel), rtol=1e-5)
   for got, want in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(theirs, (0, 1))(x, kernel)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('cached', [False, True])
+def test_attention_weights_and_output_equal_numpy(cached):
+  """`attend_with_weights` (which FastSpeech 2's teacher reads its alignment
+  from, and `attend` is written on) against softmax attention in NumPy:
+  masked keys get weight 0, each query's weights sum to 1, and the output is
+  the weighted values projected out."""
+  from kdjax.zoo import _transformer
+  cfg = ROPE
+  heads, kv = cfg.num_heads, cfg.kv_dim
+  attention = _transformer._Attention(cfg)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, cfg.hidden))
+  key_mask = jnp.array([[True] * 5, [True, True, True, False, False]])
+  mask = key_mask[:, None, None, :]
+  params = jax.eval_shape(attention.init, jax.random.PRNGKey(0), x, mask)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.5, s.shape), s.dtype), params)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 5, heads, kv)), jnp.float32) for _ in range(3))
+  as_given = lambda a: jnp.swapaxes(a, 1, 2) if cached else a  # the cache is [b, h, s, k]
+  out, weights = attention.apply(params, q, as_given(k), as_given(v), mask, cached=cached,
+                                 method='attend_with_weights')
+  np.testing.assert_allclose(
+      attention.apply(params, q, as_given(k), as_given(v), mask, cached=cached,
+                      method='attend'), out)
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  scores = np.einsum('bqhk,bshk->bhqs', q, k) / np.sqrt(kv)
+  scores = np.where(np.asarray(mask), scores, -np.inf)
+  want = np.exp(scores - scores.max(-1, keepdims=True))
+  want /= want.sum(-1, keepdims=True)
+  np.testing.assert_allclose(weights, want, rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(weights)[1, :, :, 3:] == 0)
+  (out_kernel,) = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+                   if 'out' in jax.tree_util.keystr(path)]
+  mixed = np.einsum('bhqs,bshk->bqhk', want, v)
+  np.testing.assert_allclose(out, np.einsum('bqhk,hkd->bqd', mixed, np.asarray(out_kernel)),
+                             rtol=1e-4, atol=1e-5)

@@ -24,7 +24,6 @@ from kdjax import adapters
 from kdjax._outputs import Outputs
 from kdjax.zoo import _transformer
 from kdjax.zoo._seq2seq import _sinusoids
-from kdjax.zoo._tts import _Attention
 from kdjax.zoo._tts import _batch_value
 from kdjax.zoo._tts import _check_head_dim
 from kdjax.zoo._tts import _check_phonemes
@@ -298,7 +297,7 @@ class _FFTBlock(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
     cfg = self.config
     drop = nn.Dropout(cfg.dropout_rate)
-    attended = _Attention(cfg, name='attention')(x, _transformer._key_mask(mask))
+    attended = _transformer._Attention(cfg, name='attention')(x, _transformer._key_mask(mask))
     x = _layer_norm(cfg, 'embed', 'attention_norm')(x + drop(attended, deterministic=not train))
     x = _masked(x, mask)
     first, second = cfg.conv_kernels

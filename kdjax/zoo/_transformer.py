@@ -427,15 +427,21 @@ class _Attention(nn.Module):
     """Attention of ``q [b, t, h, k]`` over ``k, v [b, s, h, k]`` (``[b, h, s, k]``,
     the cache's layout, when `cached`) where ``mask`` (bool, broadcasting to
     ``[b, h, t, s]``) holds, projected out."""
+    return self.attend_with_weights(q, k, v, mask, cached=cached)[0]
+
+  def attend_with_weights(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: Any, *,
+                          cached: bool = False) -> tuple[jax.Array, jax.Array]:
+    """As :meth:`attend`, and the float32 weights ``[batch, heads, queries, keys]``
+    (FastSpeech 2's teacher reads its alignment from them)."""
     cfg = self.config
     kv = 'bhsk' if cached else 'bshk'
     scores = jnp.einsum(f'bqhk,{kv}->bhqs', q, k, preferred_element_type=jnp.float32)
     scores = scores / np.sqrt(cfg.kv_dim).astype(np.float32)
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    mixed = jnp.einsum(f'bhqs,{kv}->bqhk', probs, v)
+    probs = jax.nn.softmax(scores, axis=-1)
+    mixed = jnp.einsum(f'bhqs,{kv}->bqhk', probs.astype(cfg.dtype), v)
     mixed = nn.with_logical_constraint(mixed, ('batch', 'length', 'heads', 'kv'))
-    return _contract(mixed, self.out.astype(cfg.dtype), 2)
+    return _contract(mixed, self.out.astype(cfg.dtype), 2), probs
 
   def __call__(self, x: jax.Array, mask: Any) -> jax.Array:
     """Self-attention over the whole of ``x [batch, time, hidden]``."""

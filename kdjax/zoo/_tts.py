@@ -204,23 +204,6 @@ def _masked(x: jax.Array, mask: jax.Array) -> jax.Array:
   return x * mask.reshape(mask.shape + (1,) * (x.ndim - 2)).astype(x.dtype)
 
 
-class _Attention(_transformer._Attention):
-  """The Transformer's attention, able to return its weights as well."""
-
-  def attend_with_weights(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: Any, *,
-                          cached: bool = False) -> tuple[jax.Array, jax.Array]:
-    """As ``attend``, and the float32 weights ``[batch, heads, queries, keys]``."""
-    cfg = self.config
-    kv = 'bhsk' if cached else 'bshk'
-    scores = jnp.einsum(f'bqhk,{kv}->bhqs', q, k, preferred_element_type=jnp.float32)
-    scores = scores / np.sqrt(cfg.kv_dim).astype(np.float32)
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    mixed = jnp.einsum(f'bhqs,{kv}->bqhk', probs.astype(cfg.dtype), v)
-    mixed = nn.with_logical_constraint(mixed, ('batch', 'length', 'heads', 'kv'))
-    return _transformer._contract(mixed, self.out.astype(cfg.dtype), 2), probs
-
-
 class _TTSBlock(nn.Module):
   """A pre-norm Transformer block whose cross-attention returns its weights."""
 
@@ -230,10 +213,10 @@ class _TTSBlock(nn.Module):
   def setup(self):
     cfg = self.config
     self.attention_norm = _transformer._norm(cfg, None)
-    self.attention = _Attention(cfg)
+    self.attention = _transformer._Attention(cfg)
     if self.cross:
       self.cross_attention_norm = _transformer._norm(cfg, None)
-      self.cross_attention = _Attention(cfg)
+      self.cross_attention = _transformer._Attention(cfg)
     self.mlp_norm = _transformer._norm(cfg, None)
     self.mlp = _transformer._Mlp(cfg)
     self.dropout = nn.Dropout(cfg.dropout_rate)
