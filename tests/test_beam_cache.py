@@ -137,21 +137,23 @@ def test_beam_decode_equals_decode_on_a_reordered_cache():
   slots[0, :, prompt_len:prompt_len + 2] = parents[:, None]
   slots[0, :, prompt_len + 2] = np.arange(width)
   decoder = zoo.lm_decoder(model)
+  # Jitted: one compilation each instead of every op eagerly (eager decoding
+  # equals jitted in tests/test_zoo_decode.py).
+  beam_step = jax.jit(decoder.beam_step)
   cache = decoder.init_cache(variables, {}, 1, length)
-  _, cache = decoder.step(variables, prompt, np.arange(2, dtype=np.int32)[None], cache)
+  _, cache = jax.jit(decoder.step)(variables, prompt, np.arange(2, dtype=np.int32)[None], cache)
   beam_cache = decoder.beam_cache(cache, width)
   # Fill slot v at positions 2, 3 with beam v's tokens of steps 0, 1.
   for t in range(2):
     step_slots = np.broadcast_to(np.arange(width)[None, :, None], (1, width, length)).copy()
     step_slots[0, :, :prompt_len] = 0
-    _, beam_cache = decoder.beam_step(variables, history[None, :, t], np.array([prompt_len + t], np.int32),
-                                      beam_cache, step_slots)
-  logits, _ = decoder.beam_step(variables, history[None, :, 2], np.array([prompt_len + 2], np.int32),
-                                beam_cache, slots)
-  for w in range(width):
-    seq = list(prompt[0]) + list(history[parents[w], :2]) + [history[w, 2]]
-    full = model.apply(variables, np.asarray([seq], np.int32))
-    np.testing.assert_allclose(logits[0, w], full[0, -1], rtol=1e-5, atol=1e-5)
+    _, beam_cache = beam_step(variables, history[None, :, t], np.array([prompt_len + t], np.int32),
+                              beam_cache, step_slots)
+  logits, _ = beam_step(variables, history[None, :, 2], np.array([prompt_len + 2], np.int32),
+                        beam_cache, slots)
+  seqs = [list(prompt[0]) + list(history[parents[w], :2]) + [history[w, 2]] for w in range(width)]
+  full = jax.jit(model.apply)(variables, np.asarray(seqs, np.int32))
+  np.testing.assert_allclose(logits[0], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
 def test_beam_step_bad_input():

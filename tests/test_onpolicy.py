@@ -151,10 +151,14 @@ def test_only_generated_tokens_enter_the_loss(models, half):
   assert (np.asarray(result.lengths)[chosen] < TIME + 1 - PROMPT).any()  # an EOS stopped one
 
   _, metrics = half['step'](state, teacher, batch)
-  student_logits = zoo.DecoderLM(STUDENT).apply(state.variables, sampled['tokens'])
-  teacher_logits = zoo.DecoderLM(TEACHER).apply(teacher, sampled['tokens'])
-  values = np.asarray(losses.generalized_jsd(student_logits, teacher_logits, beta=0.5,
-                                             temperature=2.0))
+
+  @jax.jit  # one compilation rather than every op eagerly
+  def jsd(student, teacher, tokens):
+    return losses.generalized_jsd(zoo.DecoderLM(STUDENT).apply(student, tokens),
+                                  zoo.DecoderLM(TEACHER).apply(teacher, tokens),
+                                  beta=0.5, temperature=2.0)
+
+  values = np.asarray(jsd(state.variables, teacher, sampled['tokens']))
   mask = np.asarray(sampled['mask'])
   np.testing.assert_allclose(_metrics(metrics)['loss/kd'], (values * mask).sum() / mask.sum(),
                              rtol=1e-5)
@@ -222,8 +226,9 @@ def test_mixture_decoder_samples_the_mixture(models):
   result = generate.make_generate(mixed, max_new_tokens=3, method=generate.Sampling())(
       (state.variables, teacher), prompts, rng=jax.random.PRNGKey(0))
   sequence = jnp.concatenate([prompts, result.tokens], axis=1)
-  q = jax.nn.softmax(zoo.DecoderLM(STUDENT).apply(state.variables, sequence))
-  p = jax.nn.softmax(zoo.DecoderLM(TEACHER).apply(teacher, sequence))
+  q, p = jax.jit(lambda s, t, x: (  # one compilation rather than every op eagerly
+      jax.nn.softmax(zoo.DecoderLM(STUDENT).apply(s, x)),
+      jax.nn.softmax(zoo.DecoderLM(TEACHER).apply(t, x))))(state.variables, teacher, sequence)
   mixture = np.log(0.25 * np.asarray(p) + 0.75 * np.asarray(q))
   want = np.take_along_axis(mixture[:, PROMPT - 1:-1], np.asarray(result.tokens)[..., None],
                             axis=-1)[..., 0]
