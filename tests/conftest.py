@@ -1,6 +1,5 @@
 """Test settings: 8 simulated CPU devices, strict numerics, one XLA cache per run."""
 
-import gc
 import os
 import shutil
 import tempfile
@@ -51,18 +50,6 @@ hypothesis.settings.register_profile(
     'slow', max_examples=300, deadline=None,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 hypothesis.settings.load_profile(os.environ.get('KDJAX_HYPOTHESIS_PROFILE', 'ci'))
-
-
-# Python's cyclic garbage collector took about 8 % of the CPU time of the
-# FastSpeech 2 smoke run (perf). What exists once the tests are collected
-# (jax, flax, kdjax, the test modules) lives for the whole session; frozen,
-# the collector no longer walks it, and what the tests create is collected as
-# before. (tests/test_tts.py alone, one process: 60-65 s in four runs without,
-# 57 and 59 s in two with: a gain within the noise of one file.)
-def pytest_collection_finish(session):
-  del session
-  gc.collect()
-  gc.freeze()
 
 
 def pytest_sessionfinish(session, exitstatus):
