@@ -168,8 +168,9 @@ def iqr(values) -> tuple[float, float]:
   return float(np.percentile(values, 25)), float(np.percentile(values, 75))
 
 
-def load_average() -> str:
-  return ', '.join(f'{x:.2f}' for x in os.getloadavg())
+def load_average(load: tuple[float, ...] | None = None) -> str:
+  """`load` (1-, 5- and 15-minute load averages; now by default) as text."""
+  return ', '.join(f'{x:.2f}' for x in (os.getloadavg() if load is None else load))
 
 
 def machine() -> str:

@@ -489,14 +489,14 @@ def inference(args, parts) -> dict[str, Any]:
 # Reporting.
 
 
-def load_note(load_before: str) -> str:
+def load_note(load_before: tuple[float, ...]) -> str:
   """A warning when other work was running as the benchmark started.
 
   Judged on the 1-minute load at the start: during the run the benchmark's
   own threads keep both cores busy, so the load at the end is about 2
   whatever else runs.
   """
-  start = float(load_before.split(',')[0])
+  start = load_before[0]
   if start <= LOAD_WARNING:
     return ''
   return (f' (1-min load {start:.2f} > {LOAD_WARNING} at the start: the times are not a '
@@ -593,8 +593,9 @@ section "LM distillation step: the allocator" says why it matters).
 * Command: `{common.command_line('tinybert_step.py', argv)}`
 * Date: {common.now()}
 * {common.versions(f'PyTorch {torch.__version__}')}
-* Machine: {writers.environment()['machine']}; load average at the start {load_before}, at
-  the end {', '.join(f'{x:.2f}' for x in load_after)}{load_note(load_before)}
+* Machine: {writers.environment()['machine']}; load average at the start
+  {common.load_average(load_before)}, at the end
+  {common.load_average(load_after)}{load_note(load_before)}
 * Result: {verdict(result['times'])}.
 
 {common.markdown_table(STEP_HEADERS, step_rows(result['times'], result.get('faults')))}
@@ -644,7 +645,7 @@ def main(argv=None) -> None:
   common.set_malloc(args.malloc)
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
-  load_before = common.load_average()
+  load_before = os.getloadavg()
   parts = build_parts(args)
   print(f'{describe(parts)}; {common.machine()}', flush=True)
   sides = {'kdjax': KdjaxSide(args, parts), 'torch': TorchSide(args, parts)}

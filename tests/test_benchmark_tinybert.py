@@ -67,7 +67,7 @@ def test_equivalence_check_passes_and_catches_a_wrong_twin(parts):
                 sides, warmup=args.warmup, repeats=args.repeats, steps=args.steps),
             'inference': bench.inference(args, parts)}
   assert report['inference']['student']['params'] < report['inference']['teacher']['params']
-  section = bench.docs_section(report, args, ['--tiny'], parts, '0.00, 0.00, 0.00')
+  section = bench.docs_section(report, args, ['--tiny'], parts, (0.0, 0.0, 0.0))
   assert section.startswith(bench.SECTION) and 'goal >= 1.2' in section
   # A twin whose student differs in one weight fails the check.
   wrong_torch = bench.TorchSide(ARGS, parts)
