@@ -272,6 +272,7 @@ def _wait_for(condition, timeout=TIMEOUT_S):
 def test_killed_and_preempted_lives_resume_bit_identical(tmp_path):
   """Real SIGKILLs (one inside an orbax save) and a SIGTERM, then a comparison."""
   env = fault_injection._env(tmp_path / 'jax_cache')
+  env['XLA_FLAGS'] = os.environ['KDJAX_TEST_COMPILE_FLAGS']  # one device; compiles faster
   reference, faulted = tmp_path / 'reference', tmp_path / 'faulted'
   reference.mkdir()
   faulted.mkdir()
@@ -324,7 +325,8 @@ def _free_port() -> int:
 
 def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
   env = dict(os.environ)
-  env.update({'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu',
+  flags = ['--xla_force_host_platform_device_count=4', os.environ['KDJAX_TEST_COMPILE_FLAGS']]
+  env.update({'XLA_FLAGS': ' '.join(flags).strip(), 'JAX_PLATFORMS': 'cpu',
               'PYTHONPATH': os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])})
   port = _free_port()
   logs = [open(tmp_path / f'log{i}', 'w') for i in range(2)]

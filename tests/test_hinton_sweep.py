@@ -26,10 +26,10 @@ def _tiny_sweep_args(workdir, data_dir):
 
 
 def _run_sweep(args):
-  # A subprocess, so that XLA can compile without optimisation: the sweep
-  # compiles one training epoch per run (15 of them), which would otherwise
-  # dominate a one-epoch smoke run.
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  # A subprocess with conftest's flags that only make XLA compile faster (and
+  # one device): the sweep compiles one training epoch per run (15 of them),
+  # which would otherwise dominate a one-epoch smoke run.
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': os.environ['KDJAX_TEST_COMPILE_FLAGS']}
   done = subprocess.run([sys.executable, '-m', 'experiments.hinton_sweep', *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]

@@ -27,7 +27,9 @@ def _launch(tmp_path):
   """Starts the two processes; returns a function that waits for their results."""
   port = _free_port()
   env = dict(os.environ)
-  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+  # The device count, and conftest's flags that only make XLA compile faster.
+  env['XLA_FLAGS'] = ' '.join(['--xla_force_host_platform_device_count=4',
+                               os.environ['KDJAX_TEST_COMPILE_FLAGS']]).strip()
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
   outs = [tmp_path / f'process_{i}.json' for i in range(2)]
