@@ -29,7 +29,6 @@ from typing import Any
 import zlib
 
 import numpy as np
-import scipy.signal
 import tensorflow_datasets as tfds
 
 from kdjax import _checks
@@ -321,6 +320,10 @@ def featurize_recording(
   Returns:
     An example dict, as :func:`unpack_chunk` gives them.
   """
+  # Imported here: scipy.signal takes 1.5-2 s to import, which every process
+  # importing kdjax.data would otherwise pay for this one function.
+  import scipy.signal  # pylint: disable=g-import-not-at-top
+
   step = int(np.gcd(sample_rate, config.sample_rate))
   audio = scipy.signal.resample_poly(np.asarray(speech, np.float32) / 32768.0,
                                      config.sample_rate // step, sample_rate // step)
