@@ -158,6 +158,8 @@ def test_make_results_writes_the_section(tiny_run, tmp_path):
     assert f"| {c['claim']} |" in text
 
 
+# The paper-scale config beyond the smoke run (14 s): `make test-slow`.
+@pytest.mark.slow
 def test_full_config_runs_on_mocked_cifar100(tmp_path):
   """The paper-scale data path: TFDS cifar100, uint8 32x32x3 images, crops and flips."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -146,6 +146,8 @@ def test_hinton_cpu_reproduces_the_claim(tmp_path):
   assert omitted['by_rule']['prior']['acc_on_label']['mean'] > omitted['before']['acc_on_label']['mean']
 
 
+# The paper-scale config beyond the smoke run: `make test-slow`.
+@pytest.mark.slow
 def test_hinton_full_config_runs_on_mocked_mnist(tmp_path):
   """The paper-scale config's data path (TFDS mnist: images, 2-D jitter)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

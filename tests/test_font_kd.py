@@ -239,6 +239,8 @@ def test_selection_picks_the_best_validation_value(monkeypatch, tmp_path):
   assert vanilla[0][5].endswith('select/vanilla_lr0.01') and dkd[2][5].endswith('select/dkd_beta4')
 
 
+# Three more runs of the experiment beyond its smoke run (28 s): `make test-slow`.
+@pytest.mark.slow
 def test_more_seeds_resume_the_earlier_ones(build_dir, tmp_path):
   """A rerun with one more seed restores the finished seed (same numbers, its recorded timings)."""
   workdir = tmp_path / 'run'
