@@ -14,7 +14,7 @@ import tempfile
 # sample program); set the flag yourself in XLA_FLAGS to test at another
 # level.
 #
-# The same holds for XLA:CPU's MLIR fusion emitters: with
+# XLA:CPU's MLIR fusion emitters cost compile time too: with
 # --xla_cpu_use_fusion_emitters=false XLA emits fusions through its older
 # elemental emitter, which compiles the suite's programs in about 40 % less
 # time (the whole suite on 2 cores: 1,314 s -> 811 s, all tests passing; a
@@ -29,8 +29,7 @@ import tempfile
 #
 # KDJAX_TEST_COMPILE_FLAGS keeps the flags that change only how fast XLA
 # compiles, for the tests that start their own processes with their own
-# XLA_FLAGS (tests/test_multihost.py, test_fault_tolerance.py,
-# test_hinton_sweep.py).
+# XLA_FLAGS (through tests/child_processes.py).
 _FUSION_FLAG = '--xla_cpu_use_fusion_emitters=false'
 _COMPILE_FLAGS_ENV = 'KDJAX_TEST_COMPILE_FLAGS'
 

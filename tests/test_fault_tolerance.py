@@ -14,7 +14,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from kdjax import checkpoint
 from kdjax import loop
 from kdjax import writers
 
+import child_processes
 import test_loop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -272,7 +272,7 @@ def _wait_for(condition, timeout=TIMEOUT_S):
 def test_killed_and_preempted_lives_resume_bit_identical(tmp_path):
   """Real SIGKILLs (one inside an orbax save) and a SIGTERM, then a comparison."""
   env = fault_injection._env(tmp_path / 'jax_cache')
-  env['XLA_FLAGS'] = os.environ['KDJAX_TEST_COMPILE_FLAGS']  # one device; compiles faster
+  env['XLA_FLAGS'] = child_processes.xla_flags()  # one device; compiles faster
   reference, faulted = tmp_path / 'reference', tmp_path / 'faulted'
   reference.mkdir()
   faulted.mkdir()
@@ -317,18 +317,9 @@ def test_many_faults_on_the_tiny_task(tmp_path):
                                str(tmp_path)]) == 0
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
-  env = dict(os.environ)
-  flags = ['--xla_force_host_platform_device_count=4', os.environ['KDJAX_TEST_COMPILE_FLAGS']]
-  env.update({'XLA_FLAGS': ' '.join(flags).strip(), 'JAX_PLATFORMS': 'cpu',
-              'PYTHONPATH': os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])})
-  port = _free_port()
+  env = child_processes.env(devices=4)
+  port = child_processes.free_port()
   logs = [open(tmp_path / f'log{i}', 'w') for i in range(2)]
   procs = [subprocess.Popen(
       [sys.executable, str(ROOT / 'tests' / 'multihost_fit_worker.py'), str(port), str(i),

@@ -1,13 +1,13 @@
 """The Hinton hyper-parameter sweep: a one-epoch smoke run, selection logic, full run."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
+import child_processes
 from experiments import hinton_sweep
 from experiments import make_results
 from kdjax import writers
@@ -29,7 +29,7 @@ def _run_sweep(args):
   # A subprocess with conftest's flags that only make XLA compile faster (and
   # one device): the sweep compiles one training epoch per run (15 of them),
   # which would otherwise dominate a one-epoch smoke run.
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': os.environ['KDJAX_TEST_COMPILE_FLAGS']}
+  env = child_processes.env()
   done = subprocess.run([sys.executable, '-m', 'experiments.hinton_sweep', *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]

@@ -1,15 +1,14 @@
 """Two processes with 4 CPU devices each (gloo, jax.distributed) equal 8 local devices."""
 
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import child_processes
 import multihost_worker
 from kdjax import parallel
 
@@ -17,21 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT_S = 240  # a hung process fails the test instead of hanging CI
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _launch(tmp_path):
   """Starts the two processes; returns a function that waits for their results."""
-  port = _free_port()
-  env = dict(os.environ)
-  # The device count, and conftest's flags that only make XLA compile faster.
-  env['XLA_FLAGS'] = ' '.join(['--xla_force_host_platform_device_count=4',
-                               os.environ['KDJAX_TEST_COMPILE_FLAGS']]).strip()
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')])
+  port = child_processes.free_port()
+  env = child_processes.env(devices=4)
   outs = [tmp_path / f'process_{i}.json' for i in range(2)]
   logs = [open(tmp_path / f'process_{i}.log', 'w') for i in range(2)]
   procs = [
