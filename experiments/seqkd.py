@@ -430,7 +430,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   trainers = {}
 
   def train_student(variant, seed, kd_weight=None):
-    key = (variant, kd_weight)
+    # The variants differ by their data and their objective. Those with the
+    # same objective (cross entropy alone, or word-KD at one weight) share one
+    # Trainer, so its compiled programs serve each of them.
+    key = (variant in WORD_KD, kd_weight)
     if key not in trainers:
       trainers[key] = Trainer(
           student_model, make_objective(variant, config.kd, kd_weight),
