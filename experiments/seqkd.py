@@ -432,7 +432,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   def train_student(variant, seed, kd_weight=None):
     # The variants differ by their data and their objective. Those with the
     # same objective (cross entropy alone, or word-KD at one weight) share one
-    # Trainer, so its compiled programs serve each of them.
+    # Trainer, so its compiled programs serve each of them (and a run's
+    # 'seconds' include compiling only where no earlier run compiled them).
     key = (variant in WORD_KD, kd_weight)
     if key not in trainers:
       trainers[key] = Trainer(
