@@ -9,6 +9,7 @@ import pytest
 from experiments import _common
 from experiments import make_results
 from experiments import seqkd
+from kdjax import writers
 
 SAMPLE = pathlib.Path(__file__).parent / 'data' / 'gettext_de_sample.tsv'
 
@@ -82,6 +83,19 @@ def test_seqkd_smoke_run_writes_results_and_the_results_section(tmp_path):
   for variant in seqkd.WORD_KD:
     chosen = results['selection'][variant]
     assert chosen['chosen'] == chosen['grid'][int(np.argmax(chosen['val_greedy_bleu']))]
+  # Variants share a compiled Trainer only where their objectives are equal:
+  # each run trained on its own variant's terms and weight.
+  for variant in seqkd.VARIANTS:
+    weights = results['config']['kd']['kd_weight_grid'] if variant in seqkd.WORD_KD else [None]
+    for weight in weights:
+      run_dir = workdir / variant / (f'weight{weight:g}' if weight else '') / 'seed0'
+      (train,) = [r for r in writers.read_jsonl(run_dir / 'metrics.jsonl')
+                  if r['split'] == 'train']
+      if weight is None:
+        assert 'loss/kd' not in train and train['weight/ce'] == 1.0, variant
+      else:
+        assert train['weight/kd'] == pytest.approx(weight), (variant, weight)
+        assert train['weight/ce'] == pytest.approx(1 - weight), (variant, weight)
   # The interpolated data's BLEU against the reference is at least the beam's.
   data = results['teacher_data']
   assert data['bleu']['mean_sentence_bleu'] >= data['beam']['mean_sentence_bleu']
