@@ -88,7 +88,7 @@ def test_seqkd_smoke_run_writes_results_and_the_results_section(tmp_path):
   for variant in seqkd.VARIANTS:
     weights = results['config']['kd']['kd_weight_grid'] if variant in seqkd.WORD_KD else [None]
     for weight in weights:
-      run_dir = workdir / variant / (f'weight{weight:g}' if weight else '') / 'seed0'
+      run_dir = workdir / variant / (f'weight{weight:g}' if weight is not None else '') / 'seed0'
       (train,) = [r for r in writers.read_jsonl(run_dir / 'metrics.jsonl')
                   if r['split'] == 'train']
       if weight is None:
