@@ -20,7 +20,10 @@ EOS) at each batch size of ``--batches``:
 The greedy tokens of kdjax (cached and recompute) and HF are compared
 before timing. Each system is run once (warm-up; kdjax compiles here),
 then ``--repeats`` times in rotating order; times are medians, ratios are
-between medians of the same run. Also: the KV cache's bytes, and
+between medians of the same run. Also: the KV cache's bytes, the *matmul
+floor* (the model's dense matmuls alone, timed in XLA and in PyTorch at
+the rows each step decodes: no float32 decoder of this model is faster),
+and
 speculative decoding (``make_speculative_generate``) of the model with a
 small draft ``DecoderLM`` trained briefly by token-level KD
 (``objective.token_distill``) on the target's own greedy outputs.
@@ -265,6 +268,7 @@ def measure(args) -> dict[str, Any]:
     print(f'batch {batch}: ' + ', '.join(
         f'{name} {common.median(t):.3f} s' for name, t in times.items()), flush=True)
     print(f'  checks vs kdjax greedy (beam vs kdjax beam): {checks}', flush=True)
+  result['floors'] = measure_floors(variables, args, hf_model is not None)
   decoder = zoo.lm_decoder(zoo.DecoderLM(target_config))
   length = args.prompt + args.new_tokens
   batch = max(args.batch_sizes)
@@ -280,6 +284,130 @@ def measure(args) -> dict[str, Any]:
         {b: r['times']['kdjax greedy'] for b, r in result['batches'].items()},
         {b: r['greedy_tokens'] for b, r in result['batches'].items()})
   return result
+
+
+# ----------------------------------------------------------------------------
+# The matmul floor: how fast a decoding loop could be if it did nothing but
+# the model's dense matmuls, in XLA and in PyTorch, at the rows one step
+# decodes (batch for greedy, batch x beam width for beam search).
+
+
+def dense_kernels(variables) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+  """The model's matmul weights as 2-D ``[in, out]`` arrays: per block, and the unembedding.
+
+  Every parameter of a ``DecoderLM`` block that multiplies an activation
+  (query, key, value and output projections, the SwiGLU gate, up and down
+  kernels) and the unembedding; not the embedding table (a gather) nor the
+  norms' scales.
+  """
+  params = variables['params']
+  blocks = []
+  for index in range(len([k for k in params if k.startswith('blocks_')])):
+    block = params[f'blocks_{index}']
+    attention, mlp = block['attention'], block['mlp']
+    hidden = attention['query'].shape[0]
+    blocks.append({
+        **{name: np.asarray(attention[name]).reshape(hidden, -1)
+           for name in ('query', 'key', 'value')},
+        'out': np.asarray(attention['out']).reshape(-1, hidden),
+        'gate': np.asarray(mlp['wi_gate']), 'up': np.asarray(mlp['wi_up']),
+        'down': np.asarray(mlp['wo']),
+    })
+  return blocks, np.asarray(params['unembedding'])
+
+
+def dense_flops(blocks, unembedding, rows: int) -> int:
+  """Multiply-adds x 2 of one step's dense matmuls at `rows` rows."""
+  sizes = [w.size for block in blocks for w in block.values()] + [unembedding.size]
+  return 2 * rows * sum(sizes)
+
+
+def _floor_step(h, blocks, unembedding, matmul, normalize, silu):
+  """One step's dense matmuls, chained so that no step can be skipped or hoisted.
+
+  The attention's three input projections are summed into its output
+  projection's input (the attention itself is left out), the SwiGLU is
+  computed as in the model, and each block's output is RMS-normalised to
+  keep the values finite; the next step starts from the first `hidden`
+  logits.
+  """
+  hidden = h.shape[-1]
+  for block in blocks:
+    mixed = matmul(h, block['query']) + matmul(h, block['key']) + matmul(h, block['value'])
+    h = normalize(h + matmul(mixed, block['out']))
+    h = normalize(h + matmul(silu(matmul(h, block['gate'])) * matmul(h, block['up']),
+                             block['down']))
+  return normalize(matmul(h, unembedding)[:, :hidden])
+
+
+def _rms(x, xp):
+  return x / xp.sqrt((x * x).mean(-1, keepdims=True) + 1e-6)
+
+
+def floor_start(rows: int, hidden: int) -> np.ndarray:
+  """The floor loops' first activations (float32 ``[rows, hidden]``, seeded by `rows`)."""
+  return np.random.default_rng(rows).standard_normal((rows, hidden)).astype(np.float32)
+
+
+def xla_floor(blocks, unembedding, rows: int, steps: int):
+  """``run(h) -> h``: `steps` steps of the dense matmuls in one ``jax.jit`` loop."""
+  blocks = jax.device_put(blocks)
+  unembedding = jax.device_put(unembedding)
+
+  @jax.jit
+  def run(h):
+    def body(_, h):
+      return _floor_step(h, blocks, unembedding, jnp.matmul, lambda x: _rms(x, jnp),
+                         jax.nn.silu)
+    return jax.lax.fori_loop(0, steps, body, h)
+
+  h = jnp.asarray(floor_start(rows, unembedding.shape[0]))
+  return lambda: jax.block_until_ready(run(h))
+
+
+def torch_floor(blocks, unembedding, rows: int, steps: int):
+  """The same steps in eager PyTorch, with ``nn.Linear``'s ``[out, in]`` weight layout."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  def linear_weights(w):
+    return torch.from_numpy(np.ascontiguousarray(w.T))
+
+  t_blocks = [{name: linear_weights(w) for name, w in block.items()} for block in blocks]
+  t_unembedding = linear_weights(unembedding)
+  h0 = torch.from_numpy(floor_start(rows, unembedding.shape[0]))
+
+  def run():
+    with torch.inference_mode():
+      h = h0
+      for _ in range(steps):
+        h = _floor_step(h, t_blocks, t_unembedding, F.linear, lambda x: _rms(x, torch),
+                        F.silu)
+      return h
+  return run
+
+
+def measure_floors(variables, args, hf: bool) -> dict[int, dict[str, dict[str, float]]]:
+  """batch -> kind -> {'rows', 'flops', 'xla' (and 'torch'): median seconds of the loop}."""
+  blocks, unembedding = dense_kernels(variables)
+  out = {}
+  for batch in args.batch_sizes:
+    out[batch] = {}
+    for kind, rows in (('greedy', batch), (f'beam-{BEAM_WIDTH}', batch * BEAM_WIDTH)):
+      runs = {'xla': xla_floor(blocks, unembedding, rows, args.new_tokens)}
+      if hf:
+        runs['torch'] = torch_floor(blocks, unembedding, rows, args.new_tokens)
+      record = {'rows': rows, 'flops': dense_flops(blocks, unembedding, rows) * args.new_tokens}
+      for name, run in runs.items():
+        run()  # compiles (XLA), warms the caches
+        times = []
+        for _ in range(args.repeats):
+          start = time.perf_counter()
+          run()
+          times.append(time.perf_counter() - start)
+        record[name] = common.median(times)
+      out[batch][kind] = record
+  return out
 
 
 HEADERS = ['batch', 'system', 'median s', 'new tokens/s', 'first call s', 'runs']
@@ -324,6 +452,30 @@ def goals(result) -> list[str]:
   ratio = med['kdjax recompute greedy'] / med['kdjax greedy']
   out.append(f'cached >= {CACHE_GOAL}x recompute (greedy, batch {batch}): {ratio:.1f}x, '
              f"{'met' if ratio >= CACHE_GOAL else 'NOT met'}")
+  return out
+
+
+def floor_lines(result) -> list[str]:
+  """Per batch and decoding kind: the matmul floor beside kdjax's and HF's times."""
+  out = []
+  for batch, kinds in result['floors'].items():
+    med = {name: common.median(t) for name, t in result['batches'][batch]['times'].items()}
+    for kind, f in kinds.items():
+      line = (f"batch {batch}, {kind} ({f['rows']} rows a step): the dense matmuls alone "
+              f"{1e3 * f['xla']:.1f} ms in XLA ({f['flops'] / f['xla'] / 1e9:.0f} GFLOP/s)")
+      floor = f['xla']
+      if 'torch' in f:
+        line += (f", {1e3 * f['torch']:.1f} ms in PyTorch "
+                 f"({f['flops'] / f['torch'] / 1e9:.0f} GFLOP/s)")
+        floor = min(floor, f['torch'])
+      kdjax = med[f'kdjax {kind}']
+      line += f'; kdjax {1e3 * kdjax:.1f} ms (matmuls {f["xla"] / kdjax:.0%})'
+      if f'HF {kind}' in med:
+        needed = med[f'HF {kind}'] / HF_GOAL
+        line += (f"; {HF_GOAL}x HF needs at most {1e3 * needed:.1f} ms, "
+                 + ('BELOW the floor: out of reach for float32 matmuls on this machine'
+                    if needed < floor else f'{needed / floor:.2f}x the floor'))
+      out.append(line)
   return out
 
 
@@ -417,6 +569,16 @@ hypothesis' tokens, though {BEAM_WIDTH} rows per prompt are decoded).
 Goals (issue 9): kdjax >= {HF_GOAL}x HF's tokens/s at batch
 {max(args.batch_sizes)}, and cached >= {CACHE_GOAL}x recompute at
 {args.new_tokens} tokens.
+*Matmul floor*: every step multiplies each of its rows (the batch for
+greedy decoding, batch x {BEAM_WIDTH} for beam search) by every dense
+weight of the model (attention projections, SwiGLU, unembedding), so no
+float32 decoder of this model can take less time than those matmuls.
+`benchmarks/generate.py` times them alone, {args.new_tokens} chained steps
+at the same shapes with the same weights, once in one `jax.jit` loop
+(XLA's kernels, which kdjax uses) and once in eager PyTorch (`F.linear`,
+the kernels HF uses). Where {HF_GOAL}x HF's tokens/s would need less time
+than both, the goal is out of reach on this machine whatever the
+decoder does around its matmuls.
 
 * Command: `{common.command_line('generate.py', argv)}`
 * Date: {common.now()}
@@ -425,6 +587,7 @@ Goals (issue 9): kdjax >= {HF_GOAL}x HF's tokens/s at batch
 * Goals: {'; '.join(goals(result))}.
 * Ratios (of medians, same run): {'; '.join(ratios(result))}.
 * Token checks before timing: {'; '.join(check_lines(result))}.
+* Matmul floor (the model's dense matmuls alone, {args.new_tokens} steps, same weights; see above): {'; '.join(floor_lines(result))}.
 * {cache_line(result, target)}.
 
 {common.markdown_table(HEADERS, table_rows(result, args))}
@@ -507,7 +670,7 @@ def main(argv=None) -> dict[str, Any]:
   load_after = common.load_average()
   print()
   print(common.text_table(HEADERS, table_rows(result, args)))
-  for line in (ratios(result) + goals(result) + check_lines(result)
+  for line in (ratios(result) + goals(result) + floor_lines(result) + check_lines(result)
                + [cache_line(result, result['target'])] + speculative_lines(result, args)):
     print(line)
   print(f'load average at the start {load_before}, at the end {load_after}'
