@@ -32,7 +32,7 @@ def _lm(vocab=11, seed=0, scale=0.3, **kwargs):
 
 
 def _full_reorder(decoder):
-  return dataclasses.replace(decoder, beam_cache=None, beam_step=None)
+  return dataclasses.replace(decoder, beam_cache=None, beam_step=None, beam_resize=None)
 
 
 def _assert_same_beams(a, b):
@@ -53,6 +53,13 @@ def test_decoder_lm_shared_cache_equals_full_reorder(positions, width):
   outs = [gen.generate(d, variables, prompts, lengths, max_new_tokens=9, eos_id=3,
                        method=method) for d in (decoder, _full_reorder(decoder))]
   _assert_same_beams(*outs)
+  # In segments of growing cache length (cut to 5 + 3, 5 + 6, 5 + 8
+  # positions), the same beams; a reordering decoder ignores the option.
+  segmented = dataclasses.replace(method, cache_segments=3)
+  assert gen._generate._segments(segmented, decoder, True, 5, 9) == [(3, 8), (6, 11), (8, 13)]
+  for d in (decoder, _full_reorder(decoder)):
+    _assert_same_beams(outs[1], gen.generate(d, variables, prompts, lengths, max_new_tokens=9,
+                                             eos_id=3, method=segmented))
 
 
 def test_seq2seq_shared_cache_equals_full_reorder():
@@ -74,6 +81,32 @@ def test_seq2seq_shared_cache_equals_full_reorder():
                                                               'source_mask': mask})
           for d in (decoder, _full_reorder(decoder))]
   _assert_same_beams(*outs)
+  segmented = gen.generate(decoder, variables, bos, max_new_tokens=8, eos_id=2,
+                           method=gen.BeamSearch(width=3, cache_segments=8),
+                           inputs={'source': source, 'source_mask': mask})
+  _assert_same_beams(outs[1], segmented)
+
+
+def test_resize_beam_cache_cuts_and_pads_positions_only():
+  model, variables = _lm()
+  decoder = zoo.lm_decoder(model)
+  cache = decoder.beam_cache(decoder.init_cache(variables, {}, 2, 9), 3)
+  cache = jax.tree.map(lambda x: x + 1, cache)
+  cut = _transformer.resize_beam_cache(cache, 4)
+  grown = _transformer.resize_beam_cache(cut, 9)
+  for layer in cache:
+    key, value = cache[layer]['key'], cache[layer]['value']  # [b, h, kv, w, t], [b, h, w, t, kv]
+    np.testing.assert_array_equal(cut[layer]['key'], key[..., :4])
+    np.testing.assert_array_equal(cut[layer]['value'], value[:, :, :, :4])
+    np.testing.assert_array_equal(grown[layer]['key'][..., :4], key[..., :4])
+    np.testing.assert_array_equal(grown[layer]['key'][..., 4:], 0)
+    np.testing.assert_array_equal(grown[layer]['value'][:, :, :, 4:], 0)
+  with pytest.raises(ValueError, match='length'):
+    _transformer.resize_beam_cache(cache, 0)
+  with pytest.raises(ValueError, match='cache_segments'):
+    gen.BeamSearch(width=2, cache_segments=0)
+  with pytest.raises(ValueError, match='beam_resize needs'):
+    dataclasses.replace(decoder, beam_cache=None, beam_step=None)
 
 
 def test_decoder_lm_wide_beam_finds_exhaustive_optimum():

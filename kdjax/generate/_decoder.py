@@ -71,6 +71,12 @@ class Decoder:
       has yet, no entry a live beam reads is ever overwritten. Without
       these two, beam search tiles the cache over the beams and gathers it
       along the chosen parents at every step.
+    beam_resize: optional, with `beam_step`: ``beam_resize(beam_cache,
+      length) -> beam_cache`` with every position axis of the beam cache
+      cut or zero-padded to `length` positions (what is computed once per
+      input, such as cross-attention keys, unchanged). With it,
+      ``BeamSearch(cache_segments=S)`` decodes in `S` segments, each over a
+      cache no longer than its steps can reach.
   """
 
   init_cache: InitCache
@@ -79,6 +85,7 @@ class Decoder:
   max_length: int
   beam_cache: BeamCache | None = None
   beam_step: BeamStep | None = None
+  beam_resize: Callable[[Any, int], Any] | None = None
 
   def __post_init__(self):
     if (self.beam_cache is None) != (self.beam_step is None):
@@ -86,3 +93,6 @@ class Decoder:
           'Decoder.beam_cache and Decoder.beam_step must be given together, got '
           f'beam_cache={self.beam_cache!r} and beam_step={self.beam_step!r}.'
       )
+    if self.beam_resize is not None and self.beam_step is None:
+      raise ValueError('Decoder.beam_resize needs beam_cache and beam_step (a beam cache to '
+                       'resize), got beam_step=None.')

@@ -141,6 +141,30 @@ def _gather_beams(x: jax.Array, indices: jax.Array) -> jax.Array:
   return jax.vmap(lambda row, idx: row[idx])(x, indices)
 
 
+def _segments(method: BeamSearch, decoder, lazy: bool, prompt_len: int,
+              steps: int) -> list[tuple[int, int]]:
+  """``(end, cache length)`` of each segment of beam search's loop.
+
+  The loop's steps ``t = 0 .. steps - 2`` each write position
+  ``prompt_lengths + t <= prompt_len + t``, so the steps ``t < end`` need
+  ``prompt_len + end`` positions. One segment (the whole cache) unless the
+  method asks for more and the decoder can resize its beam cache.
+  """
+  full = [(steps - 1, prompt_len + steps)]
+  if method.cache_segments == 1 or not lazy or decoder.beam_resize is None or steps < 3:
+    return full
+  count = min(method.cache_segments, steps - 1)
+  ends = sorted({-(-(s + 1) * (steps - 1) // count) for s in range(count)})
+  return [(end, prompt_len + end) for end in ends]
+
+
+def _resize_last(x: jax.Array, length: int) -> jax.Array:
+  """`x` cut or zero-padded to `length` along its last axis."""
+  if length <= x.shape[-1]:
+    return x[..., :length]
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])])
+
+
 def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, variables,
                prompts, prompt_lengths, inputs):
   """Beam search over ``[batch, width]`` hypotheses (see :class:`BeamSearch`)."""
@@ -226,7 +250,8 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
     if lazy:
       here = prompt_lengths + t
       slots = _gather_beams(slots, parents)
-      written = jnp.arange(cache_length, dtype=jnp.int32)[None, None, :] == here[:, None, None]
+      length = slots.shape[-1]  # cache_length, or a segment's
+      written = jnp.arange(length, dtype=jnp.int32)[None, None, :] == here[:, None, None]
       slots = jnp.where(written, jnp.arange(width, dtype=jnp.int32)[None, :, None], slots)
       step_logits, cache = decoder.beam_step(variables, next_tokens, here, cache, slots)
       return step_logits.reshape(batch * width, vocab).astype(jnp.float32), cache, slots
@@ -258,8 +283,18 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
       jnp.zeros((batch, width), jnp.int32),
       jnp.zeros((batch,), bool),
   )
-  t, logits, _, _, state = lax.while_loop(
-      cond, body, (jnp.int32(0), logits, cache, slots, state))
+  carry = (jnp.int32(0), logits, cache, slots, state)
+  for end, length in _segments(method, decoder, lazy, prompt_len, steps):
+    # Steps t < end write positions < prompt_len + end = length: the beam
+    # cache and its slot pointers are cut (first segment) or zero-padded
+    # to that many positions; what lies beyond is never read.
+    t, logits, cache, slots, state = carry
+    if slots is not None and length != slots.shape[-1]:
+      cache = decoder.beam_resize(cache, length)
+      slots = _resize_last(slots, length)
+    carry = lax.while_loop(
+        lambda c, end=end: cond(c) & (c[0] < end), body, (t, logits, cache, slots, state))
+  t, logits, _, _, state = carry
   state, _ = choose(t, logits, state)
   _, _, _, fin_score, fin_tokens, fin_token_lp, fin_lengths, _ = state
   return Generation(

@@ -483,7 +483,8 @@ def seq2seq_decoder(model: Seq2SeqTransformer) -> Decoder:
 
   return Decoder(init_cache=init_cache, step=step, vocab_size=cfg.target_vocab_size,
                  max_length=cfg.max_target_len,
-                 beam_cache=_transformer.expand_beam_cache, beam_step=beam_step)
+                 beam_cache=_transformer.expand_beam_cache, beam_step=beam_step,
+                 beam_resize=_transformer.resize_beam_cache)
 
 
 def _teacher_forced(module: Seq2SeqTransformer, inputs: tuple, train: bool = False):

@@ -288,6 +288,39 @@ def expand_beam_cache(cache: Any, width: int) -> Any:
   return jax.tree_util.tree_map_with_path(expand, cache)
 
 
+def resize_beam_cache(cache: Any, length: int) -> Any:
+  """A beam cache (:func:`expand_beam_cache`'s layouts) with `length` positions.
+
+  Every self-attention key and value is cut to its first `length`
+  positions or zero-padded after its last; cross-attention keys and values
+  and the source mask are unchanged. Beam search calls it between the
+  segments of ``BeamSearch(cache_segments=...)``.
+
+  Args:
+    cache: a beam cache.
+    length: the new number of positions, ``>= 1``.
+
+  Returns:
+    The resized beam cache.
+  """
+  _checks.check_positive_int('length', length)
+
+  def resize(path, leaf):
+    name = getattr(path[-1], 'key', None)
+    if name not in ('key', 'value'):
+      return leaf
+    axis = leaf.ndim - 1 if name == 'key' else leaf.ndim - 2  # [.., w, t] / [.., w, t, kv]
+    now = leaf.shape[axis]
+    if length <= now:
+      resized = jax.lax.slice_in_dim(leaf, 0, length, axis=axis)
+    else:
+      pad = [(0, 0)] * leaf.ndim
+      pad[axis] = (0, length - now)
+      resized = jnp.pad(leaf, pad)
+    return nn.with_logical_constraint(resized, BEAM_KEY_AXES if name == 'key' else BEAM_VALUE_AXES)
+  return jax.tree_util.tree_map_with_path(resize, cache)
+
+
 def _write_beam_cache(cache: jax.Array, update: jax.Array, positions: jax.Array,
                       keys: bool) -> jax.Array:
   """Writes ``update [batch, width, heads, kv]`` (beam ``w``'s new key or value)
@@ -957,4 +990,5 @@ def lm_decoder(model: DecoderLM, *, use_cache: bool = True) -> Decoder:
       vocab_size=cfg.vocab_size, max_length=cfg.max_len,
       beam_cache=expand_beam_cache if use_cache else None,
       beam_step=beam_step if use_cache else None,
+      beam_resize=resize_beam_cache if use_cache else None,
   )
