@@ -30,7 +30,7 @@ small draft ``DecoderLM`` trained briefly by token-level KD
 
 Usage::
 
-  nice python benchmarks/generate.py                # ~3 min on 2 idle cores
+  nice python benchmarks/generate.py                # ~7 min on 2 idle cores
   nice python benchmarks/generate.py --write-docs   # update docs/performance.md
   python benchmarks/generate.py --quick --force     # smoke test, seconds
 """
