@@ -82,7 +82,7 @@ def test_seq2seq_shared_cache_equals_full_reorder():
           for d in (decoder, _full_reorder(decoder))]
   _assert_same_beams(*outs)
   segmented = gen.generate(decoder, variables, bos, max_new_tokens=8, eos_id=2,
-                           method=gen.BeamSearch(width=3, cache_segments=8),
+                           method=gen.BeamSearch(width=3, cache_segments=2),
                            inputs={'source': source, 'source_mask': mask})
   _assert_same_beams(outs[1], segmented)
 
