@@ -215,6 +215,52 @@ def text_table(headers: list[str], rows: list[list[str]]) -> str:
   )
 
 
+def add_run_flags(parser, section: str) -> None:
+  """--max-load, --force, --quick and --write-docs / --docs-path (the `section` of docs)."""
+  parser.add_argument('--max-load', type=float, default=1.0)
+  parser.add_argument('--force', action='store_true', help='run even when the load is high')
+  parser.add_argument('--quick', action='store_true',
+                      help='smoke test: a tiny model and few tokens (not a result)')
+  parser.add_argument('--write-docs', action='store_true',
+                      help=f'update the "{section}" section of docs/performance.md')
+  parser.add_argument('--docs-path', default=str(DOCS))
+
+
+def load_gate(args) -> tuple[str, bool]:
+  """(the load average now as text, whether the run can be a result).
+
+  Refuses to start (SystemExit) when the 1-minute load is above
+  ``args.max_load`` unless ``args.force``; a forced or ``--quick`` run is
+  not a result.
+  """
+  load = load_average()
+  if os.getloadavg()[0] > args.max_load and not args.force:
+    raise SystemExit(f'load average {load} is above --max-load {args.max_load}: '
+                     'the timings would not be results; wait, or pass --force.')
+  return load, os.getloadavg()[0] <= args.max_load and not args.quick
+
+
+def not_a_result(valid: bool, max_load: float) -> str:
+  """The docs' warning for a run that is not a result, or ''."""
+  return '' if valid else (
+      '\n**Not a result:** a `--quick` smoke run, or the load average was above '
+      f'{max_load} when the run started (run with `--force`).\n')
+
+
+def finish(args, title: str, make_section, load_before: str, valid: bool) -> None:
+  """Prints the end of a run's report; with ``--write-docs`` writes its section.
+
+  `make_section(load_after)` returns the section's text.
+  """
+  load_after = load_average()
+  print(f'load average at the start {load_before}, at the end {load_after}'
+        + ('' if valid else ' -- NOT A RESULT (load above --max-load, or --quick)'))
+  if args.write_docs:
+    path = pathlib.Path(args.docs_path)
+    write_section(title, make_section(load_after), path)
+    print(f'\nwrote the "{title}" section of {path}')
+
+
 def write_section(title: str, section: str, path: pathlib.Path = DOCS) -> None:
   """Replaces (or appends) the ``title`` section of `path`, keeping the rest."""
   _docs.write_section(title, section, path)

@@ -537,9 +537,7 @@ def settings_line(args) -> str:
 
 def docs_section(result, args, argv, load_before, load_after, valid) -> str:
   target = result['target']
-  status = '' if valid else (
-      '\n**Not a result:** a `--quick` smoke run, or the load average was above '
-      f'{args.max_load} when the run started (run with `--force`).\n')
+  status = common.not_a_result(valid, args.max_load)
   bullets = '\n'.join(f'* {line}' for line in speculative_lines(result, args))
   return f"""{SECTION}
 
@@ -606,8 +604,8 @@ a real model pair would reach.
 """
 
 
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def add_model_flags(parser) -> None:
+  """The benchmark model's shape and the decode's lengths."""
   parser.add_argument('--layers', type=int, default=4)
   parser.add_argument('--hidden', type=int, default=256)
   parser.add_argument('--heads', type=int, default=4)
@@ -615,6 +613,17 @@ def parse_args(argv=None):
   parser.add_argument('--vocab', type=int, default=8192)
   parser.add_argument('--prompt', type=int, default=16)
   parser.add_argument('--new-tokens', type=int, default=128)
+
+
+def quick_model(args) -> None:
+  """`--quick`'s tiny model and few tokens."""
+  args.layers, args.hidden, args.heads, args.mlp, args.vocab = 1, 32, 2, 48, 64
+  args.prompt, args.new_tokens = 4, 8
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  add_model_flags(parser)
   parser.add_argument('--batches', default='1,8')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--recompute-repeats', type=int, default=2)
@@ -632,17 +641,11 @@ def parse_args(argv=None):
                       help='torch.set_num_threads')
   parser.add_argument('--no-hf', dest='hf', action='store_false',
                       help='skip the Hugging Face columns (automatic without torch)')
-  parser.add_argument('--max-load', type=float, default=1.0)
-  parser.add_argument('--force', action='store_true', help='run even when the load is high')
-  parser.add_argument('--quick', action='store_true',
-                      help='smoke test: a tiny model and few tokens (not a result)')
-  parser.add_argument('--write-docs', action='store_true',
-                      help=f'update the "{SECTION}" section of docs/performance.md')
-  parser.add_argument('--docs-path', default=str(common.DOCS))
+  common.add_run_flags(parser, SECTION)
   args = parser.parse_args(argv)
   if args.quick:
-    args.layers, args.hidden, args.heads, args.mlp, args.vocab = 1, 32, 2, 48, 64
-    args.prompt, args.new_tokens, args.repeats, args.recompute_repeats = 4, 8, 1, 1
+    quick_model(args)
+    args.repeats, args.recompute_repeats = 1, 1
     args.draft_hidden, args.draft_heads, args.draft_mlp = 16, 2, 32
     args.draft_steps, args.draft_batch, args.draft_data = 2, 4, 4
   args.batch_sizes = [int(b) for b in args.batches.split(',')]
@@ -659,27 +662,17 @@ def parse_args(argv=None):
 def main(argv=None) -> dict[str, Any]:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
-  load_before = common.load_average()
-  valid = os.getloadavg()[0] <= args.max_load and not args.quick
-  if os.getloadavg()[0] > args.max_load and not args.force:
-    raise SystemExit(f'load average {load_before} is above --max-load {args.max_load}: '
-                     'the timings would not be results; wait, or pass --force.')
+  load_before, valid = common.load_gate(args)
   print(f'target {describe(configs(args)[0])}; load average {load_before}', flush=True)
   print(settings_line(args), flush=True)
   result = measure(args)
-  load_after = common.load_average()
   print()
   print(common.text_table(HEADERS, table_rows(result, args)))
   for line in (ratios(result) + goals(result) + floor_lines(result) + check_lines(result)
                + [cache_line(result, result['target'])] + speculative_lines(result, args)):
     print(line)
-  print(f'load average at the start {load_before}, at the end {load_after}'
-        + ('' if valid else ' -- NOT A RESULT (load above --max-load, or --quick)'))
-  if args.write_docs:
-    path = pathlib.Path(args.docs_path)
-    common.write_section(SECTION, docs_section(result, args, argv, load_before, load_after,
-                                               valid), path)
-    print(f'\nwrote the "{SECTION}" section of {path}')
+  common.finish(args, SECTION, lambda load_after: docs_section(
+      result, args, argv, load_before, load_after, valid), load_before, valid)
   return result
 
 
