@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # ``init_cache(variables, inputs, batch_size, cache_length) -> cache``
 InitCache = Callable[[Any, Mapping[str, Any], int, int], Any]
@@ -96,3 +97,17 @@ class Decoder:
     if self.beam_resize is not None and self.beam_step is None:
       raise ValueError('Decoder.beam_resize needs beam_cache and beam_step (a beam cache to '
                        'resize), got beam_step=None.')
+
+
+def resize_axis(x: jax.Array, length: int, axis: int) -> jax.Array:
+  """`x` with `axis` cut to its first `length` entries or zero-padded after its last.
+
+  What a :class:`Decoder`'s ``beam_resize`` does to each position axis of
+  its beam cache, and beam search to its slot pointers ``[B, width, length]``.
+  """
+  axis = axis % x.ndim
+  if length <= x.shape[axis]:
+    return jax.lax.slice_in_dim(x, 0, length, axis=axis)
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, length - x.shape[axis])
+  return jnp.pad(x, pad)

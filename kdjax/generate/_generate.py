@@ -26,6 +26,7 @@ import numpy as np
 
 from kdjax import _checks
 from kdjax.generate._decoder import Decoder
+from kdjax.generate._decoder import resize_axis
 from kdjax.generate._methods import BeamSearch
 from kdjax.generate._methods import Greedy
 from kdjax.generate._methods import Method
@@ -158,13 +159,6 @@ def _segments(method: BeamSearch, decoder, lazy: bool, prompt_len: int,
   return [(end, prompt_len + end) for end in ends]
 
 
-def _resize_last(x: jax.Array, length: int) -> jax.Array:
-  """`x` cut or zero-padded to `length` along its last axis."""
-  if length <= x.shape[-1]:
-    return x[..., :length]
-  return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, length - x.shape[-1])])
-
-
 def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, variables,
                prompts, prompt_lengths, inputs):
   """Beam search over ``[batch, width]`` hypotheses (see :class:`BeamSearch`)."""
@@ -291,7 +285,7 @@ def _beam_loop(decoder, method: BeamSearch, max_new_tokens, eos_id, pad_id, vari
     t, logits, cache, slots, state = carry
     if slots is not None and length != slots.shape[-1]:
       cache = decoder.beam_resize(cache, length)
-      slots = _resize_last(slots, length)
+      slots = resize_axis(slots, length, axis=-1)
     carry = lax.while_loop(
         lambda c, end=end: cond(c) & (c[0] < end), body, (t, logits, cache, slots, state))
   t, logits, _, _, state = carry

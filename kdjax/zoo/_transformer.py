@@ -15,6 +15,7 @@ from kdjax import _checks
 from kdjax._outputs import Outputs
 from kdjax import adapters
 from kdjax.generate._decoder import Decoder
+from kdjax.generate._decoder import resize_axis
 
 # Every logical axis name the model puts on a parameter or an activation.
 # A partitioning rule list (e.g. ``('embed', 'fsdp'), ('mlp', 'tensor')``)
@@ -309,15 +310,9 @@ def resize_beam_cache(cache: Any, length: int) -> Any:
     name = getattr(path[-1], 'key', None)
     if name not in ('key', 'value'):
       return leaf
-    axis = leaf.ndim - 1 if name == 'key' else leaf.ndim - 2  # [.., w, t] / [.., w, t, kv]
-    now = leaf.shape[axis]
-    if length <= now:
-      resized = jax.lax.slice_in_dim(leaf, 0, length, axis=axis)
-    else:
-      pad = [(0, 0)] * leaf.ndim
-      pad[axis] = (0, length - now)
-      resized = jnp.pad(leaf, pad)
-    return nn.with_logical_constraint(resized, BEAM_KEY_AXES if name == 'key' else BEAM_VALUE_AXES)
+    axis = -1 if name == 'key' else -2  # [.., w, t] / [.., w, t, kv]
+    return nn.with_logical_constraint(resize_axis(leaf, length, axis),
+                                      BEAM_KEY_AXES if name == 'key' else BEAM_VALUE_AXES)
   return jax.tree_util.tree_map_with_path(resize, cache)
 
 
