@@ -23,8 +23,7 @@ then ``--repeats`` times in rotating order; times are medians, ratios are
 between medians of the same run. Also: the KV cache's bytes, the *matmul
 floor* (the model's dense matmuls alone, timed in XLA and in PyTorch at
 the rows each step decodes: no float32 decoder of this model is faster),
-and
-speculative decoding (``make_speculative_generate``) of the model with a
+and speculative decoding (``make_speculative_generate``) of the model with a
 small draft ``DecoderLM`` trained briefly by token-level KD
 (``objective.token_distill``) on the target's own greedy outputs.
 
@@ -397,16 +396,12 @@ def measure_floors(variables, args, hf: bool) -> dict[int, dict[str, dict[str, f
       runs = {'xla': xla_floor(blocks, unembedding, rows, args.new_tokens)}
       if hf:
         runs['torch'] = torch_floor(blocks, unembedding, rows, args.new_tokens)
-      record = {'rows': rows, 'flops': dense_flops(blocks, unembedding, rows) * args.new_tokens}
-      for name, run in runs.items():
-        run()  # compiles (XLA), warms the caches
-        times = []
-        for _ in range(args.repeats):
-          start = time.perf_counter()
-          run()
-          times.append(time.perf_counter() - start)
-        record[name] = common.median(times)
-      out[batch][kind] = record
+      # Timed like the decoders: a first call (XLA compiles), then rotating rounds.
+      _, times, _ = time_systems({name: lambda _, run=run: run() for name, run in runs.items()},
+                                 None, args)
+      out[batch][kind] = {
+          'rows': rows, 'flops': dense_flops(blocks, unembedding, rows) * args.new_tokens,
+          **{name: common.median(t) for name, t in times.items()}}
   return out
 
 
@@ -567,6 +562,7 @@ hypothesis' tokens, though {BEAM_WIDTH} rows per prompt are decoded).
 Goals (issue 9): kdjax >= {HF_GOAL}x HF's tokens/s at batch
 {max(args.batch_sizes)}, and cached >= {CACHE_GOAL}x recompute at
 {args.new_tokens} tokens.
+
 *Matmul floor*: every step multiplies each of its rows (the batch for
 greedy decoding, batch x {BEAM_WIDTH} for beam search) by every dense
 weight of the model (attention projections, SwiGLU, unembedding), so no
