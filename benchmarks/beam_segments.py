@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -45,25 +44,19 @@ def measure(args) -> dict[str, Any]:
   variables = jax.device_put(common.numpy_variables(config, 0, config.max_len))
   prompts = generate_bench.prompts_for(args, args.batch, seed=args.batch)
   model = zoo.DecoderLM(config)
-  runs, first, tokens = {}, {}, {}
-  for segments in args.segment_counts:
+
+  def system(segments):
     generate = gen.make_generate(
         zoo.lm_decoder(model), max_new_tokens=args.new_tokens,
         method=gen.BeamSearch(args.width, length_penalty='none', cache_segments=segments))
-    runs[segments] = lambda g=generate: jax.block_until_ready(g(variables, prompts))
-    start = time.perf_counter()
-    tokens[segments] = np.asarray(runs[segments]().tokens)
-    first[segments] = time.perf_counter() - start
-  times = {s: [] for s in runs}
-  order = list(runs)
-  for rep in range(args.repeats):
-    for s in order[rep % len(order):] + order[:rep % len(order)]:
-      start = time.perf_counter()
-      runs[s]()
-      times[s].append(time.perf_counter() - start)
-  base = order[0]
+    return lambda p: np.asarray(jax.block_until_ready(generate(variables, p)).tokens)
+
+  # generate.py's timing: a first call each (compiles), then rotating rounds.
+  first, times, tokens = generate_bench.time_systems(
+      {s: system(s) for s in args.segment_counts}, prompts, args)
+  base = args.segment_counts[0]
   return {'config': config, 'first': first, 'times': times,
-          'equal': {s: bool((tokens[s] == tokens[base]).all()) for s in runs}}
+          'equal': {s: bool((tokens[s] == tokens[base]).all()) for s in tokens}}
 
 
 def table_rows(result, args) -> list[list[str]]:

@@ -152,7 +152,7 @@ def time_systems(systems, prompts, args) -> tuple[dict, dict, dict]:
   names = list(systems)
   for rep in range(args.repeats):
     for name in names[rep % len(names):] + names[:rep % len(names)]:
-      if 'recompute' in name and len(times[name]) >= args.recompute_repeats:
+      if 'recompute' in str(name) and len(times[name]) >= args.recompute_repeats:
         continue
       start = time.perf_counter()
       systems[name](prompts)
