@@ -1,5 +1,6 @@
 """Test settings: 8 simulated CPU devices, strict numerics, one XLA cache per run."""
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -55,6 +56,7 @@ if _COMPILE_FLAGS_ENV not in os.environ:  # the first process; pytest-xdist work
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
@@ -87,6 +89,32 @@ hypothesis.settings.register_profile(
     'slow', max_examples=300, deadline=None,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 hypothesis.settings.load_profile(os.environ.get('KDJAX_HYPOTHESIS_PROFILE', 'ci'))
+
+
+@pytest.fixture(scope='session')
+def mnist1d_data_dir(tmp_path_factory):
+  """A TFDS ``data_dir`` holding MNIST-1D (its default config), built once per run.
+
+  The Hinton experiments' smoke tests read it instead of each generating
+  the same 5,000 signals (about 8 s of CPU each). Under pytest-xdist every
+  worker has a session of its own: the first worker to take the lock builds
+  the dataset in the run's shared temporary directory and the others wait
+  for it and read it. Building the dataset is tested on its own in
+  tests/test_data.py.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if 'PYTEST_XDIST_WORKER' in os.environ:
+    root = root.parent  # shared by the run's workers
+  data_dir = root / 'mnist1d_tfds'
+  with open(root / 'mnist1d_tfds.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    built = data_dir / 'built'
+    if not built.exists():
+      from kdjax import data as kdata  # pylint: disable=import-outside-toplevel
+      for split in ('train', 'test'):
+        kdata.load_source('mnist1d', split, data_dir=str(data_dir))
+      built.touch()
+  return data_dir
 
 
 def pytest_sessionfinish(session, exitstatus):

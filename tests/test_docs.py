@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 import re
 import subprocess
 import sys
 import types
 
 import pytest
+from sphinx import addnodes
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / 'docs'
 SKIP_MARKER = '<!-- skip-test -->'
@@ -88,17 +90,24 @@ def test_page_examples_run(page, monkeypatch):
 
 
 def test_sphinx_build(tmp_path):
-  out = tmp_path / 'html'
+  # Sphinx's `dummy` builder reads every page, runs autodoc and resolves every
+  # cross-reference (where the warnings come from) but writes no HTML: about
+  # two thirds of the html build's CPU time (30 against 45 s measured here).
+  # `make docs` builds the HTML itself.
+  doctrees = tmp_path / 'doctrees'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
   proc = subprocess.run(
-      [sys.executable, '-m', 'sphinx', '-W', '--keep-going', '-q', '-b', 'html',
-       '-d', str(tmp_path / 'doctrees'), str(DOCS), str(out)],
+      [sys.executable, '-m', 'sphinx', '-W', '--keep-going', '-q', '-b', 'dummy',
+       '-d', str(doctrees), str(DOCS), str(tmp_path / 'out')],
       capture_output=True, text=True, timeout=300, env=env, check=False,
   )
   assert proc.returncode == 0, f'sphinx failed:\n{proc.stdout}\n{proc.stderr}'
   for name in ('index', 'objective', 'models', 'api'):
-    assert (out / f'{name}.html').exists(), name
-  api = (out / 'api.html').read_text()
-  for name in ('make_train_step', 'kl_divergence', 'from_linen', 'Objective', 'TrainState'):
-    assert name in api, f'{name} missing from api.html: did autodoc run?'
+    assert (doctrees / f'{name}.doctree').exists(), name
+  with open(doctrees / 'api.doctree', 'rb') as f:
+    api = pickle.load(f)  # a doctree Sphinx just wrote in this test
+  documented = {i for node in api.findall(addnodes.desc_signature) for i in node['ids']}
+  for name in ('kdjax.step.make_train_step', 'kdjax.losses.kl_divergence',
+               'kdjax.adapters.from_linen', 'kdjax.objective.Objective', 'kdjax.step.TrainState'):
+    assert name in documented, f'{name} has no entry in api: did autodoc run?'

@@ -26,10 +26,9 @@ def _tiny_hinton_args(workdir, data_dir):
 
 
 @pytest.fixture(scope='module')
-def tiny_hinton_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp('hinton')
-  workdir = root / 'hinton_cpu'
-  hinton.main(_tiny_hinton_args(workdir, root / 'tfds'))
+def tiny_hinton_run(tmp_path_factory, mnist1d_data_dir):
+  workdir = tmp_path_factory.mktemp('hinton') / 'hinton_cpu'
+  hinton.main(_tiny_hinton_args(workdir, mnist1d_data_dir))
   return workdir
 
 
@@ -50,9 +49,9 @@ def test_hinton_smoke_run_writes_everything(tiny_hinton_run):
   assert omitted['test_examples_of_label'] == 106  # MNIST-1D's test 3s
 
 
-def test_hinton_rerun_resumes_instead_of_retraining(tiny_hinton_run):
+def test_hinton_rerun_resumes_instead_of_retraining(tiny_hinton_run, mnist1d_data_dir):
   before = writers.read_jsonl(tiny_hinton_run / 'baseline' / 'seed0')
-  hinton.main(_tiny_hinton_args(tiny_hinton_run, tiny_hinton_run.parent / 'tfds'))
+  hinton.main(_tiny_hinton_args(tiny_hinton_run, mnist1d_data_dir))
   after = writers.read_jsonl(tiny_hinton_run / 'baseline' / 'seed0')
   assert len(after) == len(before)  # nothing retrained: restored from checkpoints
 
@@ -75,11 +74,11 @@ def test_make_results_generates_the_section(tiny_hinton_run, tmp_path):
   assert text.count('Provenance not run yet') == len(others) // 2
 
 
-def test_results_record_their_provenance(tiny_hinton_run):
+def test_results_record_their_provenance(tiny_hinton_run, mnist1d_data_dir):
   with open(tiny_hinton_run / 'results.json') as f:
     results = json.load(f)
   record = results['provenance']
-  args = _tiny_hinton_args(tiny_hinton_run, tiny_hinton_run.parent / 'tfds')
+  args = _tiny_hinton_args(tiny_hinton_run, mnist1d_data_dir)
   assert record['command'] == ['python', '-m', 'experiments.hinton', *args]
   assert record['config'] == results['config']
   assert record['config_hash'] == provenance.config_hash(results['config'])
@@ -88,11 +87,11 @@ def test_results_record_their_provenance(tiny_hinton_run):
   assert record['machine']['jax_devices']
 
 
-def test_same_command_twice_gives_identical_results(tmp_path, monkeypatch):
+def test_same_command_twice_gives_identical_results(tmp_path, monkeypatch, mnist1d_data_dir):
   """Two runs of one command (two working directories): equal results.json but for times."""
   args = [
       f'--config={REPO / "experiments" / "configs" / "hinton.py"}:cpu', '--workdir=run',
-      *_tiny_hinton_args('run', tmp_path / 'tfds')[2:], '--config.omitted.enabled=false',
+      *_tiny_hinton_args('run', mnist1d_data_dir)[2:], '--config.omitted.enabled=false',
   ]
   texts = []
   for name in ('first', 'second'):
@@ -107,8 +106,8 @@ def test_same_command_twice_gives_identical_results(tmp_path, monkeypatch):
   assert texts[0] == texts[1]
 
 
-def test_rerun_with_another_config_refuses_the_old_checkpoints(tiny_hinton_run):
-  args = _tiny_hinton_args(tiny_hinton_run, tiny_hinton_run.parent / 'tfds')
+def test_rerun_with_another_config_refuses_the_old_checkpoints(tiny_hinton_run, mnist1d_data_dir):
+  args = _tiny_hinton_args(tiny_hinton_run, mnist1d_data_dir)
   with pytest.raises(checkpoint.ConfigMismatchError, match=r'kd\.temperature: 4\.0 -> 2\.0'):
     hinton.main([*args, '--config.kd.temperature=2'])
 

@@ -455,9 +455,15 @@ def test_decoder_lm_greedy_equals_argmax_of_the_full_forward():
   model, variables = _tiny_lm()
   prompt = np.array([[4, 9, 2]], np.int32)
   out = gen.generate(zoo.lm_decoder(model), variables, prompt, max_new_tokens=6)
+  # The full forward of the sequence so far, right-padded to one length: the
+  # model is causal, so the logits at its last real position ignore the pad
+  # (one compiled forward instead of six op-by-op ones).
+  forward = jax.jit(model.apply)
   seq = list(prompt[0])
   for t in range(6):
-    logits = model.apply(variables, jnp.asarray([seq]))[0, -1]
+    padded = np.zeros((1, 3 + 6), np.int32)
+    padded[0, :len(seq)] = seq
+    logits = forward(variables, padded)[0, len(seq) - 1]
     lp = jax.nn.log_softmax(logits)
     seq.append(int(jnp.argmax(logits)))
     np.testing.assert_allclose(out.log_probs[0, t], lp[seq[-1]], rtol=1e-5, atol=1e-5)

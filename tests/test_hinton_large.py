@@ -228,9 +228,8 @@ def _tiny_args(workdir, data_dir):
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp('hinton_large')
-  workdir = root / 'hinton_large'
+def tiny_run(tmp_path_factory, mnist1d_data_dir):
+  workdir = tmp_path_factory.mktemp('hinton_large') / 'hinton_large'
   reads = []
   load_split = hinton_large.load_split
   select, score_test = hinton_large.select, hinton_large.score_test
@@ -249,7 +248,7 @@ def tiny_run(tmp_path_factory):
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(hinton_large, 'load_split', recording_load_split)
     mp.setattr(hinton_large, 'select', recording_select)
-    hinton_large.main(_tiny_args(workdir, root / 'tfds'))
+    hinton_large.main(_tiny_args(workdir, mnist1d_data_dir))
   with open(workdir / 'results.json') as f:
     return workdir, json.load(f), events
 

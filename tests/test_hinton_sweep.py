@@ -37,10 +37,9 @@ def _run_sweep(args):
 
 
 @pytest.fixture(scope='module')
-def tiny_sweep(tmp_path_factory):
-  root = tmp_path_factory.mktemp('sweep')
-  workdir = root / 'hinton_sweep'
-  stdout = _run_sweep(_tiny_sweep_args(workdir, root / 'tfds'))
+def tiny_sweep(tmp_path_factory, mnist1d_data_dir):
+  workdir = tmp_path_factory.mktemp('sweep') / 'hinton_sweep'
+  stdout = _run_sweep(_tiny_sweep_args(workdir, mnist1d_data_dir))
   with open(workdir / 'results.json') as f:
     return workdir, json.load(f), stdout
 
