@@ -111,8 +111,7 @@ def mnist1d_data_dir(tmp_path_factory):
     built = data_dir / 'built'
     if not built.exists():
       from kdjax import data as kdata  # pylint: disable=import-outside-toplevel
-      for split in ('train', 'test'):
-        kdata.load_source('mnist1d', split, data_dir=str(data_dir))
+      kdata.Mnist1d(data_dir=str(data_dir)).download_and_prepare()
       built.touch()
   return data_dir
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import dataclasses
 from typing import Any
 
@@ -255,6 +255,22 @@ BEAM_KEY_AXES = ('batch', 'heads', 'kv', None, 'length')
 BEAM_VALUE_AXES = ('batch', 'heads', None, 'length', 'kv')
 
 
+def _map_beam_self_attention(fn: Callable[[str, jax.Array], jax.Array], cache: Any) -> Any:
+  """``fn(name, leaf)`` on every self-attention ``'key'`` / ``'value'`` leaf of `cache`.
+
+  Each result is given the beam cache's logical axes (:data:`BEAM_KEY_AXES`
+  or :data:`BEAM_VALUE_AXES`); every other leaf (cross-attention keys and
+  values, the source mask) is returned as it is.
+  """
+  def apply(path, leaf):
+    name = getattr(path[-1], 'key', None)
+    if name not in ('key', 'value'):
+      return leaf
+    return nn.with_logical_constraint(fn(name, leaf),
+                                      BEAM_KEY_AXES if name == 'key' else BEAM_VALUE_AXES)
+  return jax.tree_util.tree_map_with_path(apply, cache)
+
+
 def expand_beam_cache(cache: Any, width: int) -> Any:
   """A prefilled cache made ready for :meth:`DecoderLM.beam_decode`.
 
@@ -277,16 +293,11 @@ def expand_beam_cache(cache: Any, width: int) -> Any:
   Returns:
     The beam cache.
   """
-  def expand(path, leaf):
-    name = getattr(path[-1], 'key', None)
-    if name not in ('key', 'value'):
-      return leaf
+  def expand(name, leaf):
     zeros = jnp.zeros(leaf.shape[:2] + (width - 1,) + leaf.shape[2:], leaf.dtype)
     expanded = jnp.concatenate([leaf[:, :, None], zeros], axis=2)
-    if name == 'key':
-      return nn.with_logical_constraint(jnp.moveaxis(expanded, 4, 2), BEAM_KEY_AXES)
-    return nn.with_logical_constraint(expanded, BEAM_VALUE_AXES)
-  return jax.tree_util.tree_map_with_path(expand, cache)
+    return jnp.moveaxis(expanded, 4, 2) if name == 'key' else expanded
+  return _map_beam_self_attention(expand, cache)
 
 
 def resize_beam_cache(cache: Any, length: int) -> Any:
@@ -306,14 +317,10 @@ def resize_beam_cache(cache: Any, length: int) -> Any:
   """
   _checks.check_positive_int('length', length)
 
-  def resize(path, leaf):
-    name = getattr(path[-1], 'key', None)
-    if name not in ('key', 'value'):
-      return leaf
+  def resize(name, leaf):
     axis = -1 if name == 'key' else -2  # [.., w, t] / [.., w, t, kv]
-    return nn.with_logical_constraint(resize_axis(leaf, length, axis),
-                                      BEAM_KEY_AXES if name == 'key' else BEAM_VALUE_AXES)
-  return jax.tree_util.tree_map_with_path(resize, cache)
+    return resize_axis(leaf, length, axis)
+  return _map_beam_self_attention(resize, cache)
 
 
 def _write_beam_cache(cache: jax.Array, update: jax.Array, positions: jax.Array,
